@@ -1,0 +1,209 @@
+"""The composition root: builds the daemon from a config, runs it, reloads it, stops it.
+
+Collaborators that tests and benchmarks swap (the clock, the HTTP transport, the engine's
+tuning) are passed in here; production code below this module has no test hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from poller.config import Config, load_config
+from poller.errors import ConfigError, PollerError
+from poller.logs import get_logger
+from poller.models import WatchSpec
+from poller.notify import Notifier
+from poller.scheduling import Duties
+from poller.service import DbThread, DeliveryEngine, PollEngine, Runtime, Tuning
+from poller.sources import Source, build_source
+from poller.store.repo import Store, safe_url
+from poller.systemd import SystemdNotifier
+
+log = get_logger("poller")
+
+
+def config_watch_specs(config: Config) -> list[WatchSpec]:
+    """The watches the config file asks for (single jobs; bulks and searches are discovered)."""
+    return [
+        WatchSpec(
+            source=job.source,
+            job_id=job.id,
+            site=job.site,
+            name=job.name,
+            tags=tuple(job.tags),
+            overrides=job.polling.as_dict(),
+            origin="config",
+        )
+        for job in config.jobs
+        if job.id is not None
+    ]
+
+
+def build_runtime(config: Config, transport: httpx.AsyncBaseTransport | None = None) -> Runtime:
+    """Source adapters, channels and rules for one config."""
+    sources: dict[str, Source] = {}
+    unsupported: set[str] = set()
+    for name, source_config in config.sources.items():
+        adapter = build_source(source_config, transport)
+        if adapter is None:
+            unsupported.add(name)
+        else:
+            sources[name] = adapter
+    notifier = Notifier({name: url.get_secret_value() for name, url in config.channels.items()})
+    return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
+
+
+def open_store(config: Config) -> Store:
+    """Open the config's database and bring its schema up to date."""
+    store = Store(config.database)
+    try:
+        store.migrate()
+    except PollerError:
+        store.close()
+        raise
+    return store
+
+
+class Daemon:
+    """`poller run`: polls, records and notifies until SIGTERM."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+        tuning: Tuning | None = None,
+        systemd: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.clock = clock
+        self.tuning = tuning or Tuning()
+        self.systemd = systemd or SystemdNotifier()
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._runtime: Runtime | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def runtime(self) -> Runtime:
+        """The runtime in force (replaced on reload)."""
+        assert self._runtime is not None
+        return self._runtime
+
+    def stop(self) -> None:
+        """Ask the daemon to stop gracefully (what SIGTERM does)."""
+        if not self.stopping.is_set():
+            log.info("stopping")
+            self.systemd.stopping()
+            self.stopping.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        store = open_store(self.config)
+        try:
+            store.acquire_daemon_lock()
+            if store.is_sqlite:
+                store.release(None)  # leases of a crashed predecessor; we are the only owner
+        except PollerError:
+            store.close()
+            raise
+        db = DbThread(store)
+        self._runtime = build_runtime(self.config, self.transport)
+        polls = PollEngine(
+            db, self.runtime, self.owner, tuning=self.tuning, clock=self.clock, log=log
+        )
+        deliveries = DeliveryEngine(
+            db, self.runtime, self.owner, tuning=self.tuning, clock=self.clock, log=log
+        )
+        polls.on_deliveries = deliveries.wakeup.set
+        self.polls, self.deliveries = polls, deliveries
+        duties = Duties()
+        loop = asyncio.get_running_loop()
+        try:
+            report = await db.call(
+                store.sync_config_jobs, config_watch_specs(self.config), self.clock()
+            )
+            log.info(
+                "started",
+                database=safe_url(self.config.database),
+                watches_added=len(report.added),
+                watches_stopped=len(report.removed),
+                owner=self.owner,
+            )
+            duties.every(1.0, polls.wakeup.set, "dispatch-wakeup")
+            duties.every(1.0, deliveries.wakeup.set, "delivery-retry")
+            if self.systemd.watchdog_interval:
+                duties.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
+            duties.start()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db)))
+            tasks = [
+                asyncio.create_task(polls.run(self.stopping), name="dispatch"),
+                asyncio.create_task(deliveries.run(self.stopping), name="deliver"),
+            ]
+            self.systemd.ready(f"watching; database {safe_url(self.config.database)}")
+            self.ready.set()
+            await self.stopping.wait()
+            polls.wakeup.set()
+            deliveries.wakeup.set()
+            _done, slow = await asyncio.wait(tasks, timeout=self.tuning.stop_grace / 2)
+            for task in slow:
+                task.cancel()
+            await asyncio.gather(*slow, return_exceptions=True)
+            await polls.drain(self.tuning.stop_grace / 2)
+            await db.call(store.release, self.owner)
+            log.info("stopped", polls=polls.polls, delivered=deliveries.sent)
+            return 0
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            duties.shutdown()
+            if self._closing:
+                await asyncio.gather(*self._closing, return_exceptions=True)
+            await self.runtime().aclose()
+            db.close()
+            store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def reload(self, db: DbThread) -> None:
+        """Re-read the config file; keep the old one if the new one is wrong."""
+        self.systemd.reloading()
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error(
+                "reload refused: the new config is invalid; keeping the old one",
+                problems=[str(p) for p in exc.problems],
+            )
+            self.systemd.ready("reload refused; old config kept")
+            return
+        if new.database != self.config.database:
+            log.warning("a new database takes a restart; still using the old one")
+        old = self.runtime()
+        self._runtime = build_runtime(new, self.transport)
+        self.config = new
+        report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
+        log.info("reloaded", added=list(report.added), stopped=list(report.removed))
+        self.systemd.ready("reloaded")
+        # Polls in flight still use the old clients: close those once the polls are done.
+        longest = max((s.request_timeout for s in old.config.sources.values()), default=0.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=longest)
+        await old.aclose()

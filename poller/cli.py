@@ -1,0 +1,420 @@
+"""The `poller` command line (the only module that prints).
+
+Exit codes: 0 ok; 1 runtime failure; 2 bad config or usage, with the reason on stderr;
+`wait` adds 3 for a job that timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from poller.config import Config, load_config
+from poller.errors import ConfigError, PollerError
+from poller.models import TERMINAL_STATES, State, Watch, WatchSpec
+from poller.store.repo import safe_url
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Watch long-running batch jobs on remote APIs and notify through Apprise.",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "-c",
+        "--config",
+        help="Config file [default: $POLLER_CONFIG, else /etc/poller/config.yaml].",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+DEFAULT_CONFIG = "/etc/poller/config.yaml"
+
+
+def _console() -> Console:
+    # Off a terminal, a fixed wide width keeps tables unwrapped in pipes and logs.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"poller: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _config(path: str | None) -> Config:
+    path = path or os.environ.get("POLLER_CONFIG") or DEFAULT_CONFIG
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        noun = "problem" if len(exc.problems) == 1 else "problems"
+        print(f"poller: the config has {len(exc.problems)} {noun}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def _store(config: Config) -> Any:
+    from poller.app import open_store
+
+    try:
+        return open_store(config)
+    except PollerError as exc:
+        _fail(str(exc), 1)
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    delta = ts - now
+    span = abs(delta)
+    text = (
+        f"{span:.0f}s"
+        if span < 90
+        else f"{span / 60:.0f}m"
+        if span < 5400
+        else f"{span / 3600:.1f}h"
+    )
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def watch_json(watch: Watch) -> dict[str, Any]:
+    """The JSON shape of one watch in `status --json`."""
+    p = watch.progress
+    return {
+        "key": watch.key,
+        "name": watch.name,
+        "source": watch.source,
+        "site": watch.site,
+        "job_id": watch.job_id,
+        "tags": list(watch.tags),
+        "state": p.state.value if p.state else None,
+        "remote_status": p.remote_status,
+        "progress": p.progress,
+        "terminal": p.state in TERMINAL_STATES,
+        "active": p.active,
+        "removed": watch.removed_at is not None,
+        "details": dict(p.details),
+        "created_at": _iso(p.created_at),
+        "started_at": _iso(p.started_at),
+        "ended_at": _iso(p.ended_at),
+        "last_poll_at": _iso(watch.last_poll_at),
+        "next_poll_at": _iso(watch.next_poll_at),
+        "error_count": p.error_count,
+        "last_error": p.last_error,
+        "unreachable": p.unreachable,
+        "stalled": p.stalled,
+    }
+
+
+def _state_label(watch: Watch) -> str:
+    p = watch.progress
+    label = p.state.value if p.state else "new"
+    if p.state == State.UNKNOWN and p.remote_status:
+        label = f"unknown ({p.remote_status})"
+    if watch.removed_at is not None:
+        label += " (removed)"
+    elif not p.active and p.state not in TERMINAL_STATES:
+        label += " (timed out)"
+    return label
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the daemon in the foreground (what systemd starts)."""
+    from poller.app import Daemon
+    from poller.logs import configure, get_logger
+
+    cfg = _config(config)
+    configure(os.environ.get("POLLER_LOG_LEVEL") or cfg.log.level, cfg.log.format)
+    try:
+        code = asyncio.run(Daemon(cfg).run())
+    except PollerError as exc:
+        get_logger().error("cannot start", error=str(exc))
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def check(config: ConfigOption = None) -> None:
+    """Validate the config and say what it would watch; exit 2 on any problem."""
+    from poller.app import config_watch_specs
+    from poller.notify import Notifier
+    from poller.sources import SOURCES
+
+    cfg = _config(config)
+    out = _console()
+    out.print(f"config {cfg.path} is valid")
+    out.print(f"database: {safe_url(cfg.database)}")
+    for name, source in cfg.sources.items():
+        note = "" if source.type in SOURCES else "  (not yet supported: its jobs are not polled)"
+        out.print(f"source {name}: {source.type}{note}")
+    notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
+    for name in notifier.names:
+        out.print(f"channel {name}: {', '.join(notifier.describe(name))}")
+    for i, rule in enumerate(cfg.rules):
+        scope = []
+        if rule.sources:
+            scope.append("sources " + ", ".join(rule.sources))
+        if rule.tags:
+            scope.append("tags " + ", ".join(rule.tags))
+        out.print(
+            f"rule {i}: {', '.join(e.value for e in rule.on)} -> {', '.join(rule.notify)}"
+            + (f" ({'; '.join(scope)})" if scope else "")
+        )
+    specs = config_watch_specs(cfg)
+    out.print(f"would watch {len(specs)} job(s):")
+    for spec in specs:
+        out.print(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
+    for job in cfg.jobs:
+        if job.bulk is not None:
+            out.print(f"  every job of bulk {job.bulk} on {job.source}")
+        elif job.search is not None:
+            out.print(f"  jobs found by a search on {job.source}")
+
+
+@app.command()
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show every watch: key, name, state, progress, last and next poll, last error."""
+    cfg = _config(config)
+    store = _store(cfg)
+    try:
+        watches = store.list_watches()
+        deliveries = store.delivery_counts()
+    finally:
+        store.close()
+    if as_json:
+        print(
+            json.dumps(
+                {"watches": [watch_json(w) for w in watches], "deliveries": deliveries}, indent=2
+            )
+        )
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False)
+    for column in ("KEY", "NAME", "STATE", "PROGRESS", "LAST POLL", "NEXT POLL", "LAST ERROR"):
+        table.add_column(column, overflow="fold")
+    for w in watches:
+        p = w.progress
+        table.add_row(
+            w.key,
+            w.name or "",
+            _state_label(w),
+            f"{p.progress:.0f}%" if p.progress is not None else "-",
+            _ago(w.last_poll_at, now),
+            _ago(w.next_poll_at, now) if p.active else "-",
+            (p.last_error or "")[:80],
+        )
+    out = _console()
+    if watches:
+        out.print(table)
+    else:
+        out.print("no watches yet: add jobs to the config or run `poller add`")
+    pending = deliveries.get("pending", 0)
+    given_up = deliveries.get("given_up", 0)
+    if pending or given_up:
+        out.print(f"deliveries: {pending} pending, {given_up} given up")
+
+
+@app.command()
+def history(
+    key: Annotated[str, typer.Argument(help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one watch's transitions and events, oldest first, with times."""
+    cfg = _config(config)
+    store = _store(cfg)
+    try:
+        entries = store.history(key)
+    finally:
+        store.close()
+    if entries is None:
+        _fail(f"no watch {key}", 1)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "key": key,
+                    "history": [
+                        {"at": _iso(e.at), "kind": e.kind, "what": e.what, **e.detail}
+                        for e in entries
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    out = _console()
+    for e in entries:
+        line = f"{_iso(e.at)}  {e.kind:<10}  {e.what}"
+        if e.kind == "transition" and e.detail.get("remote_status"):
+            line += f"  (remote {e.detail['remote_status']})"
+        if e.kind == "event":
+            sent = [f"{d['channel']}: {d['status']}" for d in e.detail.get("deliveries", [])]
+            line += f"  [{', '.join(sent)}]" if sent else "  [no channel]"
+        out.print(line, markup=False)
+    if not entries:
+        out.print("nothing has happened yet")
+
+
+def _spec(
+    cfg: Config, source: str, job_id: str, site: str | None, name: str | None, tags: Sequence[str]
+) -> WatchSpec:
+    if source not in cfg.sources:
+        known = ", ".join(cfg.sources) or "none"
+        _fail(f"no source {source} in the config (sources: {known})", 2)
+    source_type = cfg.sources[source].type
+    if source_type == "ruler" and not site:
+        _fail("--site is required for a ruler source", 2)
+    if source_type != "ruler" and site:
+        _fail(f"--site is only for ruler sources; {source} is {source_type}", 2)
+    return WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
+
+
+@app.command()
+def add(
+    source: Annotated[str, typer.Argument(help="A source name from the config.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")],
+    site: Annotated[str | None, typer.Option("--site", help="Site id (ruler).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A label for humans.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start watching a job; the running daemon picks it up within seconds."""
+    cfg = _config(config)
+    spec = _spec(cfg, source, job_id, site, name, tag or [])
+    store = _store(cfg)
+    try:
+        watch, created = store.add_watch(spec, time.time())
+    finally:
+        store.close()
+    verb = "watching" if created else "already watching"
+    print(f"{verb} {watch.key}" + ("" if watch.progress.active else " (it has ended)"))
+
+
+@app.command()
+def remove(
+    key: Annotated[str, typer.Argument(help="The watch key.")],
+    config: ConfigOption = None,
+) -> None:
+    """Stop watching a job (its history stays)."""
+    cfg = _config(config)
+    store = _store(cfg)
+    try:
+        watch = store.remove_watch(key, time.time())
+    finally:
+        store.close()
+    if watch is None:
+        _fail(f"no watch {key}", 1)
+    print(f"stopped watching {key}")
+
+
+@app.command()
+def wait(
+    source: Annotated[str, typer.Argument(help="A source name from the config.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")],
+    site: Annotated[str | None, typer.Option("--site", help="Site id (ruler).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Poll one job in the foreground with a progress bar; exit 0 succeeded, 1 other end,
+    3 timed out."""
+    from poller.waiting import wait_for_job
+
+    cfg = _config(config)
+    spec = _spec(cfg, source, job_id, site, None, ())
+    try:
+        code = asyncio.run(wait_for_job(cfg, spec, _console()))
+    except PollerError as exc:
+        _fail(str(exc), 1)
+    raise typer.Exit(code)
+
+
+@app.command("notify-test")
+def notify_test(
+    channel: Annotated[str | None, typer.Argument(help="One channel (default: all).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send a test message through one or every channel and show what each answered."""
+    from poller.errors import NotifyError
+    from poller.models import Event
+    from poller.notify import Notifier
+
+    cfg = _config(config)
+    notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
+    names = [channel] if channel else list(notifier.names)
+    if channel and channel not in notifier.names:
+        _fail(f"no channel {channel} in the config", 2)
+    if not names:
+        _fail("the config has no channels", 2)
+
+    async def send_all() -> int:
+        failures = 0
+        for name in names:
+            try:
+                answer = await notifier.send(
+                    name,
+                    "poller test message",
+                    "If you can read this, poller can reach this channel.",
+                    Event.RECOVERED,
+                )
+                print(f"{name}: ok ({answer})")
+            except NotifyError as exc:
+                failures += 1
+                print(f"{name}: FAILED ({exc.answer})")
+        return failures
+
+    raise typer.Exit(1 if asyncio.run(send_all()) else 0)
+
+
+@app.command()
+def demo(
+    notify: Annotated[
+        list[str] | None,
+        typer.Option("--notify", help="Also send to this Apprise URL (repeatable)."),
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Time factor; 2 runs twice as fast.")] = 1.0,
+) -> None:
+    """Run a self-contained demo: a simulated Ruler API, the real daemon, notifications here."""
+    from poller.demo import run_demo
+
+    raise typer.Exit(run_demo(list(notify or []), speed, _console()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(
+            args=list(argv) if argv is not None else None, prog_name="poller", standalone_mode=False
+        )
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2 if isinstance(exc, click.UsageError) else 1
+    except click.exceptions.Abort:
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

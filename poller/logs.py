@@ -1,0 +1,63 @@
+"""Logging: structlog, JSON lines when stdout is not a terminal, readable lines when it is.
+
+The standard-library loggers of httpx, apprise, apscheduler and SQLAlchemy go through the same
+processors, so journald sees one format. Tracebacks are rendered without local variables,
+which could hold tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import structlog
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
+    """Set up structlog and stdlib logging for the whole process (idempotent)."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if not use_console:
+        final.append(structlog.processors.dict_tracebacks)
+    final.append(renderer)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS.get(level, logging.INFO))
+    # Third-party chatter stays out unless it is a problem; their debug lines can carry URLs.
+    for noisy in ("httpx", "httpcore", "apscheduler", "sqlalchemy", "alembic", "tzlocal"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apprise").setLevel(logging.ERROR)
+
+
+def get_logger(name: str = "poller") -> Any:
+    """A structlog logger bound to `name`."""
+    return structlog.get_logger(name)

@@ -1,0 +1,228 @@
+"""Plain data shared by every layer: states, events, watches, poll outcomes and policies.
+
+Nothing here does I/O; all times are UNIX epoch seconds (floats) so that the pure decisions in
+`states.py` and the store agree on one clock representation on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """poller's normalised state of a remote job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    #: the API answered with a status poller does not know; never terminal
+    UNKNOWN = "unknown"
+
+
+TERMINAL_STATES: frozenset[State] = frozenset(
+    {State.SUCCEEDED, State.PARTIAL, State.FAILED, State.CANCELLED, State.EXPIRED}
+)
+
+
+class Event(StrEnum):
+    """What a notification is about."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    STALLED = "stalled"
+    TIMED_OUT = "timed_out"
+    UNREACHABLE = "unreachable"
+    RECOVERED = "recovered"
+
+
+#: The Apprise message type of each event (SPEC.md, "rule").
+EVENT_SEVERITY: Mapping[Event, str] = {
+    Event.SUCCEEDED: "success",
+    Event.PARTIAL: "warning",
+    Event.STALLED: "warning",
+    Event.FAILED: "failure",
+    Event.CANCELLED: "failure",
+    Event.EXPIRED: "failure",
+    Event.TIMED_OUT: "failure",
+    Event.UNREACHABLE: "failure",
+    Event.STARTED: "info",
+    Event.RECOVERED: "info",
+}
+
+
+def watch_key(source: str, job_id: str, site: str | None = None) -> str:
+    """The key of a watch: `{source}/{jobId}`, or `{source}/{siteId}/{jobId}` for ruler."""
+    return f"{source}/{site}/{job_id}" if site else f"{source}/{job_id}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Polling timings of one watch, in seconds, after defaults and overrides are merged."""
+
+    interval: float = 30.0
+    backoff: float = 1.5
+    max_interval: float = 600.0
+    timeout: float = 86400.0
+    stall_after: float = 7200.0
+    error_after: float = 900.0
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Which remote job a watch is about: enough for a source adapter to poll it."""
+
+    key: str
+    source: str
+    job_id: str
+    site: str | None = None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """A readable answer about one job.
+
+    `state` is None when the remote status is not one poller knows: it is recorded raw in
+    `remote_status` and never taken for terminal.
+    """
+
+    remote_status: str
+    state: State | None
+    progress: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PollFailure:
+    """A poll that produced no readable answer: a poll error on that watch alone."""
+
+    kind: str
+    message: str
+    transient: bool = True
+    retry_after: float | None = None
+
+
+PollOutcome = PollResult | PollFailure
+
+
+@dataclass(frozen=True)
+class WatchProgress:
+    """The part of a watch that the pure decisions read and write."""
+
+    state: State | None = None
+    remote_status: str | None = None
+    progress: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    wait: float | None = None
+    last_change_at: float | None = None
+    error_since: float | None = None
+    error_count: int = 0
+    last_error: str | None = None
+    unreachable: bool = False
+    stalled: bool = False
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One watch as stored: identity, labels, schedule and the progress the decisions track."""
+
+    id: int
+    key: str
+    source: str
+    job_id: str
+    site: str | None
+    name: str | None
+    tags: tuple[str, ...]
+    origin: str
+    overrides: Mapping[str, float]
+    progress: WatchProgress
+    next_poll_at: float | None
+    last_poll_at: float | None
+    removed_at: float | None
+    version: int
+    lease_owner: str | None = None
+
+    @property
+    def ref(self) -> JobRef:
+        """The remote job this watch is about."""
+        return JobRef(key=self.key, source=self.source, job_id=self.job_id, site=self.site)
+
+    @property
+    def label(self) -> str:
+        """The name if it has one, else the key: how messages and logs name the job."""
+        return self.name or self.key
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of a watch's state, as recorded in its history."""
+
+    from_state: State | None
+    to_state: State
+    remote_status: str | None
+    progress: float | None
+    at: float
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """A request to watch one job, from the config file, `poller add` or discovery."""
+
+    source: str
+    job_id: str
+    site: str | None = None
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    overrides: Mapping[str, float] = field(default_factory=dict)
+    origin: str = "cli"
+
+    @property
+    def key(self) -> str:
+        """The key the watch will have."""
+        return watch_key(self.source, self.job_id, self.site)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event to store with the channels its rules route it to (one delivery each)."""
+
+    kind: Event
+    at: float
+    payload: Mapping[str, Any]
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message waiting to be sent to one channel (a row of the outbox)."""
+
+    id: int
+    channel: str
+    attempts: int
+    created_at: float
+    kind: Event
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What happened to one delivery attempt: sent, to be retried at `retry_at`, or given up."""
+
+    id: int
+    sent: bool
+    error: str | None = None
+    retry_at: float | None = None

@@ -1,0 +1,40 @@
+"""Periodic duties of the daemon on APScheduler 3.x (the only module that imports it).
+
+APScheduler does not hold one job per watch (the database is the schedule, see DESIGN.md): it
+runs a handful of duties such as dispatch wake-ups, delivery retries and watchdog pings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+
+class Duties:
+    """A small set of named periodic duties on the running asyncio loop."""
+
+    def __init__(self) -> None:
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            # A duty that is late runs once, not once per missed tick, and never overlaps itself.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def every(self, seconds: float, duty: Callable[[], Any | Awaitable[Any]], name: str) -> None:
+        """Run `duty` every `seconds`, replacing a duty of the same name."""
+        self._scheduler.add_job(
+            duty, IntervalTrigger(seconds=seconds), id=name, name=name, replace_existing=True
+        )
+
+    def start(self) -> None:
+        """Start running duties (needs a running event loop)."""
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop without waiting for running duties."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)

@@ -1,0 +1,189 @@
+"""The pure decisions: what one poll outcome means for a watch.
+
+`decide` takes the watch's progress so far, one poll outcome, the polling policy, the time and
+a random number (for jitter), and returns the new progress, the transition (if the state
+changed), the events to notify, and when to poll next. It does no I/O, so the rules of SPEC.md
+("a job is never reported terminal unless the remote API said so", backoff, timeouts, stalls,
+outages) are tested exhaustively here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from poller.models import (
+    TERMINAL_STATES,
+    Event,
+    Policy,
+    PollFailure,
+    PollOutcome,
+    PollResult,
+    State,
+    Transition,
+    WatchProgress,
+)
+
+#: No wait, whatever Retry-After says, is longer than this: a hostile header cannot park a watch.
+MAX_WAIT = 3600.0
+#: Error backoff never waits less than this, so a tiny interval cannot hammer a failing API.
+MIN_ERROR_WAIT = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one poll changes: new progress, an optional transition, events, next poll time."""
+
+    progress: WatchProgress
+    transition: Transition | None
+    events: tuple[Event, ...]
+    next_poll_at: float | None
+
+    @property
+    def active(self) -> bool:
+        """Whether the watch is still polled."""
+        return self.progress.active
+
+
+def is_terminal(state: State | None) -> bool:
+    """Whether a state ends a watch."""
+    return state in TERMINAL_STATES
+
+
+def error_wait(policy: Policy, error_count: int, rand: float) -> float:
+    """The wait after `error_count` consecutive failed polls: exponential, with jitter.
+
+    Full jitter between half and the whole of the exponential step spreads retries of many
+    watches on one failing host instead of synchronising them.
+    """
+    exponent = min(max(error_count - 1, 0), 30)
+    step = min(max(policy.interval, MIN_ERROR_WAIT) * (2.0**exponent), policy.max_interval)
+    return max(MIN_ERROR_WAIT, step * (0.5 + 0.5 * rand))
+
+
+def next_quiet_wait(policy: Policy, previous_wait: float | None, changed: bool) -> float:
+    """The wait after a readable answer: back to `interval` on change, else grow by `backoff`."""
+    if changed or previous_wait is None:
+        return policy.interval
+    return min(previous_wait * policy.backoff, max(policy.max_interval, policy.interval))
+
+
+def decide(
+    watch: WatchProgress,
+    outcome: PollOutcome,
+    policy: Policy,
+    now: float,
+    rand: float = 0.5,
+) -> Decision:
+    """Apply one poll outcome to a watch; see the module docstring."""
+    if not watch.active:
+        return Decision(watch, None, (), None)
+    if isinstance(outcome, PollResult):
+        progress, transition, events, wait = _on_result(watch, outcome, policy, now)
+    else:
+        progress, transition, events, wait = _on_failure(watch, outcome, policy, now, rand)
+
+    if progress.active:
+        deadline = progress.created_at + policy.timeout
+        if now >= deadline:
+            progress = replace(progress, active=False, ended_at=now)
+            return Decision(progress, transition, (*events, Event.TIMED_OUT), None)
+        next_poll_at = min(now + min(wait, MAX_WAIT), deadline)
+        # Wake up in time to report a stall or an outage when it is due, not a backoff later.
+        if progress.state == State.RUNNING and not progress.stalled and progress.last_change_at:
+            next_poll_at = min(next_poll_at, max(now, progress.last_change_at + policy.stall_after))
+        if progress.error_since is not None and not progress.unreachable:
+            next_poll_at = min(next_poll_at, max(now, progress.error_since + policy.error_after))
+        return Decision(progress, transition, events, next_poll_at)
+    return Decision(progress, transition, events, None)
+
+
+def _on_result(
+    watch: WatchProgress, result: PollResult, policy: Policy, now: float
+) -> tuple[WatchProgress, Transition | None, tuple[Event, ...], float]:
+    events: list[Event] = []
+    if watch.unreachable:
+        events.append(Event.RECOVERED)
+
+    new_state = result.state if result.state is not None else State.UNKNOWN
+    state_changed = new_state != watch.state
+    raw_changed = result.remote_status != watch.remote_status
+    progress_changed = result.progress is not None and result.progress != watch.progress
+    changed = state_changed or raw_changed or progress_changed
+
+    transition = None
+    if state_changed or (new_state == State.UNKNOWN and raw_changed):
+        transition = Transition(
+            from_state=watch.state,
+            to_state=new_state,
+            remote_status=result.remote_status,
+            progress=result.progress,
+            at=now,
+        )
+
+    started_at = watch.started_at
+    if new_state == State.RUNNING and started_at is None:
+        started_at = now
+        events.append(Event.STARTED)
+
+    terminal = is_terminal(new_state)
+    if terminal and state_changed:
+        events.append(Event(new_state.value))
+
+    stalled = watch.stalled and not changed
+    last_change_at = now if changed or watch.last_change_at is None else watch.last_change_at
+    if (
+        not terminal
+        and new_state == State.RUNNING
+        and not stalled
+        and now - last_change_at >= policy.stall_after
+    ):
+        stalled = True
+        events.append(Event.STALLED)
+
+    progress = replace(
+        watch,
+        state=new_state,
+        remote_status=result.remote_status,
+        progress=result.progress if result.progress is not None else watch.progress,
+        details=dict(result.details) if result.details else watch.details,
+        started_at=started_at,
+        ended_at=now if terminal else None,
+        wait=next_quiet_wait(policy, watch.wait, changed),
+        last_change_at=last_change_at,
+        error_since=None,
+        error_count=0,
+        last_error=None,
+        unreachable=False,
+        stalled=stalled,
+        active=not terminal,
+    )
+    return progress, transition, tuple(events), progress.wait or policy.interval
+
+
+def _on_failure(
+    watch: WatchProgress, failure: PollFailure, policy: Policy, now: float, rand: float
+) -> tuple[WatchProgress, Transition | None, tuple[Event, ...], float]:
+    events: list[Event] = []
+    error_since = watch.error_since if watch.error_since is not None else now
+    count = watch.error_count + 1
+    unreachable = watch.unreachable
+    if not unreachable and now - error_since >= policy.error_after:
+        unreachable = True
+        events.append(Event.UNREACHABLE)
+    wait = error_wait(policy, count, rand)
+    if failure.retry_after is not None:
+        wait = max(wait, failure.retry_after)
+    progress = replace(
+        watch,
+        error_since=error_since,
+        error_count=count,
+        last_error=f"{failure.kind}: {failure.message}",
+        unreachable=unreachable,
+    )
+    return progress, None, tuple(events), wait
+
+
+def delivery_wait(attempts: int, rand: float, base: float = 5.0, cap: float = 900.0) -> float:
+    """The wait before retrying a delivery that failed `attempts` times (>= 1), with jitter."""
+    step = min(base * (2.0 ** min(max(attempts - 1, 0), 30)), cap)
+    return step * (0.5 + 0.5 * rand)

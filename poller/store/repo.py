@@ -1,0 +1,672 @@
+"""The repository: every read and write poller makes, in synchronous SQLAlchemy Core.
+
+One `Store` per process. The daemon calls it from a single writer thread (see `service.py`),
+so SQLite sees one writer; CLI commands call it directly. Write transactions on SQLite begin
+IMMEDIATE so that a CLI `add` and the daemon queue on the busy timeout instead of failing
+with "database is locked" when a read would have to be upgraded to a write.
+
+Claims set `lease_owner`/`lease_until`; a write-back only counts while the claimer still holds
+the lease and the row's `version` is the one it read (fencing), so a slow or paused process
+can never overwrite newer state. On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
+
+from poller.errors import StoreError
+from poller.models import (
+    Delivery,
+    DeliveryOutcome,
+    Event,
+    EventRecord,
+    State,
+    Transition,
+    Watch,
+    WatchProgress,
+    WatchSpec,
+)
+from poller.store.schema import deliveries, events, transitions, watches
+
+#: The newest migration; a test checks it against alembic's head. Comparing it with the
+#: database's version lets every CLI call skip loading alembic when nothing needs doing.
+HEAD_REVISION = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """The result of polling one claimed watch, to be written with its events in one go."""
+
+    watch: Watch
+    progress: WatchProgress
+    next_poll_at: float | None
+    polled_at: float
+    transition: Transition | None = None
+    events: Sequence[EventRecord] = ()
+
+
+@dataclass
+class WriteReport:
+    """What a group commit did: rows written, rows refused by fencing, deliveries queued."""
+
+    written: int = 0
+    fenced: list[str] = field(default_factory=list)
+    deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What syncing the config's jobs into the watches table changed, by key."""
+
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of a watch's history: a transition or an event, with its deliveries."""
+
+    at: float
+    kind: str  # "transition" | "event"
+    what: str
+    detail: Mapping[str, Any]
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database file owner-only before SQLite does; its WAL inherits the mode."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class Store:
+    """Access to one poller database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+        self.url = url
+        self.sqlite_path = _sqlite_path(url)
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self._lock_file: IO[bytes] | None = None
+        try:
+            if self.sqlite_path is not None:
+                _prepare_sqlite_file(self.sqlite_path)
+            self.engine: Engine = sa.create_engine(
+                url,
+                pool_pre_ping=not self.is_sqlite,
+                hide_parameters=True,
+                **({"connect_args": {"timeout": busy_timeout}} if self.is_sqlite else {}),
+            )
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot open the database: {_describe(exc)}") from None
+        if self.is_sqlite:
+            self._setup_sqlite(busy_timeout)
+
+    def _setup_sqlite(self, busy_timeout: float) -> None:
+        @sa.event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("poller_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the daemon lock (if held) and every pooled connection."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision; cheap when it is already there."""
+        try:
+            if self.current_revision() == HEAD_REVISION:
+                return
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            with self._write() as conn:
+                if not self.is_sqlite:
+                    # Replicas starting together migrate one at a time.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74207001)")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the database: {_describe(exc)}") from None
+
+    def current_revision(self) -> str | None:
+        """The schema revision the database is at, or None for an empty database."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def acquire_daemon_lock(self) -> None:
+        """Refuse a second daemon on the same SQLite file (PostgreSQL shares work instead)."""
+        if self.sqlite_path is None:
+            return
+        lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        handle = os.fdopen(fd, "r+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreError(
+                f"another `poller run` is already using {self.sqlite_path}; "
+                "use PostgreSQL to run several replicas"
+            ) from None
+        self._lock_file = handle
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(poller_write=True)
+            with conn.begin():
+                yield conn
+
+    # -- registering watches ---------------------------------------------------------------
+
+    def add_watch(self, spec: WatchSpec, now: float) -> tuple[Watch, bool]:
+        """Start watching a job; returns the watch and whether it is new.
+
+        Adding a key that exists re-activates it if it was removed before it ended.
+        """
+        with self._write() as conn:
+            created = _upsert_watch(conn, spec, now, reactivate=True)
+            row = conn.execute(sa.select(watches).where(watches.c.key == spec.key)).one()
+        return _watch_from_row(row), created
+
+    def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
+        """Make the config's watches match `specs`: add new ones, stop the ones it dropped."""
+        wanted = {spec.key: spec for spec in specs}
+        added: list[str] = []
+        updated: list[str] = []
+        removed: list[str] = []
+        with self._write() as conn:
+            existing = {
+                row.key: row
+                for row in conn.execute(
+                    sa.select(
+                        watches.c.key, watches.c.origin, watches.c.active, watches.c.removed_at
+                    ).where(watches.c.origin == "config")
+                )
+            }
+            for key, spec in wanted.items():
+                if _upsert_watch(conn, spec, now, reactivate=True):
+                    added.append(key)
+                elif key in existing:
+                    updated.append(key)
+            for key, row in existing.items():
+                if key not in wanted and row.removed_at is None:
+                    conn.execute(_removal(key, now))
+                    removed.append(key)
+        return SyncReport(tuple(added), tuple(updated), tuple(removed))
+
+    def remove_watch(self, key: str, now: float) -> Watch | None:
+        """Stop watching `key` (its history stays); None if there is no such watch."""
+        with self._write() as conn:
+            conn.execute(_removal(key, now))
+            row = conn.execute(sa.select(watches).where(watches.c.key == key)).one_or_none()
+        return _watch_from_row(row) if row is not None else None
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get_watch(self, key: str) -> Watch | None:
+        """One watch by key."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(watches).where(watches.c.key == key)).one_or_none()
+        return _watch_from_row(row) if row is not None else None
+
+    def list_watches(self) -> list[Watch]:
+        """Every watch, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(watches).order_by(watches.c.id)).all()
+        return [_watch_from_row(row) for row in rows]
+
+    def history(self, key: str) -> list[HistoryEntry] | None:
+        """A watch's transitions and events (with their deliveries), oldest first."""
+        with self.engine.connect() as conn:
+            watch_id = conn.execute(
+                sa.select(watches.c.id).where(watches.c.key == key)
+            ).scalar_one_or_none()
+            if watch_id is None:
+                return None
+            entries = [
+                HistoryEntry(
+                    at=row.at,
+                    kind="transition",
+                    what=f"{row.from_state or 'new'} -> {row.to_state}",
+                    detail={
+                        "from": row.from_state,
+                        "to": row.to_state,
+                        "remote_status": row.remote_status,
+                        "progress": row.progress,
+                    },
+                )
+                for row in conn.execute(
+                    sa.select(transitions).where(transitions.c.watch_id == watch_id)
+                )
+            ]
+            delivery_rows = conn.execute(
+                sa.select(
+                    deliveries.c.event_id,
+                    deliveries.c.channel,
+                    deliveries.c.status,
+                    deliveries.c.attempts,
+                    deliveries.c.sent_at,
+                    deliveries.c.last_error,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .where(events.c.watch_id == watch_id)
+            ).all()
+            by_event: dict[int, list[dict[str, Any]]] = {}
+            for d in delivery_rows:
+                by_event.setdefault(d.event_id, []).append(
+                    {
+                        "channel": d.channel,
+                        "status": d.status,
+                        "attempts": d.attempts,
+                        "sent_at": d.sent_at,
+                        "last_error": d.last_error,
+                    }
+                )
+            for row in conn.execute(sa.select(events).where(events.c.watch_id == watch_id)):
+                entries.append(
+                    HistoryEntry(
+                        at=row.at,
+                        kind="event",
+                        what=row.kind,
+                        detail={"deliveries": by_event.get(row.id, [])},
+                    )
+                )
+        # Transitions sort before the events they caused at the same instant.
+        entries.sort(key=lambda e: (e.at, e.kind != "transition"))
+        return entries
+
+    def delivery_counts(self) -> dict[str, int]:
+        """How many deliveries are pending, sent and given up."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
+            ).all()
+        return {status: count for status, count in rows}
+
+    # -- the schedule ------------------------------------------------------------------
+
+    def next_due_at(self, now: float) -> float | None:
+        """When the earliest active watch that no lease holds at `now` is due."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(watches.c.next_poll_at)).where(
+                    watches.c.active,
+                    sa.or_(watches.c.lease_until.is_(None), watches.c.lease_until < now),
+                )
+            ).scalar()
+
+    def claim_due(self, owner: str, now: float, limit: int, lease: float) -> list[Watch]:
+        """Lease up to `limit` due watches to `owner`, earliest first."""
+        if limit <= 0:
+            return []
+        due = (
+            sa.select(watches.c.id)
+            .where(
+                watches.c.active,
+                watches.c.next_poll_at <= now,
+                sa.or_(watches.c.lease_until.is_(None), watches.c.lease_until < now),
+            )
+            .order_by(watches.c.next_poll_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.update(watches)
+                .where(watches.c.id.in_(due.scalar_subquery()))
+                .values(lease_owner=owner, lease_until=now + lease)
+                .returning(*watches.c)
+            ).all()
+        return sorted((_watch_from_row(row) for row in rows), key=lambda w: w.next_poll_at or 0)
+
+    def release(self, owner: str | None) -> None:
+        """Give back the leases `owner` holds, so another process may take over at once.
+
+        `None` clears every lease: only for a single owner (SQLite) starting after a crash.
+        """
+        with self._write() as conn:
+            for table in (watches, deliveries):
+                held = (
+                    table.c.lease_owner.is_not(None)
+                    if owner is None
+                    else table.c.lease_owner == owner
+                )
+                conn.execute(
+                    sa.update(table).where(held).values(lease_owner=None, lease_until=None)
+                )
+
+    def write_back(self, owner: str, items: Sequence[WriteBack]) -> WriteReport:
+        """Write poll results in one transaction: watch rows, transitions, events, outbox.
+
+        A row whose lease or version moved on since it was claimed is skipped (and reported):
+        its result is stale and must not produce a transition or a message.
+        """
+        report = WriteReport()
+        if not items:
+            return report
+        with self._write() as conn:
+            for item in items:
+                p = item.progress
+                result = conn.execute(
+                    sa.update(watches)
+                    .where(
+                        watches.c.id == item.watch.id,
+                        watches.c.version == item.watch.version,
+                        watches.c.lease_owner == owner,
+                    )
+                    .values(
+                        state=p.state.value if p.state else None,
+                        remote_status=p.remote_status,
+                        progress=p.progress,
+                        details=dict(p.details),
+                        started_at=p.started_at,
+                        ended_at=p.ended_at,
+                        wait=p.wait,
+                        last_change_at=p.last_change_at,
+                        error_since=p.error_since,
+                        error_count=p.error_count,
+                        last_error=p.last_error,
+                        unreachable=p.unreachable,
+                        stalled=p.stalled,
+                        active=p.active,
+                        last_poll_at=item.polled_at,
+                        next_poll_at=item.next_poll_at,
+                        lease_owner=None,
+                        lease_until=None,
+                        version=watches.c.version + 1,
+                    )
+                )
+                if result.rowcount != 1:
+                    report.fenced.append(item.watch.key)
+                    continue
+                report.written += 1
+                if item.transition is not None:
+                    t = item.transition
+                    conn.execute(
+                        sa.insert(transitions).values(
+                            watch_id=item.watch.id,
+                            at=t.at,
+                            from_state=t.from_state.value if t.from_state else None,
+                            to_state=t.to_state.value,
+                            remote_status=t.remote_status,
+                            progress=t.progress,
+                        )
+                    )
+                report.deliveries += _insert_events(conn, item.watch.id, item.events)
+        return report
+
+    # -- the outbox --------------------------------------------------------------------
+
+    def next_delivery_at(self) -> float | None:
+        """When the earliest pending delivery is due."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.status == "pending"
+                )
+            ).scalar()
+
+    def claim_deliveries(self, owner: str, now: float, limit: int, lease: float) -> list[Delivery]:
+        """Lease up to `limit` due deliveries to `owner`, oldest first."""
+        due = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at <= now,
+                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            ids = (
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + lease)
+                    .returning(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    deliveries.c.channel,
+                    deliveries.c.attempts,
+                    deliveries.c.created_at,
+                    events.c.kind,
+                    events.c.payload,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            ).all()
+        return [
+            Delivery(
+                id=row.id,
+                channel=row.channel,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                kind=Event(row.kind),
+                payload=row.payload,
+            )
+            for row in rows
+        ]
+
+    def finish_deliveries(self, owner: str, outcomes: Sequence[DeliveryOutcome], now: float) -> int:
+        """Record delivery attempts; returns how many rows this owner still held.
+
+        Sent rows become `sent`; failed rows are retried at `retry_at`, or `given_up` when it
+        is None. The lease check means a process that lost its lease records nothing.
+        """
+        done = 0
+        with self._write() as conn:
+            for outcome in outcomes:
+                if outcome.sent:
+                    values: dict[str, Any] = {"status": "sent", "sent_at": now}
+                elif outcome.retry_at is None:
+                    values = {"status": "given_up"}
+                else:
+                    values = {"next_attempt_at": outcome.retry_at}
+                result = conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id == outcome.id, deliveries.c.lease_owner == owner)
+                    .values(
+                        attempts=deliveries.c.attempts + 1,
+                        last_error=outcome.error,
+                        lease_owner=None,
+                        lease_until=None,
+                        **values,
+                    )
+                )
+                done += result.rowcount
+        return done
+
+
+def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
+    queued = 0
+    for record in records:
+        event_id = conn.execute(
+            sa.insert(events)
+            .values(
+                watch_id=watch_id,
+                at=record.at,
+                kind=record.kind.value,
+                payload=dict(record.payload),
+            )
+            .returning(events.c.id)
+        ).scalar_one()
+        if record.channels:
+            conn.execute(
+                sa.insert(deliveries),
+                [
+                    {
+                        "event_id": event_id,
+                        "channel": channel,
+                        "status": "pending",
+                        "attempts": 0,
+                        "created_at": record.at,
+                        "next_attempt_at": record.at,
+                    }
+                    for channel in record.channels
+                ],
+            )
+            queued += len(record.channels)
+    return queued
+
+
+def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: bool) -> bool:
+    """Insert a watch, or refresh its labels; returns True when it was inserted."""
+    row = conn.execute(
+        sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at).where(
+            watches.c.key == spec.key
+        )
+    ).one_or_none()
+    labels = {
+        "name": spec.name,
+        "tags": list(spec.tags),
+        "overrides": dict(spec.overrides),
+        "origin": spec.origin,
+    }
+    if row is None:
+        conn.execute(
+            sa.insert(watches).values(
+                key=spec.key,
+                source=spec.source,
+                job_id=spec.job_id,
+                site=spec.site,
+                created_at=now,
+                details={},
+                error_count=0,
+                unreachable=False,
+                stalled=False,
+                active=True,
+                next_poll_at=now,
+                version=0,
+                **labels,
+            )
+        )
+        return True
+    values: dict[str, Any] = dict(labels)
+    if reactivate and row.removed_at is not None and row.ended_at is None:
+        # A watch removed before its job ended starts again, with a fresh timeout.
+        values.update(active=True, removed_at=None, created_at=now, next_poll_at=now)
+    conn.execute(
+        sa.update(watches)
+        .where(watches.c.id == row.id)
+        .values(version=watches.c.version + 1, **values)
+    )
+    return False
+
+
+def _removal(key: str, now: float) -> sa.Update:
+    return (
+        sa.update(watches)
+        .where(watches.c.key == key, watches.c.removed_at.is_(None))
+        .values(
+            active=False,
+            removed_at=now,
+            next_poll_at=None,
+            lease_owner=None,
+            lease_until=None,
+            version=watches.c.version + 1,
+        )
+    )
+
+
+def _watch_from_row(row: Any) -> Watch:
+    return Watch(
+        id=row.id,
+        key=row.key,
+        source=row.source,
+        job_id=row.job_id,
+        site=row.site,
+        name=row.name,
+        tags=tuple(row.tags or ()),
+        origin=row.origin,
+        overrides=dict(row.overrides or {}),
+        progress=WatchProgress(
+            state=State(row.state) if row.state else None,
+            remote_status=row.remote_status,
+            progress=row.progress,
+            details=dict(row.details or {}),
+            created_at=row.created_at,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            wait=row.wait,
+            last_change_at=row.last_change_at,
+            error_since=row.error_since,
+            error_count=row.error_count,
+            last_error=row.last_error,
+            unreachable=bool(row.unreachable),
+            stalled=bool(row.stalled),
+            active=bool(row.active),
+        ),
+        next_poll_at=row.next_poll_at,
+        last_poll_at=row.last_poll_at,
+        removed_at=row.removed_at,
+        version=row.version,
+        lease_owner=row.lease_owner,
+    )
+
+
+def safe_url(url: str) -> str:
+    """A database URL with any password masked, fit for logs and output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(a database URL that cannot be parsed)"
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's first line, without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__

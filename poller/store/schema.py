@@ -1,0 +1,112 @@
+"""The tables: watches (the schedule), transitions, events and deliveries (the outbox).
+
+Times are float UNIX epoch seconds: one representation that compares and indexes the same way
+on SQLite and PostgreSQL. JSON columns hold what the job APIs answered (never a secret).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+watches = Table(
+    "watches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(512), nullable=False, unique=True),
+    Column("source", String(128), nullable=False),
+    Column("job_id", String(256), nullable=False),
+    Column("site", String(256)),
+    Column("name", String(512)),
+    Column("tags", JSON, nullable=False, default=list),
+    # config | cli | discovered: a reload only stops the config watches it no longer lists
+    Column("origin", String(16), nullable=False),
+    Column("overrides", JSON, nullable=False, default=dict),
+    Column("state", String(32)),
+    Column("remote_status", String(256)),
+    Column("progress", Float),
+    Column("details", JSON, nullable=False, default=dict),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("wait", Float),
+    Column("last_change_at", Float),
+    Column("error_since", Float),
+    Column("error_count", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("unreachable", Boolean, nullable=False, default=False),
+    Column("stalled", Boolean, nullable=False, default=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("removed_at", Float),
+    Column("last_poll_at", Float),
+    Column("next_poll_at", Float),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+    # bumped by every write-back: a write based on an older read is refused (fencing)
+    Column("version", Integer, nullable=False, default=0),
+)
+Index("ix_watches_due", watches.c.active, watches.c.next_poll_at)
+
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32), nullable=False),
+    Column("remote_status", String(256)),
+    Column("progress", Float),
+)
+Index("ix_transitions_watch", transitions.c.watch_id, transitions.c.id)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    # a snapshot of everything a message may show, taken when the event happened
+    Column("payload", JSON, nullable=False),
+)
+Index("ix_events_watch", events.c.watch_id, events.c.id)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(128), nullable=False),
+    # pending -> sent | given_up
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("sent_at", Float),
+    Column("last_error", Text),
+    Column("lease_owner", String(128)),
+    Column("lease_until", Float),
+)
+Index("ix_deliveries_due", deliveries.c.status, deliveries.c.next_attempt_at)
+Index("ix_deliveries_event", deliveries.c.event_id)

@@ -1,0 +1,297 @@
+"""The store contract, on a real SQLite file and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poller.errors import StoreError
+from poller.models import (
+    DeliveryOutcome,
+    Event,
+    EventRecord,
+    State,
+    Transition,
+    WatchProgress,
+    WatchSpec,
+)
+from poller.store.repo import HEAD_REVISION, MIGRATIONS, Store, WriteBack
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def spec(job: str = "j1", **kw: object) -> WatchSpec:
+    return WatchSpec(source="ruler-prod", job_id=job, site="s1", **kw)  # type: ignore[arg-type]
+
+
+def finished(watch_progress: WatchProgress) -> WatchProgress:
+    return WatchProgress(
+        **{
+            **watch_progress.__dict__,
+            "state": State.SUCCEEDED,
+            "remote_status": "complete",
+            "active": False,
+            "ended_at": T0 + 5,
+        }
+    )
+
+
+class TestMigrations:
+    """The schema is created and versioned by alembic."""
+
+    def test_head_constant_matches_alembic(self) -> None:
+        """HEAD_REVISION names alembic's newest migration."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
+
+    def test_migrate_creates_schema_and_is_idempotent(self, db_url: str) -> None:
+        """A new database migrates to head; migrating again changes nothing."""
+        s = Store(db_url)
+        try:
+            assert s.current_revision() is None
+            s.migrate()
+            s.migrate()
+            assert s.current_revision() == HEAD_REVISION
+            assert s.list_watches() == []
+        finally:
+            s.close()
+
+
+class TestSqliteFiles:
+    """SQLite specifics: file modes, WAL, one daemon per file."""
+
+    def test_database_and_wal_are_owner_only(self, tmp_path: Path) -> None:
+        """The database, its WAL and its directory are readable by the owner only."""
+        path = tmp_path / "state" / "poller.db"
+        s = Store(f"sqlite:///{path}")
+        s.migrate()
+        s.add_watch(spec(), T0)
+        try:
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+            for p in path.parent.iterdir():
+                assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+            assert (path.parent / "poller.db-wal").exists()
+        finally:
+            s.close()
+
+    def test_second_daemon_lock_is_refused(self, tmp_path: Path) -> None:
+        """Only one daemon may hold a SQLite file."""
+        url = f"sqlite:///{tmp_path}/poller.db"
+        first, second = Store(url), Store(url)
+        try:
+            first.acquire_daemon_lock()
+            with pytest.raises(StoreError, match="already using"):
+                second.acquire_daemon_lock()
+        finally:
+            first.close()
+            second.close()
+
+    def test_unwritable_location_is_a_store_error(self, tmp_path: Path) -> None:
+        """A database path that cannot be created is a clear StoreError."""
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(StoreError, match="cannot open"):
+            Store(f"sqlite:///{blocker}/sub/poller.db")
+
+
+class TestWatches:
+    """Registering, syncing and removing watches."""
+
+    def test_add_is_idempotent_and_keeps_labels_fresh(self, store: Store) -> None:
+        """Adding the same key twice keeps one watch and updates its name."""
+        w, created = store.add_watch(spec(name="a"), T0)
+        assert created and w.key == "ruler-prod/s1/j1" and w.next_poll_at == T0
+        w2, created2 = store.add_watch(spec(name="b"), T0 + 1)
+        assert not created2 and w2.id == w.id and w2.name == "b"
+
+    def test_sync_adds_and_stops_config_watches_only(self, store: Store) -> None:
+        """A job dropped from the config stops; CLI watches are untouched."""
+        store.add_watch(spec("cli-job"), T0)
+        r1 = store.sync_config_jobs([spec("a", origin="config"), spec("b", origin="config")], T0)
+        assert sorted(r1.added) == ["ruler-prod/s1/a", "ruler-prod/s1/b"]
+        r2 = store.sync_config_jobs([spec("a", origin="config")], T0 + 1)
+        assert r2.removed == ("ruler-prod/s1/b",) and r2.updated == ("ruler-prod/s1/a",)
+        active = {w.key for w in store.list_watches() if w.progress.active}
+        assert active == {"ruler-prod/s1/a", "ruler-prod/s1/cli-job"}
+
+    def test_remove_keeps_history_and_readd_restarts(self, store: Store) -> None:
+        """remove stops polling; adding the key again resumes an unfinished job."""
+        store.add_watch(spec(), T0)
+        removed = store.remove_watch("ruler-prod/s1/j1", T0 + 1)
+        assert removed is not None and not removed.progress.active
+        assert store.claim_due("me", T0 + 10, 10, 30) == []
+        assert store.remove_watch("nope", T0) is None
+        w, _ = store.add_watch(spec(), T0 + 20)
+        assert w.progress.active and w.removed_at is None
+
+
+class TestClaimsAndWrites:
+    """The schedule: leases, fencing and the outbox written with the state change."""
+
+    def test_claim_takes_due_watches_once(self, store: Store) -> None:
+        """A claimed watch is not claimed again while the lease holds."""
+        for job in ("a", "b", "c"):
+            store.add_watch(spec(job), T0)
+        first = store.claim_due("r1", T0 + 1, 2, 30)
+        second = store.claim_due("r2", T0 + 1, 10, 30)
+        assert len(first) == 2 and len(second) == 1
+        assert {w.key for w in first}.isdisjoint({w.key for w in second})
+        assert store.claim_due("r3", T0 + 2, 10, 30) == []
+        # Expired leases are taken over.
+        assert len(store.claim_due("r3", T0 + 40, 10, 30)) == 3
+
+    def test_write_back_records_transition_events_and_deliveries(self, store: Store) -> None:
+        """One write stores the new state, the transition, events and one delivery each."""
+        store.add_watch(spec(), T0)
+        (w,) = store.claim_due("r1", T0, 10, 30)
+        record = EventRecord(Event.SUCCEEDED, T0 + 5, {"key": w.key}, ("slack", "mail"))
+        report = store.write_back(
+            "r1",
+            [
+                WriteBack(
+                    watch=w,
+                    progress=finished(w.progress),
+                    next_poll_at=None,
+                    polled_at=T0 + 5,
+                    transition=Transition(None, State.SUCCEEDED, "complete", 100.0, T0 + 5),
+                    events=[record],
+                )
+            ],
+        )
+        assert report.written == 1 and report.deliveries == 2 and report.fenced == []
+        after = store.get_watch(w.key)
+        assert after is not None and after.progress.state == State.SUCCEEDED
+        assert after.lease_owner is None and not after.progress.active
+        history = store.history(w.key)
+        assert history is not None
+        assert [(h.kind, h.what) for h in history] == [
+            ("transition", "new -> succeeded"),
+            ("event", "succeeded"),
+        ]
+        assert store.delivery_counts() == {"pending": 2}
+
+    def test_stale_write_is_fenced(self, store: Store) -> None:
+        """A write from a claimer that lost its lease changes nothing and queues nothing."""
+        store.add_watch(spec(), T0)
+        (old,) = store.claim_due("slow", T0, 10, 30)
+        (new,) = store.claim_due("fast", T0 + 31, 10, 30)
+        record = EventRecord(Event.FAILED, T0 + 40, {"key": old.key}, ("slack",))
+        stale = WriteBack(
+            watch=old,
+            progress=finished(old.progress),
+            next_poll_at=None,
+            polled_at=T0 + 40,
+            events=[record],
+        )
+        report = store.write_back("slow", [stale])
+        assert report.written == 0 and report.fenced == [old.key]
+        assert store.delivery_counts() == {}
+        fresh_write = WriteBack(
+            watch=new, progress=new.progress, next_poll_at=T0 + 90, polled_at=T0 + 41
+        )
+        assert store.write_back("fast", [fresh_write]).written == 1
+
+    def test_removed_while_polling_is_fenced(self, store: Store) -> None:
+        """A poll that finishes after `remove` does not bring the watch back."""
+        store.add_watch(spec(), T0)
+        (w,) = store.claim_due("r1", T0, 10, 30)
+        store.remove_watch(w.key, T0 + 1)
+        report = store.write_back(
+            "r1", [WriteBack(watch=w, progress=w.progress, next_poll_at=T0 + 30, polled_at=T0 + 2)]
+        )
+        assert report.written == 0
+        got = store.get_watch(w.key)
+        assert got is not None and not got.progress.active
+
+    def test_next_due_ignores_leased_watches(self, store: Store) -> None:
+        """A leased watch does not count as due for the dispatcher's sleep."""
+        store.add_watch(spec("a"), T0)
+        assert store.next_due_at(T0) == T0
+        store.claim_due("r1", T0, 10, 30)
+        assert store.next_due_at(T0 + 1) is None
+
+
+class TestOutbox:
+    """Deliveries are claimed, sent, retried and given up."""
+
+    def _queue(self, store: Store, channels: tuple[str, ...] = ("slack",)) -> None:
+        store.add_watch(spec(), T0)
+        (w,) = store.claim_due("r1", T0, 10, 30)
+        record = EventRecord(Event.FAILED, T0, {"key": w.key}, channels)
+        store.write_back(
+            "r1",
+            [
+                WriteBack(
+                    watch=w,
+                    progress=finished(w.progress),
+                    next_poll_at=None,
+                    polled_at=T0,
+                    events=[record],
+                )
+            ],
+        )
+
+    def test_claim_send_and_retry(self, store: Store) -> None:
+        """A failed attempt is retried later; a sent one is never claimed again."""
+        self._queue(store, ("slack", "mail"))
+        claimed = store.claim_deliveries("r1", T0, 10, 60)
+        assert sorted(d.channel for d in claimed) == ["mail", "slack"]
+        assert claimed[0].kind == Event.FAILED and claimed[0].payload["key"]
+        assert store.claim_deliveries("r2", T0, 10, 60) == []
+        by = {d.channel: d for d in claimed}
+        store.finish_deliveries(
+            "r1",
+            [
+                DeliveryOutcome(by["slack"].id, sent=True),
+                DeliveryOutcome(by["mail"].id, sent=False, error="HTTP 500", retry_at=T0 + 10),
+            ],
+            T0 + 1,
+        )
+        assert store.claim_deliveries("r1", T0 + 5, 10, 60) == []
+        (retry,) = store.claim_deliveries("r1", T0 + 10, 10, 60)
+        assert retry.channel == "mail" and retry.attempts == 1
+        store.finish_deliveries("r1", [DeliveryOutcome(retry.id, sent=False, error="x")], T0)
+        assert store.delivery_counts() == {"sent": 1, "given_up": 1}
+
+    def test_finish_without_lease_is_ignored(self, store: Store) -> None:
+        """A process whose delivery lease was taken over records nothing."""
+        self._queue(store)
+        (d,) = store.claim_deliveries("r1", T0, 10, 60)
+        store.claim_deliveries("r2", T0 + 61, 10, 60)
+        assert store.finish_deliveries("r1", [DeliveryOutcome(d.id, sent=True)], T0 + 62) == 0
+        assert store.delivery_counts() == {"pending": 1}
+
+    def test_release_returns_leases(self, store: Store) -> None:
+        """After release, another owner can claim at once."""
+        self._queue(store)
+        store.claim_deliveries("r1", T0, 10, 60)
+        store.release("r1")
+        assert len(store.claim_deliveries("r2", T0 + 1, 10, 60)) == 1
+
+
+def test_sqlite_permissions_do_not_depend_on_umask(tmp_path: Path) -> None:
+    """Even with a permissive umask the database stays owner-only."""
+    old = os.umask(0o000)
+    try:
+        s = Store(f"sqlite:///{tmp_path}/open/poller.db")
+        s.migrate()
+        s.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "open" / "poller.db").stat().st_mode) == 0o600
