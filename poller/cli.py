@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -401,19 +400,11 @@ def demo(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    command = typer.main.get_command(app)
     try:
-        result = command.main(
-            args=list(argv) if argv is not None else None, prog_name="poller", standalone_mode=False
-        )
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2 if isinstance(exc, click.UsageError) else 1
-    except click.exceptions.Abort:
-        return 130
-    return result if isinstance(result, int) else 0
+        app(args=list(argv) if argv is not None else None, prog_name="poller")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

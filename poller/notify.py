@@ -108,6 +108,18 @@ def _duration(seconds: float) -> str:
     return " ".join(parts)
 
 
+def _rows(details: Mapping[str, Any]) -> str | None:
+    """'980 succeeded, 20 failed of 1000', or what part of it the source gave."""
+    succeeded, failed = details.get("success_count"), details.get("failure_count")
+    total, processed = details.get("total_rows"), details.get("processed_rows")
+    of_total = f" of {total}" if total is not None else ""
+    if succeeded is not None or failed is not None:
+        return f"{succeeded or 0} succeeded, {failed or 0} failed{of_total}"
+    if processed is not None:
+        return f"{processed} processed{of_total}"
+    return None
+
+
 def render(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
     """The title and body of the message for one event, from its stored payload."""
     label = _one_line(payload.get("name") or payload.get("key", "?"))
@@ -123,18 +135,9 @@ def render(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
     progress = payload.get("progress")
     if isinstance(progress, int | float):
         lines.append(f"Progress: {progress:.0f}%")
-    counts = [
-        f"{details[k]} {word}"
-        for k, word in (
-            ("success_count", "succeeded"),
-            ("failure_count", "failed"),
-            ("processed_rows", "processed"),
-            ("total_rows", "in total"),
-        )
-        if details.get(k) is not None
-    ]
-    if counts:
-        lines.append("Rows: " + ", ".join(counts))
+    rows = _rows(details)
+    if rows:
+        lines.append(f"Rows: {rows}")
     if details.get("failure_reason"):
         lines.append(f"Reason: {clean(details['failure_reason'])}")
     started = details.get("remote_created_at") or payload.get("started_at")

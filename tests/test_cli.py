@@ -1,0 +1,173 @@
+"""The command line as users run it: check, wait, notify-test, demo, usage errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poller.sim import RulerSim, SimThread, WebhookSink
+
+SITE = "s1"
+
+
+def poller(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "poller", *args],
+        capture_output=True,
+        text=True,
+        env=base | (env or {}),
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def sims() -> Iterator[tuple[RulerSim, WebhookSink]]:
+    ruler, sink = RulerSim(token="cli-token"), WebhookSink()
+    with SimThread(ruler, sink):
+        yield ruler, sink
+
+
+def write_config(tmp: Path, ruler: RulerSim, sink: WebhookSink, polling: str = "") -> Path:
+    path = tmp / "config.yaml"
+    path.write_text(f"""
+database: sqlite:///{tmp}/poller.db
+sources:
+  ruler-prod: {{type: ruler, base_url: "{ruler.base_url}", token: cli-token}}
+  lake: {{type: immuta, base_url: "http://127.0.0.1:9", token: x}}
+channels:
+  hook: {sink.apprise_url}
+  dead: json://127.0.0.1:9/nothing
+rules:
+  - on: [failed]
+    notify: [hook]
+polling:
+  interval: 100ms
+  max_interval: 200ms
+{polling}
+jobs:
+  - {{source: ruler-prod, site: {SITE}, id: j1, name: First}}
+""")
+    return path
+
+
+class TestCheck:
+    """`poller check`."""
+
+    def test_valid_config_says_what_it_would_watch(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """It lists sources, masked channels, rules and the watches."""
+        path = write_config(tmp_path, *sims)
+        r = poller("check", "-c", str(path))
+        assert r.returncode == 0, r.stderr
+        assert "ruler-prod/s1/j1" in r.stdout
+        assert "lake: immuta  (not yet supported" in r.stdout
+        assert "rule 0: failed -> hook" in r.stdout
+        assert "cli-token" not in r.stdout
+
+    def test_bad_config_exits_2_with_every_problem_and_place(self, tmp_path: Path) -> None:
+        """Each problem has file:line and key path; no traceback; exit 2."""
+        path = tmp_path / "bad.yaml"
+        path.write_text(
+            "sources:\n"
+            "  r: {type: ruler, token: t0ps3cret}\n"
+            "jobs:\n"
+            "  - {source: r, id: x}\n"
+            "  - {source: nope, id: y}\n"
+            "polling: {interval: soon}\n"
+        )
+        r = poller("check", "-c", str(path))
+        assert r.returncode == 2
+        assert f"{path}:4: jobs[0].site" in r.stderr
+        assert f"{path}:5: jobs[1].source" in r.stderr
+        assert f"{path}:6: polling.interval" in r.stderr
+        assert "Traceback" not in r.stderr and "t0ps3cret" not in r.stderr + r.stdout
+
+    def test_missing_config_file(self, tmp_path: Path) -> None:
+        """A config that does not exist is exit 2 with its path."""
+        r = poller("status", "-c", str(tmp_path / "none.yaml"))
+        assert r.returncode == 2 and "none.yaml" in r.stderr
+
+    def test_config_from_environment(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """$POLLER_CONFIG is the default config path."""
+        path = write_config(tmp_path, *sims)
+        r = poller("check", env={"POLLER_CONFIG": str(path)})
+        assert r.returncode == 0 and str(path) in r.stdout
+
+    def test_usage_error_is_exit_2(self) -> None:
+        """An unknown command or option is a usage error."""
+        assert poller("frobnicate").returncode == 2
+        assert poller("status", "--bogus").returncode == 2
+
+
+class TestWait:
+    """`poller wait`: exit codes follow the job's end."""
+
+    @pytest.mark.parametrize(
+        ("status", "code"), [("complete", 0), ("failed", 1), ("partialcomplete", 1)]
+    )
+    def test_exit_code_follows_the_end(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink], status: str, code: int
+    ) -> None:
+        """0 for succeeded, 1 for any other end."""
+        ruler, sink = sims
+        ruler.script_job(
+            SITE,
+            "w1",
+            [(0.0, {"status": "processing", "processed_rows": 50}), (0.5, {"status": status})],
+        )
+        path = write_config(tmp_path, ruler, sink)
+        r = poller("wait", "ruler-prod", "w1", "--site", SITE, "-c", str(path))
+        assert r.returncode == code, r.stdout + r.stderr
+        assert "ruler-prod/s1/w1" in r.stdout
+
+    def test_timeout_is_exit_3(self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]) -> None:
+        """A job that does not end within `timeout` exits 3."""
+        ruler, sink = sims
+        ruler.add_job(SITE, "forever", status="processing")
+        path = write_config(tmp_path, ruler, sink, polling="  timeout: 1s")
+        r = poller("wait", "ruler-prod", "forever", "--site", SITE, "-c", str(path))
+        assert r.returncode == 3 and "timed out" in r.stdout
+
+
+class TestNotifyTest:
+    """`poller notify-test`."""
+
+    def test_reports_each_channel(self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]) -> None:
+        """A working channel answers ok, a dead one FAILED; exit 1 if any failed."""
+        ruler, sink = sims
+        path = write_config(tmp_path, ruler, sink)
+        r = poller("notify-test", "-c", str(path))
+        assert r.returncode == 1
+        assert "hook: ok" in r.stdout and "dead: FAILED" in r.stdout
+        assert sink.wait_for(1, 5)[0]["title"] == "poller test message"
+        r = poller("notify-test", "hook", "-c", str(path))
+        assert r.returncode == 0
+        assert poller("notify-test", "nope", "-c", str(path)).returncode == 2
+
+
+class TestDemo:
+    """`poller demo` shows the whole loop."""
+
+    def test_demo_runs_to_the_end(self) -> None:
+        """Every scripted outcome is notified and the demo exits 0."""
+        r = poller("demo", "--speed", "4", timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        for title in (
+            "Nightly revenue upload succeeded",
+            "CRM contacts partly succeeded",
+            "Ledger sync failed",
+            "2019 backfill succeeded",
+        ):
+            assert title in r.stdout
+        assert "0 pending" in r.stdout
