@@ -207,6 +207,30 @@ class TestClaimsAndWrites:
         )
         assert store.write_back("fast", [fresh_write]).written == 1
 
+    def test_one_stale_row_in_a_batch_does_not_block_the_others(self, store: Store) -> None:
+        """In a group commit, only the fenced row is dropped; the rest are written."""
+        for job in ("a", "b", "c"):
+            store.add_watch(spec(job), T0)
+        claimed = store.claim_due("r1", T0, 10, 30)
+        store.remove_watch(claimed[1].key, T0 + 1)
+        record = EventRecord(Event.SUCCEEDED, T0 + 2, {"key": "x"}, ("slack",))
+        items = [
+            WriteBack(
+                watch=w,
+                progress=finished(w.progress),
+                next_poll_at=None,
+                polled_at=T0 + 2,
+                events=[record],
+            )
+            for w in claimed
+        ]
+        report = store.write_back("r1", items)
+        assert report.written == 2 and report.fenced == [claimed[1].key]
+        assert report.deliveries == 2 and store.delivery_counts() == {"pending": 2}
+        states = {w.key: w.progress.state for w in store.list_watches()}
+        assert states[claimed[1].key] is None
+        assert states[claimed[0].key] == states[claimed[2].key] == State.SUCCEEDED
+
     def test_removed_while_polling_is_fenced(self, store: Store) -> None:
         """A poll that finishes after `remove` does not bring the watch back."""
         store.add_watch(spec(), T0)

@@ -388,56 +388,45 @@ class Store:
         report = WriteReport()
         if not items:
             return report
+        params = [_write_back_params(owner, item) for item in items]
         with self._write() as conn:
-            for item in items:
-                p = item.progress
-                result = conn.execute(
-                    sa.update(watches)
-                    .where(
-                        watches.c.id == item.watch.id,
-                        watches.c.version == item.watch.version,
-                        watches.c.lease_owner == owner,
-                    )
-                    .values(
-                        state=p.state.value if p.state else None,
-                        remote_status=p.remote_status,
-                        progress=p.progress,
-                        details=dict(p.details),
-                        started_at=p.started_at,
-                        ended_at=p.ended_at,
-                        wait=p.wait,
-                        last_change_at=p.last_change_at,
-                        error_since=p.error_since,
-                        error_count=p.error_count,
-                        last_error=p.last_error,
-                        unreachable=p.unreachable,
-                        stalled=p.stalled,
-                        active=p.active,
-                        last_poll_at=item.polled_at,
-                        next_poll_at=item.next_poll_at,
-                        lease_owner=None,
-                        lease_until=None,
-                        version=watches.c.version + 1,
-                    )
-                )
-                if result.rowcount != 1:
+            written = self._fenced_update(conn, params)
+            new_transitions = []
+            for item, ok in zip(items, written, strict=True):
+                if not ok:
                     report.fenced.append(item.watch.key)
                     continue
                 report.written += 1
                 if item.transition is not None:
                     t = item.transition
-                    conn.execute(
-                        sa.insert(transitions).values(
-                            watch_id=item.watch.id,
-                            at=t.at,
-                            from_state=t.from_state.value if t.from_state else None,
-                            to_state=t.to_state.value,
-                            remote_status=t.remote_status,
-                            progress=t.progress,
-                        )
+                    new_transitions.append(
+                        {
+                            "watch_id": item.watch.id,
+                            "at": t.at,
+                            "from_state": t.from_state.value if t.from_state else None,
+                            "to_state": t.to_state.value,
+                            "remote_status": t.remote_status,
+                            "progress": t.progress,
+                        }
                     )
                 report.deliveries += _insert_events(conn, item.watch.id, item.events)
+            if new_transitions:
+                conn.execute(sa.insert(transitions), new_transitions)
         return report
+
+    def _fenced_update(self, conn: Connection, params: list[dict[str, Any]]) -> list[bool]:
+        """Run the fenced UPDATE for every row; which rows did it change?
+
+        The common case (every lease still held) is one executemany; only when its total row
+        count says some row was fenced is the batch redone row by row to find which.
+        """
+        if len(params) > 1 and self.engine.dialect.supports_sane_multi_rowcount:
+            savepoint = conn.begin_nested()
+            if conn.execute(_WRITE_BACK, params).rowcount == len(params):
+                savepoint.commit()
+                return [True] * len(params)
+            savepoint.rollback()
+        return [conn.execute(_WRITE_BACK, row).rowcount == 1 for row in params]
 
     # -- the outbox --------------------------------------------------------------------
 
@@ -529,6 +518,46 @@ class Store:
                 )
                 done += result.rowcount
         return done
+
+
+#: The write-back of one poll, built once: building statements per row costs more than running
+#: them. Rows are matched by id, claimed version and lease owner (the fence).
+_WRITE_BACK = (
+    sa.update(watches)
+    .where(
+        watches.c.id == sa.bindparam("w_id"),
+        watches.c.version == sa.bindparam("w_version"),
+        watches.c.lease_owner == sa.bindparam("w_owner"),
+    )
+    .values(version=watches.c.version + 1)
+)
+
+
+def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
+    p = item.progress
+    return {
+        "w_id": item.watch.id,
+        "w_version": item.watch.version,
+        "w_owner": owner,
+        "state": p.state.value if p.state else None,
+        "remote_status": p.remote_status,
+        "progress": p.progress,
+        "details": dict(p.details),
+        "started_at": p.started_at,
+        "ended_at": p.ended_at,
+        "wait": p.wait,
+        "last_change_at": p.last_change_at,
+        "error_since": p.error_since,
+        "error_count": p.error_count,
+        "last_error": p.last_error,
+        "unreachable": p.unreachable,
+        "stalled": p.stalled,
+        "active": p.active,
+        "last_poll_at": item.polled_at,
+        "next_poll_at": item.next_poll_at,
+        "lease_owner": None,
+        "lease_until": None,
+    }
 
 
 def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
