@@ -19,12 +19,14 @@ from typing import Any
 import httpx
 
 from poller.config import Config, load_config
+from poller.delivery import DeliveryEngine
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
 from poller.notify import Notifier
+from poller.polling import PollEngine
 from poller.scheduling import Duties
-from poller.service import DbThread, DeliveryEngine, PollEngine, Runtime, Tuning
+from poller.service import DbThread, Runtime, Tuning
 from poller.sources import Source, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier

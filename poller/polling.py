@@ -1,0 +1,234 @@
+"""Polling: claim due watches, poll them through their adapters, write results back.
+
+Data flow (DESIGN.md): due watches are claimed from the database with a lease, polled through
+their source adapter, run through the pure `states.decide`, and written back together with
+their transition, events and one outbox row per channel in one transaction (a group commit of
+many polls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from poller.models import Event, EventRecord, PollFailure, PollOutcome, Watch
+from poller.notify import route
+from poller.service import Clock, DbThread, Runtime, Tuning, nap
+from poller.states import Decision, decide
+from poller.store.repo import WriteBack
+
+
+def event_payload(watch: Watch, decision: Decision, kind: Event, now: float) -> dict[str, Any]:
+    """Everything a message about this event may show, as it was when it happened."""
+    p = decision.progress
+    previous = watch.progress.state
+    return {
+        "event": kind.value,
+        "key": watch.key,
+        "name": watch.name,
+        "source": watch.source,
+        "site": watch.site,
+        "job_id": watch.job_id,
+        "tags": list(watch.tags),
+        "state": p.state.value if p.state else None,
+        "previous_state": previous.value if previous and previous != p.state else None,
+        "remote_status": p.remote_status,
+        "progress": p.progress,
+        "details": dict(p.details),
+        "error": p.last_error if kind in (Event.UNREACHABLE, Event.TIMED_OUT) else None,
+        "created_at": p.created_at,
+        "started_at": p.started_at,
+        "ended_at": p.ended_at,
+        "at": now,
+    }
+
+
+class PollEngine:
+    """Claims due watches, polls them, and writes the results back in group commits."""
+
+    def __init__(
+        self,
+        db: DbThread,
+        runtime: Callable[[], Runtime],
+        owner: str,
+        *,
+        tuning: Tuning | None = None,
+        clock: Clock = time.time,
+        rand: Callable[[], float] = random.random,
+        on_deliveries: Callable[[], None] = lambda: None,
+        log: Any = None,
+    ) -> None:
+        self.db = db
+        self.runtime = runtime
+        self.owner = owner
+        self.tuning = tuning or Tuning()
+        self.clock = clock
+        self.rand = rand
+        self.on_deliveries = on_deliveries
+        self.log = log
+        self.wakeup = asyncio.Event()
+        self.in_flight = 0
+        self.polls = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[WriteBack] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- dispatching ----------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Dispatch until `stopping` is set."""
+        while not stopping.is_set():
+            self.wakeup.clear()
+            claimed = await self.dispatch()
+            if claimed and self.in_flight < self.tuning.max_in_flight:
+                continue  # there may be more due right now
+            due = None
+            if self.in_flight < self.tuning.max_in_flight:
+                due = await self.db.call(self.db.store.next_due_at, self.clock())
+            await nap(self.wakeup, due, self.clock(), self.tuning.idle_wait)
+
+    async def dispatch(self) -> int:
+        """Claim due watches up to the free capacity and start polling them."""
+        capacity = self.tuning.max_in_flight - self.in_flight
+        if capacity <= 0:
+            return 0
+        watches = await self.db.call(
+            self.db.store.claim_due, self.owner, self.clock(), capacity, self.tuning.lease
+        )
+        by_source: dict[str, list[Watch]] = defaultdict(list)
+        for watch in watches:
+            by_source[watch.source].append(watch)
+        for source, group in by_source.items():
+            self.in_flight += len(group)
+            task = asyncio.create_task(self._poll_group(source, group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(watches)
+
+    async def _poll_group(self, source_name: str, watches: list[Watch]) -> None:
+        runtime = self.runtime()
+        try:
+            outcomes = await self._outcomes(runtime, source_name, watches)
+            now = self.clock()
+            for watch in watches:
+                outcome = outcomes.get(watch.key) or PollFailure(
+                    "bad_answer", "the answer did not mention this job"
+                )
+                self._queue(self._write_back(runtime, watch, outcome, now))
+        except Exception:
+            # A bug here must not kill the dispatcher; the leases expire and the watches are
+            # polled again.
+            if self.log:
+                self.log.exception("poll crashed", source=source_name, watches=len(watches))
+        finally:
+            self.in_flight -= len(watches)
+            self.wakeup.set()
+
+    async def _outcomes(
+        self, runtime: Runtime, source_name: str, watches: list[Watch]
+    ) -> Mapping[str, PollOutcome]:
+        source = runtime.sources.get(source_name)
+        if source is None:
+            why = (
+                f"source type of {source_name} is not supported yet"
+                if source_name in runtime.unsupported
+                else f"source {source_name} is not in the config"
+            )
+            failure = PollFailure("config", why, transient=False)
+            return {w.key: failure for w in watches}
+        try:
+            return await source.poll([w.ref for w in watches])
+        except Exception as exc:  # an adapter bug costs these watches one poll, not the daemon
+            if self.log:
+                self.log.exception("adapter crashed", source=source_name)
+            failure = PollFailure("internal", f"{type(exc).__name__} in the {source_name} adapter")
+            return {w.key: failure for w in watches}
+
+    def _write_back(
+        self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float
+    ) -> WriteBack:
+        policy = runtime.config.policy_for(watch.source, watch.overrides)
+        decision = decide(watch.progress, outcome, policy, now, self.rand())
+        self.polls += 1
+        records = [
+            EventRecord(
+                kind=kind,
+                at=now,
+                payload=event_payload(watch, decision, kind, now),
+                channels=route(runtime.rules, kind, watch.source, watch.tags),
+            )
+            for kind in decision.events
+        ]
+        if self.log:
+            self._log_poll(watch, outcome, decision)
+        return WriteBack(
+            watch=watch,
+            progress=decision.progress,
+            next_poll_at=decision.next_poll_at,
+            polled_at=now,
+            transition=decision.transition,
+            events=records,
+        )
+
+    def _log_poll(self, watch: Watch, outcome: PollOutcome, decision: Decision) -> None:
+        log = self.log.bind(watch=watch.key, source=watch.source)
+        if isinstance(outcome, PollFailure):
+            # The first error of an outage is worth a warning; the rest of it is noise.
+            level = log.warning if decision.progress.error_count == 1 else log.debug
+            level(
+                "poll error",
+                kind=outcome.kind,
+                error=outcome.message,
+                errors=decision.progress.error_count,
+            )
+        if decision.transition is not None:
+            t = decision.transition
+            log.info(
+                "transition",
+                from_state=t.from_state.value if t.from_state else None,
+                to_state=t.to_state.value,
+                remote_status=t.remote_status,
+                progress=t.progress,
+            )
+        for kind in decision.events:
+            log.info("event", kind=kind.value)
+
+    # -- group commits --------------------------------------------------------------
+
+    def _queue(self, item: WriteBack) -> None:
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.tuning.flush_delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued result now."""
+        while self._pending:
+            batch = self._pending[: self.tuning.max_batch]
+            del self._pending[: self.tuning.max_batch]
+            report = await self.db.call(self.db.store.write_back, self.owner, batch)
+            if report.fenced and self.log:
+                self.log.warning(
+                    "stale results dropped", watches=report.fenced[:20], count=len(report.fenced)
+                )
+            if report.deliveries:
+                self.on_deliveries()
+
+    async def drain(self, grace: float) -> None:
+        """Let in-flight polls finish for up to `grace` seconds, then write what they found."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        await self.flush()
