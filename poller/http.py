@@ -13,8 +13,11 @@ import asyncio
 import email.utils
 import json
 import logging
+import random
+import socket
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -22,6 +25,8 @@ from aiolimiter import AsyncLimiter
 
 from poller.errors import PermanentSourceError, SourceError, TransientSourceError
 
+#: No server may park a whole source for longer than this with one Retry-After.
+MAX_RETRY_AFTER = 3600.0
 #: Job-status answers are small; anything bigger is not one and is not read to the end.
 MAX_BODY_BYTES = 1 << 20
 
@@ -61,6 +66,59 @@ def _status_error(response: httpx.Response, now: float) -> SourceError:
     return PermanentSourceError("http", f"HTTP {status}")
 
 
+class SourceHealth:
+    """Whether a whole source is worth asking right now.
+
+    After `threshold` transient failures in a row (any watch), or a `Retry-After`, requests to
+    the source fail fast until `open_until`: 1,000 watches on a dead host then cost a few
+    requests per backoff step instead of 1,000. The step doubles with every further failure,
+    with jitter, up to `cap`; one success closes it again.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 3,
+        base: float = 2.0,
+        cap: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.threshold, self.base, self.cap = threshold, base, cap
+        self.clock, self.rand = clock, rand
+        self.failures = 0
+        self.open_until = 0.0
+
+    def wait_left(self) -> float:
+        """Seconds until the source may be asked again (0: now)."""
+        return max(0.0, self.open_until - self.clock())
+
+    def succeeded(self) -> None:
+        """A request got an answer from the API: close the breaker."""
+        self.failures = 0
+        self.open_until = 0.0
+
+    def failed(self, retry_after: float | None) -> None:
+        """A transient failure; `retry_after` is what the server asked for, if anything."""
+        self.failures += 1
+        now = self.clock()
+        if self.failures >= self.threshold:
+            step = min(self.base * 2.0 ** min(self.failures - self.threshold, 30), self.cap)
+            self.open_until = max(self.open_until, now + step * (0.5 + 0.5 * self.rand()))
+        if retry_after is not None:
+            self.open_until = max(self.open_until, now + min(retry_after, MAX_RETRY_AFTER))
+
+    def check(self) -> None:
+        """Raise instead of sending while the source is backing off."""
+        left = self.wait_left()
+        if left > 0:
+            raise TransientSourceError(
+                "backing_off",
+                f"the source failed repeatedly; not asked again for {left:.0f}s",
+                retry_after=left,
+            )
+
+
 class Requester:
     """One source's HTTP client: limits, deadline, capped body, errors translated."""
 
@@ -73,9 +131,11 @@ class Requester:
         deadline: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_body: int = MAX_BODY_BYTES,
+        health: SourceHealth | None = None,
     ) -> None:
         self.deadline = deadline
         self.max_body = max_body
+        self.health = health or SourceHealth()
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
         self._client = httpx.AsyncClient(
@@ -87,6 +147,8 @@ class Requester:
             transport=transport,
             follow_redirects=False,
             trust_env=False,
+            # Certificates are always verified: there is no option to turn that off.
+            verify=True,
         )
 
     async def aclose(self) -> None:
@@ -104,20 +166,31 @@ class Requester:
         deadline: float | None = None,
     ) -> Any:
         """Send one request and return its decoded JSON body, or raise a `SourceError`."""
+        self.health.check()
         async with self._semaphore:
+            # The source may have gone down while this request queued.
+            self.health.check()
             if self._limiter is not None:
                 await self._limiter.acquire()
             try:
                 async with asyncio.timeout(deadline or self.deadline):
-                    return await self._send(method, url, params, body, headers)
-            except TimeoutError:
+                    answer = await self._send(method, url, params, body, headers)
+            except SourceError as exc:
+                if exc.transient:
+                    self.health.failed(exc.retry_after)
+                else:
+                    self.health.succeeded()  # the API answered, if unhappily
+                raise
+            except (TimeoutError, httpx.TimeoutException):
+                self.health.failed(None)
                 raise TransientSourceError(
                     "timeout", f"no complete answer within {deadline or self.deadline:g}s"
                 ) from None
-            except httpx.TimeoutException:
-                raise TransientSourceError("timeout", "the request timed out") from None
             except httpx.TransportError as exc:
-                raise TransientSourceError("network", _transport_message(exc)) from None
+                self.health.failed(None)
+                raise _transport_error(exc) from None
+            self.health.succeeded()
+            return answer
 
     async def _send(
         self,
@@ -153,9 +226,22 @@ class Requester:
             raise PermanentSourceError("bad_answer", f"answer is {snippet}") from None
 
 
-def _transport_message(exc: httpx.TransportError) -> str:
-    """Describe a transport failure without the URL (which may carry a secret)."""
-    name = type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    detail = str(cause or exc).splitlines()[0] if str(cause or exc) else ""
-    return f"{name}: {detail}" if detail else name
+def _transport_error(exc: httpx.TransportError) -> SourceError:
+    """Categorise a transport failure, without the URL (which may carry a secret)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, socket.gaierror) for c in chain):
+        return TransientSourceError("dns", "the host name cannot be resolved")
+    if any(isinstance(c, ssl.SSLError) for c in chain):
+        reason = next((c for c in chain if isinstance(c, ssl.SSLError)), None)
+        detail = getattr(reason, "reason", None) or "TLS handshake failed"
+        # Never retried without verification: a TLS failure stays a failure.
+        return PermanentSourceError("tls", f"TLS error: {detail}")
+    last = chain[-1]
+    detail = str(last).splitlines()[0] if str(last) else type(last).__name__
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return TransientSourceError("network", f"connection dropped: {detail}")
+    return TransientSourceError("network", f"{type(exc).__name__}: {detail}")

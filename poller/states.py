@@ -25,6 +25,8 @@ from poller.models import (
 
 #: No wait, whatever Retry-After says, is longer than this: a hostile header cannot park a watch.
 MAX_WAIT = 3600.0
+#: How many 404s in a row it takes before a job counts as missing (and can be unreachable).
+NOT_FOUND_AFTER = 3
 #: Error backoff never waits less than this, so a tiny interval cannot hammer a failing API.
 MIN_ERROR_WAIT = 1.0
 
@@ -167,7 +169,10 @@ def _on_failure(
     error_since = watch.error_since if watch.error_since is not None else now
     count = watch.error_count + 1
     unreachable = watch.unreachable
-    if not unreachable and now - error_since >= policy.error_after:
+    # One 404 may be an API that has not caught up with a job it just created; only a run of
+    # them means the job is gone.
+    convincing = failure.kind != "not_found" or count >= NOT_FOUND_AFTER
+    if not unreachable and convincing and now - error_since >= policy.error_after:
         unreachable = True
         events.append(Event.UNREACHABLE)
     wait = error_wait(policy, count, rand)
@@ -177,7 +182,8 @@ def _on_failure(
         watch,
         error_since=error_since,
         error_count=count,
-        last_error=f"{failure.kind}: {failure.message}",
+        last_error=f"{failure.kind}: {failure.message}"
+        + (f" ({count} in a row)" if failure.kind == "not_found" else ""),
         unreachable=unreachable,
     )
     return progress, None, tuple(events), wait

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from world import World
+
+from poller.sim import RulerSim, SimThread, WebhookSink
 
 PG_ADMIN_URL = os.environ.get(
     "POLLER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -59,3 +63,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/poller.db"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A loopback Ruler API and webhook sink, a config file, and daemons started from it."""
+    ruler, sink = RulerSim(token="tok-" + secrets.token_hex(4)), WebhookSink()
+    with SimThread(ruler, sink):
+        w = World(tmp_path, ruler, sink)
+        try:
+            yield w
+        finally:
+            w.close()

@@ -3,136 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import pytest
-
-from poller.sim import RulerSim, SimThread, WebhookSink
-
-SITE = "4f2a"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-    """Retry `check` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)
-
-
-class World:
-    """A loopback Ruler API, a webhook sink, a config file and the poller command."""
-
-    def __init__(self, tmp: Path, ruler: RulerSim, sink: WebhookSink) -> None:
-        self.tmp, self.ruler, self.sink = tmp, ruler, sink
-        self.config = tmp / "config.yaml"
-        self.log = tmp / "daemon.log"
-        self.daemons: list[subprocess.Popen[bytes]] = []
-        self.write_config(jobs="")
-
-    def write_config(self, jobs: str, extra: str = "") -> None:
-        self.config.write_text(f"""
-database: sqlite:///{self.tmp}/poller.db
-log: {{level: debug}}
-sources:
-  ruler-prod:
-    type: ruler
-    base_url: {self.ruler.base_url}
-    token: ${{RULER_TOKEN}}
-channels:
-  hook: {self.sink.apprise_url}
-rules:
-  - on: [succeeded, partial, failed, timed_out, started]
-    notify: [hook]
-polling:
-  interval: 200ms
-  backoff: 1.5
-  max_interval: 1s
-{extra}
-jobs:
-{jobs or "  []"}
-""")
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-        env["RULER_TOKEN"] = self.ruler.token
-        env.pop("NOTIFY_SOCKET", None)
-        return env
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "poller", *args, "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
-        return result
-
-    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        out = self.log.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env or self.env(),
-        )
-        out.close()
-        self.daemons.append(proc)
-        eventually(
-            lambda: b'"started"' in self.log.read_bytes() or proc.poll() is not None,
-            what="daemon start",
-        )
-        assert proc.poll() is None, self.log.read_text()
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=10)
-
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
-        return {w["key"]: w for w in doc["watches"]} | {"_deliveries": doc["deliveries"]}
-
-    def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [m for m in self.sink.messages if kind is None or m["type"] == kind]
-
-    def close(self) -> None:
-        for proc in self.daemons:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    ruler, sink = RulerSim(token="tok-" + os.urandom(4).hex()), WebhookSink()
-    with SimThread(ruler, sink):
-        w = World(tmp_path, ruler, sink)
-        try:
-            yield w
-        finally:
-            w.close()
-
-
-def job_yaml(job_id: str, name: str = "") -> str:
-    text = f"  - {{source: ruler-prod, site: '{SITE}', id: '{job_id}'"
-    return text + (f", name: '{name}'}}\n" if name else "}\n")
+from world import SITE, World, eventually, job_yaml
 
 
 class TestLifecycle:

@@ -181,6 +181,16 @@ class TestTimeoutsAndOutages:
         kinds = [e for d in ds for e in d.events]
         assert kinds.count(Event.STALLED) == 1
 
+    def test_not_found_needs_several_in_a_row(self) -> None:
+        """A lone 404 past error_after is not yet unreachable; a run of them is."""
+        policy = replace(POLICY, error_after=0)
+        missing = PollFailure("not_found", "HTTP 404", transient=False)
+        ds = run([missing] * 4, step=60, policy=policy)
+        assert [bool(d.events) for d in ds] == [False, False, True, False]
+        assert ds[2].events == (Event.UNREACHABLE,)
+        assert ds[1].progress.last_error is not None
+        assert ds[1].progress.last_error.endswith("(2 in a row)")
+
     def test_failures_never_make_a_watch_terminal(self) -> None:
         """Errors alone end a watch only by timeout."""
         ds = run([PollFailure("auth", "401", transient=False)] * 30, step=60)
