@@ -12,6 +12,7 @@ import sys
 from typing import Any, Literal
 
 import structlog
+import structlog.tracebacks
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -37,7 +38,12 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         renderer = structlog.processors.JSONRenderer()
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if not use_console:
-        final.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, never with local variables: those can hold tokens.
+        final.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     final.append(renderer)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from world import World
 
 from poller.sim import RulerSim, SimThread, WebhookSink
@@ -75,3 +77,14 @@ def world(tmp_path: Path) -> Iterator[World]:
             yield w
         finally:
             w.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Tests that configure logging in-process leave the next test a clean slate."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
