@@ -12,6 +12,8 @@ from pathlib import Path
 
 from world import SITE, World, eventually, job_yaml
 
+from poller.sim import RulerSim, SimThread
+
 
 class TestLifecycle:
     """A job watched from start to end."""
@@ -210,3 +212,81 @@ class TestSystemd:
             daemon.send_signal(signal.SIGTERM)
             assert b"STOPPING=1" in sock.recv(4096)
             assert daemon.wait(timeout=10) == 0
+
+    def test_watchdog_pings_at_half_the_deadline(self, world: World, tmp_path: Path) -> None:
+        """With WATCHDOG_USEC set, WATCHDOG=1 arrives about every half of it."""
+        path = str(tmp_path / "watchdog.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(5)
+            env = world.env() | {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"}
+            world.start(env=env)
+            received: list[bytes] = []
+            started = time.monotonic()
+            while time.monotonic() - started < 2.0:
+                received.append(sock.recv(4096))
+            pings = [m for m in received if m == b"WATCHDOG=1"]
+            assert len(pings) >= 4, received
+
+
+class TestReloadKeepsWork:
+    """A reload changes what is configured without dropping watches or deliveries."""
+
+    def test_pending_delivery_and_changed_source_survive_reload(self, world: World) -> None:
+        """A message held by a channel outage is still sent after a reload; a source's new
+        base_url takes effect for the watches it already had."""
+        world.ruler.add_job(SITE, "keep", status="processing")
+        world.sink.answer(500)
+        world.write_config(job_yaml("keep"))
+        daemon = world.start()
+        eventually(lambda: world.status()["_deliveries"].get("pending"), what="held message")
+        other = RulerSim(token=world.ruler.token)
+        other.add_job(SITE, "keep", status="complete")
+        with SimThread(other):
+            world.config.write_text(
+                world.config.read_text().replace(world.ruler.base_url, other.base_url)
+            )
+            daemon.send_signal(signal.SIGHUP)
+            eventually(lambda: b'"reloaded"' in world.log.read_bytes(), what="reload")
+            world.sink.answer()
+            eventually(
+                lambda: world.messages("info") and world.messages("success"),
+                timeout=20,
+                what="both messages",
+            )
+            assert other.requests["status"] >= 1
+        status = world.status()
+        assert status["ruler-prod/4f2a/keep"]["state"] == "succeeded"
+        assert status["_deliveries"] == {"sent": 2}
+
+
+class TestConcurrentCommands:
+    """The CLI and the daemon share the SQLite file without 'database is locked'."""
+
+    def test_many_cli_calls_while_polling(self, world: World) -> None:
+        """Parallel add, status and remove all succeed while the daemon writes."""
+        for i in range(30):
+            world.ruler.add_job(SITE, f"busy-{i}", status="processing")
+        world.write_config("".join(job_yaml(f"busy-{i}") for i in range(30)))
+        world.start()
+        eventually(lambda: len(world.status()) == 31, what="watches loaded")
+        env = world.env()
+        commands = [("add", "ruler-prod", f"extra-{i}", "--site", SITE) for i in range(6)]
+        commands += [("status", "--json")] * 4
+        commands += [("remove", f"ruler-prod/4f2a/busy-{i}") for i in range(6)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "poller", *args, "-c", str(world.config)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            for args in commands
+        ]
+        results = [(p.wait(timeout=60), p.communicate()) for p in procs]
+        for (code, (_out, err)), args in zip(results, commands, strict=True):
+            assert code == 0, (args, err)
+            assert b"locked" not in err
+        status = world.status()
+        assert sum(1 for k in status if "/extra-" in k) == 6
+        assert sum(1 for k, w in status.items() if "/busy-" in k and w["removed"]) == 6
