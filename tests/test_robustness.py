@@ -16,14 +16,17 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 from world import SITE, World, eventually
 
 from poller.app import Daemon
-from poller.config import load_config
+from poller.config import RulerSource, load_config
 from poller.http import Requester, SourceHealth
+from poller.models import JobRef
 from poller.service import Tuning
 from poller.sim import RulerSim, SimThread
+from poller.sources.ruler import RulerAdapter
 from poller.store.repo import Store
 
 
@@ -269,3 +272,43 @@ class TestAdapterBugs:
         assert watch.progress.state.value == "succeeded"
         assert calls["n"] == 2
         assert history is not None and history[0].what == "new -> succeeded"
+
+
+class TestLimits:
+    """max_concurrency and rate_limit hold across every watch of a source."""
+
+    def _poll_many(self, sim: RulerSim, count: int, **limits: Any) -> float:
+        config = RulerSource(
+            type="ruler", base_url=sim.base_url, token=SecretStr(sim.token), **limits
+        )
+
+        async def go() -> float:
+            adapter = RulerAdapter(config)
+            refs = [JobRef(f"r/{SITE}/j{i}", "r", f"j{i}", SITE) for i in range(count)]
+            started = time.monotonic()
+            try:
+                outcomes = await adapter.poll(refs)
+            finally:
+                await adapter.aclose()
+            assert len(outcomes) == count
+            return time.monotonic() - started
+
+        return asyncio.run(go())
+
+    def test_max_concurrency_bounds_requests_in_flight(self) -> None:
+        """10 requests that each take 0.2 s, 2 at a time, take at least 1 s."""
+        sim = RulerSim(token="t")
+        for i in range(10):
+            sim.add_job(SITE, f"j{i}", status="processing")
+        with SimThread(sim):
+            sim.fail("", mode="delay", delay=0.2, times=None)
+            assert self._poll_many(sim, 10, max_concurrency=2) >= 0.95
+            assert sim.requests["status"] == 10
+
+    def test_rate_limit_spreads_requests(self) -> None:
+        """30 requests at 10/s take at least 1.9 s (10 may go at once)."""
+        sim = RulerSim(token="t")
+        for i in range(30):
+            sim.add_job(SITE, f"j{i}", status="processing")
+        with SimThread(sim):
+            assert self._poll_many(sim, 30, rate_limit="10/s") >= 1.9
