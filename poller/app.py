@@ -20,6 +20,7 @@ import httpx
 
 from poller.config import Config, load_config
 from poller.delivery import DeliveryEngine
+from poller.discovery import Discovery, add_new_watches, discovery_interval
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
@@ -32,6 +33,8 @@ from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier
 
 log = get_logger("poller")
+#: The first discovery run holds READY back this long at most (issue 3).
+FIRST_DISCOVERY = 30.0
 
 
 def config_watch_specs(config: Config) -> list[WatchSpec]:
@@ -144,8 +147,15 @@ class Daemon:
                 watches_stopped=len(report.removed),
                 owner=self.owner,
             )
+            # -- discovery of Immuta bulks and searches (issue 3): once before READY, then
+            # every discovery_interval; a slow API only delays start-up by FIRST_DISCOVERY.
+            discover = self._discoverer(db, polls)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(discover(), timeout=FIRST_DISCOVERY)
+            duties.every(discovery_interval(self.config), discover, "discovery")
             duties.every(1.0, polls.wakeup.set, "dispatch-wakeup")
             duties.every(1.0, deliveries.wakeup.set, "delivery-retry")
+            duties.every(self.tuning.lease / 3, self._renewer(db), "lease-renewal")
             if self.systemd.watchdog_interval:
                 duties.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
             duties.start()
@@ -178,6 +188,36 @@ class Daemon:
             await self.runtime().aclose()
             db.close()
             store.close()
+
+    def _renewer(self, db: DbThread) -> Callable[[], Any]:
+        """A duty that keeps this process's leases alive while it works."""
+
+        async def renew() -> None:
+            until = self.clock() + max(self.tuning.lease, self.tuning.delivery_lease)
+            try:
+                await db.call(db.store.renew, self.owner, until)
+            except Exception as exc:  # the engines report database trouble; keep trying
+                log.warning("lease renewal failed", error=str(exc).splitlines()[0][:200])
+
+        return renew
+
+    def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Any]:
+        """The discovery duty: lists bulks and searches of the config in force (issue 3)."""
+        discovery = Discovery(
+            lambda specs: db.call(add_new_watches, db.store, specs, self.clock()), log=log
+        )
+
+        async def discover() -> None:
+            runtime = self.runtime()
+            try:
+                report = await discovery.run(runtime.config, runtime.sources)
+            except Exception as exc:  # the database may be away; the next run tries again
+                log.warning("discovery failed", error=str(exc).splitlines()[0][:200])
+                return
+            if report.added:
+                polls.wakeup.set()
+
+        return discover
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

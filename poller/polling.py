@@ -17,7 +17,7 @@ from typing import Any
 
 from poller.models import Event, EventRecord, PollFailure, PollOutcome, Watch
 from poller.notify import route
-from poller.service import Clock, DbThread, Runtime, Tuning, nap
+from poller.service import Clock, DbThread, Runtime, Tuning, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
 
@@ -81,15 +81,22 @@ class PollEngine:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Dispatch until `stopping` is set."""
-        while not stopping.is_set():
-            self.wakeup.clear()
-            claimed = await self.dispatch()
-            if claimed and self.in_flight < self.tuning.max_in_flight:
-                continue  # there may be more due right now
-            due = None
-            if self.in_flight < self.tuning.max_in_flight:
-                due = await self.db.call(self.db.store.next_due_at, self.clock())
-            await nap(self.wakeup, due, self.clock(), self.tuning.idle_wait)
+        await run_loop(
+            "dispatch",
+            self._step,
+            self.wakeup,
+            stopping,
+            self.clock,
+            self.tuning.idle_wait,
+            self.log,
+        )
+
+    async def _step(self) -> float | None:
+        if await self.dispatch() and self.in_flight < self.tuning.max_in_flight:
+            return self.clock()  # there may be more due right now
+        if self.in_flight >= self.tuning.max_in_flight:
+            return None  # a finishing poll sets `wakeup`
+        return await self.db.call(self.db.store.next_due_at, self.clock())
 
     async def dispatch(self) -> int:
         """Claim due watches up to the free capacity and start polling them."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -62,12 +62,13 @@ class Tuning:
     """Knobs of the engine; defaults suit one machine with up to ~100k watches."""
 
     max_in_flight: int = 512
-    lease: float = 60.0
+    #: how long a claim holds without renewal; a dead replica's work is taken over after this
+    lease: float = 30.0
     flush_delay: float = 0.02
     max_batch: int = 500
     idle_wait: float = 1.0
     delivery_batch: int = 50
-    delivery_lease: float = 120.0
+    delivery_lease: float = 30.0
     give_up_after: float = 86400.0
     stop_grace: float = 8.0
 
@@ -77,3 +78,39 @@ async def nap(wakeup: asyncio.Event, due: float | None, now: float, longest: flo
     wait = longest if due is None else min(longest, max(0.0, due - now))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wakeup.wait(), timeout=max(wait, 0.005))
+
+
+async def run_loop(
+    name: str,
+    step: Callable[[], Awaitable[float | None]],
+    wakeup: asyncio.Event,
+    stopping: asyncio.Event,
+    clock: Callable[[], float],
+    idle: float,
+    log: Any = None,
+) -> None:
+    """Run `step` until `stopping`; each step returns when the next one is due (None: idle).
+
+    A step that fails (most often: the database went away) is retried with backoff up to 30 s
+    instead of ending the loop, so a replica rides out a database restart.
+    """
+    failures = 0
+    while not stopping.is_set():
+        wakeup.clear()
+        try:
+            due = await step()
+            failures = 0
+            longest = idle
+        except Exception as exc:
+            failures += 1
+            longest = min(30.0, 2.0 ** min(failures - 1, 5))
+            due = clock() + longest
+            if log:
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+                log.error(
+                    f"{name} failed; retrying",
+                    error=first_line[:300],
+                    failures=failures,
+                    retry_in=longest,
+                )
+        await nap(wakeup, due, clock(), longest)

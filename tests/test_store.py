@@ -243,6 +243,15 @@ class TestClaimsAndWrites:
         got = store.get_watch(w.key)
         assert got is not None and not got.progress.active
 
+    def test_renew_keeps_a_working_claim(self, store: Store) -> None:
+        """A renewed lease is not taken over; a lease lost before renewal is not renewed."""
+        for job in ("a", "b"):
+            store.add_watch(spec(job), T0)
+        store.claim_due("r1", T0, 1, 30)
+        assert store.renew("r1", T0 + 100) == 1
+        assert [w.key for w in store.claim_due("r2", T0 + 50, 10, 30)] == ["ruler-prod/s1/b"]
+        assert store.renew("nobody", T0 + 100) == 0
+
     def test_next_due_ignores_leased_watches(self, store: Store) -> None:
         """A leased watch does not count as due for the dispatcher's sleep."""
         store.add_watch(spec("a"), T0)

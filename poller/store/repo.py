@@ -363,6 +363,16 @@ class Store:
             ).all()
         return sorted((_watch_from_row(row) for row in rows), key=lambda w: w.next_poll_at or 0)
 
+    def renew(self, owner: str, until: float) -> int:
+        """Extend every lease `owner` still holds to `until`; returns how many rows."""
+        renewed = 0
+        with self._write() as conn:
+            for table in (watches, deliveries):
+                renewed += conn.execute(
+                    sa.update(table).where(table.c.lease_owner == owner).values(lease_until=until)
+                ).rowcount
+        return renewed
+
     def release(self, owner: str | None) -> None:
         """Give back the leases `owner` holds, so another process may take over at once.
 
