@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 import httpx
 from aiolimiter import AsyncLimiter
+from httpx_aiohttp import AiohttpTransport
 
 from poller.errors import PermanentSourceError, SourceError, TransientSourceError
 
@@ -138,12 +140,17 @@ class Requester:
         self.health = health or SourceHealth()
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
+        limits = httpx.Limits(
+            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        )
+        if transport is None:
+            # httpx's API over aiohttp's connection pool: measured at about a sixth of the CPU
+            # per request of httpx's own transport (README, "Performance").
+            transport = AiohttpTransport(limits=limits, trust_env=False, verify=True)
         self._client = httpx.AsyncClient(
             headers=dict(headers or {}),
             timeout=httpx.Timeout(deadline),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
+            limits=limits,
             transport=transport,
             follow_redirects=False,
             trust_env=False,
@@ -181,7 +188,7 @@ class Requester:
                 else:
                     self.health.succeeded()  # the API answered, if unhappily
                 raise
-            except (TimeoutError, httpx.TimeoutException):
+            except TimeoutError:
                 self.health.failed(None)
                 raise TransientSourceError(
                     "timeout", f"no complete answer within {deadline or self.deadline:g}s"
@@ -242,6 +249,11 @@ def _transport_error(exc: httpx.TransportError) -> SourceError:
         return PermanentSourceError("tls", f"TLS error: {detail}")
     last = chain[-1]
     detail = str(last).splitlines()[0] if str(last) else type(last).__name__
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+    dropped = (httpx.RemoteProtocolError, httpx.ReadError, aiohttp.ServerDisconnectedError)
+    if any(isinstance(c, dropped) for c in chain):
         return TransientSourceError("network", f"connection dropped: {detail}")
-    return TransientSourceError("network", f"{type(exc).__name__}: {detail}")
+    if any(isinstance(c, ConnectionError) for c in chain):
+        return TransientSourceError("network", f"connection failed: {detail}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientSourceError("timeout", f"the request timed out: {detail}")
+    return TransientSourceError("network", f"{type(last).__name__}: {detail}")

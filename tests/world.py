@@ -38,11 +38,12 @@ class World:
         self.config = tmp / "config.yaml"
         self.log = tmp / "daemon.log"
         self.daemons: list[subprocess.Popen[bytes]] = []
+        self.database = f"sqlite:///{tmp}/poller.db"
         self.write_config(jobs="")
 
     def write_config(self, jobs: str, extra: str = "") -> None:
         self.config.write_text(f"""
-database: sqlite:///{self.tmp}/poller.db
+database: {self.database}
 log: {{level: debug}}
 sources:
   ruler-prod:
@@ -81,8 +82,12 @@ jobs:
             raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
         return result
 
-    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        out = self.log.open("ab")
+    def start(
+        self, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `poller run`; returns once it logged that it started."""
+        log = log or self.log
+        out = log.open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
             stdout=out,
@@ -92,10 +97,10 @@ jobs:
         out.close()
         self.daemons.append(proc)
         eventually(
-            lambda: b'"started"' in self.log.read_bytes() or proc.poll() is not None,
+            lambda: b'"started"' in log.read_bytes() or proc.poll() is not None,
             what="daemon start",
         )
-        assert proc.poll() is None, self.log.read_text()
+        assert proc.poll() is None, log.read_text()
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> int:
