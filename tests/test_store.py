@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,26 @@ class TestMigrations:
             assert s.list_watches() == []
         finally:
             s.close()
+
+    def test_replicas_starting_together_migrate_once(self, pg_url: str) -> None:
+        """Several processes migrating one fresh PostgreSQL at once all succeed."""
+        code = (
+            "import sys; from poller.store.repo import Store; "
+            "s = Store(sys.argv[1]); s.migrate(); print(s.current_revision()); s.close()"
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, pg_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert out.strip() == HEAD_REVISION
 
 
 class TestSqliteFiles:
