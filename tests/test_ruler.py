@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from poller.config import RulerSource
+from poller.config import SOURCE_TYPES, HttpSource, ImmutaSource, RulerSource
 from poller.errors import PermanentSourceError
 from poller.http import parse_retry_after
 from poller.models import JobRef, PollFailure, PollResult, State
 from poller.sim import RulerSim, SimThread
-from poller.sources import SOURCES, Source
-from poller.sources.ruler import RulerAdapter, parse_status, parse_time
+from poller.sources import SOURCES, Discoverer, Source
+from poller.sources.ruler import (
+    LIST_REUSE,
+    RULER_STATES,
+    ListEntry,
+    RulerAdapter,
+    parse_failures,
+    parse_job_list,
+    parse_status,
+    parse_time,
+)
 
 SITE = "4f2a"
 
@@ -54,18 +65,38 @@ def poll(
     return asyncio.run(go())
 
 
+#: A minimal valid config of each source type, for the registry test.
+SAMPLE_CONFIGS: dict[str, Any] = {
+    "ruler": source_config("http://127.0.0.1:9"),
+    "immuta": ImmutaSource(base_url="http://127.0.0.1:9", token=SecretStr("k")),
+    "http": HttpSource(url="http://127.0.0.1:9/{id}", state="s", states={"done": "succeeded"}),
+}
+
+
 class TestRegistry:
     """Every registered source is complete."""
 
+    def test_every_source_type_is_registered(self) -> None:
+        """Each type the config accepts can be polled (nothing is "not yet supported")."""
+        assert set(SOURCES) == set(SOURCE_TYPES) == set(SAMPLE_CONFIGS)
+
     @pytest.mark.parametrize("name", sorted(SOURCES))
     def test_registered_source_implements_protocol(self, name: str) -> None:
-        """Each factory builds an object with poll and aclose coroutines."""
-        config = source_config("http://127.0.0.1:9")
-        adapter = SOURCES[name](config, None)
+        """Each factory builds an object with poll and aclose (and discover) coroutines."""
+        adapter = SOURCES[name](SAMPLE_CONFIGS[name], None)
         assert isinstance(adapter, Source)
         assert asyncio.iscoroutinefunction(adapter.poll)
         assert asyncio.iscoroutinefunction(adapter.aclose)
+        if isinstance(adapter, Discoverer):
+            assert asyncio.iscoroutinefunction(adapter.discover)
         asyncio.run(adapter.aclose())
+
+    def test_immuta_discovers(self) -> None:
+        """The immuta adapter lists bulks and searches; the others do not claim to."""
+        built = {name: SOURCES[name](config, None) for name, config in SAMPLE_CONFIGS.items()}
+        assert {n for n, a in built.items() if isinstance(a, Discoverer)} == {"immuta"}
+        for adapter in built.values():
+            asyncio.run(adapter.aclose())
 
 
 class TestAgainstTheApi:
@@ -129,7 +160,8 @@ class TestAgainstTheApi:
             ({"status": 429, "retry_after": 12}, "rate_limited", True),
             ({"mode": "html"}, "bad_answer", False),
             ({"mode": "truncated"}, "bad_answer", False),
-            ({"mode": "refuse"}, "network", True),
+            # aiohttp resends an idempotent request once when the server hung up on it
+            ({"mode": "refuse", "times": 2}, "network", True),
             ({"status": 400}, "http", False),
         ],
     )
@@ -272,3 +304,318 @@ class TestRetryAfter:
         assert parse_retry_after("soon", now) is None
         assert parse_retry_after(None, now) is None
         assert parse_retry_after("-5", now) == 0
+
+
+# -- at scale: site lists, changed jobs only, failing rows ------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fresh() -> Iterator[RulerSim]:
+    """A Ruler API of its own, so that request counts belong to one test."""
+    ruler = RulerSim(token="s3cret-token")
+    with SimThread(ruler):
+        yield ruler
+
+
+def refs(*job_ids: str, site: str = SITE) -> list[JobRef]:
+    return [JobRef(f"r/{site}/{j}", "r", j, site) for j in job_ids]
+
+
+class Polls:
+    """One adapter polled several times on a fake clock, in one event loop."""
+
+    def __init__(self, sim: RulerSim, **kw: Any) -> None:
+        self.sim, self.kw, self.clock = sim, kw, FakeClock()
+
+    def run(
+        self, *steps: Sequence[JobRef] | Callable[[], object], advance: float = LIST_REUSE + 1
+    ) -> list[Any]:
+        """Poll each group in turn (the clock moves `advance` before each), calling the
+        callables in between; the outcomes of each poll, by job id."""
+
+        async def go() -> list[Any]:
+            adapter = RulerAdapter(source_config(self.sim.base_url, **self.kw), clock=self.clock)
+            try:
+                found = []
+                for step in steps:
+                    if callable(step):
+                        step()
+                        continue
+                    self.clock.now += advance
+                    outcomes = await adapter.poll(step)
+                    found.append({ref.job_id: outcomes[ref.key] for ref in step})
+                return found
+            finally:
+                await adapter.aclose()
+
+        return asyncio.run(go())
+
+
+class TestAtScale:
+    """Many jobs of one site: one list request, status only for jobs that changed."""
+
+    def test_list_once_then_status_only_for_changes(self, fresh: RulerSim) -> None:
+        """First poll: list + each status; then list only; a change costs one status."""
+        ids = [f"j{i}" for i in range(6)]
+        for job_id in ids:
+            fresh.add_job(SITE, job_id, status="processing")
+        group = refs(*ids)
+        counts: list[dict[str, int]] = []
+
+        def snapshot() -> None:
+            counts.append(dict(fresh.requests))
+
+        first, second, third = Polls(fresh).run(
+            group,
+            snapshot,
+            group,
+            snapshot,
+            lambda: fresh.set_job(SITE, "j3", status="complete"),
+            group,
+        )
+        assert counts == [{"jobs": 1, "status": 6}, {"jobs": 2, "status": 6}]
+        assert fresh.requests == {"jobs": 3, "status": 7}
+        assert all(o.state == State.RUNNING for o in second.values())
+        assert second["j0"].details == first["j0"].details
+        done = third["j3"]
+        assert done.state == State.SUCCEEDED and done.details["success_count"] == 100
+        assert third["j0"].state == State.RUNNING
+
+    def test_progress_alone_costs_no_status_request(self, fresh: RulerSim) -> None:
+        """Moving progress is read from the list; the stale counts are left out."""
+        for job_id in ("a", "b"):
+            fresh.add_job(SITE, job_id, status="processing", total_rows=200)
+        group = refs("a", "b")
+        first, moved = Polls(fresh).run(
+            group, lambda: fresh.set_job(SITE, "a", processed_rows=150), group
+        )
+        assert fresh.requests == {"jobs": 2, "status": 2}
+        assert first["a"].details["processed_rows"] == 0
+        assert moved["a"].progress == 75
+        assert "processed_rows" not in moved["a"].details
+        assert moved["a"].details["total_rows"] == 200
+        assert moved["b"].details == first["b"].details
+
+    def test_one_job_per_site_uses_status(self, fresh: RulerSim) -> None:
+        """A lone job of its site is polled with /status only."""
+        fresh.add_job(SITE, "solo", status="processing")
+        fresh.add_job("other-site", "x", status="processing")
+        group = [*refs("solo"), *refs("x", site="other-site")]
+        Polls(fresh).run(group, group)
+        assert fresh.requests == {"status": 4}
+
+    def test_threshold_is_configurable(self, fresh: RulerSim) -> None:
+        """Below list_threshold, every job keeps its own status request."""
+        ids = [f"t{i}" for i in range(5)]
+        for job_id in ids:
+            fresh.add_job(SITE, job_id, status="pending")
+        Polls(fresh, list_threshold=10).run(refs(*ids))
+        assert fresh.requests == {"status": 5}
+
+    def test_job_missing_from_the_list_is_asked_for(self, fresh: RulerSim) -> None:
+        """A watched job the list does not show gets its own status request (here: 404)."""
+        fresh.add_job(SITE, "here", status="processing")
+        (outcomes,) = Polls(fresh).run(refs("here", "gone"))
+        assert isinstance(outcomes["here"], PollResult)
+        assert isinstance(outcomes["gone"], PollFailure) and outcomes["gone"].kind == "not_found"
+
+    def test_list_trouble_fails_the_group_without_a_status_flood(self, fresh: RulerSim) -> None:
+        """A 500 on the list is a poll error for every job of the site, at one request."""
+        for job_id in ("a", "b", "c"):
+            fresh.add_job(SITE, job_id, status="processing")
+        fresh.fail("/batch/jobs", status=500)
+        (outcomes,) = Polls(fresh).run(refs("a", "b", "c"))
+        assert {o.kind for o in outcomes.values()} == {"server_error"}
+        assert fresh.requests == {"jobs": 1}
+
+    def test_missing_list_endpoint_falls_back_to_status(self, fresh: RulerSim) -> None:
+        """A 404 on the list: the site is polled job by job for a while."""
+        for job_id in ("a", "b"):
+            fresh.add_job(SITE, job_id, status="processing")
+        fresh.fail("/batch/jobs", status=404)
+        first, second = Polls(fresh).run(refs("a", "b"), refs("a", "b"))
+        assert all(isinstance(o, PollResult) for o in [*first.values(), *second.values()])
+        assert fresh.requests == {"jobs": 1, "status": 4}
+
+    def test_groups_due_apart_share_a_recent_list(self, fresh: RulerSim) -> None:
+        """Watches of one site due at different moments reuse a list fetched moments ago."""
+        for job_id in ("a", "b", "c"):
+            fresh.add_job(SITE, job_id, status="processing")
+        a, b, c = (refs(j) for j in ("a", "b", "c"))
+        Polls(fresh).run(a, b, c, a, b, c, advance=0.1)
+        # a alone: its status. b: the site has several watched jobs: a list, b's first status.
+        # c: that list, c's first status. a: that list again (newer than a's last poll).
+        # b: a new list (the old one is what b saw last time). c: the new list.
+        assert fresh.requests == {"status": 3, "jobs": 2}
+
+    def test_concurrent_groups_share_one_list_request(self, fresh: RulerSim) -> None:
+        """Two groups of one site polled at once send one list request."""
+        for i in range(4):
+            fresh.add_job(SITE, f"c{i}", status="processing")
+
+        async def go() -> None:
+            adapter = RulerAdapter(source_config(fresh.base_url))
+            try:
+                await asyncio.gather(adapter.poll(refs("c0", "c1")), adapter.poll(refs("c2", "c3")))
+            finally:
+                await adapter.aclose()
+
+        asyncio.run(go())
+        assert fresh.requests["jobs"] == 1
+
+
+class TestFailedRows:
+    """partialcomplete and failed jobs carry their first failing rows."""
+
+    def test_first_rows_truncated_once(self, fresh: RulerSim) -> None:
+        """At most 5 rows, messages cut to 200 characters, fetched once."""
+        rows = [{"rowNumber": n, "errorMessage": f"Row {n}: bad amount"} for n in range(1, 8)]
+        rows[1]["errorMessage"] = "x" * 500
+        fresh.add_job(SITE, "p", status="partialcomplete", failures=rows)
+        fresh.add_job(SITE, "q", status="processing")
+        first, second = Polls(fresh).run(refs("p", "q"), refs("p", "q"))
+        for outcome in (first["p"], second["p"]):
+            assert outcome.state == State.PARTIAL
+            shown = outcome.details["failed_rows"]
+            assert [r["row"] for r in shown] == [1, 2, 3, 4, 5]
+            assert shown[0]["message"] == "Row 1: bad amount"
+            assert len(shown[1]["message"]) == 200
+        assert fresh.requests["failures"] == 1
+        assert "failed_rows" not in first["q"].details
+
+    def test_failed_job_single_status(self, fresh: RulerSim) -> None:
+        """A lone failed job gets its rows too, with the failure reason."""
+        fresh.add_job(SITE, "f", status="failed", failure_reason="Column 'amount' is missing")
+        fresh.set_job(SITE, "f", failure_count=2)
+        (outcomes,) = Polls(fresh).run(refs("f"))
+        details = outcomes["f"].details
+        assert details["failure_reason"] == "Column 'amount' is missing"
+        assert [r["row"] for r in details["failed_rows"]] == [1, 2]
+
+    @pytest.mark.parametrize(
+        ("fault", "why"),
+        [({"status": 500}, "server_error"), ({"mode": "html"}, "bad_answer")],
+    )
+    def test_failures_trouble_never_loses_the_result(
+        self, fresh: RulerSim, fault: dict[str, Any], why: str
+    ) -> None:
+        """The terminal result goes out, saying why the rows are missing."""
+        fresh.add_job(SITE, "f", status="failed")
+        fresh.fail("/failures", **fault)
+        (outcomes,) = Polls(fresh).run(refs("f"))
+        outcome = outcomes["f"]
+        assert outcome.state == State.FAILED
+        assert outcome.details["failed_rows_error"].startswith(why)
+        assert "failed_rows" not in outcome.details
+
+    def test_hanging_failures_call_is_cut_short(self, fresh: RulerSim) -> None:
+        """A failures call that never answers delays the result by its deadline only."""
+        fresh.add_job(SITE, "h", status="partialcomplete")
+        fresh.fail("/failures", mode="hang")
+        started = time.monotonic()
+        (outcomes,) = Polls(fresh, request_timeout=1.0).run(refs("h"))
+        assert time.monotonic() - started < 3
+        assert outcomes["h"].state == State.PARTIAL
+        assert outcomes["h"].details["failed_rows_error"].startswith("timeout")
+
+
+_list_json = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "jobs",
+                    "failures",
+                    "data",
+                    "jobId",
+                    "status",
+                    "percentageProgress",
+                    "rowNumber",
+                    "errorMessage",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+class TestScaleParsers:
+    """parse_job_list and parse_failures are lenient and total."""
+
+    def test_lenient_list(self) -> None:
+        """Key case, numeric ids and string progress are read; entries without status skipped."""
+        entries = parse_job_list(
+            {"Jobs": [{"JOBID": 7, "Status": "Processing", "percentageProgress": "40"}, {"a": 1}]}
+        )
+        assert entries == {"7": ListEntry("7", "Processing", 40.0)}
+
+    @given(_list_json)
+    def test_any_json_list(self, body: Any) -> None:
+        """A mapping of entries, or a bad answer; never another exception."""
+        try:
+            entries = parse_job_list(body)
+        except PermanentSourceError:
+            return
+        for job_id, entry in entries.items():
+            assert job_id == entry.job_id and entry.status
+            assert entry.progress is None or 0 <= entry.progress <= 100
+
+    @given(_list_json)
+    def test_any_json_failures(self, body: Any) -> None:
+        """At most 5 rows of at most 200 characters, or a bad answer."""
+        try:
+            rows = parse_failures(body)
+        except PermanentSourceError:
+            return
+        assert len(rows) <= 5
+        for row in rows:
+            assert set(row) == {"row", "message"} and 0 < len(row["message"]) <= 200
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        status=st.sampled_from([200, 200, 200, 204, 404, 429, 500]),
+        body=st.binary(max_size=48)
+        | _list_json.map(lambda v: json.dumps(v).encode())
+        | st.sampled_from(
+            [
+                b'{"jobs": [{"jobId": "a", "status": "complete"}]}',
+                b'{"status": "failed", "failureReason": "x"}',
+                b'{"status": "mystery"}',
+            ]
+        ),
+    )
+    def test_adapter_on_any_http_answer(self, status: int, body: bytes) -> None:
+        """Any answer to any of the calls: one outcome per job, terminal only as stated."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, content=body)
+
+        async def go() -> Mapping[str, Any]:
+            config = source_config("http://ruler.test/v1")
+            adapter = RulerAdapter(config, transport=httpx.MockTransport(answer))
+            try:
+                return await adapter.poll(refs("a", "b", "c"))
+            finally:
+                await adapter.aclose()
+
+        outcomes = asyncio.run(go())
+        assert len(outcomes) == 3
+        for outcome in outcomes.values():
+            if isinstance(outcome, PollResult) and outcome.state is not None:
+                assert outcome.state == RULER_STATES[outcome.remote_status.lower()]

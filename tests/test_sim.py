@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import apprise
@@ -17,6 +18,8 @@ import pytest
 
 from poller.sim import (
     HttpServer,
+    ImmutaSim,
+    JsonJobSim,
     Request,
     Response,
     RulerSim,
@@ -661,6 +664,186 @@ class TestFaults:
             ruler.fail(mode="explode")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="times"):
             ruler.fail(times=0)
+
+
+IMMUTA_KEY = "immuta-key"
+
+
+@pytest.fixture
+def immuta() -> Iterator[ImmutaSim]:
+    sim = ImmutaSim(IMMUTA_KEY, max_page_size=3)
+    with SimThread(sim):
+        yield sim
+
+
+@pytest.fixture
+def iclient(immuta: ImmutaSim) -> Iterator[httpx.Client]:
+    headers = {"Authorization": IMMUTA_KEY}
+    with httpx.Client(base_url=immuta.base_url, headers=headers, timeout=5) as c:
+        yield c
+
+
+class TestImmutaSim:
+    def test_statuses_are_keyed_and_leave_out_unknown_jobs(
+        self, immuta: ImmutaSim, iclient: httpx.Client
+    ) -> None:
+        """POST /jobs/statuses answers an object keyed by the known job ids."""
+        immuta.add_job("a", state="active", output={"n": 1})
+        immuta.add_job("b", state="completed")
+        r = iclient.post("/jobs/statuses", json={"jobIds": ["a", "b", "zz"], "wait": 0})
+        assert r.status_code == 200
+        doc = r.json()
+        assert sorted(doc) == ["a", "b"]
+        assert doc["a"]["state"] == "active" and doc["a"]["output"] == {"n": 1}
+        assert set(doc["b"]) >= {"id", "jobType", "state", "bulkId", "createdOn", "completedOn"}
+        assert ISO.match(doc["b"]["completedOn"]) and ISO.match(doc["a"]["startedOn"])
+        assert doc["a"]["completedOn"] is None
+        assert immuta.requests == {"statuses": 1}
+        assert immuta.statuses_bodies == [{"jobIds": ["a", "b", "zz"], "wait": 0}]
+
+    def test_api_key_as_it_is(self, immuta: ImmutaSim) -> None:
+        """Only the bare key is accepted; a Bearer scheme is refused."""
+        with httpx.Client(base_url=immuta.base_url) as c:
+            body = {"jobIds": []}
+            bearer = {"Authorization": f"Bearer {IMMUTA_KEY}"}
+            assert c.post("/jobs/statuses", json=body, headers=bearer).status_code == 401
+            assert c.post("/jobs/statuses", json=body).status_code == 401
+            ok = {"Authorization": IMMUTA_KEY}
+            assert c.post("/jobs/statuses", json=body, headers=ok).status_code == 200
+
+    def test_bad_requests(self, immuta: ImmutaSim, iclient: httpx.Client) -> None:
+        """Wrong methods, bodies and too many ids are refused."""
+        assert iclient.get("/jobs/statuses").status_code == 405
+        assert iclient.post("/jobs/statuses", content=b"nope").status_code == 400
+        assert iclient.post("/jobs/statuses", json={"jobIds": "a"}).status_code == 400
+        assert iclient.post("/jobs/statuses", json={"jobIds": [], "wait": "1"}).status_code == 400
+        immuta.max_ids = 2
+        r = iclient.post("/jobs/statuses", json={"jobIds": ["a", "b", "c"]})
+        assert r.status_code == 400 and "at most 2" in r.json()["message"]
+        assert iclient.get("/nothing").status_code == 404
+
+    def test_long_poll_answers_when_a_job_ends(
+        self, immuta: ImmutaSim, iclient: httpx.Client
+    ) -> None:
+        """wait: the answer comes at the first check after a job ends."""
+        immuta.add_job("a", state="active")
+        immuta.script_job("a", [(0.3, {"state": "failed", "output": "x"})])
+        started = time.monotonic()
+        body = {"jobIds": ["a"], "wait": 5, "pollInterval": 0.1}
+        doc = iclient.post("/jobs/statuses", json=body).json()
+        assert 0.25 < time.monotonic() - started < 1.5
+        assert doc["a"]["state"] == "failed"
+
+    def test_long_poll_without_an_end_waits_it_out(
+        self, immuta: ImmutaSim, iclient: httpx.Client
+    ) -> None:
+        """Nothing ends: the answer comes after wait; wait 0 answers at once."""
+        immuta.add_job("a", state="retry")
+        started = time.monotonic()
+        body = {"jobIds": ["a"], "wait": 0.4, "pollInterval": 1}
+        assert iclient.post("/jobs/statuses", json=body).json()["a"]["state"] == "retry"
+        assert 0.35 < time.monotonic() - started < 1.5
+
+    def test_wait_minus_one_waits_for_an_end(
+        self, immuta: ImmutaSim, iclient: httpx.Client
+    ) -> None:
+        """wait: -1 only answers once a job has ended (what poller never asks for)."""
+        immuta.add_job("a", state="active")
+        forever = {"jobIds": ["a"], "wait": -1, "pollInterval": 0.05}
+        with pytest.raises(httpx.ReadTimeout):
+            iclient.post("/jobs/statuses", json=forever, timeout=0.3)
+        immuta.set_job("a", state="cancelled")
+        assert iclient.post("/jobs/statuses", json=forever).json()["a"]["state"] == "cancelled"
+
+    def test_state_dates_follow_changes(self, immuta: ImmutaSim) -> None:
+        """completedOn comes with a terminal state and goes with a non-terminal one."""
+        immuta.add_job("a")
+        assert immuta.job("a")["startedOn"] is None
+        done = immuta.set_job("a", state="expired")
+        assert ISO.match(done["completedOn"]) and ISO.match(done["startedOn"])
+        assert immuta.set_job("a", state="retry", retry_count=1)["completedOn"] is None
+        assert immuta.set_job("a", extra={"odd": True})["odd"] is True
+        with pytest.raises(TypeError, match="unknown job field"):
+            immuta.set_job("a", colour="red")
+        with pytest.raises(KeyError):
+            immuta.job("missing")
+        immuta.remove_job("a")
+        with pytest.raises(KeyError):
+            immuta.job("a")
+
+    def test_bulk_listing_pages_by_offset(self, immuta: ImmutaSim, iclient: httpx.Client) -> None:
+        """GET /jobs?bulkId= pages with offset/size (capped) and next offsets."""
+        for i in range(5):
+            immuta.add_job(f"b{i}", bulk_id="B")
+        immuta.add_job("x", bulk_id="other")
+        first = iclient.get("/jobs", params={"bulkId": "B", "size": 50}).json()
+        assert [j["id"] for j in first["jobs"]] == ["b0", "b1", "b2"] and first["next"] == 3
+        second = iclient.get("/jobs", params={"bulkId": "B", "offset": 3, "size": 3}).json()
+        assert [j["id"] for j in second["jobs"]] == ["b3", "b4"] and second["next"] is None
+        assert set(first["jobs"][0]) == {"id", "jobType", "state", "bulkId", "createdOn"}
+        assert iclient.get("/jobs", params={"offset": "x"}).status_code == 400
+        assert immuta.requests["jobs"] == 3
+
+    def test_search_filters_and_paging_styles(
+        self, immuta: ImmutaSim, iclient: httpx.Client
+    ) -> None:
+        """jobType/state repeated or comma-separated, dates, and next as a URL or absent."""
+        now = datetime.now(UTC)
+        immuta.add_job("old", state="failed", job_type="a", created=now - timedelta(days=2))
+        immuta.add_job("f", state="failed", job_type="a", created=now)
+        immuta.add_job("g", state="Failed", job_type="b", created=now)
+        immuta.add_job("h", state="completed", job_type="a", created=now)
+        since = (now - timedelta(days=1)).isoformat()
+        query = [("jobType", "a"), ("jobType", "b"), ("state", "failed"), ("startDate", since)]
+        doc = iclient.get("/jobs/search", params=query).json()
+        assert [j["id"] for j in doc["jobs"]] == ["f", "g"]
+        doc = iclient.get("/jobs/search", params={"jobType": "a,b", "endDate": since}).json()
+        assert [j["id"] for j in doc["jobs"]] == ["old"]
+        assert iclient.get("/jobs/search", params={"startDate": "soon"}).status_code == 400
+        immuta.next_style = "url"
+        doc = iclient.get("/jobs/search", params={"size": 2, "state": "failed"}).json()
+        assert doc["next"] == "/api/jobs/search?size=2&state=failed&offset=2"
+        assert [j["id"] for j in iclient.get(immuta.origin + doc["next"]).json()["jobs"]] == ["g"]
+        immuta.next_style = "absent"
+        assert "next" not in iclient.get("/jobs/search").json()
+
+    def test_one_job(self, immuta: ImmutaSim, iclient: httpx.Client) -> None:
+        """GET /jobs/{id} answers one job or 404."""
+        immuta.add_job("a b", state="created")
+        assert iclient.get("/jobs/a%20b").json()["state"] == "created"
+        assert iclient.get("/jobs/nope").status_code == 404
+        assert immuta.requests == {"job": 2}
+
+
+class TestJsonJobSim:
+    def test_get_and_post_answer_the_shape(self) -> None:
+        """GET /jobs/{id} and POST /jobs/query answer the shaped job; bearer token needed."""
+        sim = JsonJobSim("tok", shape=lambda job: {"job": job, "v": 2})
+        with SimThread(sim), httpx.Client(base_url=sim.base_url) as c:
+            sim.add_job("a/1", status="RUNNING")
+            assert sim.set_job("a/1", percent=5) == {
+                "job": {"id": "a/1", "status": "RUNNING", "percent": 5},
+                "v": 2,
+            }
+            auth = {"Authorization": "Bearer tok"}
+            assert c.get("/jobs/a%2F1", headers=auth).json()["job"]["percent"] == 5
+            r = c.post("/jobs/query", json={"id": "a/1"}, headers=auth)
+            assert r.json()["job"]["status"] == "RUNNING"
+            assert c.get("/jobs/a%2F1").status_code == 401
+            assert c.get("/jobs/zz", headers=auth).status_code == 404
+            assert c.post("/jobs/a", headers=auth).status_code == 405
+            assert c.post("/jobs/query", content=b"x", headers=auth).status_code == 400
+            sim.remove_job("a/1")
+            assert c.get("/jobs/a%2F1", headers=auth).status_code == 404
+            assert sim.requests == {"job": 5, "query": 2}
+
+    def test_default_shape(self) -> None:
+        """Without a shape, a job answers as {"data": {"id": ..., **fields}}."""
+        sim = JsonJobSim()
+        assert sim.add_job("x", status="DONE") == {"data": {"id": "x", "status": "DONE"}}
+        assert sim.job("x") == {"data": {"id": "x", "status": "DONE"}}
+        with pytest.raises(KeyError):
+            sim.set_job("nope", status="x")
 
 
 class TestWebhookSink:

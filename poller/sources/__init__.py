@@ -3,6 +3,9 @@
 An adapter turns a batch of watched jobs into one outcome per job. It may answer them with one
 request each or with one request for many (where the API allows); either way it never raises
 for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concerns.
+
+An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
+`poller.discovery` asks it which jobs a config entry stands for.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
+class Discoverer(Protocol):
+    """An adapter that can list the jobs a config entry names without ids (bulks, searches)."""
+
+    async def discover(self, job: Any) -> list[str]:
+        """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
+        ...
+
+
 #: Builds an adapter from its source config (`config.RulerSource`, ...) and an optional
 #: HTTP transport (tests and benchmarks pass one; production uses httpx's default).
 SourceFactory = Callable[[Any, httpx.AsyncBaseTransport | None], Source]
@@ -39,10 +51,24 @@ def _ruler(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
     return RulerAdapter(config, transport=transport)
 
 
+def _immuta(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
+    from poller.sources.immuta import ImmutaAdapter
+
+    return ImmutaAdapter(config, transport=transport)
+
+
+def _http(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
+    from poller.sources.http import HttpAdapter
+
+    return HttpAdapter(config, transport=transport)
+
+
 #: The source types this build can poll. Types the config accepts but that are missing here are
 #: reported by `poller check` as not yet supported.
 SOURCES: Mapping[str, SourceFactory] = {
     "ruler": _ruler,
+    "immuta": _immuta,
+    "http": _http,
 }
 
 

@@ -1,4 +1,22 @@
-"""The Ruler batch-status API: `GET {base_url}/{siteId}/batch/{jobId}/status`.
+"""The Ruler batch API: job status, a site's job list, and the rows a job failed on.
+
+Three endpoints (SPEC.md): ``GET {base_url}/{siteId}/batch/{jobId}/status`` answers one job
+with its counts; ``GET {base_url}/{siteId}/batch/jobs`` lists every job of a site with its status
+and progress; ``GET {base_url}/{siteId}/batch/{jobId}/failures?format=json`` gives the rows a
+finished job failed on.
+
+Polling at scale: when a site has `list_threshold` or more watched jobs (in the poll group, or
+recently asked for by earlier groups, since watches drift apart in time), one list request
+answers all of them, and a job's ``/status`` is fetched only the first time and whenever the
+list shows its status changed. Progress alone moving does not cost a request: it is read from
+the list, and the row counts of the last status answer are dropped once the progress has moved
+past them (they would be stale). A list fetched moments ago (`LIST_REUSE`) answers later groups
+too, as long as it is newer than their jobs' previous polls; groups that ask at once share one
+request. One job per site keeps using ``/status``.
+
+Partial and failed jobs: the failing rows are fetched once, the first few put in
+``details["failed_rows"]`` (row number and message, truncated); if that call fails, the result
+goes out anyway with ``details["failed_rows_error"]`` saying why.
 
 Parsing is lenient (unknown fields ignored, key case ignored, numbers as strings accepted,
 dates with or without offset) and total: any answer becomes a `PollResult` or a `PollFailure`,
@@ -8,8 +26,10 @@ and only a status Ruler documents as terminal ever makes a job terminal.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +38,19 @@ import httpx
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources import lenient
+from poller.sources.lenient import MAX_TEXT, parse_time
+
+__all__ = [
+    "MAX_TEXT",
+    "RULER_STATES",
+    "ListEntry",
+    "RulerAdapter",
+    "parse_failures",
+    "parse_job_list",
+    "parse_status",
+    "parse_time",
+]
 
 #: Ruler's statuses and poller's states (SPEC.md).
 RULER_STATES: Mapping[str, State] = {
@@ -28,48 +61,27 @@ RULER_STATES: Mapping[str, State] = {
     "failed": State.FAILED,
 }
 
-#: Longest text kept from a remote field, so a hostile answer cannot bloat rows or messages.
-MAX_TEXT = 2000
+_TERMINAL = frozenset(RULER_STATES[s] for s in ("complete", "partialcomplete", "failed"))
 
+#: Failing rows shown in a message, and the longest message kept of each.
+MAX_FAILED_ROWS = 5
+MAX_ROW_MESSAGE = 200
+#: The failures call is a nicety: it may delay a terminal result this long, never more.
+FAILURES_DEADLINE = 5.0
+#: Seconds a site's job list may keep answering later poll groups. Watches of one site are due
+#: at different moments; without reuse each of them would fetch the whole list. A list is only
+#: reused for jobs last polled before it was fetched, so every poll of a job sees news.
+LIST_REUSE = 10.0
+#: How long a job is remembered after it was last asked for (the longest wait between polls).
+MEMORY_TTL = 3600.0
+#: After the list endpoint refused (404, unreadable), the site is polled job by job this long.
+LIST_UNSUPPORTED_FOR = 600.0
+#: A site's job list grows with its jobs (~100 bytes each): a bigger cap than one status needs.
+MAX_BODY_BYTES = 8 << 20
 
-def parse_time(value: Any) -> float | None:
-    """An ISO-8601 date (with or without offset; naive means UTC) as epoch seconds."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if number == number and abs(number) != float("inf") else None
-
-
-def _count(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None and number >= 0 else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text[:MAX_TEXT]
+_COUNT_FIELDS = ("processed_rows", "success_count", "failure_count")
+_LIST_KEYS = ("jobs", "data", "items", "results", "batchjobs")
+_FAILURE_KEYS = ("failures", "rows", "data", "items", "errors", "results")
 
 
 def parse_status(body: Any) -> PollResult:
@@ -79,16 +91,16 @@ def parse_status(body: Any) -> PollResult:
         body = inner if isinstance(inner, dict) else body
     if not isinstance(body, dict):
         raise PermanentSourceError("bad_answer", "answer is not a JSON object")
-    fields = {str(k).lower(): v for k, v in body.items()}
-    status = fields.get("status")
+    found = lenient.fields(body)
+    status = found.get("status")
     if not isinstance(status, str) or not status.strip():
         raise PermanentSourceError("bad_answer", "answer has no status")
     remote = status.strip()[:256]
     state = RULER_STATES.get(remote.lower())
 
-    total = _count(fields.get("totalrows"))
-    processed = _count(fields.get("processedrows"))
-    progress = _number(fields.get("percentageprogress"))
+    total = lenient.count(found.get("totalrows"))
+    processed = lenient.count(found.get("processedrows"))
+    progress = lenient.number(found.get("percentageprogress"))
     if progress is None and total and processed is not None:
         progress = 100.0 * processed / total
     if progress is not None:
@@ -97,12 +109,12 @@ def parse_status(body: Any) -> PollResult:
     details: dict[str, Any] = {
         "total_rows": total,
         "processed_rows": processed,
-        "success_count": _count(fields.get("successcount")),
-        "failure_count": _count(fields.get("failurecount")),
-        "failure_reason": _text(fields.get("failurereason")),
-        "job_type": _text(fields.get("jobtype")),
-        "remote_created_at": parse_time(fields.get("createddatetime")),
-        "remote_completed_at": parse_time(fields.get("completeddatetime")),
+        "success_count": lenient.count(found.get("successcount")),
+        "failure_count": lenient.count(found.get("failurecount")),
+        "failure_reason": lenient.text(found.get("failurereason")),
+        "job_type": lenient.text(found.get("jobtype")),
+        "remote_created_at": parse_time(found.get("createddatetime")),
+        "remote_completed_at": parse_time(found.get("completeddatetime")),
     }
     return PollResult(
         remote_status=remote,
@@ -112,35 +124,308 @@ def parse_status(body: Any) -> PollResult:
     )
 
 
-class RulerAdapter:
-    """Polls Ruler jobs, one status request per job."""
+@dataclass(frozen=True)
+class ListEntry:
+    """One job as a site's job list shows it."""
 
-    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    job_id: str
+    status: str
+    progress: float | None = None
+    failure_reason: str | None = None
+    job_type: str | None = None
+
+
+def _items(body: Any, keys: Sequence[str]) -> list[Any] | None:
+    """The list in an answer: the answer itself, or under one of `keys` (at most two deep)."""
+    for _ in range(3):
+        if isinstance(body, list):
+            return body
+        found = lenient.fields(body)
+        inner = lenient.first(found, keys)
+        if inner is None:
+            return None
+        body = inner
+    return None
+
+
+def parse_job_list(body: Any) -> dict[str, ListEntry]:
+    """Read a site's job list, by job id; raise `PermanentSourceError` if it is not one.
+
+    Entries without an id or a status are skipped: their jobs are asked for one by one.
+    """
+    items = _items(body, _LIST_KEYS)
+    if items is None:
+        raise PermanentSourceError("bad_answer", "answer is not a job list")
+    entries: dict[str, ListEntry] = {}
+    for item in items:
+        found = lenient.fields(item)
+        job_id = lenient.identifier(lenient.first(found, ("jobid", "id")))
+        status = found.get("status")
+        if job_id is None or not isinstance(status, str) or not status.strip():
+            continue
+        progress = lenient.number(found.get("percentageprogress"))
+        entries[job_id] = ListEntry(
+            job_id=job_id,
+            status=status.strip()[:256],
+            progress=None if progress is None else min(100.0, max(0.0, progress)),
+            failure_reason=lenient.text(found.get("failurereason")),
+            job_type=lenient.text(found.get("jobtype")),
+        )
+    return entries
+
+
+def parse_failures(body: Any, limit: int = MAX_FAILED_ROWS) -> list[dict[str, Any]]:
+    """The first `limit` failing rows as ``{"row": n, "message": "..."}``.
+
+    Raises `PermanentSourceError` if the answer is not a list of rows. Rows without a message
+    are skipped; a row number that is not a whole number is None.
+    """
+    items = _items(body, _FAILURE_KEYS)
+    if items is None:
+        raise PermanentSourceError("bad_answer", "answer is not a list of failed rows")
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if len(rows) >= limit:
+            break
+        found = lenient.fields(item)
+        message = lenient.first(
+            found, ("errormessage", "message", "error", "reason", "errors", "description")
+        )
+        shown = lenient.text(message, MAX_ROW_MESSAGE * 4)
+        if not shown or not shown.strip():
+            continue
+        row = lenient.count(lenient.first(found, ("rownumber", "row", "rowindex", "line")))
+        rows.append({"row": row, "message": lenient.shorten(" ".join(shown.split()), 200)})
+    return rows
+
+
+@dataclass
+class _Known:
+    """What the adapter remembers of one job between polls."""
+
+    #: lower-cased status of the last status answer
+    status: str
+    progress: float | None
+    details: Mapping[str, Any]
+    #: when it was last polled (clock seconds), to forget jobs no longer watched
+    at: float
+    #: ``failed_rows`` or ``failed_rows_error``, once fetched
+    failed_rows: Mapping[str, Any] | None = None
+
+
+@dataclass
+class _SiteList:
+    at: float
+    entries: Mapping[str, ListEntry]
+
+
+@dataclass
+class _Memory:
+    """The adapter's memory: jobs seen, when each was last asked for, lists fetched."""
+
+    known: dict[tuple[str, str], _Known] = field(default_factory=dict)
+    asked: dict[str, dict[str, float]] = field(default_factory=dict)
+    lists: dict[str, _SiteList] = field(default_factory=dict)
+    fetching: dict[str, asyncio.Future[Mapping[str, ListEntry]]] = field(default_factory=dict)
+    no_list_until: dict[str, float] = field(default_factory=dict)
+    pruned_at: float = 0.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Every waiter may have been cancelled: read the outcome so that asyncio does not log it.
+    if not future.cancelled():
+        future.exception()
+
+
+class RulerAdapter:
+    """Polls Ruler jobs: site lists when many jobs of a site are watched, else job statuses."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
+        self.list_threshold = int(getattr(config, "list_threshold", 2))
+        self.clock = clock
         self.requester = Requester(
             headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
             transport=transport,
+            max_body=MAX_BODY_BYTES,
         )
+        self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
+        self._memory = _Memory()
 
     async def aclose(self) -> None:
         """Release connections."""
         await self.requester.aclose()
 
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
-        """Poll each job's status (concurrently, within the source's limits)."""
-        outcomes = await asyncio.gather(*(self.poll_one(job) for job in jobs))
-        return {job.key: outcome for job, outcome in zip(jobs, outcomes, strict=True)}
+        """Poll these jobs: per site, one list request or one status request per job."""
+        now = self.clock()
+        self._prune(now)
+        outcomes: dict[str, PollOutcome] = {}
+        by_site: dict[str, list[JobRef]] = {}
+        #: per site, when the group's jobs were last polled (the latest of them)
+        previous: dict[str, float] = {}
+        for job in jobs:
+            if not job.site:
+                outcomes[job.key] = PollFailure(
+                    "config", "a ruler watch needs a site", transient=False
+                )
+                continue
+            by_site.setdefault(job.site, []).append(job)
+            asked = self._memory.asked.setdefault(job.site, {})
+            if job.job_id in asked:
+                previous[job.site] = max(previous.get(job.site, -math.inf), asked[job.job_id])
+            asked[job.job_id] = now
+        groups = await asyncio.gather(
+            *(
+                self._poll_site(site, refs, now, previous.get(site, -math.inf))
+                for site, refs in by_site.items()
+            )
+        )
+        for group in groups:
+            outcomes.update(group)
+        for job in jobs:
+            outcome = outcomes.get(job.key)
+            if isinstance(outcome, PollResult) and outcome.state in _TERMINAL and job.site:
+                # it will not be asked for again: it no longer counts as watched on its site
+                self._memory.asked.get(job.site, {}).pop(job.job_id, None)
+        return outcomes
 
     async def poll_one(self, job: JobRef) -> PollOutcome:
-        """Poll one job's status."""
+        """Poll one job's status (and, once it ended partial or failed, its failing rows)."""
         if not job.site:
             return PollFailure("config", "a ruler watch needs a site", transient=False)
-        site, job_id = quote(job.site, safe=""), quote(job.job_id, safe="")
-        url = f"{self.base_url}/{site}/batch/{job_id}/status"
+        url = f"{self._site_url(job.site)}/batch/{quote(job.job_id, safe='')}/status"
         try:
-            return parse_status(await self.requester.json("GET", url))
+            result = parse_status(await self.requester.json("GET", url))
         except SourceError as exc:
             return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+        key = (job.site, job.job_id)
+        known = self._memory.known.get(key)
+        failed_rows = known.failed_rows if known is not None else None
+        if result.state in (State.PARTIAL, State.FAILED) and failed_rows is None:
+            failed_rows = await self._failed_rows(job.site, job.job_id)
+        self._memory.known[key] = _Known(
+            status=result.remote_status.lower(),
+            progress=result.progress,
+            details=result.details,
+            at=self.clock(),
+            failed_rows=failed_rows,
+        )
+        if failed_rows and result.state in (State.PARTIAL, State.FAILED):
+            result = replace(result, details={**result.details, **failed_rows})
+        return result
+
+    # -- sites -------------------------------------------------------------------------
+
+    def _site_url(self, site: str) -> str:
+        return f"{self.base_url}/{quote(site, safe='')}"
+
+    def _use_list(self, site: str, now: float) -> bool:
+        if self._memory.no_list_until.get(site, 0.0) > now:
+            return False
+        return len(self._memory.asked.get(site, ())) >= self.list_threshold
+
+    async def _poll_site(
+        self, site: str, refs: list[JobRef], now: float, newer_than: float
+    ) -> Mapping[str, PollOutcome]:
+        if not self._use_list(site, now):
+            return await self._one_by_one(refs)
+        try:
+            entries = await self._site_list(site, now, newer_than)
+        except SourceError as exc:
+            if exc.transient or exc.kind == "auth":
+                # the same trouble would meet every status request: one failure for all
+                failure = PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+                return {ref.key: failure for ref in refs}
+            self._memory.no_list_until[site] = now + LIST_UNSUPPORTED_FOR
+            return await self._one_by_one(refs)
+        outcomes: dict[str, PollOutcome] = {}
+        to_fetch: list[JobRef] = []
+        for ref in refs:
+            entry = entries.get(ref.job_id)
+            known = self._memory.known.get((site, ref.job_id))
+            if entry is None or known is None or known.status != entry.status.lower():
+                # new to us, changed, or not in the list (its status answers or says 404)
+                to_fetch.append(ref)
+            else:
+                known.at = now
+                outcomes[ref.key] = _from_list(entry, known)
+        outcomes.update(await self._one_by_one(to_fetch))
+        return outcomes
+
+    async def _one_by_one(self, refs: Sequence[JobRef]) -> dict[str, PollOutcome]:
+        found = await asyncio.gather(*(self.poll_one(ref) for ref in refs))
+        return {ref.key: outcome for ref, outcome in zip(refs, found, strict=True)}
+
+    async def _site_list(self, site: str, now: float, newer_than: float) -> Mapping[str, ListEntry]:
+        """The site's job list: reused if fetched moments ago and after `newer_than` (the
+        jobs' previous poll), shared if being fetched."""
+        cached = self._memory.lists.get(site)
+        if cached is not None and newer_than < cached.at and now - cached.at <= LIST_REUSE:
+            return cached.entries
+        pending = self._memory.fetching.get(site)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch_list(site, now))
+            self._memory.fetching[site] = pending
+            pending.add_done_callback(_retrieve)
+            pending.add_done_callback(lambda _f: self._memory.fetching.pop(site, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch_list(self, site: str, now: float) -> Mapping[str, ListEntry]:
+        entries = parse_job_list(
+            await self.requester.json("GET", f"{self._site_url(site)}/batch/jobs")
+        )
+        self._memory.lists[site] = _SiteList(now, entries)
+        return entries
+
+    async def _failed_rows(self, site: str, job_id: str) -> Mapping[str, Any]:
+        """``{"failed_rows": [...]}``, or ``{"failed_rows_error": why}``; never raises."""
+        url = f"{self._site_url(site)}/batch/{quote(job_id, safe='')}/failures"
+        try:
+            body = await self.requester.json(
+                "GET", url, params={"format": "json"}, deadline=self._failures_deadline
+            )
+            rows = parse_failures(body)
+        except SourceError as exc:
+            return {"failed_rows_error": f"{exc.kind}: {exc.message}"}
+        return {"failed_rows": rows} if rows else {}
+
+    def _prune(self, now: float) -> None:
+        memory = self._memory
+        if now - memory.pruned_at < 60.0:
+            return
+        memory.pruned_at = now
+        horizon = now - MEMORY_TTL
+        memory.asked = {
+            site: kept
+            for site, asked in memory.asked.items()
+            if (kept := {job_id: at for job_id, at in asked.items() if at >= horizon})
+        }
+        memory.known = {key: known for key, known in memory.known.items() if known.at >= horizon}
+        memory.lists = {s: lst for s, lst in memory.lists.items() if now - lst.at <= LIST_REUSE}
+        memory.no_list_until = {s: t for s, t in memory.no_list_until.items() if t > now}
+
+
+def _from_list(entry: ListEntry, known: _Known) -> PollResult:
+    """A result from a list entry whose status the last status answer already showed."""
+    progress = entry.progress if entry.progress is not None else known.progress
+    details = dict(known.details)
+    if progress != known.progress:
+        # the counts belong to the last status answer; the job has moved on since
+        for name in _COUNT_FIELDS:
+            details.pop(name, None)
+    if entry.failure_reason:
+        details["failure_reason"] = entry.failure_reason
+    state = RULER_STATES.get(entry.status.lower())
+    if known.failed_rows and state in (State.PARTIAL, State.FAILED):
+        details.update(known.failed_rows)
+    return PollResult(remote_status=entry.status, state=state, progress=progress, details=details)

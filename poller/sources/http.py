@@ -1,0 +1,153 @@
+"""Any JSON job-status endpoint, described in the config (`config.HttpSource`).
+
+One request per job: the ``url`` template (and the string leaves of the optional JSON ``body``
+template) are filled with the job's fields (`config.TEMPLATE_FIELDS`: ``id``, ``site``,
+``source``, ``key``; URL-quoted in the URL), sent with ``method`` and ``headers``. In the JSON
+answer, the ``state`` JMESPath expression finds the remote state, ``progress`` the percentage,
+and each ``detail`` expression a value kept in the details under its name (so that messages
+can show it). ``states`` maps remote values, case-insensitively, to poller's states; a value it
+does not map is recorded raw and is never terminal.
+
+Parsing is total: an answer where the state cannot be found, or is not a plain value, is a
+poll error for that job; nothing raises out of the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from poller.errors import PermanentSourceError, SourceError
+from poller.http import Requester
+from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources import lenient
+
+if TYPE_CHECKING:  # the adapter reads its config; only app.py builds one
+    from poller.config import HttpExpressions
+
+__all__ = ["HttpAdapter", "parse_answer", "render_body", "render_url"]
+
+#: The longest detail value kept (text, or objects and lists as JSON).
+MAX_DETAIL = 1000
+
+
+def _fields(job: JobRef) -> dict[str, str]:
+    return {"id": job.job_id, "site": job.site or "", "source": job.source, "key": job.key}
+
+
+def render_url(template: str, job: JobRef) -> str:
+    """The URL of one job: the template with its fields, each URL-quoted."""
+    return template.format(**{k: quote(v, safe="") for k, v in _fields(job).items()})
+
+
+def render_body(template: Any, job: JobRef) -> Any:
+    """The JSON body of one job: every string leaf of the template filled with its fields."""
+    fields = _fields(job)
+    if isinstance(template, str):
+        return template.format(**fields)
+    if isinstance(template, Mapping):
+        return {key: render_body(value, job) for key, value in template.items()}
+    if isinstance(template, list | tuple):
+        return [render_body(value, job) for value in template]
+    return template
+
+
+def _search(expression: Any, body: Any) -> Any:
+    try:
+        return expression.search(body)
+    except Exception:
+        # jmespath raises on functions given the wrong types (length(@) of a number, ...):
+        # that is the answer not having the expected shape, like a missing field
+        return None
+
+
+def _remote_value(value: Any) -> str | None:
+    """The remote state as text: strings as they are, numbers and booleans as JSON spells them."""
+    if isinstance(value, str):
+        return value.strip()[:256] or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)[:256]
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def _detail(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return lenient.text(value, MAX_DETAIL)
+
+
+def parse_answer(
+    body: Any, expressions: HttpExpressions, states: Mapping[str, State]
+) -> PollResult:
+    """Read one answer; raise `PermanentSourceError` if its state cannot be found.
+
+    `states` is keyed by lower-cased remote values (`config.HttpSource.states`).
+    """
+    found = _search(expressions.state, body)
+    if found is None:
+        raise PermanentSourceError("bad_answer", "the state expression found nothing")
+    remote = _remote_value(found)
+    if remote is None:
+        raise PermanentSourceError("bad_answer", "the state expression found no plain value")
+    progress = None
+    if expressions.progress is not None:
+        progress = lenient.number(_search(expressions.progress, body))
+        if progress is not None:
+            progress = min(100.0, max(0.0, progress))
+    details = {name: _detail(_search(expr, body)) for name, expr in expressions.detail.items()}
+    return PollResult(
+        remote_status=remote,
+        state=states.get(remote.lower()),
+        progress=progress,
+        details={k: v for k, v in details.items() if v is not None},
+    )
+
+
+class HttpAdapter:
+    """Polls a generic JSON job API, one request per job."""
+
+    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.expressions: HttpExpressions = config.compiled()
+        self.states: Mapping[str, State] = dict(config.states)
+        self.requester = Requester(
+            headers={name: value.get_secret_value() for name, value in config.headers.items()},
+            max_concurrency=config.max_concurrency,
+            rate_limit=config.rate_limit,
+            deadline=config.request_timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        await self.requester.aclose()
+
+    async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
+        """Poll each job (concurrently, within the source's limits)."""
+        outcomes = await asyncio.gather(*(self.poll_one(job) for job in jobs))
+        return {job.key: outcome for job, outcome in zip(jobs, outcomes, strict=True)}
+
+    async def poll_one(self, job: JobRef) -> PollOutcome:
+        """Poll one job."""
+        try:
+            url = render_url(self.config.url, job)
+            body = None if self.config.body is None else render_body(self.config.body, job)
+        except (ValueError, KeyError, IndexError) as exc:
+            # the config check refuses such templates; a config built in code may not be checked
+            return PollFailure("config", f"cannot fill the templates: {exc}", transient=False)
+        try:
+            answer = await self.requester.json(self.config.method, url, body=body)
+            return parse_answer(answer, self.expressions, self.states)
+        except SourceError as exc:
+            return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)

@@ -1,0 +1,356 @@
+"""The Immuta jobs API: many jobs per statuses request, optional long-polling, and discovery.
+
+Endpoints (SPEC.md): ``POST {base_url}/jobs/statuses`` with ``{"jobIds": [...], "wait": s,
+"pollInterval": s}`` answers many jobs at once, keyed by job id; ``GET {base_url}/jobs?bulkId=``
+lists the jobs of a bulk; ``GET {base_url}/jobs/search`` finds jobs by ``jobType``, ``state``,
+``startDate`` and ``endDate``, a page at a time (``offset``/``size``, answer ``jobs`` and
+``next``). The API key goes as it is in ``Authorization``.
+
+Polling: the watched jobs of a poll group are sent in chunks of ``batch_size`` ids, one request
+per chunk. A job the answer does not mention is a poll error for that job alone. With
+``long_poll`` the request asks the server to wait up to that long, checking every second, and to
+answer as soon as a job ends; the request deadline is made longer than that wait. ``wait: -1``
+(wait for ever) is never sent: without ``long_poll`` it is ``wait: 0``.
+
+Parsing is lenient (key case, a state given as a bare string, wrapped answers, several date
+formats) and total: any answer becomes a `PollResult` or a `PollFailure` per job, and only the
+states Immuta documents as terminal make a job terminal. ``output`` is kept, truncated, in
+``details["output"]``, so that a failure message can show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from poller.errors import PermanentSourceError, SourceError
+from poller.http import Requester
+from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources import lenient
+
+__all__ = [
+    "IMMUTA_STATES",
+    "ImmutaAdapter",
+    "parse_job",
+    "parse_page",
+    "parse_statuses",
+]
+
+#: Immuta's job states and poller's states (SPEC.md).
+IMMUTA_STATES: Mapping[str, State] = {
+    "created": State.PENDING,
+    "active": State.RUNNING,
+    "retry": State.RUNNING,
+    "completed": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "cancelled": State.CANCELLED,
+    "expired": State.EXPIRED,
+}
+
+#: How often a long-polling server re-checks the jobs: a job's end is seen within about this.
+POLL_INTERVAL = 1.0
+#: A long-polling request may take this much longer than its wait before it is given up.
+LONG_POLL_GRACE = 5.0
+#: The longest `output` kept in the details.
+MAX_OUTPUT = 1000
+#: Discovery pages: jobs asked for per page, pages followed at most, jobs kept at most.
+PAGE_SIZE = 100
+MAX_PAGES = 500
+MAX_DISCOVERED = 10_000
+
+_WRAPPERS = ("statuses", "jobs", "data", "results", "items")
+_ID_KEYS = ("id", "jobid", "job_id")
+_CREATED_KEYS = ("createdon", "createdat", "created", "createddate", "createddatetime")
+_STARTED_KEYS = ("startedon", "startedat", "started", "starteddate")
+_COMPLETED_KEYS = (
+    "completedon",
+    "completedat",
+    "completed",
+    "completeddate",
+    "completeddatetime",
+    "finishedon",
+    "finishedat",
+    "endedat",
+)
+_NO_MARKER = object()
+
+
+def _wait_value(seconds: float) -> int | float:
+    """Whole seconds as a JSON integer, as a server expecting integers would want them."""
+    return int(seconds) if float(seconds).is_integer() else round(seconds, 3)
+
+
+def parse_job(entry: Any) -> PollResult:
+    """One job of a statuses answer; raise `PermanentSourceError` if it has no state.
+
+    A bare string is taken for the state. An object needs ``state`` (or ``status``) as a
+    string; an object with only an error says why the job could not be answered.
+    """
+    if isinstance(entry, str):
+        entry = {"state": entry}
+    if not isinstance(entry, dict):
+        raise PermanentSourceError("bad_answer", "the job's entry is not an object")
+    found = lenient.fields(entry)
+    state = lenient.first(found, ("state", "status"))
+    if not isinstance(state, str) or not state.strip():
+        error = lenient.text(lenient.first(found, ("error", "message", "errormessage")), 200)
+        if error:
+            raise PermanentSourceError("bad_answer", f"the API answered for this job: {error}")
+        raise PermanentSourceError("bad_answer", "the job's entry has no state")
+    remote = state.strip()[:256]
+    output = found.get("output")
+    reason = None
+    if isinstance(output, dict):
+        # a failed job's output is usually its error: {"message": ..., "stack": ...}
+        reason = lenient.text(lenient.first(lenient.fields(output), ("message", "error")), 500)
+    reason = reason or lenient.text(
+        lenient.first(found, ("error", "errormessage", "failurereason", "reason")), 500
+    )
+    progress = lenient.number(found.get("progress"))
+    details: dict[str, Any] = {
+        "output": lenient.text(output, MAX_OUTPUT),
+        "failure_reason": reason,
+        "job_type": lenient.text(lenient.first(found, ("jobtype", "type", "name")), 200),
+        "bulk_id": lenient.text(found.get("bulkid"), 200),
+        "retry_count": lenient.count(found.get("retrycount")),
+        "remote_created_at": lenient.parse_time(lenient.first(found, _CREATED_KEYS)),
+        "remote_started_at": lenient.parse_time(lenient.first(found, _STARTED_KEYS)),
+        "remote_completed_at": lenient.parse_time(lenient.first(found, _COMPLETED_KEYS)),
+    }
+    return PollResult(
+        remote_status=remote,
+        state=IMMUTA_STATES.get(remote.lower()),
+        progress=None if progress is None else min(100.0, max(0.0, progress)),
+        details={k: v for k, v in details.items() if v is not None},
+    )
+
+
+def _keyed(body: Any, job_ids: Sequence[str]) -> dict[str, Any] | None:
+    """The answer as a mapping of job id to entry, unwrapped and re-keyed where needed."""
+    for _ in range(3):
+        if isinstance(body, list):
+            keyed: dict[str, Any] = {}
+            for item in body:
+                job_id = lenient.identifier(lenient.first(lenient.fields(item), _ID_KEYS))
+                if job_id is not None:
+                    keyed.setdefault(job_id, item)
+            return keyed
+        if not isinstance(body, dict):
+            return None
+        if any(job_id in body for job_id in job_ids):
+            return {str(k): v for k, v in body.items()}
+        inner = lenient.first(lenient.fields(body), _WRAPPERS)
+        if not isinstance(inner, dict | list):
+            return {str(k): v for k, v in body.items()}
+        body = inner
+    return None
+
+
+def parse_statuses(body: Any, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
+    """One outcome per requested job id from a statuses answer; never raises.
+
+    The answer is an object keyed by job id (a list of jobs with ids, or either wrapped in
+    ``statuses``/``data``..., is read too). Keys are matched exactly, then ignoring case.
+    """
+    keyed = _keyed(body, job_ids)
+    if keyed is None:
+        failure = PollFailure("bad_answer", "answer is not an object of job statuses", False)
+        return dict.fromkeys(job_ids, failure)
+    folded = {k.lower(): v for k, v in keyed.items()}
+    outcomes: dict[str, PollOutcome] = {}
+    for job_id in job_ids:
+        entry = keyed[job_id] if job_id in keyed else folded.get(job_id.lower())
+        if entry is None:
+            outcomes[job_id] = PollFailure(
+                "not_found", "the statuses answer did not mention this job", transient=False
+            )
+            continue
+        try:
+            outcomes[job_id] = parse_job(entry)
+        except PermanentSourceError as exc:
+            outcomes[job_id] = PollFailure(exc.kind, exc.message, transient=False)
+    return outcomes
+
+
+def parse_page(body: Any) -> tuple[list[str], Any]:
+    """The job ids of one page of a job listing, and its ``next`` marker.
+
+    The marker is what ``next`` said, or `_NO_MARKER` if the answer has none. Raises
+    `PermanentSourceError` if the answer is not a page of jobs.
+    """
+    if isinstance(body, list):
+        items: Any = body
+        marker: Any = _NO_MARKER
+    else:
+        found = lenient.fields(body)
+        if not found:
+            raise PermanentSourceError("bad_answer", "answer is not a list of jobs")
+        items = lenient.first(found, ("jobs", "data", "items", "results"))
+        marker = found.get("next", _NO_MARKER)
+        if items is None and marker is not _NO_MARKER:
+            items = []
+    if not isinstance(items, list):
+        raise PermanentSourceError("bad_answer", "answer is not a list of jobs")
+    ids: list[str] = []
+    for item in items:
+        if isinstance(item, dict):
+            job_id = lenient.identifier(lenient.first(lenient.fields(item), _ID_KEYS))
+        else:
+            job_id = lenient.identifier(item)
+        if job_id is not None:
+            ids.append(job_id)
+    return ids, marker
+
+
+class ImmutaAdapter:
+    """Polls Immuta jobs in batches, and lists the jobs of bulks and searches."""
+
+    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = str(config.base_url).rstrip("/")
+        self.batch_size = max(1, int(config.batch_size))
+        self.long_poll: float | None = config.long_poll or None
+        self._deadline = float(config.request_timeout)
+        # a long-polling request must be given longer than it is asked to wait (httpx's read
+        # timeout included, hence the client's own deadline); other requests keep theirs
+        self._poll_deadline = (
+            max(self._deadline, self.long_poll + LONG_POLL_GRACE)
+            if self.long_poll
+            else self._deadline
+        )
+        self.requester = Requester(
+            # Immuta takes the API key as it is, without a scheme
+            headers={"Authorization": config.token.get_secret_value()},
+            max_concurrency=config.max_concurrency,
+            rate_limit=config.rate_limit,
+            deadline=self._poll_deadline,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        await self.requester.aclose()
+
+    def statuses_body(self, job_ids: Sequence[str]) -> dict[str, Any]:
+        """The body of one statuses request."""
+        body: dict[str, Any] = {"jobIds": list(job_ids)}
+        if self.long_poll:
+            body["wait"] = _wait_value(self.long_poll)
+            body["pollInterval"] = _wait_value(min(POLL_INTERVAL, self.long_poll))
+        else:
+            body["wait"] = 0
+        return body
+
+    async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
+        """Poll these jobs: one statuses request per `batch_size` job ids."""
+        job_ids = list(dict.fromkeys(job.job_id for job in jobs))
+        chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
+        answers = await asyncio.gather(*(self._poll_chunk(chunk) for chunk in chunks))
+        by_id: dict[str, PollOutcome] = {}
+        for answer in answers:
+            by_id.update(answer)
+        return {job.key: by_id[job.job_id] for job in jobs}
+
+    async def _poll_chunk(self, job_ids: list[str]) -> dict[str, PollOutcome]:
+        try:
+            body = await self.requester.json(
+                "POST",
+                f"{self.base_url}/jobs/statuses",
+                body=self.statuses_body(job_ids),
+                deadline=self._poll_deadline,
+            )
+        except SourceError as exc:
+            failure = PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+            return dict.fromkeys(job_ids, failure)
+        return parse_statuses(body, job_ids)
+
+    # -- discovery ---------------------------------------------------------------------
+
+    async def discover(self, job: Any) -> list[str]:
+        """The ids of the jobs a config entry's ``bulk`` or ``search`` finds, every page of them.
+
+        Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.
+        """
+        if job.bulk is not None:
+            return await self._list("/jobs", [("bulkId", str(job.bulk))])
+        if job.search is not None:
+            params: list[tuple[str, str]] = []
+            for name in ("jobType", "state"):
+                params.extend((name, str(value)) for value in getattr(job.search, name) or ())
+            for name in ("startDate", "endDate"):
+                value = getattr(job.search, name)
+                if value is not None:
+                    params.append((name, str(value)))
+            return await self._list("/jobs/search", params)
+        return []
+
+    async def _list(self, path: str, params: list[tuple[str, str]]) -> list[str]:
+        """Follow a listing's pages to the end: by ``next`` when given, else by offset."""
+        found: dict[str, None] = {}
+        offset = 0
+        url: str | None = None  # a next-page URL the server gave
+        token: str | None = None  # an opaque next-page token the server gave
+        seen: set[tuple[str | None, str | None, int]] = set()
+        largest = 0  # the longest page so far: the server's page size if it caps ours
+        for _ in range(MAX_PAGES):
+            if (url, token, offset) in seen:
+                break  # a server that points back at a page it gave: stop, not loop
+            seen.add((url, token, offset))
+            if url is not None:
+                target = url
+            else:
+                query = [*params, ("offset", str(offset)), ("size", str(PAGE_SIZE))]
+                if token is not None:
+                    query.append(("next", token))
+                target = f"{self.base_url}{path}?{urlencode(query)}"
+            ids, marker = parse_page(
+                await self.requester.json("GET", target, deadline=self._deadline)
+            )
+            before = len(found)
+            found.update(dict.fromkeys(ids))
+            if len(found) >= MAX_DISCOVERED or len(found) == before:
+                break  # an empty page, or one the server gave before (it ignores offset)
+            step = self._next_page(marker, offset, len(ids), largest)
+            largest = max(largest, len(ids))
+            if step is None:
+                break
+            url, token, offset = step
+        return list(found)[:MAX_DISCOVERED]
+
+    def _next_page(
+        self, marker: Any, offset: int, got: int, largest: int
+    ) -> tuple[str | None, str | None, int] | None:
+        """Where the next page is, from a ``next`` marker: (url, token, offset), or None.
+
+        Without a marker, a page shorter than asked for and than an earlier page is the last
+        (a server may cap the page size below ours); otherwise the next offset is tried.
+        """
+        if marker is _NO_MARKER:
+            last = got < PAGE_SIZE and got < largest
+            return None if last else (None, None, offset + got)
+        if marker is None or marker is False or marker == "":
+            return None
+        if marker is True:
+            return None, None, offset + got
+        number = lenient.number(marker)
+        if number is not None and not isinstance(marker, dict | list):
+            return (None, None, int(number)) if number > offset else None
+        if isinstance(marker, dict):
+            inner = lenient.fields(marker)
+            next_offset = lenient.count(inner.get("offset"))
+            if next_offset is not None and next_offset > offset:
+                return None, None, next_offset
+            return None
+        if isinstance(marker, str):
+            text = marker.strip()
+            if text.startswith(("http://", "https://", "/")):
+                absolute = urljoin(self.base_url + "/", text)
+                # the API key goes with every request: never to another host
+                if urlsplit(absolute)[:2] != urlsplit(self.base_url)[:2]:
+                    raise PermanentSourceError("bad_answer", "next page is on another host")
+                return absolute, None, offset + got
+            return None, text[:1000], offset + got
+        return None

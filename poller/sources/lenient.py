@@ -1,0 +1,120 @@
+"""Lenient readers of JSON values that the source adapters share.
+
+Job APIs differ in casing, number formats and date formats, and their documents are silent on
+much of it. Every function here takes any decoded JSON value and returns a plain Python value or
+None; none of them raises, so a parser built on them only has to decide what is missing.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+#: Longest text kept from a remote field, so a hostile answer cannot bloat rows or messages.
+MAX_TEXT = 2000
+
+#: Epoch numbers above this are taken for milliseconds (it is in the year 5138 as seconds).
+_MILLISECONDS_FROM = 1e11
+
+
+def number(value: Any) -> float | None:
+    """A finite number from a JSON number or a numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            result = float(value)
+        except OverflowError:  # a huge JSON integer
+            return None
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except (ValueError, OverflowError):
+            return None
+    else:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def count(value: Any) -> int | None:
+    """A non-negative whole count, or None."""
+    result = number(value)
+    return int(result) if result is not None and result >= 0 else None
+
+
+def text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    """A string of at most `limit` characters; objects and lists as compact JSON."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        result = value
+    elif isinstance(value, dict | list):
+        try:
+            result = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            result = repr(value)
+    else:
+        result = str(value)
+    return shorten(result, limit)
+
+
+def shorten(value: str, limit: int) -> str:
+    """`value` cut to `limit` characters, marked with an ellipsis when cut."""
+    return value if len(value) <= limit else value[: max(0, limit - 1)] + "…"
+
+
+def identifier(value: Any) -> str | None:
+    """A job id from a string or a whole number (ids are never floats, booleans or empty)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= 1000:
+        return value.strip()
+    return None
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from an ISO-8601 date (naive means UTC), an HTTP date or an epoch number.
+
+    Epoch numbers may be seconds or milliseconds (told apart by size).
+    """
+    try:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            epoch = number(value)
+            if epoch is not None:
+                if epoch <= 0:
+                    return None
+                return epoch / 1000 if epoch >= _MILLISECONDS_FROM else epoch
+        if not isinstance(value, str) or not value.strip():
+            return None
+        raw = value.strip()
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(raw)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, TypeError, IndexError, OverflowError, OSError):
+        return None
+
+
+def fields(value: Any) -> dict[str, Any]:
+    """A JSON object's members with lower-cased names ({} for anything that is not one)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k).lower(): v for k, v in value.items()}
+
+
+def first(found: Mapping[str, Any], names: Iterable[str]) -> Any:
+    """The value of the first of `names` (lower-case) that `found` has and is not null."""
+    for name in names:
+        value = found.get(name)
+        if value is not None:
+            return value
+    return None

@@ -1,0 +1,348 @@
+"""Discovery of Immuta bulks and searches into watches, and the daemon watching Immuta jobs end
+to end (single jobs with long-polling, bulks, searches)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from structlog.testing import capture_logs
+
+from poller.config import Config, load_config
+from poller.discovery import (
+    DEFAULT_INTERVAL,
+    Discovery,
+    DiscoveryReport,
+    add_new_watches,
+    discovery_interval,
+)
+from poller.models import WatchSpec
+from poller.sim import ImmutaSim, SimThread, WebhookSink
+from poller.sources import Source
+from poller.sources.immuta import ImmutaAdapter
+from poller.store.repo import Store
+
+KEY = "immuta-key-2468"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def sim() -> Iterator[ImmutaSim]:
+    server = ImmutaSim(KEY, max_page_size=5)
+    with SimThread(server):
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(f"sqlite:///{tmp_path}/poller.db")
+    opened.migrate()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def write_config(tmp_path: Path, base_url: str, jobs: str, source_extra: str = "") -> Config:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+database: sqlite:///{tmp_path}/poller.db
+sources:
+  im:
+    type: immuta
+    base_url: {base_url}
+    token: {KEY}
+{source_extra}
+jobs:
+{jobs}
+""")
+    return load_config(path, environ={})
+
+
+class Run:
+    """Discovery against a real store and a real adapter; counts what reaches the store."""
+
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store, self.config = store, config
+        self.sent: list[int] = []
+        self.discovery = Discovery(self.add)
+
+    async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
+        self.sent.append(len(specs))
+        return add_new_watches(self.store, specs, time.time())
+
+    def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
+        async def go() -> DiscoveryReport:
+            adapters: dict[str, Source] = (
+                sources if sources is not None else {"im": ImmutaAdapter(self.config.sources["im"])}
+            )
+            try:
+                return await self.discovery.run(self.config, adapters)
+            finally:
+                for adapter in adapters.values():
+                    await adapter.aclose()
+
+        return asyncio.run(go())
+
+
+class TestDiscovery:
+    """Bulks and searches become watches; later jobs are picked up."""
+
+    def test_bulk_jobs_become_watches_with_the_entry_labels(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """Every job of the bulk, across pages, is watched with the entry's name and tags."""
+        for i in range(12):
+            sim.add_job(f"b-{i}", bulk_id="bulk-1")
+        sim.add_job("elsewhere", bulk_id="bulk-2")
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            "  - {source: im, bulk: bulk-1, name: Nightly load, tags: [etl],"
+            " polling: {interval: 5s}}",
+        )
+        report = Run(store, config)()
+        assert report.found == 12 and len(report.added) == 12 and report.failed == ()
+        watch = store.get_watch("im/b-7")
+        assert watch is not None
+        assert (watch.origin, watch.name, watch.tags) == ("discovered", "Nightly load", ("etl",))
+        assert watch.overrides == {"interval": 5.0}
+        assert store.get_watch("im/elsewhere") is None
+
+    def test_later_jobs_are_picked_up_and_only_they_reach_the_store(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """A second run adds the new job alone and sends nothing else to the store."""
+        sim.add_job("a", bulk_id="b")
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, bulk: b}")
+        run = Run(store, config)
+        assert run().added == ("im/a",)
+        version = store.get_watch("im/a").version  # type: ignore[union-attr]
+        sim.add_job("z", bulk_id="b")
+        assert run().added == ("im/z",)
+        assert run().added == ()
+        assert run.sent == [1, 1]
+        assert store.get_watch("im/a").version == version  # type: ignore[union-attr]
+
+    def test_existing_and_removed_watches_are_left_alone(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """A watch from the config keeps its labels; one removed by hand stays removed."""
+        for job_id in ("kept", "removed", "new"):
+            sim.add_job(job_id, bulk_id="b")
+        now = time.time()
+        store.add_watch(WatchSpec("im", "kept", name="By hand", origin="config"), now)
+        store.add_watch(WatchSpec("im", "removed"), now)
+        store.remove_watch("im/removed", now)
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, bulk: b, name: Bulk}")
+        assert Run(store, config)().added == ("im/new",)
+        kept, removed = store.get_watch("im/kept"), store.get_watch("im/removed")
+        assert kept is not None and (kept.name, kept.origin) == ("By hand", "config")
+        assert removed is not None and removed.removed_at is not None
+
+    def test_search_with_filters(self, tmp_path: Path, sim: ImmutaSim, store: Store) -> None:
+        """A search's filters reach the API; what it finds is watched."""
+        sim.add_job("f1", state="failed", job_type="policyUpdate")
+        sim.add_job("f2", state="failed", job_type="sdd")
+        sim.add_job("ok", state="completed", job_type="policyUpdate")
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            "  - {source: im, search: {jobType: [policyUpdate], state: failed}}",
+        )
+        assert Run(store, config)().added == ("im/f1",)
+
+    def test_a_failing_entry_does_not_stop_the_others(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """The search fails (logged, without the key); the bulk is still added."""
+        sim.add_job("a", bulk_id="b", state="failed")
+        sim.fail("/jobs/search", status=503)
+        config = write_config(
+            tmp_path,
+            sim.base_url,
+            "  - {source: im, bulk: b}\n  - {source: im, search: {state: failed}}",
+        )
+        run = Run(store, config)
+        run.discovery.log = _logger()
+        with capture_logs() as logs:
+            report = run()
+        assert report.added == ("im/a",)
+        assert report.failed == ("jobs[1] (search on im)",)
+        (failed,) = [e for e in logs if e["event"] == "discovery failed"]
+        assert failed["kind"] == "unavailable"
+        assert KEY not in repr(logs)
+        # the next run tries again
+        assert run().failed == ()
+
+    def test_a_source_that_cannot_discover(self, tmp_path: Path, store: Store) -> None:
+        """An entry whose source has no adapter is reported, not raised."""
+        config = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, bulk: b}")
+        report = Run(store, config)({})
+        assert report.failed == ("jobs[0] (bulk b on im)",)
+
+    def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
+        """discovery_interval of sources with bulks or searches; the default otherwise."""
+        fast = write_config(
+            tmp_path,
+            "http://127.0.0.1:9",
+            "  - {source: im, bulk: b}",
+            "    discovery_interval: 15s",
+        )
+        assert discovery_interval(fast) == 15
+        none = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, id: x}")
+        assert discovery_interval(none) == DEFAULT_INTERVAL
+        # a config without bulks or searches: a run that lists nothing and adds nothing
+        assert asyncio.run(Discovery(_never).run(none, {})) == DiscoveryReport()
+
+
+async def _never(specs: Sequence[WatchSpec]) -> list[str]:
+    raise AssertionError("nothing to add")
+
+
+def _logger() -> Any:
+    from poller.logs import get_logger
+
+    return get_logger("test")
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.02)
+
+
+class Daemon:
+    """`poller run` on a config file, against an Immuta simulator and a webhook sink."""
+
+    def __init__(self, tmp: Path, immuta: ImmutaSim, sink: WebhookSink, jobs: str) -> None:
+        self.sink = sink
+        self.log = tmp / "daemon.log"
+        self.config = tmp / "config.yaml"
+        self.config.write_text(f"""
+database: sqlite:///{tmp}/poller.db
+log: {{level: debug}}
+sources:
+  immuta:
+    type: immuta
+    base_url: {immuta.base_url}
+    token: ${{IMMUTA_KEY}}
+    long_poll: 2s
+    discovery_interval: 500ms
+channels:
+  hook: {sink.apprise_url}
+rules:
+  - on: [succeeded, failed, cancelled, expired, started]
+    notify: [hook]
+polling: {{interval: 200ms, max_interval: 500ms}}
+jobs:
+{jobs}
+""")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+        env["IMMUTA_KEY"] = KEY
+        env.pop("NOTIFY_SOCKET", None)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def messages(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.sink.messages if m["type"] == kind]
+
+    def about(self, kind: str, text: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages(kind) if text in m["message"]]
+
+    def seen_at(self, key: str, state: str) -> float:
+        """When the daemon logged the watch's transition to `state` (epoch seconds)."""
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("watch") == key and entry.get("to_state") == state:
+                    return datetime.fromisoformat(entry["timestamp"]).timestamp()
+        raise AssertionError(f"no transition of {key} to {state} in the log")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=15)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Path, ImmutaSim, WebhookSink]]:
+    immuta, sink = ImmutaSim(KEY, max_page_size=2), WebhookSink()
+    with SimThread(immuta, sink):
+        yield tmp_path, immuta, sink
+
+
+class TestImmutaEndToEnd:
+    """The daemon watches single, bulk and searched Immuta jobs and notifies their ends."""
+
+    def test_single_bulk_and_search(self, world: tuple[Path, ImmutaSim, WebhookSink]) -> None:
+        """Ends reach the webhook promptly (long-poll); a job added to the bulk later too."""
+        tmp, immuta, sink = world
+        immuta.add_job("one", state="active")
+        for i in range(3):
+            immuta.add_job(f"bulk-{i}", state="created", bulk_id="B7")
+        immuta.add_job("found", state="failed", job_type="sdd", output={"message": "boom"})
+        immuta.add_job("ignored", state="failed", job_type="other")
+        daemon = Daemon(
+            tmp,
+            immuta,
+            sink,
+            "  - {source: immuta, id: one, name: Policy sync}\n"
+            "  - {source: immuta, bulk: B7, name: Bulk load, tags: [bulk]}\n"
+            "  - {source: immuta, search: {jobType: [sdd], state: failed}, name: Failed SDD}",
+        )
+        try:
+            eventually(lambda: daemon.about("info", "immuta/one"), what="one started")
+            (found,) = eventually(lambda: daemon.about("failure", "immuta/found"), what="found")
+            assert "Failed SDD" in found["title"]
+            assert "boom" in found["message"]
+
+            immuta.set_job("one", state="completed")
+            ended = time.time()
+            eventually(lambda: daemon.about("success", "immuta/one"), what="one succeeded")
+            # the poll saw the end within about a second (delivery has its own pace)
+            assert daemon.seen_at("immuta/one", "succeeded") - ended < 1.6
+
+            immuta.set_job("bulk-1", state="cancelled")
+            immuta.add_job("bulk-late", state="expired", bulk_id="B7")
+            eventually(lambda: daemon.about("failure", "immuta/bulk-1"), what="bulk-1")
+            (late,) = eventually(lambda: daemon.about("failure", "immuta/bulk-late"))
+            assert "Bulk load" in late["title"] and "expired" in late["title"]
+            assert not daemon.about("failure", "immuta/ignored")
+            # long-polling keeps the request rate far below one per job per 200 ms
+            bodies = immuta.statuses_bodies
+            assert all(b["wait"] == 2 and b["pollInterval"] == 1 for b in bodies)
+            assert max(len(b["jobIds"]) for b in bodies) > 1
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+        log = daemon.log.read_text()
+        assert '"discovered"' in log
+        assert KEY not in log

@@ -1,0 +1,314 @@
+"""The generic http source against a loopback JSON job API, its parser on any input, and the
+daemon polling it end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from poller.config import HttpSource
+from poller.errors import PermanentSourceError
+from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sim import JsonJobSim, SimThread, WebhookSink
+from poller.sources.http import HttpAdapter, parse_answer, render_body, render_url
+
+TOKEN = "warehouse-token-8899"
+STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}
+T = TypeVar("T")
+
+
+@pytest.fixture
+def sim() -> Iterator[JsonJobSim]:
+    server = JsonJobSim(TOKEN)
+    with SimThread(server):
+        yield server
+
+
+def source(url: str, **kw: Any) -> HttpSource:
+    values: dict[str, Any] = {
+        "url": url,
+        "headers": {"Authorization": SecretStr(f"Bearer {TOKEN}")},
+        "state": "data.status",
+        "progress": "data.percent",
+        "states": STATES,
+    }
+    values.update(kw)
+    return HttpSource(**values)
+
+
+def ref(job_id: str) -> JobRef:
+    return JobRef(key=f"wh/{job_id}", source="wh", job_id=job_id)
+
+
+def poll(
+    config: HttpSource,
+    job_ids: Sequence[str],
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, PollOutcome]:
+    async def go() -> dict[str, PollOutcome]:
+        adapter = HttpAdapter(config, transport=transport)
+        try:
+            refs = [ref(j) for j in job_ids]
+            outcomes = await adapter.poll(refs)
+            return {r.job_id: outcomes[r.key] for r in refs}
+        finally:
+            await adapter.aclose()
+
+    return asyncio.run(go())
+
+
+def assert_stated(outcome: PollOutcome, states: Mapping[str, Any] = STATES) -> None:
+    """Terminal only where the configured map says the remote value is."""
+    if isinstance(outcome, PollResult) and outcome.state in TERMINAL_STATES:
+        mapped = {k.lower(): State(v) for k, v in states.items()}
+        assert mapped[outcome.remote_status.lower()] == outcome.state
+
+
+class TestAgainstAnApi:
+    """Real requests to a simulated JSON job API."""
+
+    def test_get_with_state_progress_and_details(self, sim: JsonJobSim) -> None:
+        """The url template, the JMESPath expressions and detail fields are applied."""
+        sim.add_job("j1", status="RUNNING", percent="40", message="loading", rows={"ok": 4})
+        config = source(
+            sim.base_url + "/jobs/{id}",
+            detail={"failure_reason": "data.message", "rows": "data.rows"},
+        )
+        outcome = poll(config, ["j1"])["j1"]
+        assert isinstance(outcome, PollResult)
+        assert (outcome.state, outcome.remote_status, outcome.progress) == (
+            State.RUNNING,
+            "RUNNING",
+            40,
+        )
+        assert outcome.details == {"failure_reason": "loading", "rows": '{"ok":4}'}
+
+    def test_states_map_ignores_case_and_unmapped_stay_raw(self, sim: JsonJobSim) -> None:
+        """done maps like DONE; a value not in the map is raw and never terminal."""
+        sim.add_job("a", status="done")
+        sim.add_job("b", status="Archiving")
+        outcomes = poll(source(sim.base_url + "/jobs/{id}"), ["a", "b"])
+        a, b = outcomes["a"], outcomes["b"]
+        assert isinstance(a, PollResult) and a.state == State.SUCCEEDED
+        assert isinstance(b, PollResult) and (b.state, b.remote_status) == (None, "Archiving")
+
+    def test_post_with_a_body_template(self, sim: JsonJobSim) -> None:
+        """method POST sends the body template filled with the job's fields."""
+        sim.add_job("p/1", status="ERROR")
+        config = source(sim.base_url + "/jobs/query", method="POST", body={"id": "{id}"})
+        outcome = poll(config, ["p/1"])["p/1"]
+        assert isinstance(outcome, PollResult) and outcome.state == State.FAILED
+        assert sim.requests["query"] == 1
+
+    def test_ids_are_quoted_in_the_url(self, sim: JsonJobSim) -> None:
+        """An id with a slash or a space stays one path segment."""
+        sim.add_job("a b/c", status="QUEUED")
+        outcome = poll(source(sim.base_url + "/jobs/{id}"), ["a b/c"])["a b/c"]
+        assert isinstance(outcome, PollResult) and outcome.state == State.PENDING
+        assert sim.request_log[-1][1].endswith("/jobs/a%20b%2Fc")
+
+    def test_custom_answer_shapes(self) -> None:
+        """Numbers as states, nested lists and functions in the expressions."""
+        server = JsonJobSim(
+            TOKEN,
+            shape=lambda job: {"result": [{"code": job["code"], "steps": job["steps"]}]},
+        )
+        with SimThread(server):
+            server.add_job("n", code=2, steps=[20, 30])
+            config = source(
+                server.base_url + "/jobs/{id}",
+                state="result[0].code",
+                progress="sum(result[0].steps)",
+                states={"1": "running", "2": "succeeded"},
+            )
+            outcome = poll(config, ["n"])["n"]
+        assert isinstance(outcome, PollResult)
+        assert (outcome.state, outcome.remote_status, outcome.progress) == (
+            State.SUCCEEDED,
+            "2",
+            50,
+        )
+
+    @pytest.mark.parametrize(
+        ("fault", "kind"),
+        [
+            ({"status": 500}, "server_error"),
+            ({"status": 404}, "not_found"),
+            ({"mode": "html"}, "bad_answer"),
+            ({"mode": "truncated"}, "bad_answer"),
+            ({"status": 200, "body": {"data": {"status": {"nested": 1}}}}, "bad_answer"),
+            ({"status": 200, "body": {"other": 1}}, "bad_answer"),
+        ],
+    )
+    def test_bad_answers_become_poll_errors(
+        self, sim: JsonJobSim, fault: dict[str, Any], kind: str
+    ) -> None:
+        """Trouble and answers without a plain state are poll errors."""
+        sim.add_job("f", status="DONE")
+        sim.fail(**fault)
+        outcome = poll(source(sim.base_url + "/jobs/{id}"), ["f"])["f"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == kind, outcome
+
+    def test_headers_carry_the_credentials_and_never_leak(self, sim: JsonJobSim) -> None:
+        """Without the right header it is an auth error, whose message hides the token."""
+        sim.add_job("h", status="DONE")
+        config = source(
+            sim.base_url + "/jobs/{id}", headers={"Authorization": SecretStr("Bearer wrong-4455")}
+        )
+        outcome = poll(config, ["h"])["h"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
+        assert "wrong-4455" not in outcome.message
+
+
+class TestTemplates:
+    """render_url and render_body."""
+
+    def test_every_field(self) -> None:
+        """id, site, source and key fill templates; literal braces survive."""
+        job = JobRef(key="wh/x y", source="wh", job_id="x y")
+        url = render_url("https://h/{source}/{id}?k={key}&s={site}&q={{1}}", job)
+        assert url == "https://h/wh/x%20y?k=wh%2Fx%20y&s=&q={1}"
+        body = render_body({"a": ["{id}", 3, None, {"k": "{key}!"}], "b": True}, job)
+        assert body == {"a": ["x y", 3, None, {"k": "wh/x y!"}], "b": True}
+
+
+_scalars = st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10)
+_json = st.recursive(
+    _scalars | st.sampled_from([*STATES, "done", "Error"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["data", "status", "percent", "message", "x"]), children, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+_EXPRESSIONS = [
+    source("https://h/{id}").compiled(),
+    source(
+        "https://h/{id}",
+        state="data[0].status || status",
+        progress="sum(data[*].percent)",
+        detail={"why": "data.message", "len": "length(data)"},
+    ).compiled(),
+]
+
+
+class TestAnyInput:
+    """parse_answer and the adapter are total."""
+
+    @given(_json, st.sampled_from(_EXPRESSIONS))
+    def test_parse_answer_is_a_result_or_a_bad_answer(self, body: Any, expressions: Any) -> None:
+        """Any JSON: a result (terminal only where mapped) or PermanentSourceError."""
+        states = {k.lower(): State(v) for k, v in STATES.items()}
+        try:
+            result = parse_answer(body, expressions, states)
+        except PermanentSourceError:
+            return
+        assert_stated(result)
+        assert result.progress is None or 0 <= result.progress <= 100
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        status=st.sampled_from([200, 200, 200, 204, 301, 401, 404, 429, 500]),
+        body=st.binary(max_size=64)
+        | _json.map(lambda v: json.dumps(v).encode())
+        | _json.map(lambda v: json.dumps(v).encode()[:5]),
+    )
+    def test_adapter_on_any_http_answer(self, status: int, body: bytes) -> None:
+        """Any status and bytes: a result or a poll error for the job, nothing raised."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, content=body)
+
+        outcomes = poll(source("http://wh.test/{id}"), ["a"], httpx.MockTransport(answer))
+        assert_stated(outcomes["a"])
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+class TestDaemon:
+    """`poller run` polls an http source and notifies."""
+
+    def test_job_end_reaches_the_webhook(self, tmp_path: Path) -> None:
+        """RUNNING then DONE: a started and a succeeded message; the token stays out of logs."""
+        api, sink = JsonJobSim(TOKEN), WebhookSink()
+        with SimThread(api, sink):
+            api.add_job("w1", status="RUNNING", percent=10)
+            config = tmp_path / "config.yaml"
+            config.write_text(f"""
+database: sqlite:///{tmp_path}/poller.db
+log: {{level: debug}}
+sources:
+  warehouse:
+    type: http
+    url: {api.base_url}/jobs/{{id}}
+    headers: {{Authorization: "Bearer ${{WAREHOUSE_TOKEN}}"}}
+    state: data.status
+    progress: data.percent
+    detail: {{failure_reason: data.message}}
+    states: {{QUEUED: pending, RUNNING: running, DONE: succeeded, ERROR: failed}}
+channels:
+  hook: {sink.apprise_url}
+rules:
+  - on: [succeeded, failed, started]
+    notify: [hook]
+polling: {{interval: 200ms, max_interval: 500ms}}
+jobs:
+  - {{source: warehouse, id: w1, name: Warehouse load}}
+""")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+            env["WAREHOUSE_TOKEN"] = TOKEN
+            env.pop("NOTIFY_SOCKET", None)
+            log = tmp_path / "daemon.log"
+            with log.open("wb") as out:
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "poller", "run", "-c", str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            try:
+                eventually(lambda: any(m["type"] == "info" for m in sink.messages), what="start")
+                api.set_job("w1", status="DONE", percent=100, message="all rows loaded")
+                done = eventually(
+                    lambda: [m for m in sink.messages if m["type"] == "success"], what="success"
+                )
+                assert "Warehouse load" in done[0]["title"]
+                assert "warehouse/w1" in done[0]["message"]
+                daemon.send_signal(signal.SIGTERM)
+                assert daemon.wait(timeout=15) == 0
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
+            # the secret is in no log line and in no database file (WAL included)
+            for path in tmp_path.iterdir():
+                if path.name != "config.yaml":
+                    assert TOKEN.encode() not in path.read_bytes(), path
