@@ -11,18 +11,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from poller.config import Config, load_config
+from poller.config import Config, format_duration, load_config
 from poller.errors import ConfigError, PollerError
 from poller.models import TERMINAL_STATES, State, Watch, WatchSpec
-from poller.store.repo import safe_url
+from poller.store.repo import Undelivered, safe_url
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +44,8 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 DEFAULT_CONFIG = "/etc/poller/config.yaml"
+#: Undelivered notifications `status` lists (newest first); the counts cover them all.
+STATUS_LIST_LIMIT = 20
 
 
 def _console() -> Console:
@@ -95,9 +98,13 @@ def _ago(ts: float | None, now: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def watch_json(watch: Watch) -> dict[str, Any]:
-    """The JSON shape of one watch in `status --json`."""
+def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The JSON shape of one watch in `status --json`.
+
+    `undelivered` counts the watch's deliveries still ``pending`` and ``given_up``.
+    """
     p = watch.progress
+    undelivered = undelivered or {}
     return {
         "key": watch.key,
         "name": watch.name,
@@ -121,6 +128,23 @@ def watch_json(watch: Watch) -> dict[str, Any]:
         "last_error": p.last_error,
         "unreachable": p.unreachable,
         "stalled": p.stalled,
+        "deliveries_pending": undelivered.get("pending", 0),
+        "deliveries_given_up": undelivered.get("given_up", 0),
+    }
+
+
+def undelivered_json(entry: Undelivered) -> dict[str, Any]:
+    """The JSON shape of one undelivered (pending or given-up) notification."""
+    return {
+        "key": entry.key,
+        "name": entry.name,
+        "event": entry.event,
+        "channel": entry.channel,
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "created_at": _iso(entry.created_at),
+        "next_attempt_at": _iso(entry.next_attempt_at),
+        "last_error": entry.last_error,
     }
 
 
@@ -168,17 +192,34 @@ def check(config: ConfigOption = None) -> None:
         out.print(f"source {name}: {source.type}{note}")
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
-        out.print(f"channel {name}: {', '.join(notifier.describe(name))}")
+        note = "  (own template)" if name in cfg.channel_templates else ""
+        out.print(f"channel {name}: {', '.join(notifier.describe(name))}{note}", markup=False)
     for i, rule in enumerate(cfg.rules):
         scope = []
         if rule.sources:
             scope.append("sources " + ", ".join(rule.sources))
         if rule.tags:
             scope.append("tags " + ", ".join(rule.tags))
+        if rule.template is not None:
+            scope.append("own template")
         out.print(
             f"rule {i}: {', '.join(e.value for e in rule.on)} -> {', '.join(rule.notify)}"
             + (f" ({'; '.join(scope)})" if scope else "")
         )
+    d = cfg.delivery
+    out.print(
+        f"delivery: timeout {format_duration(d.timeout)}, retries every "
+        f"{format_duration(d.retry_initial)} doubling to {format_duration(d.retry_max)}, "
+        f"given up after {format_duration(d.give_up_after)}"
+    )
+    if d.digest.enabled:
+        out.print(
+            f"digests: more than {d.digest.threshold} events for a channel within "
+            f"{format_duration(d.digest.window)} go out as one message "
+            f"(events wait {format_duration(d.digest.wait)} for others)"
+        )
+    else:
+        out.print("digests: off")
     specs = config_watch_specs(cfg)
     out.print(f"would watch {len(specs)} job(s):")
     for spec in specs:
@@ -198,12 +239,21 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     try:
         watches = store.list_watches()
         deliveries = store.delivery_counts()
+        by_watch = store.undelivered_by_watch()
+        given_up = store.undelivered("given_up", limit=STATUS_LIST_LIMIT)
+        pending = store.undelivered("pending", limit=STATUS_LIST_LIMIT)
     finally:
         store.close()
     if as_json:
         print(
             json.dumps(
-                {"watches": [watch_json(w) for w in watches], "deliveries": deliveries}, indent=2
+                {
+                    "watches": [watch_json(w, by_watch.get(w.key)) for w in watches],
+                    "deliveries": deliveries,
+                    "given_up": [undelivered_json(e) for e in given_up],
+                    "undelivered": [undelivered_json(e) for e in pending],
+                },
+                indent=2,
             )
         )
         return
@@ -227,10 +277,37 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         out.print(table)
     else:
         out.print("no watches yet: add jobs to the config or run `poller add`")
-    pending = deliveries.get("pending", 0)
-    given_up = deliveries.get("given_up", 0)
-    if pending or given_up:
-        out.print(f"deliveries: {pending} pending, {given_up} given up")
+    pending_count = deliveries.get("pending", 0)
+    given_up_count = deliveries.get("given_up", 0)
+    if pending_count or given_up_count:
+        out.print(f"deliveries: {pending_count} pending, {given_up_count} given up")
+    for title, entries, total in (
+        ("undelivered (still retried)", pending, pending_count),
+        ("given up", given_up, given_up_count),
+    ):
+        if not entries:
+            continue
+        more = f", newest {len(entries)} shown" if total > len(entries) else ""
+        out.print(f"\n{title} ({total}{more}):", markup=False)
+        table = Table(box=None, pad_edge=False)
+        for column in ("KEY", "EVENT", "CHANNEL", "SINCE", "ATTEMPTS", "LAST ERROR"):
+            table.add_column(column, overflow="fold")
+        for e in entries:
+            # Text, not markup: keys and errors may hold brackets
+            table.add_row(
+                *(
+                    Text(value)
+                    for value in (
+                        e.key,
+                        e.event,
+                        e.channel,
+                        _ago(e.created_at, now),
+                        str(e.attempts),
+                        (e.last_error or "")[:240],
+                    )
+                )
+            )
+        out.print(table)
 
 
 @app.command()
@@ -352,9 +429,9 @@ def notify_test(
     channel: Annotated[str | None, typer.Argument(help="One channel (default: all).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Send a test message through one or every channel and show what each answered."""
+    """Send a test message through one or every channel and show what each service answered
+    (URLs with their secrets masked); exit 1 if any channel failed."""
     from poller.errors import NotifyError
-    from poller.models import Event
     from poller.notify import Notifier
 
     cfg = _config(config)
@@ -368,17 +445,28 @@ def notify_test(
     async def send_all() -> int:
         failures = 0
         for name in names:
+            fmt = notifier.format_for(name)
+            body = (
+                f"If you can read this, poller can reach the channel **{name}**."
+                if fmt == "markdown"
+                else f"If you can read this, poller can reach the channel {name}."
+            )
             try:
                 answer = await notifier.send(
                     name,
                     "poller test message",
-                    "If you can read this, poller can reach this channel.",
-                    Event.RECOVERED,
+                    body,
+                    severity="info",
+                    body_format=fmt,
+                    timeout=cfg.delivery.timeout,
                 )
-                print(f"{name}: ok ({answer})")
+                print(f"{name}: ok")
             except NotifyError as exc:
                 failures += 1
-                print(f"{name}: FAILED ({exc.answer})")
+                answer = exc.answer
+                print(f"{name}: FAILED")
+            for part in answer.split("; "):
+                print(f"  {part}")
         return failures
 
     raise typer.Exit(1 if asyncio.run(send_all()) else 0)

@@ -54,11 +54,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from poller import models
 from poller.errors import ConfigError, Problem
 from poller.models import Event, Policy, State
+from poller.notify import MessageTemplate, TemplateProblem, check_template, compile_template
 
 __all__ = [
     "TEMPLATE_FIELDS",
     "AnySource",
+    "ChannelConfig",
     "Config",
+    "DeliveryConfig",
+    "DigestConfig",
     "HttpExpressions",
     "HttpSource",
     "ImmutaSource",
@@ -70,6 +74,7 @@ __all__ = [
     "RulerSource",
     "SearchSpec",
     "SourceConfig",
+    "TemplateConfig",
     "default_database_url",
     "format_duration",
     "load_config",
@@ -80,7 +85,16 @@ __all__ = [
 #: A place in the config: mapping keys and list indexes from the root.
 KeyPath = tuple[str | int, ...]
 
-TOP_LEVEL_KEYS = ("database", "sources", "channels", "rules", "polling", "jobs", "log")
+TOP_LEVEL_KEYS = (
+    "database",
+    "sources",
+    "channels",
+    "rules",
+    "polling",
+    "delivery",
+    "jobs",
+    "log",
+)
 SOURCE_TYPES = ("ruler", "immuta", "http")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The fields an http source's url and body templates may name.
@@ -588,13 +602,105 @@ class HttpSource(SourceConfig):
 AnySource = Annotated[RulerSource | ImmutaSource | HttpSource, Field(discriminator="type")]
 
 
+class TemplateConfig(_Frozen):
+    """A message template: Jinja2 (sandboxed) `title` and/or `body` over the documented
+    variables (`notify.TEMPLATE_VARIABLES`); what it leaves out is poller's own text.
+
+    ``format`` is how the body is written: ``text``, or ``markdown`` (variables are then
+    escaped for Markdown). Each template is compiled and tried on sample events when the config
+    is loaded, so that a mistake is a config error, not a missing message.
+    """
+
+    format: Literal["text", "markdown"] = "text"
+    title: str | None = None
+    body: str | None = None
+
+    @field_validator("title", "body")
+    @classmethod
+    def _check(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must not be empty (leave it out for poller's own text)")
+        check_template(value, str(info.field_name), info.data.get("format", "text"))
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.title is None and self.body is None:
+            raise ValueError("give a title, a body or both")
+        return self
+
+    def compiled(self) -> MessageTemplate:
+        """The compiled template (compiled once per process)."""
+        return _compiled_template(self.title, self.body, self.format)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_template(title: str | None, body: str | None, fmt: str) -> MessageTemplate:
+    return compile_template(title, body, "markdown" if fmt == "markdown" else "text")
+
+
+class ChannelConfig(_Frozen):
+    """A channel written as a mapping: its Apprise URL and a message template for it."""
+
+    url: ChannelUrl
+    template: TemplateConfig | None = None
+
+
+class DigestConfig(_Frozen):
+    """Storm control: many events for one channel go out as one digest message.
+
+    A lone event for a quiet channel goes out at once; events that come together, or follow a
+    message to the channel within ``wait``, wait ``wait`` for others to join them. When more
+    than ``threshold`` events would reach a channel within ``window``, those due go out as one
+    digest, and the channel gets at most one message per ``window`` until the storm passes. A
+    digest names up to ``max_jobs`` jobs and counts the rest.
+    """
+
+    enabled: bool = True
+    threshold: Annotated[Count, Field(ge=1)] = 10
+    window: PositiveDuration = 60.0
+    wait: Duration = 2.0
+    max_jobs: Annotated[Count, Field(ge=1)] = 200
+
+
+class DeliveryConfig(_Frozen):
+    """How notifications are sent: per-send timeout, retries and storm control; in seconds.
+
+    A failed send is retried after ``retry_initial``, doubling (with jitter) up to
+    ``retry_max``; a 429 or 503 with ``Retry-After`` waits at least that long. A delivery that
+    still fails ``give_up_after`` after its event is given up, logged as an error and shown by
+    ``poller status``.
+    """
+
+    timeout: PositiveDuration = 30.0
+    retry_initial: PositiveDuration = 5.0
+    retry_max: PositiveDuration = 900.0
+    give_up_after: PositiveDuration = 86400.0
+    digest: DigestConfig = Field(default_factory=DigestConfig)
+
+    @field_validator("retry_max")
+    @classmethod
+    def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("retry_initial")
+        if initial is not None and value < initial:
+            raise ValueError(
+                f"must be at least retry_initial ({format_duration(initial)}), "
+                f"not {format_duration(value)}"
+            )
+        return value
+
+
 class Rule(_Frozen):
-    """Which events go to which channels, optionally only for some sources or tags."""
+    """Which events go to which channels, optionally only for some sources or tags, and
+    optionally with a message template for them."""
 
     on: Annotated[tuple[Event, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
     notify: NonEmptyNames
     sources: OptionalNames = None
     tags: OptionalNames = None
+    template: TemplateConfig | None = None
 
     def matches(self, event: Event, source: str, tags: Iterable[str]) -> bool:
         """Whether the event of a watch of `source` with `tags` goes to this rule's channels."""
@@ -660,8 +766,11 @@ class Config(_Frozen):
     channels: dict[str, ChannelUrl] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     polling: PollingDefaults = Field(default_factory=PollingDefaults)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     jobs: tuple[JobConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
+    #: templates of the channels written as a mapping with a ``template``
+    channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
@@ -673,6 +782,11 @@ class Config(_Frozen):
         }
         found = _reference_problems(view)
         found += _policy_problems(self.polling, self.sources, list(enumerate(self.jobs)))
+        found += [
+            (("channel_templates", name), "not a configured channel")
+            for name in self.channel_templates
+            if name not in self.channels
+        ]
         if found:
             raise ValueError("; ".join(f"{_format_path(p)}: {m}" for p, m in found))
         return self
@@ -693,6 +807,24 @@ class Config(_Frozen):
             values.update({k: float(v) for k, v in overrides.items() if k in values})
         values["max_interval"] = max(values["max_interval"], values["interval"])
         return Policy(**values)
+
+    def template_for(
+        self, channel: str, event: Event, source: str, tags: Iterable[str]
+    ) -> TemplateConfig | None:
+        """The template of a message about `event` to `channel`, None for poller's own.
+
+        The first matching rule that notifies `channel` and has a template wins; else the
+        channel's own template.
+        """
+        tag_list = list(tags)
+        for rule in self.rules:
+            if (
+                rule.template is not None
+                and channel in rule.notify
+                and rule.matches(event, source, tag_list)
+            ):
+                return rule.template
+        return self.channel_templates.get(channel)
 
 
 # --- cross-checks ----------------------------------------------------------------------------
@@ -887,6 +1019,8 @@ _TEXTUAL: tuple[tuple[object, ...], ...] = (
     ("rules", int, ("notify", "sources", "tags"), int),
     ("sources", str, ("token", "url", "base_url", "state", "progress")),
     ("sources", str, ("headers", "detail"), str),
+    ("rules", int, "template", ("title", "body")),
+    ("channels", str, "template", ("title", "body")),
 )
 
 
@@ -915,6 +1049,10 @@ class _Document:
         self.secrets: set[str] = set()
         #: ``x`` paths that were written as ``x_file``
         self.renamed: dict[KeyPath, KeyPath] = {}
+        #: the path of the file each ``x_file`` value was read from, by ``x`` path
+        self.file_values: dict[KeyPath, str] = {}
+        #: where each scalar value starts (line) and its YAML style ("|", '"', None...)
+        self.scalars: dict[KeyPath, tuple[int, str | None]] = {}
         self._nodes = 0
         self._active: set[int] = set()
         self._loader: _Loader | None = None
@@ -923,6 +1061,28 @@ class _Document:
 
     def problem(self, path: KeyPath, message: str, line: int | None = None) -> None:
         self.problems.append((path, line if line is not None else self.line_of(path), message))
+
+    def template_place(self, path: KeyPath, problem: TemplateProblem) -> tuple[int | None, str]:
+        """The config line and message of a problem in the template at `path`.
+
+        A template in a literal block (``|``) maps line for line onto the file; one read from
+        an ``x_file`` is reported with that file's own line; otherwise the line of the value is
+        given and the message says which line of the template it is.
+        """
+        inner = problem.line
+        if path in self.file_values:
+            where = self.file_values[path] + (f":{inner}" if inner else "")
+            return self.line_of(path), f"in {where}: {problem.message}"
+        start, style = self.scalars.get(path, (None, None))
+        if start is None:
+            return self.line_of(path), problem.message
+        if inner is None:
+            return start, problem.message
+        if style == "|":
+            return start + inner, problem.message
+        if inner == 1:
+            return start, problem.message
+        return start, f"{problem.message} (line {inner} of the template)"
 
     def line_of(self, path: KeyPath) -> int | None:
         while path not in self.lines and path:
@@ -1028,6 +1188,7 @@ class _Document:
             self.broken.add(path)
             return None
         if isinstance(value, str):
+            self.scalars[path] = (node.start_mark.line + 1, getattr(node, "style", None))
             return self._substitute(value, path, node.start_mark.line + 1)
         plain = isinstance(node, ScalarNode) and node.style is None
         if (
@@ -1081,6 +1242,8 @@ class _Document:
                 continue
             self.lines[base_path] = self.lines[file_path]
             self.renamed[base_path] = file_path
+            if isinstance(value, str):
+                self.file_values[base_path] = value
             self.tainted.add(base_path)
             if file_path in self.broken:  # its ${VAR} is unset: already reported
                 self.broken.add(base_path)
@@ -1228,6 +1391,11 @@ class _Checker:
                 loc = ("type",)
             elif root is AnySource and loc and loc[0] == tag:
                 loc = loc[1:]
+            cause = (error.get("ctx") or {}).get("error")
+            if isinstance(cause, TemplateProblem):
+                line, message = self.doc.template_place((*prefix, *loc), cause)
+                self.doc.problem((*prefix, *loc), message, line)
+                continue
             self.doc.problem((*prefix, *loc), message)
         return None
 
@@ -1291,11 +1459,20 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         sources[name] = checker.validate(_adapter(AnySource), value, ("sources", name), AnySource)
 
     channels: dict[str, Any] = {}
+    channel_templates: dict[str, TemplateConfig] = {}
     raw_channels = checker.section(data, "channels", dict, "expected a mapping of channel names")
     for name, value in raw_channels.items():
-        channels[name] = checker.validate(
-            _adapter(ChannelUrl), value, ("channels", name), ChannelUrl
-        )
+        if isinstance(value, Mapping):
+            channel = checker.validate(
+                _adapter(ChannelConfig), value, ("channels", name), ChannelConfig
+            )
+            channels[name] = channel.url if channel is not None else None
+            if channel is not None and channel.template is not None:
+                channel_templates[name] = channel.template
+        else:
+            channels[name] = checker.validate(
+                _adapter(ChannelUrl), value, ("channels", name), ChannelUrl
+            )
 
     rules = [
         checker.validate(_adapter(Rule), value, ("rules", i), Rule)
@@ -1306,6 +1483,12 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         checker.section(data, "polling", dict, "expected a mapping of polling timings"),
         ("polling",),
         PollingDefaults,
+    )
+    delivery = checker.validate(
+        _adapter(DeliveryConfig),
+        checker.section(data, "delivery", dict, "expected a mapping of delivery settings"),
+        ("delivery",),
+        DeliveryConfig,
     )
     jobs = [
         checker.validate(_adapter(JobConfig), value, ("jobs", i), JobConfig)
@@ -1335,7 +1518,16 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
     for found_path, message in _policy_problems(polling, valid_sources, valid_jobs):
         doc.problem(found_path, message)
 
-    parts = (database, polling, log, *sources.values(), *channels.values(), *rules, *jobs)
+    parts = (
+        database,
+        polling,
+        delivery,
+        log,
+        *sources.values(),
+        *channels.values(),
+        *rules,
+        *jobs,
+    )
     if doc.problems or any(part is None for part in parts):
         return None
     try:
@@ -1346,8 +1538,10 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
             channels=channels,
             rules=tuple(rules),
             polling=polling,
+            delivery=delivery,
             jobs=tuple(jobs),
             log=log,
+            channel_templates=channel_templates,
         )
     except ValidationError as exc:
         # the checks above are Config's own, part by part; this is only a safety net

@@ -1,27 +1,56 @@
 """Delivery: send due outbox rows with Apprise and record every attempt.
 
-Each channel's messages go out in order, channels side by side; each attempt is recorded as
-soon as Apprise answers, so a crash can repeat at most the message being sent.
+The outbox guarantees (SPEC.md, "Guarantees"):
+
+- A delivery row is marked sent only after Apprise reports success for its channel, and each
+  attempt is recorded as soon as the channel answers: a crash can repeat at most the message
+  being sent. A digest is one message: its rows are marked sent together, in one transaction,
+  after it went out.
+- Each channel is served by its own task, one message at a time and in order, so a channel
+  that fails, refuses or hangs (every send is bounded by ``delivery.timeout``) never delays
+  another one.
+- A failed send is retried with exponential backoff and jitter (``retry_initial`` doubling up
+  to ``retry_max``), never sooner than a ``Retry-After`` the service gave with a 429 or 503. Two
+  failures in a row, or a ``Retry-After``, mean the channel itself is in trouble: what else was
+  due for it waits for the same retry instead of piling more failed sends on it. A delivery
+  still failing ``give_up_after`` after its event is given up and logged as an error.
+
+Storm control (``delivery.digest``): a lone event for a quiet channel goes out at once; events
+that come together, or follow a message within ``wait``, wait ``wait`` for others to join them.
+When more than ``threshold`` events would reach a channel within ``window``, the ones due go
+out as one digest, and the channel gets at most one message per ``window`` while the storm
+lasts (the rest waits and joins the next digest). So 200 jobs failing within seconds make two
+or three messages that name every job; two jobs ending together still make two messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import random
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from poller.config import DeliveryConfig
 from poller.errors import NotifyError
 from poller.models import Delivery, DeliveryOutcome
-from poller.notify import render
-from poller.service import Clock, DbThread, Runtime, Tuning, nap
+from poller.notify import Format, one_line, render, render_digest
+from poller.service import Clock, DbThread, Runtime, Tuning, run_loop
 from poller.states import delivery_wait
+
+#: A Retry-After longer than this is not believed (a hostile header cannot park a channel).
+MAX_RETRY_AFTER = 3600.0
+#: How many due deliveries of one channel a digest may cover at once.
+DIGEST_CLAIM_LIMIT = 2000
+#: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
+FAILURES_BEFORE_PAUSE = 2
 
 
 class DeliveryEngine:
-    """Sends due outbox rows, one channel at a time in order, channels side by side."""
+    """Sends due outbox rows: one task per channel, each channel's messages in order."""
 
     def __init__(
         self,
@@ -42,81 +71,474 @@ class DeliveryEngine:
         self.rand = rand
         self.log = log
         self.wakeup = asyncio.Event()
+        #: messages that went out (a digest counts once) and the deliveries they covered
         self.sent = 0
+        self.delivered = 0
+        self._stopping = asyncio.Event()
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        #: channels in a storm, and until when they wait for their next digest
+        self._held: dict[str, float] = {}
+        #: per channel: (when, how many deliveries) of what was sent within the digest window
+        self._recent: dict[str, deque[tuple[float, int]]] = {}
+        #: when each channel last sent a message
+        self._last_sent: dict[str, float] = {}
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def settings(self) -> DeliveryConfig:
+        """The delivery settings in force (they follow reloads)."""
+        found = getattr(self.runtime().config, "delivery", None)
+        return found if isinstance(found, DeliveryConfig) else DeliveryConfig()
+
+    def _wait(self) -> float:
+        digest = self.settings().digest
+        return digest.wait if digest.enabled else 0.0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Deliver until `stopping` is set."""
-        while not stopping.is_set():
-            self.wakeup.clear()
-            if await self.deliver_due() >= self.tuning.delivery_batch:
+        """Deliver until `stopping` is set; then let sends in flight finish briefly."""
+        self._stopping = stopping
+        try:
+            await run_loop(
+                "delivery",
+                self._step,
+                self.wakeup,
+                stopping,
+                self.clock,
+                self.tuning.idle_wait,
+                self.log,
+            )
+        finally:
+            await self._finish(max(0.5, self.tuning.stop_grace / 2 - 1.0))
+
+    async def _step(self) -> float | None:
+        await self.dispatch()
+        return await self._next_wake()
+
+    async def dispatch(self) -> int:
+        """Start serving every channel that has a delivery ready; returns how many started."""
+        now = self.clock()
+        wait = self._wait()
+        channels = await self.db.call(self.db.store.ready_channels, now, wait)
+        if wait > 0:
+            # A channel that has been quiet for `wait` may send at once; one that has just
+            # sent something gives new events `wait` to gather (storm control).
+            for channel in await self.db.call(self.db.store.ready_channels, now, 0.0):
+                quiet = now - self._last_sent.get(channel, -math.inf) >= wait
+                if quiet and channel not in channels:
+                    channels.append(channel)
+        started = 0
+        for channel in channels:
+            if channel in self._busy or self._held.get(channel, 0.0) > now:
                 continue
-            due = await self.db.call(self.db.store.next_delivery_at)
-            await nap(self.wakeup, due, self.clock(), self.tuning.idle_wait)
+            task = asyncio.create_task(self._serve(channel), name=f"deliver:{channel}")
+            self._busy[channel] = task
+            task.add_done_callback(functools.partial(self._served, channel))
+            started += 1
+        return started
 
     async def deliver_due(self) -> int:
-        """Claim due deliveries and send them; returns how many were claimed."""
-        claimed = await self.db.call(
-            self.db.store.claim_deliveries,
-            self.owner,
-            self.clock(),
-            self.tuning.delivery_batch,
-            self.tuning.delivery_lease,
-        )
-        by_channel: dict[str, list[Delivery]] = defaultdict(list)
-        for delivery in claimed:
-            by_channel[delivery.channel].append(delivery)
-        runtime = self.runtime()
-        await asyncio.gather(
-            *(self._send_all(runtime, channel, items) for channel, items in by_channel.items())
-        )
-        return len(claimed)
+        """Serve every channel with a delivery ready now and wait until they are done."""
+        started = await self.dispatch()
+        while self._busy:
+            await asyncio.wait(set(self._busy.values()))
+        return started
 
-    async def _send_all(self, runtime: Runtime, channel: str, items: list[Delivery]) -> None:
-        for delivery in items:
-            title, body = render(delivery.kind, delivery.payload)
-            log = (
-                self.log.bind(
-                    channel=channel, watch=delivery.payload.get("key"), kind=delivery.kind.value
-                )
-                if self.log
-                else None
+    def _served(self, channel: str, task: asyncio.Task[None]) -> None:
+        self._busy.pop(channel, None)
+        if not task.cancelled() and (exc := task.exception()) is not None and self.log:
+            # `_serve` handles its own errors; this is a bug, and must not end the engine
+            self.log.error(
+                "delivery crashed", channel=channel, error=f"{type(exc).__name__}: {exc}"
             )
-            try:
-                if channel not in runtime.notifier.names:
-                    raise NotifyError(channel, "channel is no longer in the config")
-                await runtime.notifier.send(channel, title, body, delivery.kind)
-                outcome = DeliveryOutcome(delivery.id, sent=True)
-                self.sent += 1
-                if log:
-                    log.info("delivered", attempts=delivery.attempts + 1)
-            except NotifyError as exc:
-                outcome = self._failed(
-                    delivery, exc.answer, permanent=channel not in runtime.notifier.names
+        self.wakeup.set()
+
+    async def _next_wake(self) -> float | None:
+        now = self.clock()
+        held = {c: until for c, until in self._held.items() if until > now}
+        self._held = held
+        due = await self.db.call(
+            self.db.store.next_delivery_ready_at,
+            self._wait(),
+            [*self._busy, *held],
+            now,
+        )
+        candidates = [t for t in (due, *held.values()) if t is not None]
+        return min(candidates) if candidates else None
+
+    async def _finish(self, grace: float) -> None:
+        tasks = set(self._busy.values())
+        if not tasks:
+            return
+        _done, slow = await asyncio.wait(tasks, timeout=grace)
+        for task in slow:
+            task.cancel()
+        if slow:
+            await asyncio.wait(slow)
+
+    # -- one channel ----------------------------------------------------------------------
+
+    async def _serve(self, channel: str) -> None:
+        """Send what is due for `channel` until nothing is, it fails, or a storm holds it."""
+        claimed: list[Delivery] = []
+        try:
+            while not self._stopping.is_set():
+                claimed = []
+                settings = self.settings()
+                limit = (
+                    DIGEST_CLAIM_LIMIT if settings.digest.enabled else self.tuning.delivery_batch
                 )
-                if log:
-                    if outcome.retry_at is None:
-                        log.error(
-                            "delivery given up", error=exc.answer, attempts=delivery.attempts + 1
+                claimed = await self.db.call(
+                    self.db.store.claim_channel_deliveries,
+                    self.owner,
+                    self.clock(),
+                    channel,
+                    limit,
+                    self.tuning.delivery_lease,
+                )
+                if not claimed or not await self._round(channel, claimed, settings):
+                    return
+        except Exception as exc:
+            # Most often the database went away. The leases this process holds are renewed
+            # while it runs, so what this round claimed must be given back explicitly.
+            if self.log:
+                self.log.error(
+                    "delivery failed; retrying",
+                    channel=channel,
+                    error=f"{type(exc).__name__}: {one_line(str(exc), 300)}",
+                )
+            await self._give_back([d.id for d in claimed])
+
+    async def _round(
+        self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
+    ) -> bool:
+        """Send one claim's worth; True if the channel may have more to send right now."""
+        runtime = self.runtime()
+        digest = settings.digest
+        now = self.clock()
+        if channel not in runtime.notifier.names:
+            await self._drop(claimed, "channel is no longer in the config")
+            return True
+        if digest.enabled and len(claimed) > 1:
+            fresh = [d.created_at for d in claimed if d.attempts == 0]
+            if fresh and min(fresh) > now - digest.wait:
+                # several at once on a quiet channel: give others `wait` to join them
+                await self._hold(channel, claimed, min(fresh) + digest.wait, log=False)
+                return False
+            recent = await self._recent_count(channel, now, digest.window)
+            if recent + len(claimed) > digest.threshold:
+                # a storm: one digest now, then at most one message per window
+                last = self._last_sent.get(channel)
+                if last is not None and now < last + digest.window:
+                    await self._hold(channel, claimed, last + digest.window)
+                    return False
+                return await self._send_digest(runtime, channel, claimed, settings)
+        elif digest.enabled:
+            recent = await self._recent_count(channel, now, digest.window)
+            last = self._last_sent.get(channel)
+            if recent + 1 > digest.threshold and last is not None and now < last + digest.window:
+                await self._hold(channel, claimed, last + digest.window)
+                return False
+        return await self._send_each(runtime, channel, claimed, settings)
+
+    async def _give_back(self, ids: Sequence[int]) -> None:
+        """Return leased rows to the queue, retrying (with backoff) until the database answers."""
+        failures = 0
+        while ids:
+            try:
+                await self.db.call(self.db.store.defer_deliveries, self.owner, ids, self.clock())
+                return
+            except Exception:
+                failures += 1
+                if self._stopping.is_set():
+                    return  # the next start releases every lease of a crashed predecessor
+                await asyncio.sleep(min(30.0, 2.0 ** min(failures - 1, 5)))
+
+    async def _hold(
+        self, channel: str, claimed: Sequence[Delivery], until: float, *, log: bool = True
+    ) -> None:
+        self._held[channel] = until
+        await self.db.call(
+            self.db.store.defer_deliveries, self.owner, [d.id for d in claimed], until
+        )
+        if self.log and log:
+            self.log.info(
+                "deliveries held for a digest",
+                channel=channel,
+                count=len(claimed),
+                send_in=round(until - self.clock(), 1),
+            )
+
+    def _message(
+        self, runtime: Runtime, channel: str, delivery: Delivery
+    ) -> tuple[str, str, Format]:
+        """Title, body and format of one delivery: its template's, else poller's own."""
+        payload = delivery.payload
+        template_for = getattr(runtime.config, "template_for", None)
+        if template_for is not None:
+            tags = payload.get("tags")
+            template = template_for(
+                channel,
+                delivery.kind,
+                str(payload.get("source") or ""),
+                tags if isinstance(tags, list) else [],
+            )
+            if template is not None:
+                try:
+                    title, body = template.compiled().render(delivery.kind, payload)
+                    fmt: Format = template.format
+                    return title, body, fmt
+                except Exception as exc:
+                    # a template that breaks on odd data must not cost the message
+                    if self.log:
+                        self.log.warning(
+                            "template failed; sending poller's own message",
+                            channel=channel,
+                            watch=payload.get("key"),
+                            error=f"{type(exc).__name__}: {one_line(str(exc), 200)}",
                         )
-                    else:
-                        log.warning(
-                            "delivery failed",
-                            error=exc.answer,
-                            attempts=delivery.attempts + 1,
-                            retry_in=round(outcome.retry_at - self.clock(), 1),
-                        )
+        fmt = runtime.notifier.format_for(channel)
+        title, body = render(delivery.kind, payload, fmt)
+        return title, body, fmt
+
+    async def _send_each(
+        self,
+        runtime: Runtime,
+        channel: str,
+        claimed: Sequence[Delivery],
+        settings: DeliveryConfig,
+    ) -> bool:
+        """Send deliveries one by one, each recorded as soon as it is answered.
+
+        Returns False when the channel is failing (the rest was deferred to its retry).
+        """
+        failures = 0
+        for index, delivery in enumerate(claimed):
+            rest = claimed[index + 1 :]
+            if self._stopping.is_set():
+                await self.db.call(
+                    self.db.store.defer_deliveries,
+                    self.owner,
+                    [d.id for d in claimed[index:]],
+                    self.clock(),
+                )
+                return False
+            log = self._bind(channel, delivery)
+            title, body, fmt = self._message(runtime, channel, delivery)
+            try:
+                answer = await runtime.notifier.send(
+                    channel,
+                    title,
+                    body,
+                    delivery.kind,
+                    body_format=fmt,
+                    timeout=settings.timeout,
+                )
+            except NotifyError as exc:
+                outcome = self._failed(delivery, exc.answer, exc.retry_after, settings)
+                error = exc
             except Exception as exc:  # Apprise plugins can raise; the row must still be recorded
-                outcome = self._failed(delivery, f"{type(exc).__name__} while sending")
                 if log:
                     log.exception("delivery crashed")
-            # Recorded one by one: a crash can then repeat at most the message being sent.
+                outcome = self._failed(
+                    delivery, f"{type(exc).__name__} while sending", None, settings
+                )
+                error = NotifyError(channel, outcome.error or "")
+            else:
+                now = self.clock()
+                await self.db.call(
+                    self.db.store.finish_deliveries,
+                    self.owner,
+                    [DeliveryOutcome(delivery.id, sent=True)],
+                    now,
+                )
+                self._note_sent(channel, now, 1)
+                self.sent += 1
+                self.delivered += 1
+                failures = 0
+                if log:
+                    log.info("delivered", attempts=delivery.attempts + 1, answer=answer)
+                continue
+            # Recorded at once: a crash then repeats nothing and loses nothing.
             await self.db.call(self.db.store.finish_deliveries, self.owner, [outcome], self.clock())
+            self._log_failure(log, delivery, outcome)
+            failures += 1
+            if rest and (failures >= FAILURES_BEFORE_PAUSE or error.retry_after is not None):
+                await self._pause(channel, rest, outcome, settings)
+                return False
+        return failures == 0
+
+    async def _send_digest(
+        self,
+        runtime: Runtime,
+        channel: str,
+        claimed: Sequence[Delivery],
+        settings: DeliveryConfig,
+    ) -> bool:
+        """Send the claimed deliveries as one message; True if it went out."""
+        fmt = runtime.notifier.format_for(channel)
+        title, body, severity = render_digest(
+            [(d.kind, d.payload) for d in claimed], fmt, settings.digest.max_jobs
+        )
+        try:
+            answer = await runtime.notifier.send(
+                channel,
+                title,
+                body,
+                severity=severity,
+                body_format=fmt,
+                timeout=settings.timeout,
+            )
+        except Exception as exc:
+            if isinstance(exc, NotifyError):
+                error, retry_after = exc.answer, exc.retry_after
+            else:
+                error, retry_after = f"{type(exc).__name__} while sending", None
+            worst = max(claimed, key=lambda d: d.attempts)
+            head = self._failed(worst, error, retry_after, settings)
+            outcomes = [
+                self._failed(d, error, retry_after, settings, retry_at=head.retry_at)
+                for d in claimed
+            ]
+            # one attempt for all of them, recorded together
+            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
+            if self.log:
+                log = self.log.bind(channel=channel)
+                retrying = [o for o in outcomes if o.retry_at is not None]
+                if retrying:
+                    log.warning(
+                        "digest failed",
+                        error=error,
+                        count=len(retrying),
+                        retry_in=round((retrying[0].retry_at or 0) - self.clock(), 1),
+                    )
+                for delivery, outcome in zip(claimed, outcomes, strict=True):
+                    if outcome.retry_at is None:
+                        self._log_failure(self._bind(channel, delivery), delivery, outcome)
+            return False
+        now = self.clock()
+        # All of them in one transaction, only now that the digest went out.
+        await self.db.call(
+            self.db.store.finish_deliveries,
+            self.owner,
+            [DeliveryOutcome(d.id, sent=True) for d in claimed],
+            now,
+        )
+        self._note_sent(channel, now, len(claimed))
+        self.sent += 1
+        self.delivered += len(claimed)
+        if self.log:
+            self.log.info(
+                "digest delivered",
+                channel=channel,
+                events=len(claimed),
+                watches=sorted({str(d.payload.get("key")) for d in claimed})[:20],
+                answer=answer,
+            )
+        return True
+
+    async def _pause(
+        self,
+        channel: str,
+        rest: Sequence[Delivery],
+        failed: DeliveryOutcome,
+        settings: DeliveryConfig,
+    ) -> None:
+        """The channel is failing: the rest waits for its retry; overdue ones are given up."""
+        now = self.clock()
+        until = failed.retry_at
+        if until is None:
+            until = now + self._backoff(1, None, settings)
+        error = f"{failed.error} (not tried: the channel was failing)"
+        overdue = [
+            DeliveryOutcome(d.id, sent=False, error=error, retry_at=None)
+            for d in rest
+            if now - d.created_at >= settings.give_up_after
+        ]
+        given_up = {o.id for o in overdue}
+        waiting = [d.id for d in rest if d.id not in given_up]
+        if overdue:
+            await self.db.call(self.db.store.finish_deliveries, self.owner, overdue, now)
+            for delivery, outcome in zip(
+                [d for d in rest if d.id in given_up], overdue, strict=True
+            ):
+                self._log_failure(self._bind(channel, delivery), delivery, outcome)
+        await self.db.call(self.db.store.defer_deliveries, self.owner, waiting, until)
+
+    async def _drop(self, claimed: Sequence[Delivery], why: str) -> None:
+        outcomes = [DeliveryOutcome(d.id, sent=False, error=why, retry_at=None) for d in claimed]
+        await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
+        for delivery, outcome in zip(claimed, outcomes, strict=True):
+            self._log_failure(self._bind(delivery.channel, delivery), delivery, outcome)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _backoff(self, attempts: int, retry_after: float | None, settings: DeliveryConfig) -> float:
+        wait = delivery_wait(
+            attempts, self.rand(), base=settings.retry_initial, cap=settings.retry_max
+        )
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, MAX_RETRY_AFTER))
+        return wait
 
     def _failed(
-        self, delivery: Delivery, error: str, *, permanent: bool = False
+        self,
+        delivery: Delivery,
+        error: str,
+        retry_after: float | None,
+        settings: DeliveryConfig,
+        *,
+        retry_at: float | None = None,
     ) -> DeliveryOutcome:
         now = self.clock()
-        if permanent or now - delivery.created_at >= self.tuning.give_up_after:
+        if now - delivery.created_at >= settings.give_up_after:
             return DeliveryOutcome(delivery.id, sent=False, error=error, retry_at=None)
-        wait = delivery_wait(delivery.attempts + 1, self.rand())
-        return DeliveryOutcome(delivery.id, sent=False, error=error, retry_at=now + wait)
+        if retry_at is None:
+            retry_at = now + self._backoff(delivery.attempts + 1, retry_after, settings)
+        return DeliveryOutcome(delivery.id, sent=False, error=error, retry_at=retry_at)
+
+    def _bind(self, channel: str, delivery: Delivery) -> Any:
+        if not self.log:
+            return None
+        return self.log.bind(
+            channel=channel, watch=delivery.payload.get("key"), kind=delivery.kind.value
+        )
+
+    def _log_failure(self, log: Any, delivery: Delivery, outcome: DeliveryOutcome) -> None:
+        if not log:
+            return
+        if outcome.retry_at is None:
+            log.error(
+                "delivery given up",
+                error=outcome.error,
+                attempts=delivery.attempts + 1,
+                age=round(self.clock() - delivery.created_at, 1),
+            )
+        else:
+            log.warning(
+                "delivery failed",
+                error=outcome.error,
+                attempts=delivery.attempts + 1,
+                retry_in=round(outcome.retry_at - self.clock(), 1),
+            )
+
+    def _note_sent(self, channel: str, when: float, count: int) -> None:
+        self._recent.setdefault(channel, deque()).append((when, count))
+        self._last_sent[channel] = when
+
+    async def _recent_count(self, channel: str, now: float, window: float) -> int:
+        """Deliveries sent to `channel` within the last `window` (seeded from the database
+        once, so that a restart in the middle of a storm does not forget it)."""
+        recent = self._recent.get(channel)
+        if recent is None:
+            times = await self.db.call(self.db.store.sent_times, channel, now - window)
+            recent = self._recent[channel] = deque()
+            counts: dict[float, int] = {}
+            for sent_at in times:
+                counts[sent_at] = counts.get(sent_at, 0) + 1
+            for sent_at, count in sorted(counts.items()):
+                recent.append((sent_at, count))
+            if times and channel not in self._last_sent:
+                self._last_sent[channel] = max(times)
+        while recent and recent[0][0] <= now - window:
+            recent.popleft()
+        return sum(count for _when, count in recent)

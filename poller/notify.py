@@ -1,21 +1,53 @@
-"""Notifications: which channels an event goes to, what the message says, and Apprise.
+"""Notifications: routing, what a message says, templates, digests, and Apprise.
 
-One Apprise object per channel, so that a slow or broken channel fails alone and its answer
-is known. Apprise reports results instead of raising; a failure becomes `NotifyError` with what
-the service answered. Channel URLs hold secrets: only `url(privacy=True)` is ever shown.
+- `route` picks the channels of an event from the rules.
+- `render` writes poller's own message for one event, as plain text or as Markdown;
+  `compile_template` builds a user's Jinja2 template (sandboxed) and checks it up front, so that
+  a template error is a config error at load time.
+- `render_digest` writes one message about many events (storm control).
+- `Notifier` sends through Apprise, one Apprise object per channel, so that a slow or broken
+  channel fails alone and its answer is known.
+
+Everything a message shows from a job API or a user (names, reasons, failing rows, outputs) is
+hostile until cleaned: mass mentions are defused, single-line fields stay on one line (a title
+becomes an email subject), Markdown and HTML in it are escaped, and long text is cut.
+
+Apprise reports results instead of raising; a failure becomes `NotifyError` with what each
+service answered. Channel URLs hold secrets: only ``url(privacy=True)`` is ever shown, and any
+part of a URL that the masked form hides is scrubbed from the services' answers too. Apprise does
+not expose HTTP response headers, so a ``requests`` response hook (installed once, active only
+around our own sends) records the status and ``Retry-After`` of each answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import importlib
+import json
+import logging
+import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import apprise
+import jinja2
+import jinja2.exceptions
+import jinja2.meta
+import jinja2.nodes
+import jinja2.sandbox
 
 from poller.errors import NotifyError
 from poller.models import EVENT_SEVERITY, Event
+
+#: How a message body is written: plain text, or Markdown (which Apprise turns into HTML for
+#: email and into each chat service's own markup).
+Format = Literal["text", "markdown"]
 
 #: A short marker per outcome, so a glance at a channel tells good from bad.
 MARKERS: Mapping[Event, str] = {
@@ -44,8 +76,36 @@ VERBS: Mapping[Event, str] = {
     Event.STARTED: "started",
 }
 
+#: Headings of a digest's groups, worst first.
+GROUPS: Mapping[Event, str] = {
+    Event.FAILED: "Failed",
+    Event.TIMED_OUT: "Timed out",
+    Event.UNREACHABLE: "Unreachable",
+    Event.EXPIRED: "Expired",
+    Event.CANCELLED: "Cancelled",
+    Event.PARTIAL: "Partly succeeded",
+    Event.STALLED: "Stalled",
+    Event.SUCCEEDED: "Succeeded",
+    Event.RECOVERED: "Reachable again",
+    Event.STARTED: "Started",
+}
+
+_SEVERITY_RANK = {"failure": 0, "warning": 1, "success": 2, "info": 3}
+
 MAX_FIELD = 500
+MAX_TITLE = 250
+MAX_BODY = 8000
+#: Failing rows shown in one message; the rest are counted.
+MAX_ROWS = 5
+MAX_OUTPUT = 1500
+#: One line of a digest.
+MAX_DIGEST_LINE = 200
+#: A digest of this many events or fewer shows each in full.
+DETAILED_DIGEST = 3
+
 _MENTION = re.compile(r"<!(channel|here|everyone)[^>]*>|@(channel|here|everyone)\b", re.I)
+#: Markdown that could make a link, an image, raw HTML or forge an escape.
+_MARKDOWN_ACTIVE = re.compile(r"([\\<\[\]])")
 
 
 class RuleLike(Protocol):
@@ -70,48 +130,127 @@ def route(
     return tuple(channels)
 
 
+# --- cleaning hostile text -------------------------------------------------------------------
+
+
 def clean(text: Any, limit: int = MAX_FIELD) -> str:
     """Text from a remote API or a user made safe for any channel.
 
-    Mass mentions are defused (Slack, Discord, Teams) and line breaks are kept out of
-    single-line fields by the callers; long text is cut with a marker.
+    Mass mentions are defused (Slack, Discord, Teams): a zero-width space keeps them readable
+    but inert. Long text is cut with a marker. Line breaks are kept: callers that need one line
+    use `one_line`.
     """
-    value = str(text)
+    value = text if isinstance(text, str) else str(text)
     value = _MENTION.sub(
         lambda m: m.group(0).replace("@", "@\u200b").replace("<!", "<\u200b!"), value
     )
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def _one_line(text: Any, limit: int = 200) -> str:
+def one_line(text: Any, limit: int = 200) -> str:
+    """`clean`, on one line: a title or field can then not start a mail header or a paragraph."""
     return clean(" ".join(str(text).split()), limit)
 
 
-def _when(ts: Any) -> str:
-    if not isinstance(ts, int | float):
-        return "?"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def md_escape(text: str) -> str:
+    """Escape what would let text become a link, an image or raw HTML in Markdown.
+
+    Emphasis characters are left alone: at worst they make text bold, and escaping them shows
+    stray backslashes in Slack.
+    """
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", text)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    days, rest = divmod(seconds, 86400)
+def _fenced(lines: Iterable[str]) -> str:
+    """A Markdown code block whose content cannot close it early."""
+    body = "\n".join(line.replace("```", "`\u200b`\u200b`") for line in lines)
+    return f"```\n{body}\n```"
+
+
+# --- what an event says --------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number >= 0 else None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+def format_duration(seconds: float) -> str:
+    """``1d 2h 3m``, ``5m 3s``, ``40s``: a span for people."""
+    total = int(max(0.0, seconds))
+    days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     parts = [f"{days}d"] if days else []
     if hours:
         parts.append(f"{hours}h")
-    if minutes:
+    if minutes and not days:
         parts.append(f"{minutes}m")
-    if secs or not parts:
+    if secs and not days and not hours:
         parts.append(f"{secs}s")
-    return " ".join(parts)
+    return " ".join(parts) or "0s"
 
 
-def _rows(details: Mapping[str, Any]) -> str | None:
+def _text_or_none(value: Any, limit: int = MAX_FIELD) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return one_line(value, limit)
+
+
+def _output_text(output: Any) -> str | None:
+    """A job's output (any JSON) as text for a message, cut to `MAX_OUTPUT`."""
+    if output is None or output == "" or output == {} or output == []:
+        return None
+    if isinstance(output, str):
+        text = output.strip()
+    else:
+        try:
+            text = json.dumps(output, ensure_ascii=False, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            text = str(output)
+    return clean(text, MAX_OUTPUT) if text else None
+
+
+def _failed_rows(details: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The first failing rows as ``{"row", "message"}`` (cleaned), and how many there were."""
+    rows = details.get("failed_rows")
+    if not isinstance(rows, list):
+        return [], 0
+    shown: list[dict[str, Any]] = []
+    for row in rows:
+        if len(shown) >= MAX_ROWS:
+            break
+        if not isinstance(row, Mapping):
+            continue
+        number = row.get("row")
+        shown.append(
+            {
+                "row": number if isinstance(number, int | str) else None,
+                "message": one_line(row.get("message") or "", 200),
+            }
+        )
+    return shown, len(rows)
+
+
+def _rows_summary(counts: Mapping[str, int | None]) -> str | None:
     """'980 succeeded, 20 failed of 1000', or what part of it the source gave."""
-    succeeded, failed = details.get("success_count"), details.get("failure_count")
-    total, processed = details.get("total_rows"), details.get("processed_rows")
+    succeeded, failed = counts["succeeded"], counts["failed"]
+    total, processed = counts["total"], counts["processed"]
     of_total = f" of {total}" if total is not None else ""
     if succeeded is not None or failed is not None:
         return f"{succeeded or 0} succeeded, {failed or 0} failed{of_total}"
@@ -120,50 +259,551 @@ def _rows(details: Mapping[str, Any]) -> str | None:
     return None
 
 
-def render(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
-    """The title and body of the message for one event, from its stored payload."""
-    label = _one_line(payload.get("name") or payload.get("key", "?"))
-    title = f"{MARKERS[kind]} {label} {VERBS[kind]}"
-    details: Mapping[str, Any] = payload.get("details") or {}
-    lines = [f"Job: {_one_line(payload.get('key', '?'))}"]
-    state, remote = payload.get("state"), payload.get("remote_status")
-    if state:
-        shown = f"{state} (remote: {_one_line(remote, 60)})" if remote else str(state)
-        if payload.get("previous_state"):
-            shown += f", was {payload['previous_state']}"
-        lines.append(f"State: {shown}")
-    progress = payload.get("progress")
-    if isinstance(progress, int | float):
-        lines.append(f"Progress: {progress:.0f}%")
-    rows = _rows(details)
+def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything a message may show about one event, cleaned: the variables of templates.
+
+    `payload` is the event's stored snapshot (`polling.event_payload`); any of it may be
+    missing or of the wrong type (it came from a remote API), and nothing here raises for it.
+    """
+    raw_details = payload.get("details")
+    details: Mapping[str, Any] = raw_details if isinstance(raw_details, Mapping) else {}
+    key = one_line(payload.get("key") or "?", 300)
+    job_name = _text_or_none(payload.get("name"), 200)
+    at = _number(payload.get("at"))
+    started_at = _number(details.get("remote_created_at")) or _number(payload.get("started_at"))
+    ended_at = _number(details.get("remote_completed_at")) or _number(payload.get("ended_at"))
+    if kind in (Event.STARTED, Event.STALLED, Event.UNREACHABLE, Event.RECOVERED):
+        ended_at = None
+    if ended_at is not None and started_at is not None:
+        duration: float | None = max(0.0, ended_at - started_at)
+    elif started_at is not None and at is not None and kind is Event.STALLED:
+        duration = max(0.0, at - started_at)
+    else:
+        duration = None
+    counts = {
+        "total": _count(details.get("total_rows")),
+        "processed": _count(details.get("processed_rows")),
+        "succeeded": _count(details.get("success_count")),
+        "failed": _count(details.get("failure_count")),
+    }
+    failed_rows, failed_rows_total = _failed_rows(details)
+    progress = _number(payload.get("progress"))
+    tags = payload.get("tags")
+    stalled_since = _number(payload.get("last_change_at")) if kind is Event.STALLED else None
+    outage_since = _number(payload.get("outage_since"))
+    url = details.get("url") if isinstance(details.get("url"), str) else None
+    return {
+        "event": kind.value,
+        "marker": MARKERS[kind],
+        "verb": VERBS[kind],
+        "severity": EVENT_SEVERITY[kind],
+        "name": job_name or key,
+        "job_name": job_name,
+        "key": key,
+        "source": _text_or_none(payload.get("source"), 100),
+        "site": _text_or_none(payload.get("site"), 100),
+        "job_id": _text_or_none(payload.get("job_id"), 200),
+        "tags": [one_line(t, 50) for t in tags] if isinstance(tags, list) else [],
+        "state": _text_or_none(payload.get("state"), 40),
+        "previous_state": _text_or_none(payload.get("previous_state"), 40),
+        "remote_status": _text_or_none(payload.get("remote_status"), 60),
+        "progress": min(100.0, max(0.0, progress)) if progress is not None else None,
+        "counts": counts,
+        "rows": _rows_summary(counts),
+        "reason": _text_or_none(details.get("failure_reason")),
+        "failed_rows": failed_rows,
+        "failed_rows_total": failed_rows_total,
+        "failed_rows_error": _text_or_none(details.get("failed_rows_error"), 300),
+        "output": _output_text(details.get("output")),
+        "error": _text_or_none(payload.get("error")),
+        "error_count": _count(payload.get("error_count")),
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "started": _when(started_at) or None,
+        "ended": _when(ended_at) or None,
+        "duration_seconds": duration,
+        "duration": format_duration(duration) if duration is not None else None,
+        "stalled_since": _when(stalled_since) or None,
+        "outage_since": _when(outage_since) or None,
+        "outage": format_duration(at - outage_since) if at and outage_since else None,
+        "url": clean(url, 1000) if url else None,
+        "at": _when(at) or None,
+    }
+
+
+def _title(kind: Event, facts: Mapping[str, Any]) -> str:
+    title = f"{facts['marker']} {facts['name']} {facts['verb']}"
+    if kind in (Event.FAILED, Event.CANCELLED, Event.EXPIRED) and facts["reason"]:
+        title += f": {facts['reason']}"
+    elif kind is Event.PARTIAL and facts["counts"]["failed"]:
+        total = facts["counts"]["total"]
+        title += f" ({facts['counts']['failed']}" + (f" of {total}" if total else "")
+        title += " rows failed)"
+    elif kind in (Event.STALLED, Event.TIMED_OUT) and facts["progress"] is not None:
+        title += f" at {facts['progress']:.0f}%"
+    return one_line(title, MAX_TITLE)
+
+
+def _lines(kind: Event, facts: Mapping[str, Any], fmt: Format) -> list[str]:
+    """The body's lines: ``Label: value`` pairs, then blocks (rows, output)."""
+    esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
+
+    def field(label: str, value: str) -> str:
+        return f"**{label}:** {esc(value)}" if fmt == "markdown" else f"{label}: {value}"
+
+    lines = [field("Job", facts["key"])]
+    if facts["state"]:
+        shown = facts["state"]
+        if facts["remote_status"]:
+            shown += f" (remote: {facts['remote_status']})"
+        if facts["previous_state"]:
+            shown += f", was {facts['previous_state']}"
+        lines.append(field("State", shown))
+    if facts["progress"] is not None and kind not in (Event.SUCCEEDED,):
+        lines.append(field("Progress", f"{facts['progress']:.0f}%"))
+    if facts["rows"]:
+        lines.append(field("Rows", facts["rows"]))
+    if facts["reason"]:
+        lines.append(field("Reason", facts["reason"]))
+    if facts["stalled_since"]:
+        lines.append(field("No progress since", facts["stalled_since"]))
+    if facts["error"]:
+        lines.append(field("Error", facts["error"]))
+    if facts["outage_since"] and kind is Event.UNREACHABLE:
+        polls = f" ({facts['error_count']} failed polls)" if facts["error_count"] else ""
+        lines.append(field("Failing since", facts["outage_since"] + polls))
+    if facts["outage"] and kind is Event.RECOVERED:
+        lines.append(field("Unreachable for", facts["outage"]))
+    if facts["started"]:
+        line = f"{facts['started']}"
+        if facts["duration"] and facts["ended_at"] is not None:
+            line += f", took {facts['duration']}"
+        elif facts["duration"]:
+            line += f", running for {facts['duration']}"
+        lines.append(field("Started", line))
+    if facts["tags"]:
+        lines.append(field("Tags", ", ".join(facts["tags"])))
+    if facts["url"]:
+        lines.append(field("Link", facts["url"]))
+
+    rows = [
+        (f"row {r['row']}: " if r["row"] is not None else "") + r["message"]
+        for r in facts["failed_rows"]
+    ]
     if rows:
-        lines.append(f"Rows: {rows}")
-    if details.get("failure_reason"):
-        lines.append(f"Reason: {clean(details['failure_reason'])}")
-    started = details.get("remote_created_at") or payload.get("started_at")
-    ended = details.get("remote_completed_at") or payload.get("ended_at")
-    if isinstance(started, int | float):
-        line = f"Started: {_when(started)}"
-        if isinstance(ended, int | float):
-            line += f", took {_duration(ended - started)}"
-        lines.append(line)
-    if payload.get("error"):
-        lines.append(f"Error: {clean(payload['error'])}")
-    if payload.get("tags"):
-        lines.append("Tags: " + ", ".join(_one_line(t, 50) for t in payload["tags"]))
-    return title, "\n".join(lines)
+        # the source may list only the first rows: the failure count tells how many there were
+        total = max(facts["failed_rows_total"], facts["counts"]["failed"] or 0)
+        heading = "First failing rows" + (f" ({len(rows)} of {total})" if total > len(rows) else "")
+        if fmt == "markdown":
+            lines += [f"**{heading}:**", _fenced(rows)]
+        else:
+            lines += [f"{heading}:", *(f"  {row}" for row in rows)]
+    if facts["failed_rows_error"]:
+        lines.append(field("Failing rows could not be read", facts["failed_rows_error"]))
+    if facts["output"]:
+        if fmt == "markdown":
+            lines += ["**Output:**", _fenced(facts["output"].splitlines())]
+        else:
+            lines.append(f"Output: {facts['output']}")
+    return lines
+
+
+def render(kind: Event, payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str, str]:
+    """poller's own title and body for one event, from its stored payload."""
+    facts = event_facts(kind, payload)
+    return _title(kind, facts), _cut("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- digests -------------------------------------------------------------------------------
+
+
+def render_digest(
+    items: Sequence[tuple[Event, Mapping[str, Any]]], fmt: Format = "text", max_jobs: int = 200
+) -> tuple[str, str, str]:
+    """One message about many events: title, body and Apprise type (the worst of them).
+
+    Up to `DETAILED_DIGEST` events are shown in full, worst first. More are grouped by
+    outcome, worst first, one line per job (name, key, reason) up to `max_jobs` lines; the rest
+    are counted.
+    """
+    groups: dict[Event, list[Mapping[str, Any]]] = {}
+    for kind, payload in items:
+        groups.setdefault(kind, []).append(event_facts(kind, payload))
+    order = [kind for kind in GROUPS if kind in groups]
+    severity = min((EVENT_SEVERITY[kind] for kind in order), key=lambda s: _SEVERITY_RANK.get(s, 9))
+    worst = order[0]
+    total = sum(len(group) for group in groups.values())
+    if len(order) == 1:
+        title = f"{MARKERS[worst]} {total} jobs {VERBS[worst]}"
+    else:
+        summary = ", ".join(f"{len(groups[k])} {GROUPS[k].lower()}" for k in order)
+        title = f"{MARKERS[worst]} {total} job events: {summary}"
+
+    if total <= DETAILED_DIGEST:
+        # few enough to show each in full, as its own message would
+        ordered = sorted(items, key=lambda item: order.index(item[0]))
+        parts = []
+        for kind, payload in ordered:
+            part_title, part_body = render(kind, payload, fmt)
+            parts.append(f"**{md_escape(part_title)}**" if fmt == "markdown" else part_title)
+            parts.append(part_body + "\n")
+        return one_line(title, MAX_TITLE), _cut("\n".join(parts).strip(), MAX_BODY), severity
+
+    esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
+    lines: list[str] = []
+    unlisted: dict[Event, int] = {}
+    room = max_jobs
+    for kind in order:
+        group = groups[kind]
+        if room <= 0:
+            unlisted[kind] = len(group)
+            continue
+        heading = f"{GROUPS[kind]} ({len(group)})"
+        lines.append(f"**{heading}:**" if fmt == "markdown" else f"{heading}:")
+        lines += ["- " + esc(_digest_line(kind, facts)) for facts in group[:room]]
+        if len(group) > room:
+            unlisted[kind] = len(group) - room
+        room -= len(group)
+        lines.append("")
+    if unlisted:
+        more = sum(unlisted.values())
+        what = ", ".join(f"{n} {GROUPS[k].lower()}" for k, n in unlisted.items())
+        lines.append(f"… and {more} more not listed here ({what}); see `poller history`.")
+    return one_line(title, MAX_TITLE), "\n".join(lines).strip(), severity
+
+
+def _digest_line(kind: Event, facts: Mapping[str, Any]) -> str:
+    label = facts["key"]
+    if facts["job_name"]:
+        label = f"{facts['job_name']} ({facts['key']})"
+    why = None
+    if kind in (Event.FAILED, Event.CANCELLED, Event.EXPIRED):
+        why = facts["reason"]
+    elif kind is Event.PARTIAL:
+        why = facts["rows"]
+    elif kind in (Event.UNREACHABLE, Event.TIMED_OUT):
+        why = facts["error"]
+    elif kind is Event.STALLED and facts["progress"] is not None:
+        why = f"at {facts['progress']:.0f}%"
+    return one_line(f"{label}: {why}" if why else label, MAX_DIGEST_LINE)
+
+
+# --- templates -----------------------------------------------------------------------------
+
+#: The variables a template may use, with what they hold (README lists the same).
+TEMPLATE_VARIABLES: Mapping[str, str] = {
+    "event": "the event: started, succeeded, partial, failed, cancelled, expired, stalled, "
+    "timed_out, unreachable, recovered",
+    "marker": "a short emoji for the event",
+    "verb": 'the event in words, e.g. "failed", "is stalled"',
+    "severity": "the Apprise message type: success, warning, failure, info",
+    "name": "the job's name, or its key when it has none",
+    "job_name": "the job's name (empty if it has none)",
+    "key": "the watch key, e.g. ruler-prod/4f2a/9c1e-77",
+    "source": "the source name",
+    "site": "the site (ruler)",
+    "job_id": "the remote job id",
+    "tags": "the watch's tags (a list)",
+    "state": "poller's state of the job",
+    "previous_state": "the state before this event",
+    "remote_status": "the status as the API gave it",
+    "progress": "0-100, or empty",
+    "counts": "row counts: counts.total, counts.processed, counts.succeeded, counts.failed",
+    "rows": 'the counts in words, e.g. "980 succeeded, 20 failed of 1000"',
+    "reason": "the failure reason the API gave",
+    "failed_rows": "the first failing rows, each with .row and .message",
+    "failed_rows_total": "how many failing rows the API listed",
+    "failed_rows_error": "why the failing rows could not be read",
+    "output": "the job's output, as text",
+    "error": "the poll error (unreachable, timed_out)",
+    "error_count": "failed polls in a row (unreachable)",
+    "started": "when the job started (UTC)",
+    "ended": "when it ended (UTC)",
+    "started_at": "the start as UNIX seconds",
+    "ended_at": "the end as UNIX seconds",
+    "duration": 'how long it took (or has run, when stalled), e.g. "1h 5m"',
+    "duration_seconds": "the same in seconds",
+    "stalled_since": "the last time progress changed (stalled)",
+    "outage_since": "since when polling has failed (unreachable, recovered)",
+    "outage": "how long polling failed (recovered)",
+    "url": "a link to the job, when the source gives one",
+    "at": "when the event happened (UTC)",
+    "title": "poller's default title",
+    "body": "poller's default body, in the template's format",
+}
+
+#: What an over-eager template may produce before it is cut.
+_MAX_RENDERED = 100_000
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be used; `line` is the line within the template (1-based)."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox that also refuses to build huge strings or numbers."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
+            raise jinja2.exceptions.SecurityError("exponent too large")
+        if operator == "*":
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, str | list | tuple) and isinstance(b, int) and len(a) * b > 10_000:
+                    raise jinja2.exceptions.SecurityError("repetition too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _finalize(value: Any) -> Any:
+    # an absent value prints as nothing, not "None"
+    return "" if value is None else value
+
+
+_ENV = _Sandbox(
+    autoescape=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=False,
+    finalize=_finalize,
+    undefined=jinja2.Undefined,
+)
+
+
+def _escape_deep(value: Any) -> Any:
+    if isinstance(value, str):
+        return md_escape(value)
+    if isinstance(value, list):
+        return [_escape_deep(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _escape_deep(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A user's title and/or body template, compiled; what it leaves out is poller's default."""
+
+    title: jinja2.Template | None
+    body: jinja2.Template | None
+    format: Format = "text"
+
+    def context(self, kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The template variables for one event (Markdown-escaped for a Markdown template)."""
+        facts = event_facts(kind, payload)
+        title, body = render(kind, payload, self.format)
+        variables = _escape_deep(facts) if self.format == "markdown" else dict(facts)
+        variables["title"], variables["body"] = title, body
+        return variables
+
+    def render(self, kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
+        """Title and body for one event; raises what the template raises."""
+        variables = self.context(kind, payload)
+        title, body = variables["title"], variables["body"]
+        if self.title is not None:
+            # one line, whatever the template does: a title may become a mail Subject header
+            title = one_line(self.title.render(variables)[:_MAX_RENDERED], MAX_TITLE)
+        if self.body is not None:
+            body = _cut(self.body.render(variables)[:_MAX_RENDERED].strip(), MAX_BODY)
+        return title or one_line(f"{MARKERS[kind]} {variables['name']}", MAX_TITLE), body
+
+
+#: Events the templates are tried on at load time, so that an error shows up then.
+SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, Any]], ...] = (
+    (
+        Event.FAILED,
+        {
+            "key": "ruler-prod/4f2a/9c1e-77",
+            "name": "Nightly revenue upload",
+            "source": "ruler-prod",
+            "site": "4f2a",
+            "job_id": "9c1e-77",
+            "tags": ["revenue"],
+            "state": "failed",
+            "previous_state": "running",
+            "remote_status": "failed",
+            "progress": 40.0,
+            "details": {
+                "total_rows": 1000,
+                "processed_rows": 400,
+                "success_count": 380,
+                "failure_count": 20,
+                "failure_reason": "Column 'amount' is missing",
+                "failed_rows": [{"row": 3, "message": "Invalid email"}],
+                "output": {"written": 380},
+                "url": "https://example.com/jobs/9c1e-77",
+            },
+            "started_at": 1_700_000_000.0,
+            "ended_at": 1_700_000_600.0,
+            "at": 1_700_000_600.0,
+        },
+    ),
+    (Event.STARTED, {"key": "ruler-prod/4f2a/j2", "details": {}}),
+    (
+        Event.UNREACHABLE,
+        {
+            "key": "immuta/2b9f0c",
+            "error": "server_error: HTTP 500",
+            "error_count": 3,
+            "outage_since": 1_700_000_000.0,
+            "at": 1_700_000_900.0,
+        },
+    ),
+)
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line a render error happened on, from Jinja's rewritten traceback."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == "<template>":
+            line = frame.lineno
+    return line
+
+
+def _compile_one(source: str, what: str) -> jinja2.Template:
+    try:
+        tree = _ENV.parse(source)
+        unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - TEMPLATE_VARIABLES.keys())
+        if not unknown:
+            return _ENV.from_string(tree)
+    except jinja2.TemplateSyntaxError as exc:  # also unknown filters and tests
+        raise TemplateProblem(f"{what} template: {exc.message}", exc.lineno) from None
+    line = next(
+        (node.lineno for node in tree.find_all(jinja2.nodes.Name) if node.name == unknown[0]),
+        None,
+    )
+    raise TemplateProblem(
+        f"{what} template: unknown variable {unknown[0]}; "
+        f"expected one of: {', '.join(TEMPLATE_VARIABLES)}",
+        line,
+    )
+
+
+def check_template(source: str, what: str, fmt: str = "text") -> None:
+    """Check one part (``title`` or ``body``) of a template; raises `TemplateProblem`."""
+    body_format: Format = "markdown" if fmt == "markdown" else "text"
+    if what == "title":
+        compile_template(source, None, body_format)
+    else:
+        compile_template(None, source, body_format)
+
+
+def compile_template(title: str | None, body: str | None, fmt: Format = "text") -> MessageTemplate:
+    """Compile a title and a body template and try them on sample events.
+
+    Raises `TemplateProblem` (a ValueError) with the line in the template for a syntax error,
+    an unknown variable, or an error while rendering a sample event.
+    """
+    template = MessageTemplate(
+        title=_compile_one(title, "title") if title is not None else None,
+        body=_compile_one(body, "body") if body is not None else None,
+        format=fmt,
+    )
+    for kind, payload in SAMPLE_EVENTS:
+        variables = template.context(kind, payload)
+        for what, part in (("title", template.title), ("body", template.body)):
+            if part is None:
+                continue
+            try:
+                part.render(variables)
+            except Exception as exc:
+                message = exc.message if isinstance(exc, jinja2.TemplateError) else str(exc)
+                raise TemplateProblem(
+                    f"{what} template fails on a sample {kind.value} event: "
+                    f"{type(exc).__name__}: {one_line(message or '', 200)} (events carry "
+                    "only what their source gave: guard optional values with {% if %})",
+                    _template_line(exc),
+                ) from None
+    return template
+
+
+# --- Apprise -------------------------------------------------------------------------------
+
+#: The HTTP answers (status, Retry-After) seen during the send running in this context.
+_ANSWERS: contextvars.ContextVar[list[tuple[int, str | None]] | None] = contextvars.ContextVar(
+    "poller_http_answers", default=None
+)
+_hook_installed = False
+
+
+def _record_answer(response: Any, *args: Any, **kwargs: Any) -> None:
+    answers = _ANSWERS.get()
+    if answers is not None:
+        answers.append((int(response.status_code), response.headers.get("Retry-After")))
+
+
+def _install_answer_hook() -> None:
+    """Add `_record_answer` to the response hooks of every ``requests`` session.
+
+    Apprise's HTTP plugins use ``requests`` and keep the response to themselves; the hook is the
+    documented ``requests`` way to see it. It only records while a send of ours runs (Apprise
+    copies the caller's context into its worker threads), and records nothing else.
+    """
+    global _hook_installed
+    if _hook_installed:
+        return
+    _hook_installed = True
+    try:
+        sessions: Any = importlib.import_module("requests.sessions")
+    except ImportError:  # pragma: no cover - Apprise depends on requests
+        return
+    original = sessions.default_hooks
+
+    def default_hooks() -> dict[str, list[Callable[..., Any]]]:
+        hooks: dict[str, list[Callable[..., Any]]] = original()
+        hooks.setdefault("response", []).append(_record_answer)
+        return hooks
+
+    sessions.default_hooks = default_hooks
+
+
+def _capture_apprise_warnings() -> None:
+    """Let Apprise's per-service capture see warnings, without printing them.
+
+    Apprise records what each service answered ("error=500", "connection error...") through
+    its logger, and only what that logger lets through: at the ERROR level `logs.configure`
+    sets, the answers would be lost. The records stay out of poller's own output (they are not
+    propagated): each delivery attempt is logged once by poller, with the answer, scrubbed.
+    """
+    logger = logging.getLogger("apprise")
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
+def _secret_parts(url: str, masked: str) -> list[str]:
+    """The pieces of a channel URL that its masked form hides (tokens, passwords...)."""
+    parts = {p for p in re.split(r"[/:@?&=#,+]", url) if len(p) >= 4 and p not in masked}
+    return sorted(parts, key=len, reverse=True)
 
 
 class Notifier:
     """Sends messages to named channels, one Apprise object each."""
 
     def __init__(self, channels: Mapping[str, str], *, timeout: float = 30.0) -> None:
+        _install_answer_hook()
+        _capture_apprise_warnings()
         self.timeout = timeout
         self._channels: dict[str, apprise.Apprise] = {}
+        self._secrets: dict[str, list[str]] = {}
+        self._socket_timeout: dict[str, float] = {}
         for name, url in channels.items():
             obj = apprise.Apprise()
             obj.add(url)
             self._channels[name] = obj
+            masked = " ".join(self.describe(name))
+            self._secrets[name] = _secret_parts(url, masked)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -172,38 +812,126 @@ class Notifier:
 
     def describe(self, channel: str) -> list[str]:
         """The channel's service URLs with secrets masked."""
-        return [str(service.url(privacy=True)) for service in self._channels[channel]]  # type: ignore[no-untyped-call]
+        return [
+            str(service.url(privacy=True))  # type: ignore[no-untyped-call]
+            for service in self._channels[channel]
+        ]
 
-    async def send(self, channel: str, title: str, body: str, kind: Event) -> str:
-        """Send one message; return what the service answered, or raise `NotifyError`."""
+    def format_for(self, channel: str) -> Format:
+        """Markdown if every service of the channel prefers Markdown or HTML, else text."""
+        obj = self._channels.get(channel)
+        if obj is None or len(obj) == 0:
+            return "text"
+        for service in obj:
+            preferred = service.notify_format
+            if isinstance(preferred, tuple | list):
+                preferred = preferred[0] if preferred else None
+            if str(getattr(preferred, "value", preferred)) not in ("markdown", "html"):
+                return "text"
+        return "markdown"
+
+    def scrub(self, channel: str, text: str) -> str:
+        """`text` with every secret part of the channel's URL masked."""
+        for part in self._secrets.get(channel, ()):
+            text = text.replace(part, "***")
+        return text
+
+    def _limit_sockets(self, channel: str, obj: apprise.Apprise, timeout: float) -> None:
+        # A send we stop waiting for keeps a worker thread until its socket gives up: make the
+        # sockets give up when we do, so that a hanging service cannot pile up threads.
+        if self._socket_timeout.get(channel) == timeout:
+            return
+        self._socket_timeout[channel] = timeout
+        for service in obj:
+            for attr in ("socket_connect_timeout", "socket_read_timeout"):
+                current = getattr(service, attr, None)
+                if isinstance(current, int | float) and (current <= 0 or current > timeout):
+                    setattr(service, attr, timeout)
+
+    async def send(
+        self,
+        channel: str,
+        title: str,
+        body: str,
+        kind: Event | None = None,
+        *,
+        severity: str | None = None,
+        body_format: Format = "text",
+        # the per-send limit handed to Apprise, which enforces it on its worker threads
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
+        """Send one message; return what the services answered, or raise `NotifyError`.
+
+        The Apprise type is `severity`, else that of `kind`. The whole send is bounded by
+        `timeout` (default: the notifier's). The error's `retry_after` is the longest
+        ``Retry-After`` a service answered with a 429 or 503, in seconds.
+        """
         obj = self._channels.get(channel)
         if obj is None:
             raise NotifyError(channel, "channel is not configured")
-        result = await obj.async_notify(
-            body=body,
-            title=title,
-            notify_type=EVENT_SEVERITY[kind],
-            timeout=self.timeout,
-        )
-        answer = _answer(obj, result)
+        limit = self.timeout if timeout is None else timeout
+        self._limit_sockets(channel, obj, limit)
+        notify_type = severity or (EVENT_SEVERITY[kind] if kind is not None else "info")
+        answers: list[tuple[int, str | None]] = []
+        token = _ANSWERS.set(answers)
+        try:
+            # Apprise's own deadline reports TIMEOUT; ours is the backstop if that fails.
+            result = await asyncio.wait_for(
+                obj.async_notify(
+                    body=body,
+                    title=title,
+                    notify_type=notify_type,
+                    body_format=body_format,
+                    timeout=limit,
+                ),
+                timeout=limit + 5.0,
+            )
+        except TimeoutError:
+            raise NotifyError(channel, f"no answer within {limit:g}s") from None
+        finally:
+            _ANSWERS.reset(token)
+        answer = self.scrub(channel, _answer(result, answers))
         if not result:
-            raise NotifyError(channel, answer)
+            raise NotifyError(channel, answer, retry_after=_retry_after(answers))
         return answer
 
 
-def _answer(obj: apprise.Apprise, result: Any) -> str:
-    """A one-line account of what each service answered, URLs masked."""
+def _retry_after(answers: Sequence[tuple[int, str | None]]) -> float | None:
+    # imported here: the HTTP stack of the sources is heavy, and CLI commands that only read the
+    # config should not load it
+    from poller.http import parse_retry_after
+
+    waits = [
+        wait
+        for status, header in answers
+        if status in (429, 503) and (wait := parse_retry_after(header, time.time())) is not None
+    ]
+    return max(waits) if waits else None
+
+
+def _answer(result: Any, answers: Sequence[tuple[int, str | None]]) -> str:
+    """A one-line account of what each service answered; URLs are Apprise's masked ones."""
     parts = []
-    for service, outcome in zip(obj, getattr(result, "results", ()), strict=False):
-        messages = [
-            entry.message
-            for attempt in outcome.attempts
-            for entry in attempt.logs
-            if entry.level in ("WARNING", "ERROR")
-        ]
+    for outcome in getattr(result, "results", ()):
         status = outcome.status.name.lower()
-        detail = f": {_one_line(messages[-1], 300)}" if messages and not outcome else ""
-        parts.append(f"{service.url(privacy=True)} {status}{detail}")  # type: ignore[no-untyped-call]
+        # the query string holds Apprise's defaults (method, overflow...): noise in an answer
+        line = f"{str(outcome.url).split('?', 1)[0]} {status}"
+        if not outcome:
+            messages = [
+                entry.message for entry in outcome.logs() if entry.level in ("WARNING", "ERROR")
+            ]
+            if messages:
+                line += f": {one_line(messages[-1], 300)}"
+        parts.append(line)
+    failed = [(status, header) for status, header in answers if status >= 400]
+    if failed:
+        status, header = failed[-1]
+        parts.append(
+            f"HTTP {status}" + (f", Retry-After: {one_line(header, 40)}" if header else "")
+        )
     if not parts:
+        status_name = getattr(getattr(result, "status", None), "name", "")
+        if status_name == "NOMATCH":
+            return "no service is loaded for this channel"
         return "ok" if result else "no service accepted the message"
     return "; ".join(parts)

@@ -40,6 +40,17 @@ def event_payload(watch: Watch, decision: Decision, kind: Event, now: float) -> 
         "progress": p.progress,
         "details": dict(p.details),
         "error": p.last_error if kind in (Event.UNREACHABLE, Event.TIMED_OUT) else None,
+        "error_count": p.error_count if kind is Event.UNREACHABLE else None,
+        # when polling started failing: for unreachable, and (from before) for recovered
+        "outage_since": (
+            p.error_since
+            if kind is Event.UNREACHABLE
+            else watch.progress.error_since
+            if kind is Event.RECOVERED
+            else None
+        ),
+        # the last change of state or progress: a stalled job has not moved since
+        "last_change_at": p.last_change_at,
         "created_at": p.created_at,
         "started_at": p.started_at,
         "ended_at": p.ended_at,

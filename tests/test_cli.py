@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,7 +71,7 @@ class TestCheck:
         r = poller("check", "-c", str(path))
         assert r.returncode == 0, r.stderr
         assert "ruler-prod/s1/j1" in r.stdout
-        assert "lake: immuta  (not yet supported" in r.stdout
+        assert "lake: immuta" in r.stdout
         assert "rule 0: failed -> hook" in r.stdout
         assert "cli-token" not in r.stdout
 
@@ -150,10 +152,77 @@ class TestNotifyTest:
         r = poller("notify-test", "-c", str(path))
         assert r.returncode == 1
         assert "hook: ok" in r.stdout and "dead: FAILED" in r.stdout
+        # what each service answered, one line each, under its channel
+        assert f"hook: ok\n  json://127.0.0.1:{sink.port}/hook success\n" in r.stdout
+        assert "dead: FAILED\n  json://127.0.0.1:9/nothing failure: A Connection error" in r.stdout
         assert sink.wait_for(1, 5)[0]["title"] == "poller test message"
         r = poller("notify-test", "hook", "-c", str(path))
         assert r.returncode == 0
         assert poller("notify-test", "nope", "-c", str(path)).returncode == 2
+
+    def test_secrets_are_masked_in_every_answer(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """A channel with a password: the answer shows the URL with the password masked."""
+        ruler, sink = sims
+        path = write_config(tmp_path, ruler, sink)
+        secret = "hunter2-" + os.urandom(4).hex()
+        text = path.read_text().replace(
+            f"hook: {sink.apprise_url}", f"hook: json://ops:{secret}@127.0.0.1:{sink.port}/hook"
+        )
+        path.write_text(text)
+        sink.answer(503, times=1)
+        r = poller("notify-test", "hook", "-c", str(path))
+        assert r.returncode == 1
+        assert f"json://ops:****@127.0.0.1:{sink.port}/hook failure" in r.stdout
+        assert "HTTP 503" in r.stdout
+        assert secret not in r.stdout + r.stderr
+
+
+class TestStatusDeliveries:
+    """`poller status` shows what has not been delivered."""
+
+    def test_pending_and_given_up_are_listed(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """Counts, a list of each kind, per-watch counts in --json."""
+        from poller.models import DeliveryOutcome, Event, EventRecord, WatchSpec
+        from poller.store.repo import Store, WriteBack
+
+        path = write_config(tmp_path, *sims)
+        store = Store(f"sqlite:///{tmp_path}/poller.db")
+        store.migrate()
+        now = time.time()
+        store.add_watch(WatchSpec(source="ruler-prod", job_id="j9", site=SITE), now)
+        (watch,) = store.claim_due("me", now, 10, 30)
+        store.write_back(
+            "me",
+            [
+                WriteBack(
+                    watch=watch,
+                    progress=watch.progress,
+                    next_poll_at=now + 30,
+                    polled_at=now,
+                    events=[EventRecord(Event.FAILED, now, {"key": watch.key}, ("hook", "dead"))],
+                )
+            ],
+        )
+        (dead,) = store.claim_channel_deliveries("me", now, "dead", 10, 30)
+        error = "json://127.0.0.1:9/nothing failure: [Errno 111] refused"
+        store.finish_deliveries("me", [DeliveryOutcome(dead.id, False, error)], now)
+        store.close()
+
+        text = poller("status", "-c", str(path)).stdout
+        assert "deliveries: 1 pending, 1 given up" in text
+        assert "undelivered (still retried) (1):" in text and "given up (1):" in text
+        assert "[Errno 111] refused" in text  # brackets printed as they are
+        doc = json.loads(poller("status", "--json", "-c", str(path)).stdout)
+        assert doc["deliveries"] == {"pending": 1, "given_up": 1}
+        (given_up,) = doc["given_up"]
+        assert given_up["channel"] == "dead" and given_up["last_error"] == error
+        assert [u["channel"] for u in doc["undelivered"]] == ["hook"]
+        (w,) = [w for w in doc["watches"] if w["key"] == f"ruler-prod/{SITE}/j9"]
+        assert (w["deliveries_pending"], w["deliveries_given_up"]) == (1, 1)
 
 
 class TestDemo:

@@ -15,6 +15,7 @@ from pydantic import SecretStr, ValidationError
 
 from poller.config import (
     Config,
+    DeliveryConfig,
     HttpSource,
     ImmutaSource,
     JobConfig,
@@ -208,6 +209,11 @@ class TestValidConfig:
         assert len(config.rules) == 3 and len(config.jobs) == 5
         assert config.policy_for("ruler-prod").interval == 60
         assert config.jobs[0].polling.as_dict() == {"timeout": 6 * 3600}
+        # the delivery section shows every default; both kinds of template are there
+        assert config.delivery == DeliveryConfig()
+        assert set(config.channel_templates) == {"oncall"}
+        assert config.rules[0].template is not None
+        assert config.rules[0].template.format == "markdown"
 
     def test_empty_file_is_an_empty_config(self, tmp_path: Path) -> None:
         """An empty file is valid: no sources, no jobs, every default."""
@@ -380,7 +386,7 @@ class TestYaml:
         """A file that is a list or a scalar is refused with the keys it should have."""
         assert problems(tmp_path, "- a\n- b\n") == [
             "1: : expected a mapping with the keys database, sources, channels, rules, polling, "
-            "jobs, log"
+            "delivery, jobs, log"
         ]
 
     def test_alias_bomb_is_refused(self, tmp_path: Path) -> None:
@@ -750,7 +756,7 @@ OTHER_PROBLEMS = [
         "source: {}\n",
         [
             "1: source: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, jobs, log (did you mean sources?)"
+            "polling, delivery, jobs, log (did you mean sources?)"
         ],
     ),
     (
@@ -897,7 +903,7 @@ class TestProblems:
             "(seconds, or a number with ms, s, m, h, d)",
             "12: log.level: expected one of: debug, info, warning, error",
             "13: extra: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, jobs, log",
+            "polling, delivery, jobs, log",
             "None: POLLER_LOG_LEVEL: expected one of: debug, info, warning, error",
         ]
 
@@ -1111,3 +1117,234 @@ class TestModels:
         assert default_database_url({"STATE_DIRECTORY": "rel"}) == (
             f"sqlite:///{tmp_path / 'rel' / 'poller.db'}"
         )
+
+
+class TestDelivery:
+    """The ``delivery`` section: timeouts, retries, giving up, digests."""
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        """30 s per send, 5 s doubling to 15 m, 24 h before giving up, digests on."""
+        d = load(tmp_path, "").delivery
+        assert (d.timeout, d.retry_initial, d.retry_max, d.give_up_after) == (
+            30,
+            5,
+            900,
+            86400,
+        )
+        assert d.digest.enabled and (d.digest.threshold, d.digest.window) == (10, 60)
+        assert (d.digest.wait, d.digest.max_jobs) == (2, 200)
+
+    def test_every_key(self, tmp_path: Path) -> None:
+        """Durations as strings or seconds; digests can be switched off."""
+        d = load(
+            tmp_path,
+            """\
+            delivery:
+              timeout: 500ms
+              retry_initial: 1
+              retry_max: 2m
+              give_up_after: 2d
+              digest: {enabled: false, threshold: 3, window: 10s, wait: 0, max_jobs: 7}
+            """,
+        ).delivery
+        assert (d.timeout, d.retry_initial, d.retry_max, d.give_up_after) == (
+            0.5,
+            1,
+            120,
+            172800,
+        )
+        assert not d.digest.enabled
+        assert (d.digest.threshold, d.digest.window, d.digest.wait, d.digest.max_jobs) == (
+            3,
+            10,
+            0,
+            7,
+        )
+
+    def test_problems_have_their_place(self, tmp_path: Path) -> None:
+        """Wrong values and unknown keys are reported with their line."""
+        assert problems(
+            tmp_path,
+            """\
+            delivery:
+              retry_initial: 1m
+              retry_max: 10s
+              give_up: 1h
+              digest:
+                threshold: 0
+                enabled: perhaps
+            """,
+        ) == [
+            "3: delivery.retry_max: must be at least retry_initial (1m), not 10s",
+            "4: delivery.give_up: unknown key; expected one of: timeout, retry_initial, "
+            "retry_max, give_up_after, digest (did you mean give_up_after?)",
+            "6: delivery.digest.threshold: must be at least 1",
+            "7: delivery.digest.enabled: Input should be a valid boolean, unable to interpret "
+            "input",
+        ]
+
+
+CHANNEL = "channels:\n  ops: json://localhost/hook\n"
+
+
+class TestTemplatesInConfig:
+    """Templates per rule and per channel; their errors are config errors with file:line."""
+
+    def test_rule_and_channel_templates_load(self, tmp_path: Path) -> None:
+        """A channel may be a mapping with url and template; rules may have templates."""
+        config = load(
+            tmp_path,
+            """\
+            channels:
+              ops: json://localhost/hook
+              mail:
+                url: ${SLACK_URL}
+                template: {title: '{{ marker }} {{ name }}'}
+            rules:
+              - on: [failed]
+                notify: [ops, mail]
+                template:
+                  format: markdown
+                  body: |
+                    **{{ name }}** {{ verb }}
+                    {{ reason }}
+              - on: [succeeded]
+                notify: [mail]
+            """,
+        )
+        assert config.channels["mail"].get_secret_value() == ENV["SLACK_URL"]
+        assert config.channel_templates["mail"].title == "{{ marker }} {{ name }}"
+        rule_template = config.rules[0].template
+        assert rule_template is not None and rule_template.format == "markdown"
+        assert config.template_for("ops", Event.FAILED, "r", []) is rule_template
+        assert config.template_for("mail", Event.FAILED, "r", []) is rule_template
+        assert (
+            config.template_for("mail", Event.SUCCEEDED, "r", [])
+            is (config.channel_templates["mail"])
+        )
+        assert config.template_for("ops", Event.SUCCEEDED, "r", []) is None
+        _title, body = rule_template.compiled().render(
+            Event.FAILED, {"key": "r/s/j", "details": {"failure_reason": "x"}}
+        )
+        assert body == "**r/s/j** failed\nx"
+
+    def test_error_in_a_literal_block_names_the_file_line(self, tmp_path: Path) -> None:
+        """The line of the mistake inside a | block is the line in the file."""
+        found = problems(
+            tmp_path,
+            CHANNEL
+            + textwrap.dedent(
+                """\
+                rules:
+                  - on: [failed]
+                    notify: [ops]
+                    template:
+                      body: |
+                        {{ name }} failed
+                        {% if reason %}
+                        {{ reason }
+                """
+            ),
+        )
+        assert found == [
+            "10: rules[0].template.body: body template: unexpected '}'",
+        ]
+
+    def test_unknown_variable_in_a_one_line_template(self, tmp_path: Path) -> None:
+        """An unknown variable is reported at the template's line, with the known ones."""
+        (found,) = problems(
+            tmp_path,
+            CHANNEL
+            + "rules:\n  - on: [failed]\n    notify: [ops]\n"
+            + "    template: {title: '{{ nmae }} failed'}\n",
+        )
+        assert found.startswith(
+            "6: rules[0].template.title: title template: unknown variable nmae; "
+            "expected one of: event, marker"
+        )
+
+    def test_quoted_multiline_template_says_the_template_line(self, tmp_path: Path) -> None:
+        """Where lines do not map onto the file, the message says the template's own line."""
+        (found,) = problems(
+            tmp_path,
+            CHANNEL
+            + "rules:\n  - on: [failed]\n    notify: [ops]\n"
+            + '    template: {body: "ok\\n{{ progress + 1 }}"}\n',
+        )
+        assert found.startswith("6: rules[0].template.body: body template fails on a sample")
+        assert found.endswith("(line 2 of the template)")
+
+    def test_template_from_a_file_names_that_file(self, tmp_path: Path) -> None:
+        """body_file: the problem names the template file and its line."""
+        template = tmp_path / "failed.j2"
+        template.write_text("{{ name }}\n\n{{ name | nosuchfilter }}\n")
+        found = problems(
+            tmp_path,
+            f"""\
+            channels:
+              ops:
+                url: json://localhost/hook
+                template:
+                  body_file: {template}
+            """,
+        )
+        assert found == [
+            f"5: channels.ops.template.body_file: in {template}:3: body template: "
+            "No filter named 'nosuchfilter'."
+        ]
+
+    def test_empty_and_sandbox_escapes_are_refused(self, tmp_path: Path) -> None:
+        """A template needs a title or a body; attribute games fail at load time."""
+        found = problems(
+            tmp_path,
+            CHANNEL
+            + "rules:\n"
+            + "  - {on: [failed], notify: [ops], template: {}}\n"
+            + "  - on: [failed]\n"
+            + "    notify: [ops]\n"
+            + '    template: {title: "{{ name.__class__.__mro__ }}"}\n',
+        )
+        assert found[0] == "4: rules[0].template: give a title, a body or both"
+        assert found[1].startswith("7: rules[1].template.title: title template fails")
+        assert "SecurityError" in found[1]
+
+    def test_channel_mapping_problems(self, tmp_path: Path) -> None:
+        """A mapping channel needs a url; its url is checked like any channel's."""
+        found = problems(
+            tmp_path,
+            """\
+            channels:
+              a: {template: {title: x}}
+              b: {url: 'nonsense://x', colour: red}
+            """,
+        )
+        assert found == [
+            "2: channels.a.url: required",
+            "3: channels.b.url: not an Apprise URL Apprise understands "
+            "(see https://github.com/caronc/apprise/wiki)",
+            "3: channels.b.colour: unknown key; expected one of: url, template",
+        ]
+
+    def test_stall_and_error_overrides_per_source_and_job(self, tmp_path: Path) -> None:
+        """stall_after and error_after follow defaults < source < job."""
+        config = load(
+            tmp_path,
+            """\
+            sources:
+              fast: {type: ruler, token: x, polling: {stall_after: 5m, error_after: 1m}}
+              slow: {type: ruler, token: x}
+            polling: {stall_after: 1h, error_after: 10m}
+            jobs:
+              - {source: slow, site: s, id: a, polling: {stall_after: 30s}}
+            """,
+        )
+        assert (config.policy_for("slow").stall_after, config.policy_for("slow").error_after) == (
+            3600,
+            600,
+        )
+        assert (config.policy_for("fast").stall_after, config.policy_for("fast").error_after) == (
+            300,
+            60,
+        )
+        job = config.policy_for("slow", config.jobs[0].polling.as_dict())
+        assert (job.stall_after, job.error_after) == (30, 600)

@@ -57,7 +57,11 @@ class TestReplicas:
         world = pg_world
         count = 300
         script_jobs(world, count, end_by=6.0)
-        world.write_config("".join(job_yaml(f"job-{i}") for i in range(count)))
+        # One message per job (no digests), so that every job's message can be counted.
+        world.write_config(
+            "".join(job_yaml(f"job-{i}") for i in range(count)),
+            extra="delivery:\n  digest: {enabled: false}",
+        )
         replicas = [world.start(log=tmp_path / f"replica-{n}.log") for n in range(3)]
         time.sleep(3.0)
         replicas[0].send_signal(signal.SIGKILL)

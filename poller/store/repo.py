@@ -84,6 +84,22 @@ class HistoryEntry:
     detail: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Undelivered:
+    """A delivery that has not gone out: pending (still retried) or given up."""
+
+    id: int
+    key: str
+    name: str | None
+    event: str
+    channel: str
+    status: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float | None
+    last_error: str | None
+
+
 def _sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -528,6 +544,180 @@ class Store:
                 )
                 done += result.rowcount
         return done
+
+    # -- the outbox, one channel at a time (delivery engine, status) -------------------------
+
+    def ready_channels(self, now: float, wait: float) -> list[str]:
+        """Channels with a delivery ready to go: due, not leased, and either a retry or a first
+        attempt that has waited `wait` seconds for others to join it (digests)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.channel)
+                    .where(
+                        deliveries.c.status == "pending",
+                        deliveries.c.next_attempt_at <= now,
+                        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+                        sa.or_(deliveries.c.attempts > 0, deliveries.c.created_at <= now - wait),
+                    )
+                    .distinct()
+                ).scalars()
+            )
+
+    def next_delivery_ready_at(
+        self, wait: float, exclude: Sequence[str] = (), now: float | None = None
+    ) -> float | None:
+        """When the earliest delivery not leased (at `now`) and not for `exclude` is ready."""
+        first_ready = sa.case(
+            (deliveries.c.attempts > 0, deliveries.c.next_attempt_at),
+            (
+                deliveries.c.next_attempt_at > deliveries.c.created_at + wait,
+                deliveries.c.next_attempt_at,
+            ),
+            else_=deliveries.c.created_at + wait,
+        )
+        query = sa.select(sa.func.min(first_ready)).where(deliveries.c.status == "pending")
+        if now is not None:
+            query = query.where(
+                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
+            )
+        if exclude:
+            query = query.where(deliveries.c.channel.not_in(list(exclude)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def claim_channel_deliveries(
+        self, owner: str, now: float, channel: str, limit: int, lease: float
+    ) -> list[Delivery]:
+        """Lease up to `limit` due deliveries of one channel to `owner`, oldest first."""
+        due = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.channel == channel,
+                deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at <= now,
+                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            ids = (
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + lease)
+                    .returning(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    deliveries.c.channel,
+                    deliveries.c.attempts,
+                    deliveries.c.created_at,
+                    events.c.kind,
+                    events.c.payload,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            ).all()
+        return [
+            Delivery(
+                id=row.id,
+                channel=row.channel,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                kind=Event(row.kind),
+                payload=row.payload,
+            )
+            for row in rows
+        ]
+
+    def defer_deliveries(self, owner: str, ids: Sequence[int], until: float) -> int:
+        """Give back leased deliveries untried, due again at `until` (no attempt is counted)."""
+        if not ids:
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None)
+            ).rowcount
+
+    def sent_times(self, channel: str, since: float) -> list[float]:
+        """When each delivery to `channel` sent since `since` went out (a digest's share one)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.sent_at)
+                    .where(
+                        deliveries.c.channel == channel,
+                        deliveries.c.status == "sent",
+                        deliveries.c.sent_at >= since,
+                    )
+                    .order_by(deliveries.c.sent_at)
+                ).scalars()
+            )
+
+    def undelivered(self, status: str = "given_up", limit: int = 50) -> list[Undelivered]:
+        """Deliveries with `status` (``given_up`` or ``pending``), newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    deliveries.c.channel,
+                    deliveries.c.attempts,
+                    deliveries.c.created_at,
+                    deliveries.c.next_attempt_at,
+                    deliveries.c.last_error,
+                    events.c.kind,
+                    watches.c.key,
+                    watches.c.name,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .join(watches, watches.c.id == events.c.watch_id)
+                .where(deliveries.c.status == status)
+                .order_by(deliveries.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            Undelivered(
+                id=row.id,
+                key=row.key,
+                name=row.name,
+                event=row.kind,
+                channel=row.channel,
+                status=status,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                next_attempt_at=row.next_attempt_at if status == "pending" else None,
+                last_error=row.last_error,
+            )
+            for row in rows
+        ]
+
+    def undelivered_by_watch(self) -> dict[str, dict[str, int]]:
+        """Pending and given-up deliveries per watch key: ``{key: {status: count}}``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(watches.c.key, deliveries.c.status, sa.func.count())
+                .select_from(deliveries)
+                .join(events, events.c.id == deliveries.c.event_id)
+                .join(watches, watches.c.id == events.c.watch_id)
+                .where(deliveries.c.status.in_(("pending", "given_up")))
+                .group_by(watches.c.key, deliveries.c.status)
+            ).all()
+        found: dict[str, dict[str, int]] = {}
+        for key, status, count in rows:
+            found.setdefault(key, {})[status] = count
+        return found
 
 
 #: The write-back of one poll, built once: building statements per row costs more than running

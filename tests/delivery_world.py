@@ -1,0 +1,212 @@
+"""A daemon world for delivery tests: loopback Ruler API, webhook sink, config, `poller run`.
+
+Shared by test_chaos, test_delivery, test_notify and test_email. Everything is real: the daemon
+is `python -m poller run` in a subprocess, the job API and the webhook receiver are the
+simulators of `poller.sim` on loopback, and the database is a SQLite file read back with the
+standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from poller.sim import RulerSim, SimThread, WebhookSink
+
+SITE = "s1"
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Retry `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def job_yaml(job_id: str, name: str = "", source: str = "ruler-prod", extra: str = "") -> str:
+    """One entry of the config's ``jobs`` list."""
+    text = f"  - {{source: {source}, site: '{SITE}', id: '{job_id}'"
+    if name:
+        text += f", name: {json.dumps(name)}"
+    if extra:
+        text += f", {extra}"
+    return text + "}\n"
+
+
+class DeliveryWorld:
+    """A loopback Ruler API, a webhook sink, a config file and the poller command."""
+
+    def __init__(self, tmp: Path, ruler: RulerSim, sink: WebhookSink) -> None:
+        self.tmp, self.ruler, self.sink = tmp, ruler, sink
+        self.config = tmp / "config.yaml"
+        self.log = tmp / "daemon.log"
+        self.db = tmp / "poller.db"
+        self.daemons: list[subprocess.Popen[bytes]] = []
+
+    def write_config(
+        self,
+        jobs: str = "",
+        *,
+        channels: str | None = None,
+        rules: str | None = None,
+        polling: str = "  interval: 100ms\n  max_interval: 500ms\n",
+        delivery: str = "",
+        sources: str = "",
+    ) -> None:
+        """Write the config; sections are YAML bodies indented by two spaces."""
+        if channels is None:
+            channels = f"  hook: {self.sink.apprise_url}\n"
+        if rules is None:
+            rules = (
+                "  - on: [started, succeeded, partial, failed, cancelled, expired, timed_out,"
+                " stalled, unreachable, recovered]\n    notify: [hook]\n"
+            )
+        text = f"""
+database: sqlite:///{self.db}
+log: {{level: debug, format: json}}
+sources:
+  ruler-prod:
+    type: ruler
+    base_url: {self.ruler.base_url}
+    token: ${{RULER_TOKEN}}
+{sources}
+channels:
+{channels}
+rules:
+{rules}
+polling:
+{polling}
+"""
+        if delivery:
+            text += f"delivery:\n{delivery}\n"
+        text += f"jobs:\n{jobs or '  []'}\n"
+        self.config.write_text(text)
+
+    def env(self) -> dict[str, str]:
+        """The daemon's environment: the token, no POLLER_* or systemd leftovers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+        env["RULER_TOKEN"] = self.ruler.token
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one `poller` command with this world's config."""
+        result = subprocess.run(
+            [sys.executable, "-m", "poller", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
+        return result
+
+    def start(self, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start `poller run`; by default wait until it logged that it started."""
+        before = self.log.read_bytes().count(b'"started"') if self.log.exists() else 0
+        out = self.log.open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
+        out.close()
+        self.daemons.append(proc)
+        if wait:
+            eventually(
+                lambda: (
+                    self.log.read_bytes().count(b'"started"') > before or proc.poll() is not None
+                ),
+                timeout=20,
+                what="daemon start",
+            )
+            assert proc.poll() is None, self.log.read_text()[-3000:]
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        """SIGTERM and wait for the exit code."""
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=15)
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL: no chance to finish anything."""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=15)
+
+    def status(self) -> dict[str, Any]:
+        """`poller status --json`."""
+        doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        return doc
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines so far (lines that are not JSON are skipped)."""
+        if not self.log.exists():
+            return []
+        lines = []
+        for raw in self.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                lines.append(entry)
+        return lines
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the database directly (read-only), e.g. to list recorded events."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def pending_deliveries(self) -> int:
+        """Deliveries not yet sent nor given up."""
+        return int(self.query("SELECT count(*) FROM deliveries WHERE status = 'pending'")[0][0])
+
+    def messages(self, path: str | None = None) -> list[dict[str, Any]]:
+        """Messages the sink received (on `path`, if given)."""
+        return [m for m in self.sink.messages if path is None or m["path"] == path]
+
+    def close(self) -> None:
+        """Kill any daemon still running."""
+        for proc in self.daemons:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def named_keys(text: str) -> set[str]:
+    """Every watch key (``source/site/job``) a message names."""
+    return set(re.findall(r"[\w.-]+/[\w.-]+/[\w.-]+", text))
+
+
+@pytest.fixture
+def dworld(tmp_path: Path) -> Iterator[DeliveryWorld]:
+    """A fresh world whose simulators run on a background thread."""
+    ruler, sink = RulerSim(token="tok-" + os.urandom(4).hex()), WebhookSink()
+    with SimThread(ruler, sink):
+        w = DeliveryWorld(tmp_path, ruler, sink)
+        try:
+            yield w
+        finally:
+            w.close()
