@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -94,7 +95,8 @@ class Daemon:
         self.config = config
         self.transport = transport
         self.clock = clock
-        self.tuning = tuning or Tuning()
+        # The lease is a user setting (`replicas.lease`); the rest of the tuning is not.
+        self.tuning = dataclasses.replace(tuning or Tuning(), lease=config.replicas.lease)
         self.systemd = systemd or SystemdNotifier()
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stopping = asyncio.Event()
@@ -193,7 +195,7 @@ class Daemon:
         """A duty that keeps this process's leases alive while it works."""
 
         async def renew() -> None:
-            until = self.clock() + max(self.tuning.lease, self.tuning.delivery_lease)
+            until = self.clock() + self.tuning.lease
             try:
                 await db.call(db.store.renew, self.owner, until)
             except Exception as exc:  # the engines report database trouble; keep trying

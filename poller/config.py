@@ -92,6 +92,7 @@ TOP_LEVEL_KEYS = (
     "rules",
     "polling",
     "delivery",
+    "replicas",
     "jobs",
     "log",
 )
@@ -744,6 +745,16 @@ class JobConfig(_Frozen):
         return models.watch_key(self.source, self.id, self.site) if self.id is not None else None
 
 
+class ReplicasConfig(_Frozen):
+    """How processes sharing one database hand work to each other (PostgreSQL replicas).
+
+    A claim on a watch or a delivery lasts ``lease`` unless its process renews it (every third
+    of it, while it works); a replica that dies has its work taken over after at most that.
+    """
+
+    lease: PositiveDuration = 30.0
+
+
 class LogConfig(_Frozen):
     """Log level and format (``auto``: JSON lines unless stdout is a terminal)."""
 
@@ -767,6 +778,7 @@ class Config(_Frozen):
     rules: tuple[Rule, ...] = ()
     polling: PollingDefaults = Field(default_factory=PollingDefaults)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
     jobs: tuple[JobConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
     #: templates of the channels written as a mapping with a ``template``
@@ -1490,6 +1502,12 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         ("delivery",),
         DeliveryConfig,
     )
+    replicas = checker.validate(
+        _adapter(ReplicasConfig),
+        checker.section(data, "replicas", dict, "expected a mapping with lease"),
+        ("replicas",),
+        ReplicasConfig,
+    )
     jobs = [
         checker.validate(_adapter(JobConfig), value, ("jobs", i), JobConfig)
         for i, value in enumerate(checker.section(data, "jobs", list, "expected a list of jobs"))
@@ -1522,6 +1540,7 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         database,
         polling,
         delivery,
+        replicas,
         log,
         *sources.values(),
         *channels.values(),
@@ -1539,6 +1558,7 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
             rules=tuple(rules),
             polling=polling,
             delivery=delivery,
+            replicas=replicas,
             jobs=tuple(jobs),
             log=log,
             channel_templates=channel_templates,

@@ -193,7 +193,7 @@ class DeliveryEngine:
                     self.clock(),
                     channel,
                     limit,
-                    self.tuning.delivery_lease,
+                    self.tuning.lease,
                 )
                 if not claimed or not await self._round(channel, claimed, settings):
                     return

@@ -68,8 +68,6 @@ class Tuning:
     max_batch: int = 500
     idle_wait: float = 1.0
     delivery_batch: int = 50
-    delivery_lease: float = 30.0
-    give_up_after: float = 86400.0
     stop_grace: float = 8.0
 
 

@@ -386,7 +386,7 @@ class TestYaml:
         """A file that is a list or a scalar is refused with the keys it should have."""
         assert problems(tmp_path, "- a\n- b\n") == [
             "1: : expected a mapping with the keys database, sources, channels, rules, polling, "
-            "delivery, jobs, log"
+            "delivery, replicas, jobs, log"
         ]
 
     def test_alias_bomb_is_refused(self, tmp_path: Path) -> None:
@@ -756,7 +756,7 @@ OTHER_PROBLEMS = [
         "source: {}\n",
         [
             "1: source: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, jobs, log (did you mean sources?)"
+            "polling, delivery, replicas, jobs, log (did you mean sources?)"
         ],
     ),
     (
@@ -903,7 +903,7 @@ class TestProblems:
             "(seconds, or a number with ms, s, m, h, d)",
             "12: log.level: expected one of: debug, info, warning, error",
             "13: extra: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, jobs, log",
+            "polling, delivery, replicas, jobs, log",
             "None: POLLER_LOG_LEVEL: expected one of: debug, info, warning, error",
         ]
 
@@ -1117,6 +1117,20 @@ class TestModels:
         assert default_database_url({"STATE_DIRECTORY": "rel"}) == (
             f"sqlite:///{tmp_path / 'rel' / 'poller.db'}"
         )
+
+
+class TestReplicas:
+    """The ``replicas`` section."""
+
+    def test_lease_default_and_override(self, tmp_path: Path) -> None:
+        """30 s by default; any positive duration."""
+        assert load(tmp_path, "").replicas.lease == 30
+        assert load(tmp_path, "replicas: {lease: 5s}").replicas.lease == 5
+
+    def test_bad_lease_is_a_problem(self, tmp_path: Path) -> None:
+        """A lease that is not a positive duration is refused with its line."""
+        found = problems(tmp_path, "replicas:\n  lease: never\n")
+        assert len(found) == 1 and found[0].startswith("2: replicas.lease: ")
 
 
 class TestDelivery:

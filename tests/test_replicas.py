@@ -60,12 +60,13 @@ class TestReplicas:
         # One message per job (no digests), so that every job's message can be counted.
         world.write_config(
             "".join(job_yaml(f"job-{i}") for i in range(count)),
-            extra="delivery:\n  digest: {enabled: false}",
+            extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 4s",
         )
         replicas = [world.start(log=tmp_path / f"replica-{n}.log") for n in range(3)]
         time.sleep(3.0)
         replicas[0].send_signal(signal.SIGKILL)
         replicas[0].wait()
+        killed_at = time.monotonic()
         eventually(
             lambda: len({m["title"] for m in world.messages("success")}) >= count,
             timeout=90,
@@ -79,6 +80,8 @@ class TestReplicas:
         for key, path in transitions_per_watch(world.database).items():
             assert path[-1].endswith("-> succeeded"), (key, path)
             assert len(path) == len(set(path)), (key, path)
+        takeover = time.monotonic() - killed_at
+        assert takeover < 4 + 1 + 20  # lease + claim interval + the jobs' own schedule
         for proc in replicas[1:]:
             assert world.stop(proc) == 0
         logs = [
@@ -88,3 +91,38 @@ class TestReplicas:
             if line.startswith("{")
         ]
         assert sum(1 for e in logs if e.get("event") == "transition") > 0
+
+
+class TestPausedReplicas:
+    """Replicas frozen past their lease cannot overwrite newer state when they wake."""
+
+    def test_two_paused_around_the_lease_boundary(self, pg_world: World, tmp_path: Path) -> None:
+        """SIGSTOP two of three replicas past the lease, SIGCONT: no poll committed twice."""
+        world = pg_world
+        count = 120
+        script_jobs(world, count, end_by=8.0)
+        world.write_config(
+            "".join(job_yaml(f"job-{i}") for i in range(count)),
+            extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 2s",
+        )
+        replicas = [world.start(log=tmp_path / f"replica-{n}.log") for n in range(3)]
+        time.sleep(2.0)
+        for proc in replicas[:2]:
+            proc.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # past the lease: the third replica takes their work over
+        for proc in replicas[:2]:
+            proc.send_signal(signal.SIGCONT)
+        eventually(
+            lambda: len({m["title"] for m in world.messages("success")}) >= count,
+            timeout=60,
+            what="every success message",
+        )
+        time.sleep(1.0)
+        titles = Counter(m["title"] for m in world.messages("success"))
+        assert len(titles) == count
+        assert sum(titles.values()) - count <= 2  # at most one repeat per paused replica
+        for key, path in transitions_per_watch(world.database).items():
+            assert path[-1].endswith("-> succeeded"), (key, path)
+            assert len(path) == len(set(path)), (key, path)
+        for proc in replicas:
+            assert world.stop(proc) == 0
