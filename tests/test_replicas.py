@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from conftest import PG_ADMIN_URL
 from world import SITE, World, eventually, job_yaml
 
 from poller.store.repo import Store
@@ -126,3 +128,33 @@ class TestPausedReplicas:
             assert len(path) == len(set(path)), (key, path)
         for proc in replicas:
             assert world.stop(proc) == 0
+
+
+class TestDatabaseTrouble:
+    """A replica that loses its database connections reconnects and carries on."""
+
+    def test_connections_killed_then_work_goes_on(self, pg_world: World, tmp_path: Path) -> None:
+        """Every server-side connection is terminated; the daemon stays up and delivers."""
+        world = pg_world
+        world.ruler.add_job(SITE, "steady", status="processing")
+        world.write_config(job_yaml("steady"))
+        daemon = world.start()
+        eventually(lambda: world.messages("info"), what="started delivered")
+        name = sa.engine.make_url(world.database).database
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                killed = conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                ).scalar()
+        finally:
+            admin.dispose()
+        assert killed and killed >= 1
+        world.ruler.set_job(SITE, "steady", status="complete")
+        eventually(lambda: world.messages("success"), timeout=30, what="success after outage")
+        assert daemon.poll() is None
+        assert world.stop(daemon) == 0
