@@ -28,17 +28,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import random
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from poller.config import DeliveryConfig
 from poller.errors import NotifyError
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render, render_digest
-from poller.service import Clock, DbThread, Runtime, Tuning, run_loop
+from poller.service import Engine, Runtime, run_loop
 from poller.states import delivery_wait
 
 #: A Retry-After longer than this is not believed (a hostile header cannot park a channel).
@@ -49,28 +47,11 @@ DIGEST_CLAIM_LIMIT = 2000
 FAILURES_BEFORE_PAUSE = 2
 
 
-class DeliveryEngine:
+class DeliveryEngine(Engine):
     """Sends due outbox rows: one task per channel, each channel's messages in order."""
 
-    def __init__(
-        self,
-        db: DbThread,
-        runtime: Callable[[], Runtime],
-        owner: str,
-        *,
-        tuning: Tuning | None = None,
-        clock: Clock = time.time,
-        rand: Callable[[], float] = random.random,
-        log: Any = None,
-    ) -> None:
-        self.db = db
-        self.runtime = runtime
-        self.owner = owner
-        self.tuning = tuning or Tuning()
-        self.clock = clock
-        self.rand = rand
-        self.log = log
-        self.wakeup = asyncio.Event()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         #: messages that went out (a digest counts once) and the deliveries they covered
         self.sent = 0
         self.delivered = 0
@@ -188,12 +169,12 @@ class DeliveryEngine:
                     DIGEST_CLAIM_LIMIT if settings.digest.enabled else self.tuning.delivery_batch
                 )
                 claimed = await self.db.call(
-                    self.db.store.claim_channel_deliveries,
+                    self.db.store.claim_deliveries,
                     self.owner,
                     self.clock(),
-                    channel,
                     limit,
                     self.tuning.lease,
+                    channel=channel,
                 )
                 if not claimed or not await self._round(channel, claimed, settings):
                     return

@@ -9,15 +9,13 @@ many polls).
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from poller.models import Event, EventRecord, PollFailure, PollOutcome, Watch
 from poller.notify import route
-from poller.service import Clock, DbThread, Runtime, Tuning, run_loop
+from poller.service import Engine, Runtime, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
 
@@ -58,30 +56,13 @@ def event_payload(watch: Watch, decision: Decision, kind: Event, now: float) -> 
     }
 
 
-class PollEngine:
+class PollEngine(Engine):
     """Claims due watches, polls them, and writes the results back in group commits."""
 
-    def __init__(
-        self,
-        db: DbThread,
-        runtime: Callable[[], Runtime],
-        owner: str,
-        *,
-        tuning: Tuning | None = None,
-        clock: Clock = time.time,
-        rand: Callable[[], float] = random.random,
-        on_deliveries: Callable[[], None] = lambda: None,
-        log: Any = None,
-    ) -> None:
-        self.db = db
-        self.runtime = runtime
-        self.owner = owner
-        self.tuning = tuning or Tuning()
-        self.clock = clock
-        self.rand = rand
-        self.on_deliveries = on_deliveries
-        self.log = log
-        self.wakeup = asyncio.Event()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: called after a group commit queued deliveries (the app wakes the delivery engine)
+        self.on_deliveries: Callable[[], None] = lambda: None
         self.in_flight = 0
         self.polls = 0
         self._tasks: set[asyncio.Task[None]] = set()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,6 +78,31 @@ async def nap(wakeup: asyncio.Event, due: float | None, now: float, longest: flo
     wait = longest if due is None else min(longest, max(0.0, due - now))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wakeup.wait(), timeout=max(wait, 0.005))
+
+
+class Engine:
+    """What the polling and delivery engines are both built from."""
+
+    def __init__(
+        self,
+        db: DbThread,
+        runtime: Callable[[], Runtime],
+        owner: str,
+        *,
+        tuning: Tuning | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        log: Any = None,
+    ) -> None:
+        self.db = db
+        self.runtime = runtime
+        self.owner = owner
+        self.tuning = tuning or Tuning()
+        self.clock = clock
+        self.rand = rand
+        self.log = log
+        #: set to make the engine look for work now instead of at its next due time
+        self.wakeup = asyncio.Event()
 
 
 async def run_loop(

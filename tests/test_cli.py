@@ -207,7 +207,7 @@ class TestStatusDeliveries:
                 )
             ],
         )
-        (dead,) = store.claim_channel_deliveries("me", now, "dead", 10, 30)
+        (dead,) = store.claim_deliveries("me", now, 10, 30, channel="dead")
         error = "json://127.0.0.1:9/nothing failure: [Errno 111] refused"
         store.finish_deliveries("me", [DeliveryOutcome(dead.id, False, error)], now)
         store.close()

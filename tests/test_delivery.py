@@ -321,7 +321,7 @@ class TestOutboxQueries:
         assert store.ready_channels(T0 + 1, wait=2) == []
         assert store.ready_channels(T0 + 2, wait=2) == ["slack"]
         assert store.next_delivery_ready_at(2.0) == T0 + 2
-        (d,) = store.claim_channel_deliveries("me", T0 + 2, "slack", 10, 30)
+        (d,) = store.claim_deliveries("me", T0 + 2, 10, 30, channel="slack")
         assert store.ready_channels(T0 + 3, wait=0) == []  # leased
         assert store.next_delivery_ready_at(2.0, now=T0 + 3) is None
         store.finish_deliveries("me", [DeliveryOutcome(d.id, False, "x", T0 + 10)], T0 + 3)
@@ -333,21 +333,21 @@ class TestOutboxQueries:
         """A channel's claim leaves other channels alone; deferring counts no attempt."""
         queue(store, "a", ("slack", "mail"))
         queue(store, "b", ("slack",))
-        claimed = store.claim_channel_deliveries("me", T0, "slack", 10, 30)
+        claimed = store.claim_deliveries("me", T0, 10, 30, channel="slack")
         assert [d.payload["key"] for d in claimed] == ["ruler-prod/s1/a", "ruler-prod/s1/b"]
         assert store.ready_channels(T0, wait=0) == ["mail"]
         assert store.next_delivery_ready_at(0.0, exclude=["mail"], now=T0) is None
         assert store.defer_deliveries("other", [d.id for d in claimed], T0 + 50) == 0
         assert store.defer_deliveries("me", [d.id for d in claimed], T0 + 50) == 2
-        again = store.claim_channel_deliveries("me", T0 + 50, "slack", 1, 30)
+        again = store.claim_deliveries("me", T0 + 50, 1, 30, channel="slack")
         assert [(d.payload["key"], d.attempts) for d in again] == [("ruler-prod/s1/a", 0)]
 
     def test_sent_times_and_undelivered(self, store: Store) -> None:
         """What was sent when; what is pending or given up, per watch and newest first."""
         queue(store, "a", ("slack", "mail"))
         queue(store, "b", ("slack",))
-        slack = store.claim_channel_deliveries("me", T0, "slack", 10, 30)
-        (mail,) = store.claim_channel_deliveries("me", T0, "mail", 10, 30)
+        slack = store.claim_deliveries("me", T0, 10, 30, channel="slack")
+        (mail,) = store.claim_deliveries("me", T0, 10, 30, channel="mail")
         store.finish_deliveries("me", [DeliveryOutcome(d.id, True) for d in slack], T0 + 5)
         store.finish_deliveries("me", [DeliveryOutcome(mail.id, False, "HTTP 500")], T0 + 6)
         assert store.sent_times("slack", T0) == [T0 + 5, T0 + 5]

@@ -465,57 +465,6 @@ class Store:
                 )
             ).scalar()
 
-    def claim_deliveries(self, owner: str, now: float, limit: int, lease: float) -> list[Delivery]:
-        """Lease up to `limit` due deliveries to `owner`, oldest first."""
-        due = (
-            sa.select(deliveries.c.id)
-            .where(
-                deliveries.c.status == "pending",
-                deliveries.c.next_attempt_at <= now,
-                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-            )
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        with self._write() as conn:
-            ids = (
-                conn.execute(
-                    sa.update(deliveries)
-                    .where(deliveries.c.id.in_(due.scalar_subquery()))
-                    .values(lease_owner=owner, lease_until=now + lease)
-                    .returning(deliveries.c.id)
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            rows = conn.execute(
-                sa.select(
-                    deliveries.c.id,
-                    deliveries.c.channel,
-                    deliveries.c.attempts,
-                    deliveries.c.created_at,
-                    events.c.kind,
-                    events.c.payload,
-                )
-                .join(events, events.c.id == deliveries.c.event_id)
-                .where(deliveries.c.id.in_(ids))
-                .order_by(deliveries.c.id)
-            ).all()
-        return [
-            Delivery(
-                id=row.id,
-                channel=row.channel,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                kind=Event(row.kind),
-                payload=row.payload,
-            )
-            for row in rows
-        ]
-
     def finish_deliveries(self, owner: str, outcomes: Sequence[DeliveryOutcome], now: float) -> int:
         """Record delivery attempts; returns how many rows this owner still held.
 
@@ -586,14 +535,15 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
-    def claim_channel_deliveries(
-        self, owner: str, now: float, channel: str, limit: int, lease: float
+    def claim_deliveries(
+        self, owner: str, now: float, limit: int, lease: float, channel: str | None = None
     ) -> list[Delivery]:
-        """Lease up to `limit` due deliveries of one channel to `owner`, oldest first."""
+        """Lease up to `limit` due deliveries (of one channel, if given) to `owner`, oldest
+        first."""
         due = (
             sa.select(deliveries.c.id)
             .where(
-                deliveries.c.channel == channel,
+                deliveries.c.channel == channel if channel is not None else sa.true(),
                 deliveries.c.status == "pending",
                 deliveries.c.next_attempt_at <= now,
                 sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
