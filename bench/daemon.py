@@ -66,8 +66,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-# Python puts this script's directory first on the path, where bench/requests.py (another
-# benchmark) would shadow the `requests` package that Apprise sends with: take it off.
+# Python puts this script's directory first on the path, where a benchmark named like a
+# package (once bench/requests.py shadowed the `requests` that Apprise sends with) would win.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

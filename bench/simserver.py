@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# bench/ is first on the path when this runs as a script; bench/requests.py would shadow the
-# `requests` package there.
+# bench/ is first on the path when this runs as a script; keep it off, so that no benchmark
+# file can shadow a package of the same name.
 _BENCH = Path(__file__).resolve().parent
 if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]

@@ -1,6 +1,6 @@
 """Benchmark: requests per watched job-hour, poller's batching against per-job polling.
 
-Run: `.venv/bin/python bench/requests.py [--jobs N] [--seed S]`
+Run: `.venv/bin/python bench/request_efficiency.py [--jobs N] [--seed S]`
 
 One simulated hour at a 30 s interval, on a simulated clock (nothing waits an hour): N jobs on
 one Ruler site and N Immuta jobs, each with the same scripted life in every run (some start,
