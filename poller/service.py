@@ -23,7 +23,6 @@ from poller.store.repo import Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Clock = Callable[[], float]
 
 
 class DbThread:

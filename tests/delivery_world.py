@@ -15,29 +15,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from world import eventually
 
 from poller.sim import RulerSim, SimThread, WebhookSink
 
 SITE = "s1"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-    """Retry `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(0.05)
 
 
 def job_yaml(job_id: str, name: str = "", source: str = "ruler-prod", extra: str = "") -> str:

@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from world import eventually
 
 from poller.config import Config, load_config
 from poller.discovery import (
@@ -33,7 +34,6 @@ from poller.sources.immuta import ImmutaAdapter
 from poller.store.repo import Store
 
 KEY = "immuta-key-2468"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -217,17 +217,6 @@ def _logger() -> Any:
 
 
 # -- end to end ------------------------------------------------------------------------------
-
-
-def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.02)
 
 
 class Daemon:

@@ -9,16 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from world import eventually
 
 from poller.config import HttpSource
 from poller.errors import PermanentSourceError
@@ -28,7 +28,6 @@ from poller.sources.http import HttpAdapter, parse_answer, render_body, render_u
 
 TOKEN = "warehouse-token-8899"
 STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -240,17 +239,6 @@ class TestAnyInput:
 
 
 # -- end to end ------------------------------------------------------------------------------
-
-
-def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)
 
 
 class TestDaemon:

@@ -18,7 +18,7 @@ SITE = "4f2a"
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") -> T:
     """Retry `check` until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
