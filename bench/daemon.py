@@ -732,7 +732,7 @@ async def child_cpu_aiohttp(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def child_cpu_requester(spec: dict[str, Any]) -> dict[str, Any]:
-    """poller's `Requester` alone (httpx's API over aiohttp), `CONCURRENCY` workers."""
+    """poller's `Requester` alone (over aiohttp), `CONCURRENCY` workers."""
     from poller.http import Requester
 
     n = spec["watches"]
@@ -909,7 +909,7 @@ def part_cpu(sim: Sim, sizes: Sizes, work: Path, report: Report, profile: bool) 
     report.add("cpu", "  aiohttp requests/s", f"{rate['cpu-aiohttp']:.0f}")
     report.add(
         "cpu",
-        "  ladder: Requester.json alone (httpx over aiohttp)",
+        "  ladder: Requester.json alone (aiohttp)",
         f"{per['cpu-requester'] * 1e6:.0f} µs",
     )
     report.add("cpu", "  ladder: RulerAdapter.poll alone", f"{per['cpu-adapter'] * 1e6:.0f} µs")

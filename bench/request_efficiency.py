@@ -5,9 +5,9 @@ Run: `.venv/bin/python bench/request_efficiency.py [--jobs N] [--seed S]`
 One simulated hour at a 30 s interval, on a simulated clock (nothing waits an hour): N jobs on
 one Ruler site and N Immuta jobs, each with the same scripted life in every run (some start,
 progress, end succeeded, partial, failed or cancelled along the way; a job is watched until it
-ends). The source adapters are the real ones; the simulators' handlers answer them in process
-(an httpx transport instead of a socket), because what is measured is the number of requests,
-not their speed. Each source runs:
+ends). The source adapters are the real ones, talking HTTP to the simulators on loopback; the
+simulators count the requests by kind. What is measured is the number of requests, not their
+speed. Each source runs:
 
 - per-job: what polling one job at a time costs (Ruler: a status request per job; Immuta: one
   statuses request per job, ``batch_size: 1``);
@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
-import httpx
 from pydantic import SecretStr
 
 from poller.config import ImmutaSource, RulerSource
 from poller.models import TERMINAL_STATES, JobRef, PollResult
-from poller.sim import HttpServer, ImmutaSim, Request, RulerSim
+from poller.sim import HttpServer, ImmutaSim, RulerSim
 from poller.sources import Source
 from poller.sources.immuta import ImmutaAdapter
 from poller.sources.ruler import RulerAdapter
@@ -58,33 +55,6 @@ class SimClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class InProcess(httpx.AsyncBaseTransport):
-    """Hands each request to a simulator's handler, without a socket, and counts it."""
-
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.requests: Counter[str] = Counter()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        target = request.url.raw_path.decode("ascii")
-        path, _, query = target.partition("?")
-        sim_request = Request(
-            method=request.method,
-            path=unquote(path),
-            query=dict(parse_qsl(query, keep_blank_values=True)),
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=await request.aread(),
-            target=target,
-        )
-        self.requests[self.server.classify(sim_request)] += 1
-        answer = await self.server.handle(sim_request)
-        body = answer.body
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(
-            answer.status, content=content, headers={"Content-Type": "application/json"}
-        )
 
 
 # -- the jobs' lives ---------------------------------------------------------------------------
@@ -171,7 +141,7 @@ class Measure:
 
 async def run_hour(
     adapter: Source,
-    transport: InProcess,
+    sim: HttpServer,
     clock: SimClock,
     refs: Sequence[JobRef],
     *,
@@ -195,39 +165,37 @@ async def run_hour(
                     del watched[i]
         now += step
     await adapter.aclose()
-    kinds = transport.requests
+    kinds = Counter(sim.requests)
     return Measure(sum(kinds.values()), job_seconds / HOUR, kinds, time.perf_counter() - started)
 
 
 async def ruler_run(jobs: Sequence[Life], *, per_job: bool, drifting: bool = False) -> Measure:
     clock = SimClock()
-    transport = InProcess(ruler_sim(clock, jobs))
-    config = RulerSource(
-        base_url="http://ruler.bench/v1",
-        token=SecretStr(TOKEN),
-        list_threshold=10**6 if per_job else 2,
-    )
-    adapter = RulerAdapter(config, transport=transport, clock=clock)
-    refs = [JobRef(f"r/{SITE}/{j.job_id}", "r", j.job_id, SITE) for j in jobs]
-    if drifting:
-        # every job on its own second of the interval: 30 groups of ~N/30 jobs each interval
-        return await run_hour(
-            adapter, transport, clock, refs, step=1.0, due=lambda i, now: int(now) % 30 == i % 30
+    async with ruler_sim(clock, jobs) as sim:
+        config = RulerSource(
+            base_url=sim.base_url,
+            token=SecretStr(TOKEN),
+            list_threshold=10**6 if per_job else 2,
         )
-    return await run_hour(adapter, transport, clock, refs)
+        adapter = RulerAdapter(config, clock=clock)
+        refs = [JobRef(f"r/{SITE}/{j.job_id}", "r", j.job_id, SITE) for j in jobs]
+        if drifting:
+            # every job on its own second of the interval: 30 groups of ~N/30 jobs each interval
+            return await run_hour(
+                adapter, sim, clock, refs, step=1.0, due=lambda i, now: int(now) % 30 == i % 30
+            )
+        return await run_hour(adapter, sim, clock, refs)
 
 
 async def immuta_run(jobs: Sequence[Life], *, per_job: bool) -> Measure:
     clock = SimClock()
-    transport = InProcess(immuta_sim(clock, jobs))
-    config = ImmutaSource(
-        base_url="http://immuta.bench/api",
-        token=SecretStr(TOKEN),
-        batch_size=1 if per_job else 100,
-    )
-    adapter = ImmutaAdapter(config, transport=transport)
-    refs = [JobRef(f"i/{j.job_id}", "i", j.job_id) for j in jobs]
-    return await run_hour(adapter, transport, clock, refs)
+    async with immuta_sim(clock, jobs) as sim:
+        config = ImmutaSource(
+            base_url=sim.base_url, token=SecretStr(TOKEN), batch_size=1 if per_job else 100
+        )
+        adapter = ImmutaAdapter(config)
+        refs = [JobRef(f"i/{j.job_id}", "i", j.job_id) for j in jobs]
+        return await run_hour(adapter, sim, clock, refs)
 
 
 def _row(label: str, m: Measure) -> str:

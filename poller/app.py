@@ -1,6 +1,6 @@
 """The composition root: builds the daemon from a config, runs it, reloads it, stops it.
 
-Collaborators that tests and benchmarks swap (the clock, the HTTP transport, the engine's
+Collaborators that tests and benchmarks swap (the clock, the HTTP resolver, the engine's
 tuning) are passed in here; production code below this module has no test hooks.
 """
 
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+from aiohttp.abc import AbstractResolver
 
 from poller.config import Config, load_config
 from poller.delivery import DeliveryEngine
-from poller.discovery import Discovery, add_new_watches, discovery_interval
+from poller.discovery import Discovery, discovery_interval
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
@@ -55,12 +55,12 @@ def config_watch_specs(config: Config) -> list[WatchSpec]:
     ]
 
 
-def build_runtime(config: Config, transport: httpx.AsyncBaseTransport | None = None) -> Runtime:
+def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> Runtime:
     """Source adapters, channels and rules for one config."""
     sources: dict[str, Source] = {}
     unsupported: set[str] = set()
     for name, source_config in config.sources.items():
-        adapter = build_source(source_config, transport)
+        adapter = build_source(source_config, resolver)
         if adapter is None:
             unsupported.add(name)
         else:
@@ -87,13 +87,13 @@ class Daemon:
         self,
         config: Config,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
         tuning: Tuning | None = None,
         systemd: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
-        self.transport = transport
+        self.resolver = resolver
         self.clock = clock
         # The lease is a user setting (`replicas.lease`); the rest of the tuning is not.
         self.tuning = dataclasses.replace(tuning or Tuning(), lease=config.replicas.lease)
@@ -127,7 +127,7 @@ class Daemon:
             store.close()
             raise
         db = DbThread(store)
-        self._runtime = build_runtime(self.config, self.transport)
+        self._runtime = build_runtime(self.config, self.resolver)
         polls = PollEngine(
             db, self.runtime, self.owner, tuning=self.tuning, clock=self.clock, log=log
         )
@@ -206,7 +206,7 @@ class Daemon:
     def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Any]:
         """The discovery duty: lists bulks and searches of the config in force (issue 3)."""
         discovery = Discovery(
-            lambda specs: db.call(add_new_watches, db.store, specs, self.clock()), log=log
+            lambda specs: db.call(db.store.add_new_watches, specs, self.clock()), log=log
         )
 
         async def discover() -> None:
@@ -241,7 +241,7 @@ class Daemon:
         if new.database != self.config.database:
             log.warning("a new database takes a restart; still using the old one")
         old = self.runtime()
-        self._runtime = build_runtime(new, self.transport)
+        self._runtime = build_runtime(new, self.resolver)
         self.config = new
         report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
         log.info("reloaded", added=list(report.added), stopped=list(report.removed))

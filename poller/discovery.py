@@ -23,14 +23,12 @@ from typing import Any
 from poller.errors import SourceError
 from poller.models import WatchSpec
 from poller.sources import Discoverer, Source
-from poller.store.repo import Store
 
 __all__ = [
     "DEFAULT_INTERVAL",
     "AddWatches",
     "Discovery",
     "DiscoveryReport",
-    "add_new_watches",
     "discovery_entries",
     "discovery_interval",
 ]
@@ -70,20 +68,6 @@ def discovery_interval(config: Any) -> float:
         for _index, job in discovery_entries(config)
     ]
     return min(intervals, default=DEFAULT_INTERVAL)
-
-
-def add_new_watches(store: Store, specs: Sequence[WatchSpec], now: float) -> list[str]:
-    """Add a watch for each spec whose key has none (removed ones included); the keys added.
-
-    Runs in the database thread.
-    """
-    added = []
-    for spec in specs:
-        if store.get_watch(spec.key) is None:
-            _watch, created = store.add_watch(spec, now)
-            if created:
-                added.append(spec.key)
-    return added
 
 
 def _describe(index: int, job: Any) -> str:

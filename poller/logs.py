@@ -1,6 +1,6 @@
 """Logging: structlog, JSON lines when stdout is not a terminal, readable lines when it is.
 
-The standard-library loggers of httpx, apprise, apscheduler and SQLAlchemy go through the same
+The standard-library loggers of aiohttp, apprise, apscheduler and SQLAlchemy go through the same
 processors, so journald sees one format. Tracebacks are rendered without local variables,
 which could hold tokens.
 """
@@ -59,7 +59,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
     # Third-party chatter stays out unless it is a problem; their debug lines can carry URLs.
-    for noisy in ("httpx", "httpcore", "apscheduler", "sqlalchemy", "alembic", "tzlocal"):
+    for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("apprise").setLevel(logging.ERROR)
 

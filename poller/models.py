@@ -86,6 +86,9 @@ class JobRef:
     source: str
     job_id: str
     site: str | None = None
+    #: when the job was last polled (epoch seconds), by this process or another replica; an
+    #: adapter must not answer from anything it fetched before then
+    last_polled: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,13 @@ class Watch:
     @property
     def ref(self) -> JobRef:
         """The remote job this watch is about."""
-        return JobRef(key=self.key, source=self.source, job_id=self.job_id, site=self.site)
+        return JobRef(
+            key=self.key,
+            source=self.source,
+            job_id=self.job_id,
+            site=self.site,
+            last_polled=self.last_poll_at,
+        )
 
     @property
     def label(self) -> str:

@@ -62,7 +62,16 @@ class Runtime:
 class Tuning:
     """Knobs of the engine; defaults suit one machine with up to ~100k watches."""
 
-    max_in_flight: int = 512
+    #: watches claimed and not yet written back, at most
+    max_in_flight: int = 1024
+    #: a claim takes the watches due within this many seconds (each polled at its due time)
+    claim_ahead: float = 0.25
+    #: claims that found nothing more due are this far apart at least
+    claim_spacing: float = 0.05
+    #: watches of one source polled together (one adapter call), at most
+    group_size: int = 256
+    #: and within this many seconds of due times
+    group_spread: float = 0.05
     #: how long a claim holds without renewal; a dead replica's work is taken over after this
     lease: float = 30.0
     flush_delay: float = 0.02

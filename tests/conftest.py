@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import structlog
-from world import World
+from world import AnyAnswer, World
 
 from poller.sim import RulerSim, SimThread, WebhookSink
 
@@ -30,6 +30,14 @@ def _pg_available() -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def any_answer() -> Iterator[AnyAnswer]:
+    """A loopback server answering whatever status and body a test sets on it."""
+    server = AnyAnswer()
+    with SimThread(server):
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ from poller.discovery import (
     DEFAULT_INTERVAL,
     Discovery,
     DiscoveryReport,
-    add_new_watches,
     discovery_interval,
 )
 from poller.models import WatchSpec
@@ -79,7 +78,7 @@ class Run:
 
     async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
         self.sent.append(len(specs))
-        return add_new_watches(self.store, specs, time.time())
+        return self.store.add_new_watches(specs, time.time())
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:

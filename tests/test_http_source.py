@@ -13,12 +13,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from world import eventually
+from world import AnyAnswer, eventually
 
 from poller.config import HttpSource
 from poller.errors import PermanentSourceError
@@ -53,13 +52,9 @@ def ref(job_id: str) -> JobRef:
     return JobRef(key=f"wh/{job_id}", source="wh", job_id=job_id)
 
 
-def poll(
-    config: HttpSource,
-    job_ids: Sequence[str],
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> dict[str, PollOutcome]:
+def poll(config: HttpSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
     async def go() -> dict[str, PollOutcome]:
-        adapter = HttpAdapter(config, transport=transport)
+        adapter = HttpAdapter(config)
         try:
             refs = [ref(j) for j in job_ids]
             outcomes = await adapter.poll(refs)
@@ -221,20 +216,21 @@ class TestAnyInput:
         assert_stated(result)
         assert result.progress is None or 0 <= result.progress <= 100
 
-    @settings(max_examples=50, deadline=None)
+    @settings(
+        max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(
         status=st.sampled_from([200, 200, 200, 204, 301, 401, 404, 429, 500]),
         body=st.binary(max_size=64)
         | _json.map(lambda v: json.dumps(v).encode())
         | _json.map(lambda v: json.dumps(v).encode()[:5]),
     )
-    def test_adapter_on_any_http_answer(self, status: int, body: bytes) -> None:
+    def test_adapter_on_any_http_answer(
+        self, any_answer: AnyAnswer, status: int, body: bytes
+    ) -> None:
         """Any status and bytes: a result or a poll error for the job, nothing raised."""
-
-        def answer(request: httpx.Request) -> httpx.Response:
-            return httpx.Response(status, content=body)
-
-        outcomes = poll(source("http://wh.test/{id}"), ["a"], httpx.MockTransport(answer))
+        any_answer.status, any_answer.body = status, body
+        outcomes = poll(source(any_answer.origin + "/{id}"), ["a"])
         assert_stated(outcomes["a"])
 
 

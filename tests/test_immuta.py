@@ -9,11 +9,11 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from world import AnyAnswer
 
 from poller.config import ImmutaSource, JobConfig, SearchSpec
 from poller.errors import PermanentSourceError, SourceError
@@ -42,13 +42,11 @@ def config(base_url: str, token: str = KEY, **kw: Any) -> ImmutaSource:
     return ImmutaSource(base_url=base_url, token=SecretStr(token), **kw)
 
 
-def poll(
-    source: ImmutaSource, job_ids: Sequence[str], transport: httpx.AsyncBaseTransport | None = None
-) -> dict[str, PollOutcome]:
+def poll(source: ImmutaSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
     """Poll these jobs through a fresh adapter; outcomes by job id."""
 
     async def go() -> dict[str, PollOutcome]:
-        adapter = ImmutaAdapter(source, transport=transport)
+        adapter = ImmutaAdapter(source)
         try:
             refs = [JobRef(f"im/{j}", "im", j) for j in job_ids]
             outcomes = await adapter.poll(refs)
@@ -398,7 +396,9 @@ class TestAnyInput:
             return
         assert all(isinstance(i, str) and i for i in ids)
 
-    @settings(max_examples=60, deadline=None)
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(
         status=st.sampled_from([200, 200, 200, 201, 204, 302, 400, 401, 404, 429, 500, 503]),
         body=st.binary(max_size=64)
@@ -406,12 +406,11 @@ class TestAnyInput:
         | _answers.map(lambda v: json.dumps(v).encode()[:7])
         | st.just(b"<!DOCTYPE html><html></html>"),
     )
-    def test_adapter_on_any_http_answer(self, status: int, body: bytes) -> None:
+    def test_adapter_on_any_http_answer(
+        self, any_answer: AnyAnswer, status: int, body: bytes
+    ) -> None:
         """Any status and any bytes: one outcome per job, never an unstated terminal state."""
-
-        def answer(request: httpx.Request) -> httpx.Response:
-            return httpx.Response(status, content=body)
-
-        outcomes = poll(config("http://immuta.test"), _IDS, httpx.MockTransport(answer))
+        any_answer.status, any_answer.body = status, body
+        outcomes = poll(config(any_answer.base_url), _IDS)
         for outcome in outcomes.values():
             assert_stated(outcome)

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trustme
 from pydantic import SecretStr
 from structlog.testing import capture_logs
-from world import SITE, World, eventually
+from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import RulerSource, load_config
@@ -214,50 +213,49 @@ class TestAdapterBugs:
     """An exception the adapter did not expect costs one poll, never the daemon."""
 
     def test_unexpected_exception_is_recorded_then_polling_goes_on(self, tmp_path: Path) -> None:
-        """A transport that raises RuntimeError once: one internal error, then success."""
-        calls = {"n": 0}
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("a bug nobody expected")
-            return httpx.Response(200, json={"status": "complete", "percentageProgress": 100})
-
-        path = tmp_path / "config.yaml"
-        path.write_text(
-            json.dumps(
-                {
-                    "database": f"sqlite:///{tmp_path}/poller.db",
-                    "sources": {
-                        "r": {"type": "ruler", "token": "t", "base_url": "http://api.test/v1"}
-                    },
-                    "polling": {"interval": "100ms", "max_interval": "200ms"},
-                    "jobs": [{"source": "r", "site": "s", "id": "j"}],
-                }
+        """The HTTP layer raises RuntimeError once: one internal error, then success."""
+        resolver = LoopbackResolver(fail_first=1)
+        sim = RulerSim("t")
+        with SimThread(sim):
+            sim.add_job("s", "j", status="complete")
+            path = tmp_path / "config.yaml"
+            path.write_text(
+                json.dumps(
+                    {
+                        "database": f"sqlite:///{tmp_path}/poller.db",
+                        "sources": {
+                            "r": {
+                                "type": "ruler",
+                                "token": "t",
+                                "base_url": f"http://api.test:{sim.port}/v1",
+                            }
+                        },
+                        "polling": {"interval": "100ms", "max_interval": "200ms"},
+                        "jobs": [{"source": "r", "site": "s", "id": "j"}],
+                    }
+                )
             )
-        )
-        config = load_config(path)
+            config = load_config(path)
 
-        async def go() -> int:
-            daemon = Daemon(
-                config, transport=httpx.MockTransport(handler), tuning=Tuning(idle_wait=0.1)
-            )
-            runner = asyncio.create_task(daemon.run())
-            store = Store(config.database)
-            try:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
-                    watch = store.get_watch("r/s/j")
-                    if watch is not None and not watch.progress.active:
-                        break
-            finally:
-                store.close()
-                daemon.stop()
-            return await runner
+            async def go() -> int:
+                daemon = Daemon(config, resolver=resolver, tuning=Tuning(idle_wait=0.1))
+                runner = asyncio.create_task(daemon.run())
+                store = Store(config.database)
+                try:
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                        watch = store.get_watch("r/s/j")
+                        if watch is not None and not watch.progress.active:
+                            break
+                finally:
+                    store.close()
+                    daemon.stop()
+                return await runner
 
-        with capture_logs() as logs:
-            assert asyncio.run(go()) == 0
+            with capture_logs() as logs:
+                assert asyncio.run(go()) == 0
+            assert sim.requests["status"] == 1
         crashed = [e for e in logs if e["event"] == "adapter crashed"]
         assert len(crashed) == 1 and crashed[0]["source"] == "r"
         errors = [e for e in logs if e["event"] == "poll error"]
@@ -270,7 +268,7 @@ class TestAdapterBugs:
             store.close()
         assert watch is not None and watch.progress.state is not None
         assert watch.progress.state.value == "succeeded"
-        assert calls["n"] == 2
+        assert resolver.calls == 2
         assert history is not None and history[0].what == "new -> succeeded"
 
 

@@ -7,13 +7,14 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from world import AnyAnswer
 
 from poller.config import SOURCE_TYPES, HttpSource, ImmutaSource, RulerSource
 from poller.errors import PermanentSourceError
@@ -406,6 +407,35 @@ class TestAtScale:
         assert moved["a"].details["total_rows"] == 200
         assert moved["b"].details == first["b"].details
 
+    def test_list_is_not_reused_past_another_replicas_poll(self, fresh: RulerSim) -> None:
+        """Replica A's list predates a poll replica B committed: A asks again, so that it
+        cannot answer older news than the database already holds (no running -> pending)."""
+        for job_id in ("x", "y"):
+            fresh.add_job(SITE, job_id, status="new")
+        clock = FakeClock()
+
+        async def go() -> tuple[Any, Any]:
+            a = RulerAdapter(source_config(fresh.base_url), clock=clock)
+            b = RulerAdapter(source_config(fresh.base_url), clock=clock)
+            try:
+                await a.poll(refs("x", "y"))
+                clock.now += 1
+                await a.poll(refs("y"))  # A fetches the list again: x is still pending
+                fresh.set_job(SITE, "x", status="processing")
+                clock.now += 1
+                seen_by_b = (await b.poll(refs("x")))["r/4f2a/x"]
+                clock.now += 1  # well within LIST_REUSE of A's second list
+                (x,) = refs("x")
+                x = replace(x, last_polled=clock.now - 1)  # B's poll, as the database has it
+                return seen_by_b, (await a.poll([x]))["r/4f2a/x"]
+            finally:
+                await a.aclose()
+                await b.aclose()
+
+        seen_by_b, seen_by_a = asyncio.run(go())
+        assert seen_by_b.state == State.RUNNING
+        assert seen_by_a.state == State.RUNNING
+
     def test_one_job_per_site_uses_status(self, fresh: RulerSim) -> None:
         """A lone job of its site is polled with /status only."""
         fresh.add_job(SITE, "solo", status="processing")
@@ -587,7 +617,9 @@ class TestScaleParsers:
         for row in rows:
             assert set(row) == {"row", "message"} and 0 < len(row["message"]) <= 200
 
-    @settings(max_examples=40, deadline=None)
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(
         status=st.sampled_from([200, 200, 200, 204, 404, 429, 500]),
         body=st.binary(max_size=48)
@@ -600,15 +632,14 @@ class TestScaleParsers:
             ]
         ),
     )
-    def test_adapter_on_any_http_answer(self, status: int, body: bytes) -> None:
+    def test_adapter_on_any_http_answer(
+        self, any_answer: AnyAnswer, status: int, body: bytes
+    ) -> None:
         """Any answer to any of the calls: one outcome per job, terminal only as stated."""
-
-        def answer(request: httpx.Request) -> httpx.Response:
-            return httpx.Response(status, content=body)
+        any_answer.status, any_answer.body = status, body
 
         async def go() -> Mapping[str, Any]:
-            config = source_config("http://ruler.test/v1")
-            adapter = RulerAdapter(config, transport=httpx.MockTransport(answer))
+            adapter = RulerAdapter(source_config(any_answer.base_url))
             try:
                 return await adapter.poll(refs("a", "b", "c"))
             finally:

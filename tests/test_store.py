@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,54 @@ class TestClaimsAndWrites:
         states = {w.key: w.progress.state for w in store.list_watches()}
         assert states[claimed[1].key] is None
         assert states[claimed[0].key] == states[claimed[2].key] == State.SUCCEEDED
+
+    def test_quiet_and_changed_rows_in_one_batch(self, store: Store) -> None:
+        """A poll that found nothing new writes only its schedule; one beside it that found a
+        change writes the whole row; a fenced quiet row is reported like any other."""
+        for job in ("quiet", "changed", "gone"):
+            store.add_watch(spec(job), T0)
+        claimed = {w.job_id: w for w in store.claim_due("r1", T0, 10, 30)}
+        store.remove_watch(claimed["gone"].key, T0 + 1)
+        quiet, changed, gone = claimed["quiet"], claimed["changed"], claimed["gone"]
+        backed_off = replace(quiet.progress, wait=7.5)
+        items = [
+            WriteBack(watch=quiet, progress=backed_off, next_poll_at=T0 + 9, polled_at=T0 + 2),
+            WriteBack(
+                watch=changed,
+                progress=replace(changed.progress, remote_status="processing", progress=40.0),
+                next_poll_at=T0 + 5,
+                polled_at=T0 + 2,
+            ),
+            WriteBack(watch=gone, progress=gone.progress, next_poll_at=T0 + 9, polled_at=T0 + 2),
+        ]
+        report = store.write_back("r1", items)
+        assert report.written == 2 and report.fenced == [gone.key]
+        after = {w.job_id: w for w in store.list_watches()}
+        assert after["quiet"].progress == backed_off
+        assert after["quiet"].next_poll_at == T0 + 9 and after["quiet"].last_poll_at == T0 + 2
+        assert after["quiet"].version == quiet.version + 1
+        assert after["quiet"].lease_owner is None
+        assert after["changed"].progress.remote_status == "processing"
+        assert after["changed"].progress.progress == 40.0
+        assert after["gone"].version == gone.version + 1  # by remove, not by the stale write
+        assert not after["gone"].progress.active
+
+    def test_claim_ahead_takes_watches_about_to_be_due(self, store: Store) -> None:
+        """`ahead` claims what comes due within it, and nothing later; leases run from now."""
+        for job in ("a", "b"):
+            store.add_watch(spec(job), T0)
+        claimed = store.claim_due("r1", T0, 10, 30)
+        store.write_back(
+            "r1",
+            [
+                WriteBack(watch=w, progress=w.progress, next_poll_at=T0 + due, polled_at=T0)
+                for w, due in zip(claimed, (10.0, 10.5), strict=True)
+            ],
+        )
+        assert [w.job_id for w in store.claim_due("r1", T0 + 9.8, 10, 30, ahead=0.25)] == ["a"]
+        assert store.next_due_at(T0 + 9.8) == T0 + 10.5
+        later = store.claim_due("r2", T0 + 9.8 + 30.1, 10, 30)
+        assert [w.job_id for w in later] == ["a", "b"]  # the first lease ran from T0 + 9.8
 
     def test_removed_while_polling_is_fenced(self, store: Store) -> None:
         """A poll that finishes after `remove` does not bring the watch back."""

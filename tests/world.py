@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from poller.sim import RulerSim, WebhookSink
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from poller.sim import HttpServer, Request, Response, RulerSim, WebhookSink
 
 SITE = "4f2a"
 T = TypeVar("T")
@@ -28,6 +31,51 @@ def eventually(check: Callable[[], T], timeout: float = 15.0, what: str = "") ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.05)
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves every host name to 127.0.0.1, after raising `RuntimeError` `fail_first` times.
+
+    Passed to an adapter or the daemon as their HTTP resolver: a source configured with a made-
+    up host name then reaches a loopback server, and the failures stand for a bug in the HTTP
+    layer that nobody expected.
+    """
+
+    def __init__(self, fail_first: int = 0, message: str = "a bug nobody expected") -> None:
+        self.fail_first, self.message = fail_first, message
+        self.calls = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise RuntimeError(self.message)
+        return [
+            ResolveResult(
+                hostname=host,
+                host="127.0.0.1",
+                port=port,
+                family=socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class AnyAnswer(HttpServer):
+    """A loopback server that answers every request with `status` and `body`, as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 200
+        self.body = b""
+
+    async def handle(self, request: Request) -> Response:
+        return Response(self.status, self.body)
 
 
 class World:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
+from aiohttp.abc import AbstractResolver
 
 from poller.models import JobRef, PollOutcome
 
@@ -41,26 +41,27 @@ class Discoverer(Protocol):
 
 
 #: Builds an adapter from its source config (`config.RulerSource`, ...) and an optional
-#: HTTP transport (tests and benchmarks pass one; production uses httpx's default).
-SourceFactory = Callable[[Any, httpx.AsyncBaseTransport | None], Source]
+#: host-name resolver for its HTTP client (tests pass one to send a source's host name to a
+#: loopback server, or to make the HTTP layer fail; production uses aiohttp's default).
+SourceFactory = Callable[[Any, AbstractResolver | None], Source]
 
 
-def _ruler(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
+def _ruler(config: Any, resolver: AbstractResolver | None) -> Source:
     from poller.sources.ruler import RulerAdapter
 
-    return RulerAdapter(config, transport=transport)
+    return RulerAdapter(config, resolver=resolver)
 
 
-def _immuta(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
+def _immuta(config: Any, resolver: AbstractResolver | None) -> Source:
     from poller.sources.immuta import ImmutaAdapter
 
-    return ImmutaAdapter(config, transport=transport)
+    return ImmutaAdapter(config, resolver=resolver)
 
 
-def _http(config: Any, transport: httpx.AsyncBaseTransport | None) -> Source:
+def _http(config: Any, resolver: AbstractResolver | None) -> Source:
     from poller.sources.http import HttpAdapter
 
-    return HttpAdapter(config, transport=transport)
+    return HttpAdapter(config, resolver=resolver)
 
 
 #: The source types this build can poll. Types the config accepts but that are missing here are
@@ -72,7 +73,7 @@ SOURCES: Mapping[str, SourceFactory] = {
 }
 
 
-def build_source(config: Any, transport: httpx.AsyncBaseTransport | None = None) -> Source | None:
+def build_source(config: Any, resolver: AbstractResolver | None = None) -> Source | None:
     """The adapter for one configured source, or None if its type cannot be polled yet."""
     factory = SOURCES.get(config.type)
-    return factory(config, transport) if factory else None
+    return factory(config, resolver) if factory else None

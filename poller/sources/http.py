@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
+from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester
@@ -117,7 +117,7 @@ def parse_answer(
 class HttpAdapter:
     """Polls a generic JSON job API, one request per job."""
 
-    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Any, *, resolver: AbstractResolver | None = None) -> None:
         self.config = config
         self.expressions: HttpExpressions = config.compiled()
         self.states: Mapping[str, State] = dict(config.states)
@@ -126,7 +126,7 @@ class HttpAdapter:
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
-            transport=transport,
+            resolver=resolver,
         )
 
     async def aclose(self) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import httpx
+from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester
@@ -209,13 +209,13 @@ def parse_page(body: Any) -> tuple[list[str], Any]:
 class ImmutaAdapter:
     """Polls Immuta jobs in batches, and lists the jobs of bulks and searches."""
 
-    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Any, *, resolver: AbstractResolver | None = None) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.batch_size = max(1, int(config.batch_size))
         self.long_poll: float | None = config.long_poll or None
         self._deadline = float(config.request_timeout)
-        # a long-polling request must be given longer than it is asked to wait (httpx's read
-        # timeout included, hence the client's own deadline); other requests keep theirs
+        # a long-polling request must be given longer than it is asked to wait (the
+        # client's overall deadline included); other requests keep theirs
         self._poll_deadline = (
             max(self._deadline, self.long_poll + LONG_POLL_GRACE)
             if self.long_poll
@@ -227,7 +227,7 @@ class ImmutaAdapter:
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=self._poll_deadline,
-            transport=transport,
+            resolver=resolver,
         )
 
     async def aclose(self) -> None:

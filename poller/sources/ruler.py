@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester
@@ -244,8 +244,8 @@ class RulerAdapter:
         self,
         config: Any,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        resolver: AbstractResolver | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.list_threshold = int(getattr(config, "list_threshold", 2))
@@ -255,7 +255,7 @@ class RulerAdapter:
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
-            transport=transport,
+            resolver=resolver,
             max_body=MAX_BODY_BYTES,
         )
         self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
@@ -281,8 +281,11 @@ class RulerAdapter:
                 continue
             by_site.setdefault(job.site, []).append(job)
             asked = self._memory.asked.setdefault(job.site, {})
-            if job.job_id in asked:
-                previous[job.site] = max(previous.get(job.site, -math.inf), asked[job.job_id])
+            # Another replica may have polled the job since this one did: the database's
+            # time of the last poll counts too, or a list fetched in between would answer
+            # older news than the replica already committed.
+            last = max(asked.get(job.job_id, -math.inf), job.last_polled or -math.inf)
+            previous[job.site] = max(previous.get(job.site, -math.inf), last)
             asked[job.job_id] = now
         groups = await asyncio.gather(
             *(

@@ -12,6 +12,7 @@ can never overwrite newer state. On PostgreSQL claims use `FOR UPDATE SKIP LOCKE
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
 
@@ -100,6 +103,10 @@ class Undelivered:
     last_error: str | None
 
 
+#: keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
+_IN_CHUNK = 500
+
+
 def _sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -139,6 +146,10 @@ class Store:
             raise StoreError(f"cannot open the database: {_describe(exc)}") from None
         if self.is_sqlite:
             self._setup_sqlite(busy_timeout)
+        insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        self._insert_new_watches = insert(watches).on_conflict_do_nothing(
+            index_elements=[watches.c.key]
+        )
 
     def _setup_sqlite(self, busy_timeout: float) -> None:
         @sa.event.listens_for(self.engine, "connect")
@@ -227,6 +238,25 @@ class Store:
             created = _upsert_watch(conn, spec, now, reactivate=True)
             row = conn.execute(sa.select(watches).where(watches.c.key == spec.key)).one()
         return _watch_from_row(row), created
+
+    def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
+        """Start watching each spec whose key has no watch yet (a removed one counts); the keys
+        added. For discovery: thousands of jobs cost a few statements, not one transaction
+        each. A key another replica inserts meanwhile is skipped, not an error."""
+        added: list[str] = []
+        with self._write() as conn:
+            for first in range(0, len(specs), _IN_CHUNK):
+                chunk = {spec.key: spec for spec in specs[first : first + _IN_CHUNK]}
+                existing = set(
+                    conn.execute(
+                        sa.select(watches.c.key).where(watches.c.key.in_(list(chunk)))
+                    ).scalars()
+                )
+                rows = [_new_watch_row(s, now) for k, s in chunk.items() if k not in existing]
+                if rows:
+                    conn.execute(self._insert_new_watches, rows)
+                    added += [row["key"] for row in rows]
+        return added
 
     def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
         """Make the config's watches match `specs`: add new ones, stop the ones it dropped."""
@@ -355,15 +385,17 @@ class Store:
                 )
             ).scalar()
 
-    def claim_due(self, owner: str, now: float, limit: int, lease: float) -> list[Watch]:
-        """Lease up to `limit` due watches to `owner`, earliest first."""
+    def claim_due(
+        self, owner: str, now: float, limit: int, lease: float, ahead: float = 0.0
+    ) -> list[Watch]:
+        """Lease up to `limit` watches due by `now + ahead` to `owner`, earliest first."""
         if limit <= 0:
             return []
         due = (
             sa.select(watches.c.id)
             .where(
                 watches.c.active,
-                watches.c.next_poll_at <= now,
+                watches.c.next_poll_at <= now + ahead,
                 sa.or_(watches.c.lease_until.is_(None), watches.c.lease_until < now),
             )
             .order_by(watches.c.next_poll_at)
@@ -416,7 +448,7 @@ class Store:
             return report
         params = [_write_back_params(owner, item) for item in items]
         with self._write() as conn:
-            written = self._fenced_update(conn, params)
+            written = self._fenced_updates(conn, params)
             new_transitions = []
             for item, ok in zip(items, written, strict=True):
                 if not ok:
@@ -439,6 +471,19 @@ class Store:
             if new_transitions:
                 conn.execute(sa.insert(transitions), new_transitions)
         return report
+
+    def _fenced_updates(self, conn: Connection, params: list[dict[str, Any]]) -> list[bool]:
+        """`_fenced_update` for rows of both shapes (quiet and full); results in order."""
+        quiet = [i for i, row in enumerate(params) if "state" not in row]
+        if not quiet or len(quiet) == len(params):
+            return self._fenced_update(conn, params)
+        full = [i for i, row in enumerate(params) if "state" in row]
+        written = [False] * len(params)
+        for indexes in (quiet, full):
+            oks = self._fenced_update(conn, [params[i] for i in indexes])
+            for i, ok in zip(indexes, oks, strict=True):
+                written[i] = ok
+        return written
 
     def _fenced_update(self, conn: Connection, params: list[dict[str, Any]]) -> list[bool]:
         """Run the fenced UPDATE for every row; which rows did it change?
@@ -683,31 +728,47 @@ _WRITE_BACK = (
 )
 
 
+#: what a poll that found nothing new may still change (besides the schedule): the backoff
+_QUIET_FIELDS = tuple(f.name for f in dataclasses.fields(WatchProgress) if f.name != "wait")
+
+
 def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
-    p = item.progress
-    return {
-        "w_id": item.watch.id,
-        "w_version": item.watch.version,
-        "w_owner": owner,
-        "state": p.state.value if p.state else None,
-        "remote_status": p.remote_status,
-        "progress": p.progress,
-        "details": dict(p.details),
-        "started_at": p.started_at,
-        "ended_at": p.ended_at,
+    """The fenced UPDATE's parameters: for a quiet poll (no transition, no event, nothing but
+    the backoff changed), only the schedule; else the whole row."""
+    p, before = item.progress, item.watch.progress
+    fence = {"w_id": item.watch.id, "w_version": item.watch.version, "w_owner": owner}
+    schedule = {
         "wait": p.wait,
-        "last_change_at": p.last_change_at,
-        "error_since": p.error_since,
-        "error_count": p.error_count,
-        "last_error": p.last_error,
-        "unreachable": p.unreachable,
-        "stalled": p.stalled,
-        "active": p.active,
         "last_poll_at": item.polled_at,
         "next_poll_at": item.next_poll_at,
         "lease_owner": None,
         "lease_until": None,
     }
+    if (
+        item.transition is None
+        and not item.events
+        and all(getattr(p, name) == getattr(before, name) for name in _QUIET_FIELDS)
+    ):
+        return fence | schedule
+    return (
+        fence
+        | schedule
+        | {
+            "state": p.state.value if p.state else None,
+            "remote_status": p.remote_status,
+            "progress": p.progress,
+            "details": dict(p.details),
+            "started_at": p.started_at,
+            "ended_at": p.ended_at,
+            "last_change_at": p.last_change_at,
+            "error_since": p.error_since,
+            "error_count": p.error_count,
+            "last_error": p.last_error,
+            "unreachable": p.unreachable,
+            "stalled": p.stalled,
+            "active": p.active,
+        }
+    )
 
 
 def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
@@ -742,6 +803,34 @@ def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecor
     return queued
 
 
+def _labels(spec: WatchSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "tags": list(spec.tags),
+        "overrides": dict(spec.overrides),
+        "origin": spec.origin,
+    }
+
+
+def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
+    """The columns of a new watch, due now."""
+    return {
+        "key": spec.key,
+        "source": spec.source,
+        "job_id": spec.job_id,
+        "site": spec.site,
+        "created_at": now,
+        "details": {},
+        "error_count": 0,
+        "unreachable": False,
+        "stalled": False,
+        "active": True,
+        "next_poll_at": now,
+        "version": 0,
+        **_labels(spec),
+    }
+
+
 def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: bool) -> bool:
     """Insert a watch, or refresh its labels; returns True when it was inserted."""
     row = conn.execute(
@@ -749,32 +838,10 @@ def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: 
             watches.c.key == spec.key
         )
     ).one_or_none()
-    labels = {
-        "name": spec.name,
-        "tags": list(spec.tags),
-        "overrides": dict(spec.overrides),
-        "origin": spec.origin,
-    }
     if row is None:
-        conn.execute(
-            sa.insert(watches).values(
-                key=spec.key,
-                source=spec.source,
-                job_id=spec.job_id,
-                site=spec.site,
-                created_at=now,
-                details={},
-                error_count=0,
-                unreachable=False,
-                stalled=False,
-                active=True,
-                next_poll_at=now,
-                version=0,
-                **labels,
-            )
-        )
+        conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
         return True
-    values: dict[str, Any] = dict(labels)
+    values: dict[str, Any] = _labels(spec)
     if reactivate and row.removed_at is not None and row.ended_at is None:
         # A watch removed before its job ended starts again, with a fresh timeout.
         values.update(active=True, removed_at=None, created_at=now, next_poll_at=now)
