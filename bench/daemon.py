@@ -93,6 +93,9 @@ PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 #: client's connection limit
 CONCURRENCY = 64
 CHILD_TIMEOUT_SLACK = 180.0
+#: the API-bound replica rounds: how long each answer takes, and each replica's requests in
+#: flight (the source's max_concurrency)
+API_LATENCY, API_CONCURRENCY = 0.1, 16
 #: watches of the naive APScheduler baseline: a load it keeps up with, and one it does not
 APS_LIGHT, APS_HEAVY = 500, 1000
 
@@ -355,6 +358,7 @@ def write_config(
     ruler_url: str,
     interval: float,
     sink_url: str | None = None,
+    max_concurrency: int = CONCURRENCY,
 ) -> Path:
     """A poller config (JSON, which is YAML) for the benchmark's one Ruler source."""
     config: dict[str, Any] = {
@@ -364,7 +368,7 @@ def write_config(
                 "type": "ruler",
                 "base_url": ruler_url,
                 "token": TOKEN,
-                "max_concurrency": CONCURRENCY,
+                "max_concurrency": max_concurrency,
                 "request_timeout": "10s",
                 # one job per site: each poll is one /status request, never the site list
                 "list_threshold": 1_000_000,
@@ -1288,6 +1292,7 @@ async def child_replica(spec: dict[str, Any]) -> dict[str, Any]:
         database=spec["database"],
         ruler_url=spec["ruler_url"],
         interval=spec["interval"],
+        max_concurrency=spec.get("max_concurrency", CONCURRENCY),
     )
     async with running_daemon(config) as daemon:
         await asyncio.sleep(max(0.0, spec["window_start"] - time.time()))
@@ -1341,7 +1346,12 @@ def is_postgres(cmdline: str) -> bool:
 
 
 def replica_round(
-    sim: Sim, sizes: Sizes, work: Path, database: str, replicas: int
+    sim: Sim,
+    sizes: Sizes,
+    work: Path,
+    database: str,
+    replicas: int,
+    max_concurrency: int = CONCURRENCY,
 ) -> dict[str, Any]:
     """Run `replicas` daemon processes together; polls and CPU of everything in the window."""
     start = time.time()
@@ -1359,6 +1369,7 @@ def replica_round(
                     "interval": 1.0,
                     "window_start": window_start,
                     "window_end": window_end,
+                    "max_concurrency": max_concurrency,
                 },
                 work,
             )
@@ -1438,6 +1449,46 @@ def part_replicas(sim: Sim, sizes: Sizes, work: Path, report: Report) -> None:
         "replicas",
         "  cores busy with 2 replicas (replicas + PostgreSQL + sim)",
         f"{busy:.2f} of {os.cpu_count()}",
+    )
+    # What this machine allows: two replicas can at most use every core, and each of their
+    # polls also costs PostgreSQL and the simulator CPU on the same cores.
+    cores = os.cpu_count() or 1
+    bound = cores / sum(per_poll.values()) / max(1e-9, one["rate"])
+    report.add(
+        "replicas",
+        "  ceiling on this machine: cores / (CPU per poll, all processes) / 1 replica",
+        f"{bound:.2f}x; reached {ratio / bound * 100:.0f}% of it",
+    )
+    # Where replicas are for: a job API that takes its time to answer, and a source's
+    # max_concurrency per replica; each replica brings its own share of requests in flight.
+    latency, concurrency = API_LATENCY, API_CONCURRENCY
+    sim.call("latency", {"seconds": latency})
+    try:
+        with fresh_pg_database() as database:
+            run_child(
+                "prepare",
+                {"database": database, "watches": n, "interval": 1.0, "sample": 0},
+                work,
+                300,
+            )
+            api_one = replica_round(sim, sizes, work, database, 1, concurrency)
+            api_two = replica_round(sim, sizes, work, database, 2, concurrency)
+    finally:
+        sim.call("latency", {"seconds": 0.0})
+    api_ratio = api_two["rate"] / max(1e-9, api_one["rate"])
+    each = " + ".join(f"{r['rate']:.0f}" for r in api_two["replicas"])
+    report.add(
+        "replicas",
+        f"API-bound ({latency * 1000:.0f} ms answers, max_concurrency {concurrency}): "
+        "1 / 2 replicas polls/s",
+        f"{api_one['rate']:.0f} / {api_two['rate']:.0f} ({each})",
+    )
+    report.add(
+        "replicas",
+        "  throughput ratio 2 / 1, API-bound",
+        f"{api_ratio:.2f}x",
+        ">= 1.8",
+        api_ratio >= 1.8,
     )
 
 

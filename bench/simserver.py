@@ -14,6 +14,8 @@ The benchmark drives it through a small control API on the Ruler server, under `
   ``s{i:06d}/j{i:06d}`` (one site per job), replacing any of the same ids;
 - ``POST /_bench/set`` ``{"ids": [i, ...], "status": "complete"}``: change jobs now; answers
   ``{"changed_at": {"i": epoch seconds}}``, taken right after each change;
+- ``POST /_bench/latency`` ``{"seconds": 0.1}``: every API answer waits that long from now on,
+  like a remote API's;
 - ``GET /_bench/stats``: this process's CPU seconds and the request counts by kind;
 - ``GET /_bench/messages``: what the sink received (title, message, received_at).
 
@@ -68,6 +70,8 @@ class BenchRuler(RulerSim):
         self.sink = sink
         #: connections accepted (a client that reuses its connections opens few)
         self.connections = 0
+        #: seconds every API answer waits, as a remote API's would (``/_bench/latency``)
+        self.latency = 0.0
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -85,8 +89,13 @@ class BenchRuler(RulerSim):
     async def handle(self, request: Request) -> Response:
         """The control endpoints, else the Ruler API."""
         if not request.path.startswith(CONTROL):
-            return await super().handle(request)
+            answer = await super().handle(request)
+            answer.delay = max(answer.delay, self.latency)
+            return answer
         what = request.path[len(CONTROL) :]
+        if what == "latency" and request.method == "POST":
+            self.latency = float(request.json()["seconds"])
+            return Response(200, {"latency": self.latency})
         if what == "jobs" and request.method == "POST":
             body = request.json()
             first, count = int(body.get("first", 0)), int(body["count"])

@@ -200,7 +200,9 @@ class PollEngine(Engine):
             )
             for kind in decision.events
         ]
-        if self.log:
+        if self.log and (
+            decision.events or decision.transition or isinstance(outcome, PollFailure)
+        ):
             self._log_poll(watch, outcome, decision)
         return WriteBack(
             watch=watch,

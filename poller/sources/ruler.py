@@ -366,6 +366,8 @@ class RulerAdapter:
         return outcomes
 
     async def _one_by_one(self, refs: Sequence[JobRef]) -> dict[str, PollOutcome]:
+        if len(refs) == 1:  # the common case of one job per site: no task to wrap it in
+            return {refs[0].key: await self.poll_one(refs[0])}
         found = await asyncio.gather(*(self.poll_one(ref) for ref in refs))
         return {ref.key: outcome for ref, outcome in zip(refs, found, strict=True)}
 
