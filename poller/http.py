@@ -189,9 +189,10 @@ class Requester:
     ) -> Any:
         """Send one request and return its decoded JSON body, or raise a `SourceError`."""
         self.health.check()
+        queued = self._semaphore.locked()
         async with self._semaphore:
-            # The source may have gone down while this request queued.
-            self.health.check()
+            if queued:  # the source may have gone down while this request waited
+                self.health.check()
             if self._limiter is not None:
                 await self._limiter.acquire()
             limit = deadline or self.deadline

@@ -260,6 +260,7 @@ class RulerAdapter:
         )
         self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
         self._memory = _Memory()
+        self._site_urls: dict[str, str] = {}
 
     async def aclose(self) -> None:
         """Release connections."""
@@ -330,7 +331,12 @@ class RulerAdapter:
     # -- sites -------------------------------------------------------------------------
 
     def _site_url(self, site: str) -> str:
-        return f"{self.base_url}/{quote(site, safe='')}"
+        url = self._site_urls.get(site)
+        if url is None:
+            if len(self._site_urls) > 100_000:
+                self._site_urls.clear()
+            url = self._site_urls[site] = f"{self.base_url}/{quote(site, safe='')}"
+        return url
 
     def _use_list(self, site: str, now: float) -> bool:
         if self._memory.no_list_until.get(site, 0.0) > now:

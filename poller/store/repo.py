@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -103,6 +104,16 @@ class Undelivered:
     last_error: str | None
 
 
+def _json_loads(text: str) -> Any:
+    """`json.loads`, quicker for the empty values most watches hold (every claim reads
+    three JSON columns per row)."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
+
+
 #: keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
 _IN_CHUNK = 500
 
@@ -140,6 +151,7 @@ class Store:
                 url,
                 pool_pre_ping=not self.is_sqlite,
                 hide_parameters=True,
+                json_deserializer=_json_loads,
                 **({"connect_args": {"timeout": busy_timeout}} if self.is_sqlite else {}),
             )
         except (OSError, sa.exc.SQLAlchemyError) as exc:
@@ -878,12 +890,12 @@ def _watch_from_row(row: Any) -> Watch:
         name=row.name,
         tags=tuple(row.tags or ()),
         origin=row.origin,
-        overrides=dict(row.overrides or {}),
+        overrides=row.overrides or {},  # each row's JSON is decoded into a fresh dict
         progress=WatchProgress(
             state=State(row.state) if row.state else None,
             remote_status=row.remote_status,
             progress=row.progress,
-            details=dict(row.details or {}),
+            details=row.details or {},
             created_at=row.created_at,
             started_at=row.started_at,
             ended_at=row.ended_at,
