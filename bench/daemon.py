@@ -30,7 +30,10 @@ another. Figures are printed as one table, with their targets and PASS/MISS:
 4. ``replicas``: one `Daemon` process, then two, then one again, on a fresh PostgreSQL
    database at 127.0.0.1:5432 (dropped afterwards), saturated (10,000 watches at 1 s: always
    some due): polls/s of each, the ratio (target >= 1.8), and the CPU the replicas,
-   PostgreSQL and the simulator used, to show what limits it on this machine.
+   PostgreSQL and the simulator used, to show what limits it on this machine (the ceiling:
+   all cores divided by the CPU one poll costs across every process). Then the same with an
+   API that takes 100 ms to answer and ``max_concurrency: 16`` per replica, the case replicas
+   are for: one replica is bound by its requests in flight, not by CPU.
 
 Every figure comes from this run; ratios compare measurements made in the same run over the
 same simulator. ``--profile`` prints a cProfile of the daemon's CPU window.
