@@ -249,6 +249,7 @@ class RulerAdapter:
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.list_threshold = int(getattr(config, "list_threshold", 2))
+        # wall-clock seconds: compared with `JobRef.last_polled`, the database's poll times
         self.clock = clock
         self.requester = Requester(
             headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},

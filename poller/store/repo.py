@@ -254,7 +254,8 @@ class Store:
     def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
         """Start watching each spec whose key has no watch yet (a removed one counts); the keys
         added. For discovery: thousands of jobs cost a few statements, not one transaction
-        each. A key another replica inserts meanwhile is skipped, not an error."""
+        each. A key another replica inserts meanwhile is left as that replica wrote it (no
+        error), though it is still among the keys returned."""
         added: list[str] = []
         with self._write() as conn:
             for first in range(0, len(specs), _IN_CHUNK):
@@ -486,10 +487,10 @@ class Store:
 
     def _fenced_updates(self, conn: Connection, params: list[dict[str, Any]]) -> list[bool]:
         """`_fenced_update` for rows of both shapes (quiet and full); results in order."""
-        quiet = [i for i, row in enumerate(params) if "state" not in row]
+        quiet = [i for i, row in enumerate(params) if _is_quiet(row)]
         if not quiet or len(quiet) == len(params):
             return self._fenced_update(conn, params)
-        full = [i for i, row in enumerate(params) if "state" in row]
+        full = [i for i, row in enumerate(params) if not _is_quiet(row)]
         written = [False] * len(params)
         for indexes in (quiet, full):
             oks = self._fenced_update(conn, [params[i] for i in indexes])
@@ -506,10 +507,10 @@ class Store:
         """
         if len(params) > 1 and self.engine.dialect.supports_sane_multi_rowcount:
             savepoint = conn.begin_nested()
-            if "state" in params[0]:
-                changed = conn.execute(_WRITE_BACK, params).rowcount
-            else:
+            if _is_quiet(params[0]):
                 changed = self._quiet_update(conn, params)
+            else:
+                changed = conn.execute(_WRITE_BACK, params).rowcount
             if changed == len(params):
                 savepoint.commit()
                 return [True] * len(params)
@@ -772,6 +773,11 @@ _WRITE_BACK = (
 _QUIET_TYPES = ("BIGINT", "INTEGER", "DOUBLE PRECISION", "DOUBLE PRECISION", "DOUBLE PRECISION")
 #: what a poll that found nothing new may still change (besides the schedule): the backoff
 _QUIET_FIELDS = tuple(f.name for f in dataclasses.fields(WatchProgress) if f.name != "wait")
+
+
+def _is_quiet(row: Mapping[str, Any]) -> bool:
+    """Whether `_write_back_params` made these the parameters of a quiet poll."""
+    return "state" not in row
 
 
 def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
