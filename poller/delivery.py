@@ -63,6 +63,8 @@ class DeliveryEngine(Engine):
         self._recent: dict[str, deque[tuple[float, int]]] = {}
         #: when each channel last sent a message
         self._last_sent: dict[str, float] = {}
+        #: per channel: when this process last knew it held the leases of what it claimed
+        self._lease_known: dict[str, float] = {}
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class DeliveryEngine(Engine):
                 limit = (
                     DIGEST_CLAIM_LIMIT if settings.digest.enabled else self.tuning.delivery_batch
                 )
+                self._lease_known[channel] = self.clock()
                 claimed = await self.db.call(
                     self.db.store.claim_deliveries,
                     self.owner,
@@ -234,6 +237,32 @@ class DeliveryEngine(Engine):
                     return  # the next start releases every lease of a crashed predecessor
                 await asyncio.sleep(min(30.0, 2.0 ** min(failures - 1, 5)))
 
+    async def _still_held(self, channel: str, claimed: Sequence[Delivery]) -> list[Delivery]:
+        """What of `claimed` this process still holds, asking the database only when in doubt.
+
+        Leases are renewed every third of their length while the process runs. If more time
+        than that went by since the lease was last known (the process was frozen: SIGSTOP, a
+        VM pause, a swap storm), another replica may have taken the rows over and sent them;
+        sending them again would repeat its messages.
+        """
+        now = self.clock()
+        if now - self._lease_known.get(channel, now) < self.tuning.lease / 3:
+            return list(claimed)
+        held = await self.db.call(
+            self.db.store.keep_deliveries,
+            self.owner,
+            [d.id for d in claimed],
+            now + self.tuning.lease,
+        )
+        self._lease_known[channel] = now
+        if len(held) < len(claimed) and self.log:
+            self.log.warning(
+                "deliveries taken over by another replica while this one was frozen",
+                channel=channel,
+                count=len(claimed) - len(held),
+            )
+        return [d for d in claimed if d.id in held]
+
     async def _hold(
         self, channel: str, claimed: Sequence[Delivery], until: float, *, log: bool = True
     ) -> None:
@@ -293,16 +322,21 @@ class DeliveryEngine(Engine):
         Returns False when the channel is failing (the rest was deferred to its retry).
         """
         failures = 0
-        for index, delivery in enumerate(claimed):
-            rest = claimed[index + 1 :]
+        pending = list(claimed)
+        while pending:
             if self._stopping.is_set():
                 await self.db.call(
                     self.db.store.defer_deliveries,
                     self.owner,
-                    [d.id for d in claimed[index:]],
+                    [d.id for d in pending],
                     self.clock(),
                 )
                 return False
+            pending = await self._still_held(channel, pending)
+            if not pending:
+                break
+            delivery, rest = pending[0], pending[1:]
+            pending = rest
             log = self._bind(channel, delivery)
             title, body, fmt = self._message(runtime, channel, delivery)
             try:
@@ -356,6 +390,9 @@ class DeliveryEngine(Engine):
         settings: DeliveryConfig,
     ) -> bool:
         """Send the claimed deliveries as one message; True if it went out."""
+        claimed = await self._still_held(channel, claimed)
+        if not claimed:
+            return True
         fmt = runtime.notifier.format_for(channel)
         title, body, severity = render_digest(
             [(d.kind, d.payload) for d in claimed], fmt, settings.digest.max_jobs

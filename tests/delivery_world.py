@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from world import eventually
+from world import DaemonWorld
 
 from poller.sim import RulerSim, SimThread, WebhookSink
 
@@ -37,15 +34,12 @@ def job_yaml(job_id: str, name: str = "", source: str = "ruler-prod", extra: str
     return text + "}\n"
 
 
-class DeliveryWorld:
-    """A loopback Ruler API, a webhook sink, a config file and the poller command."""
+class DeliveryWorld(DaemonWorld):
+    """The delivery tests' world: every event routed to the sink; sections overridable."""
 
     def __init__(self, tmp: Path, ruler: RulerSim, sink: WebhookSink) -> None:
-        self.tmp, self.ruler, self.sink = tmp, ruler, sink
-        self.config = tmp / "config.yaml"
-        self.log = tmp / "daemon.log"
+        super().__init__(tmp, ruler, sink)
         self.db = tmp / "poller.db"
-        self.daemons: list[subprocess.Popen[bytes]] = []
 
     def write_config(
         self,
@@ -86,59 +80,6 @@ polling:
         text += f"jobs:\n{jobs or '  []'}\n"
         self.config.write_text(text)
 
-    def env(self) -> dict[str, str]:
-        """The daemon's environment: the token, no POLLER_* or systemd leftovers."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-        env["RULER_TOKEN"] = self.ruler.token
-        env.pop("NOTIFY_SOCKET", None)
-        return env
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run one `poller` command with this world's config."""
-        result = subprocess.run(
-            [sys.executable, "-m", "poller", *args, "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
-        return result
-
-    def start(self, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start `poller run`; by default wait until it logged that it started."""
-        before = self.log.read_bytes().count(b'"started"') if self.log.exists() else 0
-        out = self.log.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-        )
-        out.close()
-        self.daemons.append(proc)
-        if wait:
-            eventually(
-                lambda: (
-                    self.log.read_bytes().count(b'"started"') > before or proc.poll() is not None
-                ),
-                timeout=20,
-                what="daemon start",
-            )
-            assert proc.poll() is None, self.log.read_text()[-3000:]
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        """SIGTERM and wait for the exit code."""
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=15)
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL: no chance to finish anything."""
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=15)
-
     def status(self) -> dict[str, Any]:
         """`poller status --json`."""
         doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
@@ -173,13 +114,6 @@ polling:
     def messages(self, path: str | None = None) -> list[dict[str, Any]]:
         """Messages the sink received (on `path`, if given)."""
         return [m for m in self.sink.messages if path is None or m["path"] == path]
-
-    def close(self) -> None:
-        """Kill any daemon still running."""
-        for proc in self.daemons:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def named_keys(text: str) -> set[str]:

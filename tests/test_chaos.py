@@ -14,7 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from delivery_world import SITE, DeliveryWorld, dworld, eventually, job_yaml
+from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
+from world import eventually
 
 __all__ = ["dworld"]  # the fixture, imported for pytest
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from delivery_world import SITE, DeliveryWorld, dworld, eventually, job_yaml, named_keys
+from delivery_world import SITE, DeliveryWorld, dworld, job_yaml, named_keys
+from world import eventually
 
 from poller.models import DeliveryOutcome, Event, EventRecord, WatchSpec
 from poller.store.repo import Store, WriteBack
@@ -341,6 +342,19 @@ class TestOutboxQueries:
         assert store.defer_deliveries("me", [d.id for d in claimed], T0 + 50) == 2
         again = store.claim_deliveries("me", T0 + 50, 1, 30, channel="slack")
         assert [(d.payload["key"], d.attempts) for d in again] == [("ruler-prod/s1/a", 0)]
+
+    def test_keep_answers_only_for_rows_still_held(self, store: Store) -> None:
+        """After a lease ran out and another owner took the rows, keeping them returns none."""
+        queue(store, "a", ("slack",))
+        queue(store, "b", ("slack",))
+        a, b = store.claim_deliveries("frozen", T0, 10, 30, channel="slack")
+        assert store.keep_deliveries("frozen", [a.id, b.id], T0 + 60) == {a.id, b.id}
+        assert store.claim_deliveries("other", T0 + 59, 10, 30, channel="slack") == []
+        (taken,) = store.claim_deliveries("other", T0 + 61, 1, 30, channel="slack")
+        assert taken.id == a.id
+        store.finish_deliveries("other", [DeliveryOutcome(a.id, True)], T0 + 62)
+        assert store.keep_deliveries("frozen", [a.id, b.id], T0 + 90) == {b.id}
+        assert store.keep_deliveries("other", [a.id, b.id], T0 + 90) == set()
 
     def test_sent_times_and_undelivered(self, store: Store) -> None:
         """What was sent when; what is pending or given up, per watch and newest first."""

@@ -15,7 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
-from delivery_world import SITE, DeliveryWorld, dworld, eventually, job_yaml
+from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
+from world import eventually
 
 __all__ = ["dworld"]  # the fixture, imported for pytest
 

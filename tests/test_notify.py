@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from delivery_world import SITE, DeliveryWorld, dworld, eventually, job_yaml
+from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from world import eventually
 
 from poller.errors import NotifyError
 from poller.models import Event

@@ -129,6 +129,38 @@ class TestPausedReplicas:
         for proc in replicas:
             assert world.stop(proc) == 0
 
+    def test_frozen_mid_batch_does_not_resend_what_was_taken_over(
+        self, pg_world: World, tmp_path: Path
+    ) -> None:
+        """A replica frozen while sending a batch wakes to find it taken over: it sends none."""
+        world = pg_world
+        count = 15
+        for i in range(count):
+            world.ruler.add_job(SITE, f"job-{i}", status="complete")
+        world.write_config(
+            "".join(job_yaml(f"job-{i}") for i in range(count)),
+            extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 2s",
+        )
+        world.sink.answer(200, mode="delay", delay=0.3)  # a slow channel: batches take a while
+        first = world.start(log=tmp_path / "first.log")
+        eventually(lambda: world.messages("success"), timeout=20, what="a first message")
+        first.send_signal(signal.SIGSTOP)
+        second = world.start(log=tmp_path / "second.log")
+        time.sleep(4.0)  # past the first one's lease: the second takes its batch over
+        first.send_signal(signal.SIGCONT)
+        eventually(
+            lambda: len({m["title"] for m in world.messages("success")}) >= count,
+            timeout=30,
+            what="every success message",
+        )
+        time.sleep(1.5)  # what the first would resend arrives by now
+        titles = Counter(m["title"] for m in world.messages("success"))
+        assert len(titles) == count
+        # at most the message that was on the wire when the first one froze
+        assert sum(titles.values()) - count <= 1, titles
+        for proc in (first, second):
+            assert world.stop(proc) == 0
+
 
 class TestDatabaseTrouble:
     """A replica that loses its database connections reconnects and carries on."""

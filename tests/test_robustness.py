@@ -12,16 +12,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import RulerSource, load_config
-from poller.http import Requester, SourceHealth
+from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef
 from poller.service import Tuning
 from poller.sim import RulerSim, SimThread
@@ -310,3 +313,10 @@ class TestLimits:
             sim.add_job(SITE, f"j{i}", status="processing")
         with SimThread(sim):
             assert self._poll_many(sim, 30, rate_limit="10/s") >= 1.9
+
+
+@given(st.text(max_size=30))
+def test_an_id_is_quoted_as_one_path_segment(text: str) -> None:
+    """Whatever a job or site id holds, it stays one segment of the URL (a "/" or "?" in it
+    cannot reach another path or a query); plain ids skip the slow quoting, same result."""
+    assert path_segment(text) == quote(text, safe="")

@@ -243,6 +243,40 @@ class TestParser:
         assert r.state == State.SUCCEEDED and r.progress == 100
         assert r.details["remote_created_at"] == parse_time("2026-01-01T00:00:00+00:00")
 
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("2026-01-01T00:00:00Z", 1767225600.0),
+            ("2026-01-01T01:00:00+01:00", 1767225600.0),
+            (" 2026-01-01 00:00:00 ", 1767225600.0),
+            ("Thu, 01 Jan 2026 00:00:00 GMT", 1767225600.0),
+            (1767225600, 1767225600.0),
+            ("1767225600.5", 1767225600.5),
+            (" 1767225600000 ", 1767225600.0),  # milliseconds
+            (1.7672256e12, 1767225600.0),
+            ("-5", None),
+            (0, None),
+            (True, None),
+            ("soon", None),
+            ("", None),
+            ("1e999", None),
+            ([2026], None),
+        ],
+    )
+    def test_times_in_every_form_apis_send(self, value: Any, expected: float | None) -> None:
+        """ISO-8601 (naive is UTC), HTTP dates and epoch seconds or milliseconds, as numbers
+        or text; anything else is no time."""
+        assert parse_time(value) == expected
+
+    @given(st.text(max_size=30) | st.floats() | st.integers())
+    def test_parse_time_is_total(self, value: Any) -> None:
+        """Whatever an API sends, a time or None, never an exception; a number written as
+        text reads as that number."""
+        found = parse_time(value)
+        assert found is None or (isinstance(found, float) and found > 0)
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            assert parse_time(repr(value)) == found
+
     def test_progress_is_clamped_and_derived(self) -> None:
         """Out-of-range progress is clamped; missing progress comes from the rows."""
         assert parse_status({"status": "processing", "percentageProgress": 250}).progress == 100

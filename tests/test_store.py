@@ -6,11 +6,14 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from itertools import count
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from poller.errors import StoreError
 from poller.models import (
@@ -25,6 +28,8 @@ from poller.models import (
 from poller.store.repo import HEAD_REVISION, MIGRATIONS, Store, WriteBack
 
 T0 = 1_700_000_000.0
+#: unique job ids across hypothesis examples, which share one database
+_JOBS = count()
 
 
 @pytest.fixture
@@ -152,6 +157,22 @@ class TestWatches:
         assert r2.removed == ("ruler-prod/s1/b",) and r2.updated == ("ruler-prod/s1/a",)
         active = {w.key for w in store.list_watches() if w.progress.active}
         assert active == {"ruler-prod/s1/a", "ruler-prod/s1/cli-job"}
+
+    def test_syncing_an_unchanged_config_writes_nothing(self, store: Store) -> None:
+        """Every replica syncs the config when it starts: for watches it does not change, that
+        must not touch their rows (it would fence the polls other replicas have in flight, and
+        lock rows against their write-backs)."""
+        store.sync_config_jobs([spec("a", name="A", origin="config")], T0)
+        (claimed,) = store.claim_due("r1", T0, 10, 30)
+        store.sync_config_jobs([spec("a", name="A", origin="config")], T0 + 1)
+        written = store.write_back(
+            "r1",
+            [WriteBack(claimed, claimed.progress, next_poll_at=T0 + 5, polled_at=T0 + 2)],
+        )
+        assert written.written == 1 and written.fenced == []
+        store.sync_config_jobs([spec("a", name="renamed", origin="config")], T0 + 3)
+        got = store.get_watch(claimed.key)
+        assert got is not None and got.name == "renamed"
 
     def test_remove_keeps_history_and_readd_restarts(self, store: Store) -> None:
         """remove stops polling; adding the key again resumes an unfinished job."""
@@ -302,6 +323,83 @@ class TestClaimsAndWrites:
         later = store.claim_due("r2", T0 + 9.8 + 30.1, 10, 30)
         assert [w.job_id for w in later] == ["a", "b"]  # the first lease ran from T0 + 9.8
 
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        times=st.lists(st.floats(0, 4e9) | st.none(), min_size=5, max_size=5),
+        progress=st.floats(0, 100) | st.none(),
+        text=st.text(st.characters(blacklist_characters="\x00"), max_size=40),
+        detail=st.dictionaries(
+            st.text(max_size=8), st.integers() | st.text(max_size=12) | st.booleans(), max_size=3
+        ),
+        tags=st.lists(st.text(min_size=1, max_size=8), max_size=3),
+    )
+    def test_a_claim_reads_back_exactly_what_was_written(
+        self,
+        store: Store,
+        times: list[float | None],
+        progress: float | None,
+        text: str,
+        detail: dict[str, object],
+        tags: list[str],
+    ) -> None:
+        """Every field, floats to the last bit and JSON as it was, comes back from a claim
+        as `get_watch` reads it (claims travel as one JSON value)."""
+        job = f"j{next(_JOBS)}"
+        store.add_watch(spec(job, name=text or None, tags=tuple(tags), overrides={"a": 1.5}), T0)
+        (w,) = store.claim_due("r1", T0 + 5e9, 1, 30)
+        started, ended, wait, changed, since = times
+        written = replace(
+            w.progress,
+            state=State.RUNNING,
+            remote_status=text,
+            progress=progress,
+            details=detail,
+            started_at=started,
+            ended_at=ended,
+            wait=wait,
+            last_change_at=changed,
+            error_since=since,
+            error_count=3,
+            last_error=text,
+            stalled=True,
+        )
+        due = T0 + 5e9 + (progress or 0.0) / 3
+        store.write_back(
+            "r1", [WriteBack(watch=w, progress=written, next_poll_at=due, polled_at=T0 + 0.1)]
+        )
+        (again,) = store.claim_due("r2", due, 1, 30)
+        assert again.progress == written
+        assert again.next_poll_at == due and again.last_poll_at == T0 + 0.1
+        stored = store.get_watch(w.key)
+        assert stored is not None
+        assert again == replace(stored, lease_owner="r2")
+        store.remove_watch(w.key, T0)  # out of the next example's claims
+
+    def test_a_nul_in_an_answer_is_stored_not_fatal(self, store: Store) -> None:
+        """PostgreSQL refuses NUL in text: a job API that sends one must not fail the whole
+        group commit. Both databases store U+FFFD in its place."""
+        for job in ("nul", "other"):
+            store.add_watch(spec(job), T0)
+        claimed = {w.job_id: w for w in store.claim_due("r1", T0, 10, 30)}
+        items = [
+            WriteBack(
+                watch=w,
+                progress=replace(
+                    w.progress, state=State.RUNNING, remote_status=f"{job}\x00!", last_error="\x00"
+                ),
+                next_poll_at=T0 + 5,
+                polled_at=T0 + 1,
+                transition=Transition(None, State.RUNNING, f"{job}\x00!", None, T0 + 1),
+            )
+            for job, w in claimed.items()
+        ]
+        assert store.write_back("r1", items).written == 2
+        stored = store.get_watch(claimed["nul"].key)
+        assert stored is not None and stored.progress.remote_status == "nul\ufffd!"
+        assert stored.progress.last_error == "\ufffd"
+
     def test_removed_while_polling_is_fenced(self, store: Store) -> None:
         """A poll that finishes after `remove` does not bring the watch back."""
         store.add_watch(spec(), T0)
@@ -387,6 +485,88 @@ class TestOutbox:
         store.claim_deliveries("r1", T0, 10, 60)
         store.release("r1")
         assert len(store.claim_deliveries("r2", T0 + 1, 10, 60)) == 1
+
+
+def test_a_deadlocked_group_commit_is_tried_again(pg_url: str) -> None:
+    """Another transaction takes the same rows in the other order: PostgreSQL breaks the group
+    commit off as a deadlock, and the store runs it again instead of dropping its results."""
+    import threading
+
+    import sqlalchemy as sa
+    from world import eventually
+
+    store = Store(pg_url)
+    store.migrate()
+    for job in ("a", "b"):
+        store.add_watch(spec(job), T0)
+    claimed = sorted(store.claim_due("r1", T0, 10, 30), key=lambda w: w.id)
+    items = [WriteBack(w, w.progress, next_poll_at=T0 + 5, polled_at=T0 + 1) for w in claimed]
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+
+    def deadlocks() -> int:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            found = conn.exec_driver_sql(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            ).scalar()
+        return int(found or 0)
+
+    def waiting() -> bool:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).scalar()
+        return bool(found)
+
+    before = deadlocks()
+    results: list[object] = []
+    with engine.connect() as other:
+        other.exec_driver_sql("SET deadlock_timeout = '20s'")  # the store's side gives way
+        other.exec_driver_sql("BEGIN")
+        other.exec_driver_sql("UPDATE watches SET name = 'x' WHERE job_id = 'b'")
+        writer = threading.Thread(
+            target=lambda: results.append(_outcome(lambda: store.write_back("r1", items)))
+        )
+        writer.start()
+        eventually(waiting, what="the group commit to hold a and wait for b")
+        other.exec_driver_sql("UPDATE watches SET name = 'x' WHERE job_id = 'a'")
+        other.exec_driver_sql("COMMIT")
+        writer.join(30)
+    (report,) = results
+    assert not isinstance(report, Exception), report
+    assert report.written == 2 and report.fenced == []  # type: ignore[attr-defined]
+    eventually(lambda: deadlocks() > before, what="PostgreSQL to count the deadlock")
+    engine.dispose()
+    store.close()
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    """What `call` returned, or the exception it raised."""
+    try:
+        return call()
+    except Exception as exc:
+        return exc
+
+
+def test_claims_search_the_due_index(tmp_path: Path) -> None:
+    """The claim reads the due watches off the (active, next_poll_at) index: a scan would cost
+    every claim the whole table (it did, once, when the query said `active` for `active = 1`).
+    """
+    import sqlite3
+
+    from poller.store import repo
+
+    store = Store(f"sqlite:///{tmp_path}/plan.db")
+    store.migrate()
+    store.close()
+    sql = repo._SQLITE_DUE.text
+    for name in ("due", "now", "limit", "owner", "until"):
+        sql = sql.replace(f":{name}", "?")
+    with sqlite3.connect(tmp_path / "plan.db") as conn:
+        plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * 5))
+    assert "USING INDEX ix_watches_due" in plan, plan
+    assert "SCAN watches" not in plan, plan
 
 
 def test_sqlite_permissions_do_not_depend_on_umask(tmp_path: Path) -> None:

@@ -78,18 +78,89 @@ class AnyAnswer(HttpServer):
         return Response(self.status, self.body)
 
 
-class World:
-    """A loopback Ruler API, a webhook sink, a config file and the poller command."""
+class DaemonWorld:
+    """A config file, the `poller` command run against it and the `poller run` daemons started;
+    what each kind of test writes into the config is up to its subclass."""
 
     def __init__(self, tmp: Path, ruler: RulerSim, sink: WebhookSink) -> None:
         self.tmp, self.ruler, self.sink = tmp, ruler, sink
         self.config = tmp / "config.yaml"
         self.log = tmp / "daemon.log"
         self.daemons: list[subprocess.Popen[bytes]] = []
+
+    def env(self) -> dict[str, str]:
+        """The daemon's environment: the token, no POLLER_* or systemd leftovers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+        env["RULER_TOKEN"] = self.ruler.token
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one `poller` command with this world's config."""
+        result = subprocess.run(
+            [sys.executable, "-m", "poller", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
+        return result
+
+    def start(
+        self, env: dict[str, str] | None = None, log: Path | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start `poller run` (logging to `log`); by default wait until it logged that it
+        started (a restart counts only its own "started" line)."""
+        log = log or self.log
+        before = log.read_bytes().count(b'"started"') if log.exists() else 0
+        out = log.open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env or self.env(),
+        )
+        out.close()
+        self.daemons.append(proc)
+        if wait:
+            eventually(
+                lambda: log.read_bytes().count(b'"started"') > before or proc.poll() is not None,
+                timeout=20,
+                what="daemon start",
+            )
+            assert proc.poll() is None, log.read_text()[-3000:]
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        """SIGTERM and wait for the exit code."""
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=15)
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL: no chance to finish anything."""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=15)
+
+    def close(self) -> None:
+        """Kill any daemon still running."""
+        for proc in self.daemons:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class World(DaemonWorld):
+    """The daemon tests' world: one Ruler source, one webhook channel, fast polling."""
+
+    def __init__(self, tmp: Path, ruler: RulerSim, sink: WebhookSink) -> None:
+        super().__init__(tmp, ruler, sink)
         self.database = f"sqlite:///{tmp}/poller.db"
         self.write_config(jobs="")
 
     def write_config(self, jobs: str, extra: str = "") -> None:
+        """The config with these ``jobs`` entries and `extra` top-level YAML."""
         self.config.write_text(f"""
 database: {self.database}
 log: {{level: debug}}
@@ -112,61 +183,14 @@ jobs:
 {jobs or "  []"}
 """)
 
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-        env["RULER_TOKEN"] = self.ruler.token
-        env.pop("NOTIFY_SOCKET", None)
-        return env
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "poller", *args, "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"poller {args} -> {result.returncode}: {result.stderr}")
-        return result
-
-    def start(
-        self, env: dict[str, str] | None = None, log: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start `poller run`; returns once it logged that it started."""
-        log = log or self.log
-        out = log.open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env or self.env(),
-        )
-        out.close()
-        self.daemons.append(proc)
-        eventually(
-            lambda: b'"started"' in log.read_bytes() or proc.poll() is not None,
-            what="daemon start",
-        )
-        assert proc.poll() is None, log.read_text()
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=10)
-
     def status(self) -> dict[str, Any]:
+        """`poller status --json`: the watches by key, and ``_deliveries``."""
         doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
         return {w["key"]: w for w in doc["watches"]} | {"_deliveries": doc["deliveries"]}
 
     def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Messages the sink received (of Apprise type `kind`, if given)."""
         return [m for m in self.sink.messages if kind is None or m["type"] == kind]
-
-    def close(self) -> None:
-        for proc in self.daemons:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def job_yaml(job_id: str, name: str = "") -> str:

@@ -14,16 +14,14 @@ poll error for that job; nothing raises out of the adapter.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester
+from poller.http import Requester, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient
 
@@ -42,7 +40,7 @@ def _fields(job: JobRef) -> dict[str, str]:
 
 def render_url(template: str, job: JobRef) -> str:
     """The URL of one job: the template with its fields, each URL-quoted."""
-    return template.format(**{k: quote(v, safe="") for k, v in _fields(job).items()})
+    return template.format(**{k: path_segment(v) for k, v in _fields(job).items()})
 
 
 def render_body(template: Any, job: JobRef) -> Any:
@@ -135,7 +133,7 @@ class HttpAdapter:
 
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
         """Poll each job (concurrently, within the source's limits)."""
-        outcomes = await asyncio.gather(*(self.poll_one(job) for job in jobs))
+        outcomes = await self.requester.each(self.poll_one, jobs)
         return {job.key: outcome for job, outcome in zip(jobs, outcomes, strict=True)}
 
     async def poll_one(self, job: JobRef) -> PollOutcome:

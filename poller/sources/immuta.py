@@ -20,7 +20,6 @@ states Immuta documents as terminal make a job terminal. ``output`` is kept, tru
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -248,7 +247,7 @@ class ImmutaAdapter:
         """Poll these jobs: one statuses request per `batch_size` job ids."""
         job_ids = list(dict.fromkeys(job.job_id for job in jobs))
         chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
-        answers = await asyncio.gather(*(self._poll_chunk(chunk) for chunk in chunks))
+        answers = await self.requester.each(self._poll_chunk, chunks)
         by_id: dict[str, PollOutcome] = {}
         for answer in answers:
             by_id.update(answer)

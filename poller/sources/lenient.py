@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -83,20 +84,28 @@ def parse_time(value: Any) -> float | None:
 
     Epoch numbers may be seconds or milliseconds (told apart by size).
     """
+    if isinstance(value, str):
+        value = value.strip()
+        if not _EPOCH_TEXT.fullmatch(value):  # a date; asked first, float() of one raises
+            return _parse_date(value) if value else None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    epoch = number(value)
+    if epoch is None or epoch <= 0:
+        return None
+    return epoch / 1000 if epoch >= _MILLISECONDS_FROM else epoch
+
+
+#: what a number written as text looks like (as `float` reads it; stripped)
+_EPOCH_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _parse_date(text: str) -> float | None:
     try:
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            epoch = number(value)
-            if epoch is not None:
-                if epoch <= 0:
-                    return None
-                return epoch / 1000 if epoch >= _MILLISECONDS_FROM else epoch
-        if not isinstance(value, str) or not value.strip():
-            return None
-        raw = value.strip()
         try:
-            parsed = datetime.fromisoformat(raw)
+            parsed = datetime.fromisoformat(text)
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(raw)
+            parsed = email.utils.parsedate_to_datetime(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()

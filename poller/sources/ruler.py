@@ -31,12 +31,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester
+from poller.http import Requester, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient
 from poller.sources.lenient import MAX_TEXT, parse_time
@@ -86,12 +85,11 @@ _FAILURE_KEYS = ("failures", "rows", "data", "items", "errors", "results")
 
 def parse_status(body: Any) -> PollResult:
     """Read a Ruler status answer; raise `PermanentSourceError` if it is not one."""
-    if isinstance(body, dict) and "status" not in {str(k).lower() for k in body}:
-        inner = body.get("data")
-        body = inner if isinstance(inner, dict) else body
     if not isinstance(body, dict):
         raise PermanentSourceError("bad_answer", "answer is not a JSON object")
     found = lenient.fields(body)
+    if "status" not in found and isinstance(body.get("data"), dict):
+        found = lenient.fields(body["data"])
     status = found.get("status")
     if not isinstance(status, str) or not status.strip():
         raise PermanentSourceError("bad_answer", "answer has no status")
@@ -261,7 +259,6 @@ class RulerAdapter:
         )
         self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
         self._memory = _Memory()
-        self._site_urls: dict[str, str] = {}
 
     async def aclose(self) -> None:
         """Release connections."""
@@ -289,13 +286,11 @@ class RulerAdapter:
             last = max(asked.get(job.job_id, -math.inf), job.last_polled or -math.inf)
             previous[job.site] = max(previous.get(job.site, -math.inf), last)
             asked[job.job_id] = now
-        groups = await asyncio.gather(
-            *(
-                self._poll_site(site, refs, now, previous.get(site, -math.inf))
-                for site, refs in by_site.items()
-            )
-        )
-        for group in groups:
+
+        async def poll_site(site: str) -> Mapping[str, PollOutcome]:
+            return await self._poll_site(site, by_site[site], now, previous[site])
+
+        for group in await self.requester.each(poll_site, list(by_site)):
             outcomes.update(group)
         for job in jobs:
             outcome = outcomes.get(job.key)
@@ -308,7 +303,7 @@ class RulerAdapter:
         """Poll one job's status (and, once it ended partial or failed, its failing rows)."""
         if not job.site:
             return PollFailure("config", "a ruler watch needs a site", transient=False)
-        url = f"{self._site_url(job.site)}/batch/{quote(job.job_id, safe='')}/status"
+        url = f"{self._site_url(job.site)}/batch/{path_segment(job.job_id)}/status"
         try:
             result = parse_status(await self.requester.json("GET", url))
         except SourceError as exc:
@@ -332,12 +327,7 @@ class RulerAdapter:
     # -- sites -------------------------------------------------------------------------
 
     def _site_url(self, site: str) -> str:
-        url = self._site_urls.get(site)
-        if url is None:
-            if len(self._site_urls) > 100_000:
-                self._site_urls.clear()
-            url = self._site_urls[site] = f"{self.base_url}/{quote(site, safe='')}"
-        return url
+        return f"{self.base_url}/{path_segment(site)}"
 
     def _use_list(self, site: str, now: float) -> bool:
         if self._memory.no_list_until.get(site, 0.0) > now:
@@ -373,9 +363,7 @@ class RulerAdapter:
         return outcomes
 
     async def _one_by_one(self, refs: Sequence[JobRef]) -> dict[str, PollOutcome]:
-        if len(refs) == 1:  # the common case of one job per site: no task to wrap it in
-            return {refs[0].key: await self.poll_one(refs[0])}
-        found = await asyncio.gather(*(self.poll_one(ref) for ref in refs))
+        found = await self.requester.each(self.poll_one, refs)
         return {ref.key: outcome for ref, outcome in zip(refs, found, strict=True)}
 
     async def _site_list(self, site: str, now: float, newer_than: float) -> Mapping[str, ListEntry]:
@@ -401,7 +389,7 @@ class RulerAdapter:
 
     async def _failed_rows(self, site: str, job_id: str) -> Mapping[str, Any]:
         """``{"failed_rows": [...]}``, or ``{"failed_rows_error": why}``; never raises."""
-        url = f"{self._site_url(site)}/batch/{quote(job_id, safe='')}/failures"
+        url = f"{self._site_url(site)}/batch/{path_segment(job_id)}/failures"
         try:
             body = await self.requester.json(
                 "GET", url, params={"format": "json"}, deadline=self._failures_deadline

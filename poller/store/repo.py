@@ -16,11 +16,12 @@ import dataclasses
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -41,6 +42,8 @@ from poller.models import (
     WatchSpec,
 )
 from poller.store.schema import deliveries, events, transitions, watches
+
+T = TypeVar("T")
 
 #: The newest migration; a test checks it against alembic's head. Comparing it with the
 #: database's version lets every CLI call skip loading alembic when nothing needs doing.
@@ -113,6 +116,9 @@ def _json_loads(text: str) -> Any:
         return []
     return json.loads(text)
 
+
+#: PostgreSQL's SQLSTATEs for "run the transaction again": deadlock, serialization failure
+_RETRYABLE = ("40P01", "40001")
 
 #: keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
 _IN_CHUNK = 500
@@ -404,25 +410,16 @@ class Store:
         """Lease up to `limit` watches due by `now + ahead` to `owner`, earliest first."""
         if limit <= 0:
             return []
-        due = (
-            sa.select(watches.c.id)
-            .where(
-                watches.c.active,
-                watches.c.next_poll_at <= now + ahead,
-                sa.or_(watches.c.lease_until.is_(None), watches.c.lease_until < now),
-            )
-            .order_by(watches.c.next_poll_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        params: dict[str, Any] = {"due": now + ahead, "now": now, "limit": limit}
+        params |= {"owner": owner, "until": now + lease}
         with self._write() as conn:
-            rows = conn.execute(
-                sa.update(watches)
-                .where(watches.c.id.in_(due.scalar_subquery()))
-                .values(lease_owner=owner, lease_until=now + lease)
-                .returning(*watches.c)
-            ).all()
-        return sorted((_watch_from_row(row) for row in rows), key=lambda w: w.next_poll_at or 0)
+            # SQLite has no UPDATE in a WITH: read, then lease, in one IMMEDIATE transaction
+            found = conn.execute(_SQLITE_DUE if self.is_sqlite else _POSTGRES_CLAIM, params)
+            claimed = [_claimed_row(values) for values in json.loads(found.scalar_one())]
+            if self.is_sqlite and claimed:
+                ids = json.dumps([row[0] for row in claimed])
+                conn.execute(_SQLITE_LEASE, {**params, "ids": ids})
+        return sorted((_watch_from_row(row) for row in claimed), key=_due_time)
 
     def renew(self, owner: str, until: float) -> int:
         """Extend every lease `owner` still holds to `until`; returns how many rows."""
@@ -456,11 +453,12 @@ class Store:
         A row whose lease or version moved on since it was claimed is skipped (and reported):
         its result is stale and must not produce a transition or a message.
         """
-        report = WriteReport()
         if not items:
-            return report
+            return WriteReport()
         params = [_write_back_params(owner, item) for item in items]
-        with self._write() as conn:
+
+        def write(conn: Connection) -> WriteReport:
+            report = WriteReport()
             written = self._fenced_updates(conn, params)
             new_transitions = []
             for item, ok in zip(items, written, strict=True):
@@ -483,7 +481,24 @@ class Store:
                 report.deliveries += _insert_events(conn, item.watch.id, item.events)
             if new_transitions:
                 conn.execute(sa.insert(transitions), new_transitions)
-        return report
+            return report
+
+        return self._retrying(write)
+
+    def _retrying(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one write transaction, run again (up to 3 times in all) if PostgreSQL
+        broke it off as a deadlock or a serialization failure: another replica's transaction
+        took the same rows in another order, and a second try usually goes through. Without
+        it a group commit's results would be dropped and polled again after the lease."""
+        for attempt in range(3):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except sa.exc.OperationalError as exc:
+                if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in _RETRYABLE:
+                    raise
+            time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _fenced_updates(self, conn: Connection, params: list[dict[str, Any]]) -> list[bool]:
         """`_fenced_update` for rows of both shapes (quiet and full); results in order."""
@@ -502,7 +517,7 @@ class Store:
         """Run the fenced UPDATE for every row; which rows did it change?
 
         The common case (every lease still held) is one statement for the batch: quiet rows
-        as one ``UPDATE ... FROM (VALUES ...)``, others as one executemany. Only when the row
+        as one statement (`_quiet_update`), others as one executemany. Only when the row
         count says some row was fenced is the batch redone row by row to find which.
         """
         if len(params) > 1 and self.engine.dialect.supports_sane_multi_rowcount:
@@ -522,21 +537,26 @@ class Store:
 
         One statement rather than an executemany because the SQLite driver gives up the GIL
         around every statement it steps: next to a busy event loop, each row's hand-off cost
-        the loop measurable CPU (README "Performance").
+        the loop measurable CPU (README "Performance"). On PostgreSQL the rows travel as five
+        arrays, so the statement's text is the same for every batch (psycopg parses each new
+        text in Python).
         """
-        marker = "?" if self.is_sqlite else "%s"
-        row = "(" + ", ".join(f"CAST({marker} AS {t})" for t in _QUIET_TYPES) + ")"
+        if not self.is_sqlite:
+            columns = {name: [p[name] for p in params] for name in _QUIET_COLUMNS}
+            owner = params[0]["w_owner"]
+            return int(conn.execute(_POSTGRES_QUIET, {**columns, "owner": owner}).rowcount)
+        row = "(" + ", ".join(f"CAST(? AS {t})" for t in _QUIET_TYPES) + ")"
         sql = (
             "UPDATE watches SET wait = v.column3, last_poll_at = v.column4,"
             " next_poll_at = v.column5, lease_owner = NULL, lease_until = NULL,"
             " version = watches.version + 1"
             f" FROM (VALUES {', '.join([row] * len(params))}) AS v"
-            f" WHERE watches.id = v.column1 AND watches.version = v.column2"
-            f" AND watches.lease_owner = {marker}"
+            " WHERE watches.id = v.column1 AND watches.version = v.column2"
+            " AND watches.lease_owner = ?"
         )
         values: list[Any] = []
         for p in params:
-            values += (p["w_id"], p["w_version"], p["wait"], p["last_poll_at"], p["next_poll_at"])
+            values += (p[name] for name in _QUIET_COLUMNS)
         values.append(params[0]["w_owner"])
         return int(conn.exec_driver_sql(sql, tuple(values)).rowcount)
 
@@ -687,6 +707,28 @@ class Store:
                 .values(next_attempt_at=until, lease_owner=None, lease_until=None)
             ).rowcount
 
+    def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
+        """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
+
+        A process that was frozen past its lease (SIGSTOP, a VM pause) asks this before it
+        sends what it claimed: another replica may have taken the rows over and sent them.
+        """
+        if not ids:
+            return set()
+        with self._write() as conn:
+            return set(
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.id.in_(list(ids)),
+                        deliveries.c.lease_owner == owner,
+                        deliveries.c.status == "pending",
+                    )
+                    .values(lease_until=until)
+                    .returning(deliveries.c.id)
+                ).scalars()
+            )
+
     def sent_times(self, channel: str, since: float) -> list[float]:
         """When each delivery to `channel` sent since `since` went out (a digest's share one)."""
         with self.engine.connect() as conn:
@@ -769,8 +811,76 @@ _WRITE_BACK = (
 )
 
 
-#: the SQL types of a quiet row's values: id, version, wait, last_poll_at, next_poll_at
+#: a quiet row's values (`_write_back_params`) and their SQL types
+_QUIET_COLUMNS = ("w_id", "w_version", "wait", "last_poll_at", "next_poll_at")
 _QUIET_TYPES = ("BIGINT", "INTEGER", "DOUBLE PRECISION", "DOUBLE PRECISION", "DOUBLE PRECISION")
+_POSTGRES_QUIET = sa.text(
+    "UPDATE watches SET wait = v.wait, last_poll_at = v.last_poll_at,"
+    " next_poll_at = v.next_poll_at, lease_owner = NULL, lease_until = NULL,"
+    " version = watches.version + 1"
+    " FROM unnest("
+    + ", ".join(
+        f"CAST(:{name} AS {t}[])" for name, t in zip(_QUIET_COLUMNS, _QUIET_TYPES, strict=True)
+    )
+    + ") AS v(id, version, wait, last_poll_at, next_poll_at)"
+    " WHERE watches.id = v.id AND watches.version = v.version AND watches.lease_owner = :owner"
+)
+
+# -- claims ----------------------------------------------------------------------------------
+# A claim comes back as one JSON value, one array per watch, in the order of
+# `watches.c`, because the SQLite driver gives up the GIL for every row it steps (and
+# SQLAlchemy builds a Row for each): one value is one hand-off per claim instead of hundreds.
+# JSON columns travel as their text and floats with 17 digits, so that nothing changes on the
+# way; the new lease is what the claim sets.
+
+_JSON_POSITIONS = [i for i, c in enumerate(watches.c) if isinstance(c.type, sa.JSON)]
+_DUE = (
+    "active = TRUE AND next_poll_at <= :due AND (lease_until IS NULL OR lease_until < :now)"
+    " ORDER BY next_poll_at LIMIT :limit"
+)
+
+
+def _sqlite_value(column: sa.Column[Any]) -> str:
+    if column.name in ("lease_owner", "lease_until"):
+        return f":{column.name.removeprefix('lease_')}"
+    if isinstance(column.type, sa.Float):
+        # json_array() would give 15 digits; 17 give back the same double
+        name = column.name
+        return f"json(CASE WHEN {name} IS NULL THEN 'null' ELSE printf('%!.17g', {name}) END)"
+    return column.name
+
+
+_SQLITE_DUE = sa.text(
+    "SELECT json_group_array(json_array("
+    + ", ".join(_sqlite_value(c) for c in watches.c)
+    + f")) FROM (SELECT * FROM watches WHERE {_DUE})"
+)
+_SQLITE_LEASE = sa.text(
+    "UPDATE watches SET lease_owner = :owner, lease_until = :until"
+    " WHERE id IN (SELECT value FROM json_each(:ids))"
+)
+_POSTGRES_CLAIM = sa.text(
+    f"WITH due AS (SELECT id FROM watches WHERE {_DUE} FOR UPDATE SKIP LOCKED),"
+    " claimed AS (UPDATE watches SET lease_owner = :owner, lease_until = :until"
+    " FROM due WHERE watches.id = due.id RETURNING watches.*)"
+    " SELECT coalesce(json_agg(json_build_array("
+    + ", ".join(f"{c.name}::text" if isinstance(c.type, sa.JSON) else c.name for c in watches.c)
+    + ")), '[]')::text FROM claimed"
+)
+
+
+def _claimed_row(values: list[Any]) -> list[Any]:
+    """One watch of a claim's JSON value with its JSON columns decoded, as a row
+    `_watch_from_row` reads."""
+    for i in _JSON_POSITIONS:
+        values[i] = _json_loads(values[i])
+    return values
+
+
+def _due_time(watch: Watch) -> float:
+    return watch.next_poll_at or 0.0
+
+
 #: what a poll that found nothing new may still change (besides the schedule): the backoff
 _QUIET_FIELDS = tuple(f.name for f in dataclasses.fields(WatchProgress) if f.name != "wait")
 
@@ -880,9 +990,15 @@ def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
 
 
 def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: bool) -> bool:
-    """Insert a watch, or refresh its labels; returns True when it was inserted."""
+    """Insert a watch, or refresh its labels; returns True when it was inserted.
+
+    A watch whose labels are already these is not written at all: every replica syncs the
+    config when it starts, and a write would take the row's lock (against the polls other
+    replicas write back: a deadlock, in another order) and fence their polls in flight.
+    """
+    labels = (watches.c.name, watches.c.tags, watches.c.overrides, watches.c.origin)
     row = conn.execute(
-        sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at).where(
+        sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at, *labels).where(
             watches.c.key == spec.key
         )
     ).one_or_none()
@@ -893,6 +1009,8 @@ def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: 
     if reactivate and row.removed_at is not None and row.ended_at is None:
         # A watch removed before its job ended starts again, with a fresh timeout.
         values.update(active=True, removed_at=None, created_at=now, next_poll_at=now)
+    elif all(row._mapping[name] == value for name, value in values.items()):
+        return False
     conn.execute(
         sa.update(watches)
         .where(watches.c.id == row.id)
@@ -916,39 +1034,77 @@ def _removal(key: str, now: float) -> sa.Update:
     )
 
 
-def _watch_from_row(row: Any) -> Watch:
+#: `State` by its stored value (an Enum call by value is slower, and claims read thousands)
+_STATES = {state.value: state for state in State}
+
+
+def _watch_from_row(row: Sequence[Any]) -> Watch:
+    """A watch from its row's values in the order of `watches.c` (a Row, or a claim's list),
+    JSON columns decoded. Unpacking fails loudly if a column is added and not read here."""
+    (
+        id_,
+        key,
+        source,
+        job_id,
+        site,
+        name,
+        tags,
+        origin,
+        overrides,
+        state,
+        remote_status,
+        progress,
+        details,
+        created_at,
+        started_at,
+        ended_at,
+        wait,
+        last_change_at,
+        error_since,
+        error_count,
+        last_error,
+        unreachable,
+        stalled,
+        active,
+        removed_at,
+        last_poll_at,
+        next_poll_at,
+        lease_owner,
+        _lease_until,
+        version,
+    ) = row
     return Watch(
-        id=row.id,
-        key=row.key,
-        source=row.source,
-        job_id=row.job_id,
-        site=row.site,
-        name=row.name,
-        tags=tuple(row.tags or ()),
-        origin=row.origin,
-        overrides=row.overrides or {},  # each row's JSON is decoded into a fresh dict
+        id=id_,
+        key=key,
+        source=source,
+        job_id=job_id,
+        site=site,
+        name=name,
+        tags=tuple(tags or ()),
+        origin=origin,
+        overrides=overrides or {},
         progress=WatchProgress(
-            state=State(row.state) if row.state else None,
-            remote_status=row.remote_status,
-            progress=row.progress,
-            details=row.details or {},
-            created_at=row.created_at,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            wait=row.wait,
-            last_change_at=row.last_change_at,
-            error_since=row.error_since,
-            error_count=row.error_count,
-            last_error=row.last_error,
-            unreachable=bool(row.unreachable),
-            stalled=bool(row.stalled),
-            active=bool(row.active),
+            state=_STATES[state] if state else None,
+            remote_status=remote_status,
+            progress=progress,
+            details=details or {},
+            created_at=created_at,
+            started_at=started_at,
+            ended_at=ended_at,
+            wait=wait,
+            last_change_at=last_change_at,
+            error_since=error_since,
+            error_count=error_count,
+            last_error=last_error,
+            unreachable=bool(unreachable),
+            stalled=bool(stalled),
+            active=bool(active),
         ),
-        next_poll_at=row.next_poll_at,
-        last_poll_at=row.last_poll_at,
-        removed_at=row.removed_at,
-        version=row.version,
-        lease_owner=row.lease_owner,
+        next_poll_at=next_poll_at,
+        last_poll_at=last_poll_at,
+        removed_at=removed_at,
+        version=version,
+        lease_owner=lease_owner,
     )
 
 

@@ -6,6 +6,8 @@ on SQLite and PostgreSQL. JSON columns hold what the job APIs answered (never a 
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -17,8 +19,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
+    TypeDecorator,
 )
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData(
     naming_convention={
@@ -29,21 +32,37 @@ metadata = MetaData(
     }
 )
 
+
+class CleanText(TypeDecorator[str]):
+    """Text as PostgreSQL can store it: a NUL character, which it refuses in any text column
+    and which a job API's answer may hold, becomes U+FFFD. SQLite gets the same, so both
+    databases store the same text."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """The value to send: NULs replaced."""
+        if isinstance(value, str) and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
 watches = Table(
     "watches",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key", String(512), nullable=False, unique=True),
-    Column("source", String(128), nullable=False),
-    Column("job_id", String(256), nullable=False),
-    Column("site", String(256)),
-    Column("name", String(512)),
+    Column("key", CleanText(512), nullable=False, unique=True),
+    Column("source", CleanText(128), nullable=False),
+    Column("job_id", CleanText(256), nullable=False),
+    Column("site", CleanText(256)),
+    Column("name", CleanText(512)),
     Column("tags", JSON, nullable=False, default=list),
     # config | cli | discovered: a reload only stops the config watches it no longer lists
-    Column("origin", String(16), nullable=False),
+    Column("origin", CleanText(16), nullable=False),
     Column("overrides", JSON, nullable=False, default=dict),
-    Column("state", String(32)),
-    Column("remote_status", String(256)),
+    Column("state", CleanText(32)),
+    Column("remote_status", CleanText(256)),
     Column("progress", Float),
     Column("details", JSON, nullable=False, default=dict),
     Column("created_at", Float, nullable=False),
@@ -53,14 +72,14 @@ watches = Table(
     Column("last_change_at", Float),
     Column("error_since", Float),
     Column("error_count", Integer, nullable=False, default=0),
-    Column("last_error", Text),
+    Column("last_error", CleanText()),
     Column("unreachable", Boolean, nullable=False, default=False),
     Column("stalled", Boolean, nullable=False, default=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("removed_at", Float),
     Column("last_poll_at", Float),
     Column("next_poll_at", Float),
-    Column("lease_owner", String(128)),
+    Column("lease_owner", CleanText(128)),
     Column("lease_until", Float),
     # bumped by every write-back: a write based on an older read is refused (fencing)
     Column("version", Integer, nullable=False, default=0),
@@ -73,9 +92,9 @@ transitions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
     Column("at", Float, nullable=False),
-    Column("from_state", String(32)),
-    Column("to_state", String(32), nullable=False),
-    Column("remote_status", String(256)),
+    Column("from_state", CleanText(32)),
+    Column("to_state", CleanText(32), nullable=False),
+    Column("remote_status", CleanText(256)),
     Column("progress", Float),
 )
 Index("ix_transitions_watch", transitions.c.watch_id, transitions.c.id)
@@ -86,7 +105,7 @@ events = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
     Column("at", Float, nullable=False),
-    Column("kind", String(32), nullable=False),
+    Column("kind", CleanText(32), nullable=False),
     # a snapshot of everything a message may show, taken when the event happened
     Column("payload", JSON, nullable=False),
 )
@@ -97,15 +116,15 @@ deliveries = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("channel", String(128), nullable=False),
+    Column("channel", CleanText(128), nullable=False),
     # pending -> sent | given_up
-    Column("status", String(16), nullable=False, default="pending"),
+    Column("status", CleanText(16), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("next_attempt_at", Float, nullable=False),
     Column("sent_at", Float),
-    Column("last_error", Text),
-    Column("lease_owner", String(128)),
+    Column("last_error", CleanText()),
+    Column("lease_owner", CleanText(128)),
     Column("lease_until", Float),
 )
 Index("ix_deliveries_due", deliveries.c.status, deliveries.c.next_attempt_at)
