@@ -9,7 +9,7 @@ outages) are tested exhaustively here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from poller.models import (
     TERMINAL_STATES,
@@ -21,6 +21,7 @@ from poller.models import (
     State,
     Transition,
     WatchProgress,
+    record,
 )
 
 #: No wait, whatever Retry-After says, is longer than this: a hostile header cannot park a watch.
@@ -31,7 +32,7 @@ NOT_FOUND_AFTER = 3
 MIN_ERROR_WAIT = 1.0
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     """What one poll changes: new progress, an optional transition, events, next poll time."""
 

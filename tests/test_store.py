@@ -45,14 +45,12 @@ def spec(job: str = "j1", **kw: object) -> WatchSpec:
 
 
 def finished(watch_progress: WatchProgress) -> WatchProgress:
-    return WatchProgress(
-        **{
-            **watch_progress.__dict__,
-            "state": State.SUCCEEDED,
-            "remote_status": "complete",
-            "active": False,
-            "ended_at": T0 + 5,
-        }
+    return replace(
+        watch_progress,
+        state=State.SUCCEEDED,
+        remote_status="complete",
+        active=False,
+        ended_at=T0 + 5,
     )
 
 

@@ -40,6 +40,7 @@ from poller.models import (
     Watch,
     WatchProgress,
     WatchSpec,
+    record,
 )
 from poller.store.schema import deliveries, events, transitions, watches
 
@@ -51,7 +52,7 @@ HEAD_REVISION = "0001"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-@dataclass(frozen=True)
+@record
 class WriteBack:
     """The result of polling one claimed watch, to be written with its events in one go."""
 
@@ -415,7 +416,7 @@ class Store:
         with self._write() as conn:
             # SQLite has no UPDATE in a WITH: read, then lease, in one IMMEDIATE transaction
             found = conn.execute(_SQLITE_DUE if self.is_sqlite else _POSTGRES_CLAIM, params)
-            claimed = [_claimed_row(values) for values in json.loads(found.scalar_one())]
+            claimed = json.loads(found.scalar_one())
             if self.is_sqlite and claimed:
                 ids = json.dumps([row[0] for row in claimed])
                 conn.execute(_SQLITE_LEASE, {**params, "ids": ids})
@@ -830,10 +831,10 @@ _POSTGRES_QUIET = sa.text(
 # A claim comes back as one JSON value, one array per watch, in the order of
 # `watches.c`, because the SQLite driver gives up the GIL for every row it steps (and
 # SQLAlchemy builds a Row for each): one value is one hand-off per claim instead of hundreds.
-# JSON columns travel as their text and floats with 17 digits, so that nothing changes on the
-# way; the new lease is what the claim sets.
+# JSON columns are embedded as JSON (both databases copy a JSON value's text as it was, numbers
+# included) and floats travel with 17 digits, so that nothing changes on the way; the new
+# lease is what the claim sets.
 
-_JSON_POSITIONS = [i for i, c in enumerate(watches.c) if isinstance(c.type, sa.JSON)]
 _DUE = (
     "active = TRUE AND next_poll_at <= :due AND (lease_until IS NULL OR lease_until < :now)"
     " ORDER BY next_poll_at LIMIT :limit"
@@ -847,6 +848,8 @@ def _sqlite_value(column: sa.Column[Any]) -> str:
         # json_array() would give 15 digits; 17 give back the same double
         name = column.name
         return f"json(CASE WHEN {name} IS NULL THEN 'null' ELSE printf('%!.17g', {name}) END)"
+    if isinstance(column.type, sa.JSON):
+        return f"json({column.name})"
     return column.name
 
 
@@ -864,17 +867,9 @@ _POSTGRES_CLAIM = sa.text(
     " claimed AS (UPDATE watches SET lease_owner = :owner, lease_until = :until"
     " FROM due WHERE watches.id = due.id RETURNING watches.*)"
     " SELECT coalesce(json_agg(json_build_array("
-    + ", ".join(f"{c.name}::text" if isinstance(c.type, sa.JSON) else c.name for c in watches.c)
+    + ", ".join(f"{c.name}::json" if isinstance(c.type, sa.JSON) else c.name for c in watches.c)
     + ")), '[]')::text FROM claimed"
 )
-
-
-def _claimed_row(values: list[Any]) -> list[Any]:
-    """One watch of a claim's JSON value with its JSON columns decoded, as a row
-    `_watch_from_row` reads."""
-    for i in _JSON_POSITIONS:
-        values[i] = _json_loads(values[i])
-    return values
 
 
 def _due_time(watch: Watch) -> float:
@@ -931,18 +926,18 @@ def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
 
 def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
     queued = 0
-    for record in records:
+    for event in records:
         event_id = conn.execute(
             sa.insert(events)
             .values(
                 watch_id=watch_id,
-                at=record.at,
-                kind=record.kind.value,
-                payload=dict(record.payload),
+                at=event.at,
+                kind=event.kind.value,
+                payload=dict(event.payload),
             )
             .returning(events.c.id)
         ).scalar_one()
-        if record.channels:
+        if event.channels:
             conn.execute(
                 sa.insert(deliveries),
                 [
@@ -951,13 +946,13 @@ def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecor
                         "channel": channel,
                         "status": "pending",
                         "attempts": 0,
-                        "created_at": record.at,
-                        "next_attempt_at": record.at,
+                        "created_at": event.at,
+                        "next_attempt_at": event.at,
                     }
-                    for channel in record.channels
+                    for channel in event.channels
                 ],
             )
-            queued += len(record.channels)
+            queued += len(event.channels)
     return queued
 
 
