@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -876,8 +877,10 @@ def _due_time(watch: Watch) -> float:
     return watch.next_poll_at or 0.0
 
 
-#: what a poll that found nothing new may still change (besides the schedule): the backoff
-_QUIET_FIELDS = tuple(f.name for f in dataclasses.fields(WatchProgress) if f.name != "wait")
+#: what a quiet poll leaves as it was: every progress field but the backoff (`wait`)
+_QUIET_FIELDS = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(WatchProgress) if f.name != "wait")
+)
 
 
 def _is_quiet(row: Mapping[str, Any]) -> bool:
@@ -900,7 +903,7 @@ def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
     if (
         item.transition is None
         and not item.events
-        and all(getattr(p, name) == getattr(before, name) for name in _QUIET_FIELDS)
+        and _QUIET_FIELDS(p) == _QUIET_FIELDS(before)
     ):
         return fence | schedule
     return (
