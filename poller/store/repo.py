@@ -900,11 +900,7 @@ def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
         "lease_owner": None,
         "lease_until": None,
     }
-    if (
-        item.transition is None
-        and not item.events
-        and _QUIET_FIELDS(p) == _QUIET_FIELDS(before)
-    ):
+    if item.transition is None and not item.events and _QUIET_FIELDS(p) == _QUIET_FIELDS(before):
         return fence | schedule
     return (
         fence
