@@ -335,8 +335,7 @@ class DeliveryEngine(Engine):
             pending = await self._still_held(channel, pending)
             if not pending:
                 break
-            delivery, rest = pending[0], pending[1:]
-            pending = rest
+            delivery = pending.pop(0)
             log = self._bind(channel, delivery)
             title, body, fmt = self._message(runtime, channel, delivery)
             try:
@@ -377,8 +376,8 @@ class DeliveryEngine(Engine):
             await self.db.call(self.db.store.finish_deliveries, self.owner, [outcome], self.clock())
             self._log_failure(log, delivery, outcome)
             failures += 1
-            if rest and (failures >= FAILURES_BEFORE_PAUSE or error.retry_after is not None):
-                await self._pause(channel, rest, outcome, settings)
+            if pending and (failures >= FAILURES_BEFORE_PAUSE or error.retry_after is not None):
+                await self._pause(channel, pending, outcome, settings)
                 return False
         return failures == 0
 

@@ -329,7 +329,12 @@ class TestClaimsAndWrites:
         progress=st.floats(0, 100) | st.none(),
         text=st.text(st.characters(blacklist_characters="\x00"), max_size=40),
         detail=st.dictionaries(
-            st.text(max_size=8), st.integers() | st.text(max_size=12) | st.booleans(), max_size=3
+            st.text(max_size=8),
+            st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=12)
+            | st.booleans(),
+            max_size=3,
         ),
         tags=st.lists(st.text(min_size=1, max_size=8), max_size=3),
     )
