@@ -35,7 +35,7 @@ from typing import Any
 from poller.config import DeliveryConfig
 from poller.errors import NotifyError
 from poller.models import Delivery, DeliveryOutcome
-from poller.notify import Format, one_line, render, render_digest
+from poller.notify import Format, one_line, render_digest_safely, render_safely
 from poller.service import Engine, Runtime, run_loop
 from poller.states import delivery_wait
 
@@ -278,11 +278,18 @@ class DeliveryEngine(Engine):
                 send_in=round(until - self.clock(), 1),
             )
 
-    def _message(
+    async def _message(
         self, runtime: Runtime, channel: str, delivery: Delivery
     ) -> tuple[str, str, Format]:
-        """Title, body and format of one delivery: its template's, else poller's own."""
+        """Title, body and format of one delivery: its template's, else poller's own, else a
+        minimal text naming the job and the event. Never raises: nothing an API sends may stop
+        a message.
+
+        A template runs on a worker thread under its time and size limits
+        (`notify.MessageTemplate.render`), so a slow one cannot stall polling or a stop.
+        """
         payload = delivery.payload
+        log = self._bind(channel, delivery)
         template_for = getattr(runtime.config, "template_for", None)
         if template_for is not None:
             tags = payload.get("tags")
@@ -294,20 +301,22 @@ class DeliveryEngine(Engine):
             )
             if template is not None:
                 try:
-                    title, body = template.compiled().render(delivery.kind, payload)
+                    title, body = await asyncio.to_thread(
+                        lambda: template.compiled().render(delivery.kind, payload)
+                    )
                     fmt: Format = template.format
                     return title, body, fmt
                 except Exception as exc:
                     # a template that breaks on odd data must not cost the message
-                    if self.log:
-                        self.log.warning(
+                    if log:
+                        log.warning(
                             "template failed; sending poller's own message",
-                            channel=channel,
-                            watch=payload.get("key"),
                             error=f"{type(exc).__name__}: {one_line(str(exc), 200)}",
                         )
         fmt = runtime.notifier.format_for(channel)
-        title, body = render(delivery.kind, payload, fmt)
+        (title, body), error = render_safely(delivery.kind, payload, fmt)
+        if error is not None and log:
+            log.warning("message could not be written; sending a minimal one", error=error)
         return title, body, fmt
 
     async def _send_each(
@@ -337,8 +346,9 @@ class DeliveryEngine(Engine):
                 break
             delivery = pending.pop(0)
             log = self._bind(channel, delivery)
-            title, body, fmt = self._message(runtime, channel, delivery)
             try:
+                # inside the try: whatever goes wrong, the attempt is counted and backs off
+                title, body, fmt = await self._message(runtime, channel, delivery)
                 answer = await runtime.notifier.send(
                     channel,
                     title,
@@ -393,9 +403,15 @@ class DeliveryEngine(Engine):
         if not claimed:
             return True
         fmt = runtime.notifier.format_for(channel)
-        title, body, severity = render_digest(
+        (title, body, severity), problem = render_digest_safely(
             [(d.kind, d.payload) for d in claimed], fmt, settings.digest.max_jobs
         )
+        if problem is not None and self.log:
+            self.log.warning(
+                "digest could not be written; sending a minimal one",
+                channel=channel,
+                error=problem,
+            )
         try:
             answer = await runtime.notifier.send(
                 channel,

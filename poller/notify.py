@@ -170,15 +170,28 @@ def _fenced(lines: Iterable[str]) -> str:
 # --- what an event says --------------------------------------------------------------------
 
 
+#: The largest count a message shows; a bigger "row count" from an API is not a real one and is
+#: left out (a 400-digit integer cannot even be turned into a float).
+MAX_COUNT = 10**15
+
+
 def _number(value: Any) -> float | None:
+    """A finite float from a JSON number, or None: never raises, whatever the API sent."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too big for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _count(value: Any) -> int | None:
+    """A whole count from 0 to `MAX_COUNT`, or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value <= MAX_COUNT else None
     number = _number(value)
-    return int(number) if number is not None and number >= 0 else None
+    return int(number) if number is not None and 0 <= number <= MAX_COUNT else None
 
 
 def _when(ts: float | None) -> str:
@@ -190,8 +203,14 @@ def _when(ts: float | None) -> str:
         return ""
 
 
+#: The longest span a message spells out (100 years); a longer one comes from bad data.
+MAX_SPAN = 100 * 365 * 86400
+
+
 def format_duration(seconds: float) -> str:
-    """``1d 2h 3m``, ``5m 3s``, ``40s``: a span for people."""
+    """``1d 2h 3m``, ``5m 3s``, ``40s``: a span for people (never raises)."""
+    if not (seconds <= MAX_SPAN):  # also NaN
+        return "over 100 years"
     total = int(max(0.0, seconds))
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
@@ -221,8 +240,8 @@ def _output_text(output: Any) -> str | None:
     else:
         try:
             text = json.dumps(output, ensure_ascii=False, sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            text = str(output)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(type(output))
     return clean(text, MAX_OUTPUT) if text else None
 
 
@@ -240,7 +259,7 @@ def _failed_rows(details: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]
         number = row.get("row")
         shown.append(
             {
-                "row": number if isinstance(number, int | str) else None,
+                "row": one_line(number, 40) if isinstance(number, str) else _count(number),
                 "message": one_line(row.get("message") or "", 200),
             }
         )
@@ -414,6 +433,43 @@ def render(kind: Event, payload: Mapping[str, Any], fmt: Format = "text") -> tup
     return _title(kind, facts), _cut("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
 
 
+def minimal_message(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
+    """A title and body that name only the job and the event, for when even poller's own text
+    cannot be written from the event's data. Never raises."""
+    try:
+        key = payload.get("key")
+        name = payload.get("name")
+        label = one_line(key if isinstance(key, str) else "?", 300)
+        shown = name if isinstance(name, str) else label
+        title = one_line(f"{MARKERS[kind]} {shown} {VERBS[kind]}", MAX_TITLE)
+        body = f"Job: {label}\nEvent: {kind.value}\n(the job's details could not be shown)"
+        return title, body
+    except Exception:  # a payload that is not even a mapping
+        return f"{kind.value}", f"Event: {kind.value}\n(the job's details could not be shown)"
+
+
+def render_safely(
+    kind: Event, payload: Mapping[str, Any], fmt: Format = "text"
+) -> tuple[tuple[str, str], str | None]:
+    """poller's own message, else `minimal_message`; and why the own one failed (or None).
+
+    Nothing an API sends may stop a message: a value that breaks the full text costs only
+    that text.
+    """
+    try:
+        return render(kind, payload, fmt), None
+    except Exception as exc:
+        return minimal_message(kind, payload), _describe(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one short line, for a log."""
+    try:
+        return f"{type(exc).__name__}: {one_line(str(exc), 200)}"
+    except Exception:
+        return type(exc).__name__
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -474,6 +530,23 @@ def render_digest(
         what = ", ".join(f"{n} {GROUPS[k].lower()}" for k, n in unlisted.items())
         lines.append(f"… and {more} more not listed here ({what}); see `poller history`.")
     return one_line(title, MAX_TITLE), "\n".join(lines).strip(), severity
+
+
+def render_digest_safely(
+    items: Sequence[tuple[Event, Mapping[str, Any]]], fmt: Format = "text", max_jobs: int = 200
+) -> tuple[tuple[str, str, str], str | None]:
+    """`render_digest`, else one line per event from `minimal_message`; and why (or None)."""
+    try:
+        return render_digest(items, fmt, max_jobs), None
+    except Exception as exc:
+        kinds = [kind for kind in GROUPS if any(k is kind for k, _ in items)]
+        worst = kinds[0] if kinds else Event.FAILED
+        lines = [minimal_message(kind, payload)[0] for kind, payload in items[:max_jobs]]
+        if len(items) > max_jobs:
+            lines.append(f"… and {len(items) - max_jobs} more; see `poller history`.")
+        title = f"{MARKERS[worst]} {len(items)} job events"
+        body = _cut("\n".join(lines), MAX_BODY)
+        return (title, body, EVENT_SEVERITY[worst]), _describe(exc)
 
 
 def _digest_line(kind: Event, facts: Mapping[str, Any]) -> str:
