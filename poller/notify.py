@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import importlib
 import json
 import logging
 import math
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -609,8 +611,18 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "body": "poller's default body, in the template's format",
 }
 
-#: What an over-eager template may produce before it is cut.
+#: The most a template may write; more is a runaway loop, and the render is stopped.
 _MAX_RENDERED = 100_000
+#: How long one render of a template may run (a real one takes about a millisecond).
+TEMPLATE_TIME_LIMIT = 1.0
+#: How much memory one render may take beyond what the process had used before it.
+_MAX_RENDER_MEMORY = 256 * 1024 * 1024
+#: The largest whole number a template may pass to a filter, function or method: widths and
+#: counts above it (``center(2000000000)``) would allocate gigabytes in one C call.
+_MAX_ARGUMENT = _MAX_RENDERED
+#: A printf or format() width or precision of six digits or more, or one taken from the
+#: arguments (``*``): a gigabyte of padding in one C call.
+_WIDE_FORMAT = re.compile(r"%[^a-zA-Z%]*(\*|\d{6,})|\{[^{}]*:[^{}]*\d{6,}")
 
 
 class TemplateProblem(ValueError):
@@ -622,10 +634,45 @@ class TemplateProblem(ValueError):
         self.line = line
 
 
-class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox that also refuses to build huge strings or numbers."""
+class TemplateLimit(jinja2.exceptions.SecurityError):
+    """A template exceeded its time, output or memory limit, or asked for a huge value."""
 
-    intercepted_binops = frozenset(["*", "**"])
+
+def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_ARGUMENT:
+            raise TemplateLimit(f"argument too large ({_MAX_ARGUMENT} at most)")
+        if isinstance(value, str) and _WIDE_FORMAT.search(value):
+            raise TemplateLimit("format width too large")
+
+
+def _limited_filter(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` (a Jinja filter) refusing huge arguments; the filtered value itself is free."""
+
+    @functools.wraps(func)  # keeps Jinja's pass_context/pass_environment marks
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        skip = 2 if getattr(func, "jinja_pass_arg", None) is not None else 1
+        if func.__name__ == "do_format":  # the filtered value is the format string
+            _check_arguments(args[skip - 1 : skip], {})
+        _check_arguments(args[skip:], kwargs)
+        return func(*args, **kwargs)
+
+    return limited
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox that also refuses to build huge strings or numbers.
+
+    Every filter, function and method call is checked for huge whole-number arguments and wide
+    format strings, repetition and powers are capped, and `render_limited` bounds the time,
+    output and memory of a whole render.
+    """
+
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: _limited_filter(f) for name, f in self.filters.items()}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
@@ -634,7 +681,89 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             for a, b in ((left, right), (right, left)):
                 if isinstance(a, str | list | tuple) and isinstance(b, int) and len(a) * b > 10_000:
                     raise jinja2.exceptions.SecurityError("repetition too large")
+        if operator == "%" and isinstance(left, str):
+            _check_arguments((left,), {})
         return super().call_binop(context, operator, left, right)
+
+    def call(
+        __self,
+        __context: Any,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        _check_arguments(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # what ``"...".format`` and ``format_map`` become in the sandbox: check the string too
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_arguments((value.__self__,), {})
+        return wrapped
+
+
+def render_limited(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+    """Render `template` within `TEMPLATE_TIME_LIMIT`, `_MAX_RENDERED` characters and
+    `_MAX_RENDER_MEMORY`; raises `TemplateLimit` (from inside the template, so that its
+    traceback names the template's line) when one is exceeded.
+
+    The time and memory are checked on every line the render runs (a trace function on this
+    thread only): a loop that writes nothing is stopped too. Run it on a worker thread where a
+    second of CPU must not stall anything else.
+    """
+    deadline = time.monotonic() + TEMPLATE_TIME_LIMIT
+    memory_limit = _max_rss() + _MAX_RENDER_MEMORY
+    state = {"lines": 0}
+
+    def on_line(frame: Any, event: str, arg: Any) -> Any:
+        state["lines"] += 1
+        if time.monotonic() > deadline:
+            raise TemplateLimit(f"took longer than {TEMPLATE_TIME_LIMIT:g}s")
+        if state["lines"] % 64 == 0 and _max_rss() > memory_limit:
+            raise TemplateLimit(f"used more than {_MAX_RENDER_MEMORY // 2**20} MB")
+        return on_line
+
+    previous = sys.gettrace()
+    sys.settrace(on_line)
+    try:
+        parts: list[str] = []
+        size = 0
+        chunks = template.generate(variables)
+        for chunk in chunks:
+            size += len(chunk)
+            if size > _MAX_RENDERED:
+                problem = TemplateLimit(f"wrote more than {_MAX_RENDERED} characters")
+                problem.lineno = _suspended_line(template, chunks)  # type: ignore[attr-defined]
+                raise problem
+            parts.append(chunk)
+    finally:
+        sys.settrace(previous)
+    return "".join(parts)
+
+
+def _suspended_line(template: jinja2.Template, chunks: Any) -> int | None:
+    """The template line a suspended render is at (where it wrote its last output)."""
+    line = None
+    try:
+        while chunks is not None:
+            frame = getattr(chunks, "gi_frame", None)
+            if frame is not None and frame.f_code.co_filename == "<template>":
+                line = template.get_corresponding_lineno(frame.f_lineno)
+            chunks = getattr(chunks, "gi_yieldfrom", None)
+    except Exception:  # only a better message is lost
+        return line
+    return line
+
+
+def _max_rss() -> int:
+    """The process's peak resident memory in bytes (0 where it cannot be read)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (ImportError, OSError):  # pragma: no cover - not Linux
+        return 0
 
 
 def _finalize(value: Any) -> Any:
@@ -684,9 +813,9 @@ class MessageTemplate:
         title, body = variables["title"], variables["body"]
         if self.title is not None:
             # one line, whatever the template does: a title may become a mail Subject header
-            title = one_line(self.title.render(variables)[:_MAX_RENDERED], MAX_TITLE)
+            title = one_line(render_limited(self.title, variables), MAX_TITLE)
         if self.body is not None:
-            body = _cut(self.body.render(variables)[:_MAX_RENDERED].strip(), MAX_BODY)
+            body = _cut(render_limited(self.body, variables).strip(), MAX_BODY)
         return title or one_line(f"{MARKERS[kind]} {variables['name']}", MAX_TITLE), body
 
 
@@ -736,7 +865,7 @@ SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, Any]], ...] = (
 
 def _template_line(exc: BaseException) -> int | None:
     """The template line a render error happened on, from Jinja's rewritten traceback."""
-    line = None
+    line = getattr(exc, "lineno", None)
     for frame in traceback.extract_tb(exc.__traceback__):
         if frame.filename == "<template>":
             line = frame.lineno
@@ -788,13 +917,18 @@ def compile_template(title: str | None, body: str | None, fmt: Format = "text") 
             if part is None:
                 continue
             try:
-                part.render(variables)
+                render_limited(part, variables)
             except Exception as exc:
                 message = exc.message if isinstance(exc, jinja2.TemplateError) else str(exc)
+                hint = (
+                    "templates must stay small and quick"
+                    if isinstance(exc, TemplateLimit | MemoryError | RecursionError)
+                    else "events carry only what their source gave: guard optional values "
+                    "with {% if %}"
+                )
                 raise TemplateProblem(
                     f"{what} template fails on a sample {kind.value} event: "
-                    f"{type(exc).__name__}: {one_line(message or '', 200)} (events carry "
-                    "only what their source gave: guard optional values with {% if %})",
+                    f"{type(exc).__name__}: {one_line(message or '', 200)} ({hint})",
                     _template_line(exc),
                 ) from None
     return template

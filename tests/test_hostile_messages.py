@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from delivery_world import DeliveryWorld
+from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
 from world import eventually
 
 from poller.sim import JsonJobSim, RulerSim, SimThread, WebhookSink
 
 WH_TOKEN = "wh-token-" + "5a17c0de"
+
+__all__ = ["dworld"]  # the fixture, imported for pytest
 
 
 @pytest.fixture
@@ -94,3 +99,82 @@ class TestNumbersThatCannotBeFormatted:
         rows = w.query("SELECT status, attempts FROM deliveries ORDER BY id")
         assert rows == [("sent", 1), ("sent", 1)]
         assert not [e for e in w.logs() if e.get("event") == "delivery failed"]
+
+
+#: Passes the load-time check (the sample event has 1,000 rows: 10 x 10 turns) but never ends
+#: on a job of ten million rows (100,000 x 100,000 turns).
+SLOW_BODY = (
+    "{% if counts.total %}{% for i in range(counts.total // 100) %}"
+    "{% for j in range(counts.total // 100) %}{% endfor %}{% endfor %}{% endif %}{{ name }}"
+)
+
+
+class TestTemplateLimits:
+    """Item 4: templates are bounded in time and size, at load time and at send time."""
+
+    def test_check_reports_runaway_templates_with_their_line(self, tmp_path: Path) -> None:
+        """A gigantic padding and a loop that never ends are config errors with file:line,
+        found within the time limit, without a traceback."""
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "database: sqlite:///" + str(tmp_path / "p.db") + "\n"
+            "channels:\n  hook: json://127.0.0.1:9/hook\n"
+            "rules:\n"
+            "  - on: [failed]\n    notify: [hook]\n"
+            "    template:\n      body: |\n        {{ name }}\n"
+            '        {{ "x"|center(2000000000) }}\n'
+            "  - on: [succeeded]\n    notify: [hook]\n"
+            "    template:\n      body: |\n        {{ name }}\n\n"
+            "        {% for i in range(100000) %}{% for j in range(100000) %}"
+            "{% endfor %}{% endfor %}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "poller", "check", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+        assert "config.yaml:10: rules[0].template.body:" in result.stderr
+        assert "argument too large" in result.stderr
+        assert "config.yaml:17: rules[1].template.body:" in result.stderr
+        assert "took longer than" in result.stderr
+
+    def test_a_template_that_never_ends_costs_only_its_own_text(
+        self, dworld: DeliveryWorld
+    ) -> None:
+        """At send time the runaway template falls back to poller's own text while polling
+        goes on; a reload to a runaway template is refused; SIGTERM still stops the daemon."""
+        w = dworld
+        w.ruler.add_job(SITE, "huge", status="processing", total_rows=10_000_000)
+        w.ruler.add_job(SITE, "other", status="processing", total_rows=10)
+        rules = (
+            "  - on: [failed]\n    notify: [hook]\n"
+            f"    template: {{body: {json.dumps(SLOW_BODY)}}}\n"
+            "  - on: [succeeded]\n    notify: [hook]\n"
+        )
+        jobs = job_yaml("huge", "Huge import") + job_yaml("other", "Other import")
+        w.write_config(jobs, rules=rules, delivery="  digest: {enabled: false}\n")
+        daemon = w.start()
+        w.ruler.set_job(SITE, "huge", status="failed", failure_reason="disk full")
+        (message,) = eventually(lambda: w.messages(), what="the failed message")
+        assert message["title"] == "❌ Huge import failed: disk full"
+        assert "Reason: disk full" in message["message"]
+        # polling went on meanwhile
+        w.ruler.set_job(SITE, "other", status="complete")
+        eventually(lambda: len(w.messages()) == 2, what="the other job's message")
+        assert [e for e in w.logs() if e.get("event", "").startswith("template failed")]
+        # a reload to a template that fails its limits on the sample events is refused
+        w.write_config(
+            jobs,
+            rules="  - on: [failed]\n    notify: [hook]\n    template:\n      body: |\n"
+            "        {% for i in range(100000) %}{% for j in range(100000) %}"
+            "{% endfor %}{% endfor %}\n",
+        )
+        daemon.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: [e for e in w.logs() if e.get("event", "").startswith("reload refused")],
+            what="the refusal",
+        )
+        assert w.stop(daemon) == 0
