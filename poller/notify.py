@@ -105,7 +105,11 @@ MAX_DIGEST_LINE = 200
 #: A digest of this many events or fewer shows each in full.
 DETAILED_DIGEST = 3
 
-_MENTION = re.compile(r"<!(channel|here|everyone)[^>]*>|@(channel|here|everyone)\b", re.I)
+#: Mentions that page people: Slack's ``<!here>``, Slack and Discord user and role mentions
+#: (``<@U123>``, ``<@!123>``, ``<@&123>``), and ``@here``, ``@everyone``, Matrix's ``@room``.
+_MENTION = re.compile(
+    r"<!(channel|here|everyone)[^>]*>|<@[!&]?[\w.-]+>|@(channel|here|everyone|room)\b", re.I
+)
 #: Markdown that could make a link, an image, raw HTML or forge an escape.
 _MARKDOWN_ACTIVE = re.compile(r"([\\<\[\]])")
 
@@ -138,8 +142,8 @@ def route(
 def clean(text: Any, limit: int = MAX_FIELD) -> str:
     """Text from a remote API or a user made safe for any channel.
 
-    Mass mentions are defused (Slack, Discord, Teams): a zero-width space keeps them readable
-    but inert. Long text is cut with a marker. Line breaks are kept: callers that need one line
+    Mass, user and role mentions are defused (Slack, Discord, Teams, Matrix): a zero-width
+    space keeps them readable but inert. Long text is cut with a marker. Line breaks are kept: callers that need one line
     use `one_line`.
     """
     value = text if isinstance(text, str) else str(text)

@@ -178,3 +178,68 @@ class TestTemplateLimits:
             what="the refusal",
         )
         assert w.stop(daemon) == 0
+
+
+#: Mentions that page people on Discord (role, user, nickname) and Matrix (the whole room).
+MENTIONS = ("<@&123456>", "<@987654>", "<@!55555>", "@room")
+
+
+def raw_mentions(text: str) -> list[str]:
+    """The mentions of `MENTIONS` that `text` holds live (not defused)."""
+    return [m for m in MENTIONS if m in text]
+
+
+class TestMentions:
+    """Item 19: Discord role and user mentions and Matrix @room are defused like @here."""
+
+    def test_mentions_from_names_and_reasons_are_defused_everywhere(
+        self, dworld: DeliveryWorld
+    ) -> None:
+        """Names (from the config) and reasons and rows (from the API) in titles, bodies and
+        digests: each mention arrives with a zero-width space in it."""
+        w = dworld
+        jobs = ""
+        for n in range(5):
+            rows = [{"rowNumber": 1, "errorMessage": f"row says {MENTIONS[n % 4]}"}]
+            w.ruler.add_job(SITE, f"m{n}", status="processing", total_rows=10, failures=rows)
+            jobs += job_yaml(f"m{n}", f"Deploy {MENTIONS[n % 4]} {n}")
+        w.write_config(
+            jobs,
+            rules="  - on: [failed, partial]\n    notify: [hook]\n",
+            delivery="  digest: {threshold: 2, wait: 200ms, window: 1s}\n",
+        )
+        w.start()
+        eventually(
+            lambda: all(s["state"] == "running" for s in w.status()["watches"]), what="running"
+        )
+        w.ruler.set_job(SITE, "m0", status="failed", failure_reason="broke: <@&123456> @room")
+        eventually(lambda: w.messages(), what="the first message")
+        for n in range(1, 5):
+            w.ruler.set_job(
+                SITE, f"m{n}", status="partialcomplete", failure_count=1, failure_reason="x"
+            )
+        eventually(
+            lambda: all(f"m{n}" in "".join(str(m) for m in w.messages()) for n in range(5)),
+            what="every job named",
+        )
+        said = "\n".join(f"{m['title']}\n{m['message']}" for m in w.messages())
+        assert raw_mentions(said) == []
+        assert "<@\u200b&123456>" in said and "@\u200broom" in said
+        assert "<@\u200b987654>" in said and "<@\u200b!55555>" in said
+
+    def test_digests_and_template_values_defuse_them(self) -> None:
+        """A digest's one-line-per-job list and a template's variables."""
+        from poller.models import Event
+        from poller.notify import compile_template, render_digest
+
+        items = [
+            (Event.FAILED, {"key": f"r/s/{n}", "name": f"Job {m}", "details": {}})
+            for n, m in enumerate(MENTIONS * 2)
+        ]
+        for fmt in ("text", "markdown"):
+            title, body, _ = render_digest(items, fmt)  # type: ignore[arg-type]
+            assert raw_mentions(title + body) == [] and body.count("\u200b") >= 8
+        template = compile_template("{{ name }}", "{{ reason }} {{ job_name }}")
+        payload = {"key": "r/s/j", "name": "<@&1> @room", "details": {"failure_reason": "<@2>"}}
+        title, body = template.render(Event.FAILED, payload)
+        assert "<@&1>" not in title and "@room" not in title and "<@2>" not in body
