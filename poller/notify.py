@@ -143,8 +143,8 @@ def clean(text: Any, limit: int = MAX_FIELD) -> str:
     """Text from a remote API or a user made safe for any channel.
 
     Mass, user and role mentions are defused (Slack, Discord, Teams, Matrix): a zero-width
-    space keeps them readable but inert. Long text is cut with a marker. Line breaks are kept: callers that need one line
-    use `one_line`.
+    space keeps them readable but inert. Long text is cut with a marker. Line breaks are kept:
+    callers that need one line use `one_line`.
     """
     value = text if isinstance(text, str) else str(text)
     value = _MENTION.sub(
