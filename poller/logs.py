@@ -14,6 +14,8 @@ from typing import Any, Literal
 import structlog
 import structlog.tracebacks
 
+from poller.redact import scrub_logged
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -52,16 +54,23 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
-    )
+    handler.setFormatter(_ScrubbingFormatter(foreign_pre_chain=shared, processors=final))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
     # Third-party chatter stays out unless it is a problem; their debug lines can carry URLs.
-    for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal"):
+    # urllib3 (under Apprise's requests) logs each request's path, a webhook's token included.
+    for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("apprise").setLevel(logging.ERROR)
+
+
+class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Every line, of any logger at any level, with the known secrets masked
+    (`redact.register_logged`): a library may log a URL or an answer that holds one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_logged(super().format(record))
 
 
 def get_logger(name: str = "poller") -> Any:

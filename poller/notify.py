@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote
 
 import apprise
 import jinja2
@@ -44,6 +45,7 @@ import jinja2.meta
 import jinja2.nodes
 import jinja2.sandbox
 
+from poller import redact
 from poller.errors import NotifyError
 from poller.models import EVENT_SEVERITY, Event
 
@@ -993,10 +995,53 @@ def _capture_apprise_warnings() -> None:
         logger.addHandler(logging.NullHandler())
 
 
+#: A path segment shown as it is: a plain word (``hooks``, ``services``) or an API version.
+#: Anything else (tokens, ids, Apprise's half-masked ``m...f``) is masked.
+_PUBLIC_SEGMENT = re.compile(r"[a-z]{1,12}|v\d{1,2}")
+#: A query value shown as it is: Apprise's own settings (``format=text``, ``retry=0``)...
+_PUBLIC_VALUE = re.compile(r"[\w.]{0,12}")
+#: ... unless the key says it holds a credential. Keys starting with ``+`` (headers), ``-``
+#: (query parameters) or ``:`` (payload fields) are masked whatever their value.
+_SECRET_KEY = re.compile(r"^[-+:]|token|key|secret|pass|pwd|auth|sig|code|hook|cred", re.I)
+
+
+def mask_url(url: str) -> str:
+    """An Apprise privacy URL masked further: every path segment that is not a plain word and
+    every query value that may be a credential become ``***``.
+
+    Apprise's privacy URLs hide passwords and some tokens, but not a token in a ``json://``
+    path or in a ``+Authorization`` header or a ``-token`` parameter.
+    """
+    head, _, query = url.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if not sep:
+        return "***"
+    authority, slash, path = rest.partition("/")
+    segments = [s if not s or _PUBLIC_SEGMENT.fullmatch(s) else "***" for s in path.split("/")]
+    masked = f"{scheme}://{authority}{slash}{'/'.join(segments)}"
+    if not query:
+        return masked
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, value = pair.partition("=")
+        decoded = unquote(key)
+        public = not _SECRET_KEY.search(decoded) and _PUBLIC_VALUE.fullmatch(unquote(value))
+        pairs.append(f"{key}{eq}{value if public else '***'}")
+    return f"{masked}?{'&'.join(pairs)}"
+
+
 def _secret_parts(url: str, masked: str) -> list[str]:
-    """The pieces of a channel URL that its masked form hides (tokens, passwords...)."""
-    parts = {p for p in re.split(r"[/:@?&=#,+]", url) if len(p) >= 4 and p not in masked}
-    return sorted(parts, key=len, reverse=True)
+    """The pieces of a channel URL that its masked form hides (tokens, passwords...), and
+    their decoded and URL-encoded forms."""
+    found: set[str] = set()
+    # the scheme and the query's keys name things; they hold nothing secret
+    named = {url.partition("://")[0]}
+    named.update(pair.partition("=")[0] for pair in unquote(url.partition("?")[2]).split("&"))
+    for text in (url, unquote(url)):
+        for part in re.split(r"[/:@?&=#,+\s]", text):
+            if len(part) >= 4 and part not in masked and part.lstrip("+-:") not in named:
+                found.update(redact.pieces(part))
+    return sorted((p for p in found if p not in masked), key=len, reverse=True)
 
 
 class Notifier:
@@ -1015,6 +1060,8 @@ class Notifier:
             self._channels[name] = obj
             masked = " ".join(self.describe(name))
             self._secrets[name] = _secret_parts(url, masked)
+            # also out of every log line: urllib3 logs the paths Apprise posts to
+            redact.register_logged(self._secrets[name])
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -1024,7 +1071,7 @@ class Notifier:
     def describe(self, channel: str) -> list[str]:
         """The channel's service URLs with secrets masked."""
         return [
-            str(service.url(privacy=True))  # type: ignore[no-untyped-call]
+            mask_url(str(service.url(privacy=True)))  # type: ignore[no-untyped-call]
             for service in self._channels[channel]
         ]
 
@@ -1126,7 +1173,7 @@ def _answer(result: Any, answers: Sequence[tuple[int, str | None]]) -> str:
     for outcome in getattr(result, "results", ()):
         status = outcome.status.name.lower()
         # the query string holds Apprise's defaults (method, overflow...): noise in an answer
-        line = f"{str(outcome.url).split('?', 1)[0]} {status}"
+        line = f"{mask_url(str(outcome.url).split('?', 1)[0])} {status}"
         if not outcome:
             messages = [
                 entry.message for entry in outcome.logs() if entry.level in ("WARNING", "ERROR")

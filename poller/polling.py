@@ -15,6 +15,7 @@ from typing import Any
 
 from poller.models import Event, EventRecord, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
+from poller.redact import scrub_outcome, secrets_of
 from poller.service import Engine, Runtime, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
@@ -79,6 +80,8 @@ class PollEngine(Engine):
         self._flusher: asyncio.Task[None] | None = None
         self._policies: dict[tuple[str, tuple[tuple[str, float], ...]], Policy] = {}
         self._policies_of: Any = None
+        self._source_secrets: dict[str, list[str]] = {}
+        self._secrets_of: Any = None
 
     # -- dispatching ----------------------------------------------------------------
 
@@ -169,12 +172,27 @@ class PollEngine(Engine):
             failure = PollFailure("config", why, transient=False)
             return {w.key: failure for w in watches}
         try:
-            return await source.poll([w.ref for w in watches])
+            outcomes = await source.poll([w.ref for w in watches])
+            # an API may echo the token it was sent (in an error, a reason): never store it
+            secrets = self._secrets(runtime, source_name)
+            if not secrets:
+                return outcomes
+            return {key: scrub_outcome(outcome, secrets) for key, outcome in outcomes.items()}
         except Exception as exc:  # an adapter bug costs these watches one poll, not the daemon
             if self.log:
                 self.log.exception("adapter crashed", source=source_name)
             failure = PollFailure("internal", f"{type(exc).__name__} in the {source_name} adapter")
             return {w.key: failure for w in watches}
+
+    def _secrets(self, runtime: Runtime, source_name: str) -> list[str]:
+        """The source's tokens and header values (`redact.secrets_of`), until the next reload."""
+        if self._secrets_of is not runtime.config:
+            self._source_secrets, self._secrets_of = {}, runtime.config
+        found = self._source_secrets.get(source_name)
+        if found is None:
+            found = secrets_of(runtime.config.sources.get(source_name))
+            self._source_secrets[source_name] = found
+        return found
 
     def _policy(self, runtime: Runtime, watch: Watch) -> Policy:
         """`Config.policy_for`, remembered per source and overrides until the next reload."""

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poller.errors import PollerError
 from poller.models import Event, JobRef, PollFailure, State, WatchProgress, WatchSpec
+from poller.redact import scrub_outcome, secrets_of
 from poller.sources import build_source
 from poller.states import decide
 
@@ -27,6 +28,8 @@ async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
     if adapter is None:
         raise PollerError(f"source {spec.source} cannot be polled by this version yet")
     policy = config.policy_for(spec.source)
+    # an API may echo the token it was sent: it is never printed
+    secrets = secrets_of(config.sources[spec.source])
     job = JobRef(spec.key, spec.source, spec.job_id, spec.site)
     ref = spec.key
     watch = WatchProgress(created_at=time.time())
@@ -43,6 +46,7 @@ async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
                 outcome = (await adapter.poll([job])).get(ref) or PollFailure(
                     "bad_answer", "no answer for this job"
                 )
+                outcome = scrub_outcome(outcome, secrets)
                 now = time.time()
                 decision = decide(watch, outcome, policy, now, random.random())
                 watch = decision.progress

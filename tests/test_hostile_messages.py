@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_secrets
 from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
 from world import eventually
 
@@ -243,3 +244,71 @@ class TestMentions:
         payload = {"key": "r/s/j", "name": "<@&1> @room", "details": {"failure_reason": "<@2>"}}
         title, body = template.render(Event.FAILED, payload)
         assert "<@&1>" not in title and "@room" not in title and "<@2>" not in body
+
+
+class TestChannelSecrets:
+    """Item 11: no secret part of a channel URL, and no source token an API echoes, appears
+    in any log line (at debug level), any command's output or the database."""
+
+    def test_path_query_header_and_password_secrets_never_show(self, dworld: DeliveryWorld) -> None:
+        """A json:// channel with a token in its path, a header and a query parameter, a
+        Mattermost channel (its token in the path it posts to) and a refused channel with a
+        password, all on loopback; the Ruler API echoes its token in a failure reason."""
+        w = dworld
+        host = f"127.0.0.1:{w.sink.port}"
+        path_tok, header_tok, query_tok = (
+            "pathtok" + os.urandom(6).hex(),
+            "hdr" + os.urandom(6).hex(),
+            "qry" + os.urandom(6).hex(),
+        )
+        mm_tok, password = "mm" + os.urandom(12).hex(), "pw" + os.urandom(6).hex()
+        planted = [path_tok, header_tok, query_tok, mm_tok, password, w.ruler.token]
+        channels = (
+            f"  hook: 'json://{host}/hook/{path_tok}?+Authorization=Bearer%20{header_tok}"
+            f"&-token={query_tok}'\n"
+            f"  mm: 'mmost://{host}/{mm_tok}?format=text'\n"
+            f"  dead: 'json://ops:{password}@127.0.0.1:9/nothing'\n"
+        )
+        w.ruler.add_job(SITE, "echo", status="processing")
+        w.write_config(
+            job_yaml("echo", "Echoing job"),
+            channels=channels,
+            rules="  - on: [started, failed]\n    notify: [hook, mm, dead]\n",
+            delivery="  digest: {enabled: false}\n  retry_initial: 200ms\n",
+        )
+        outputs = [w.cli("check").stdout]
+        daemon = w.start()
+        eventually(lambda: w.messages(), what="the started message")
+        w.ruler.set_job(
+            SITE, "echo", status="failed", failure_reason=f"token {w.ruler.token} is not allowed"
+        )
+        eventually(
+            lambda: any("Echoing job failed" in str(m["title"]) for m in w.messages()),
+            what="the failed message",
+        )
+        eventually(
+            lambda: [e for e in w.logs() if e.get("event") == "delivery failed"],
+            what="the dead channel's failures",
+        )
+        for args in (
+            ("notify-test",),
+            ("status",),
+            ("status", "--json"),
+            ("history", "ruler-prod/s1/echo"),
+            ("history", "ruler-prod/s1/echo", "--json"),
+        ):
+            result = w.cli(*args, check=False)
+            outputs += [result.stdout, result.stderr]
+        assert w.stop(daemon) == 0
+        # the channels were reached (the tokens were used), and the scanner finds them
+        assert any(path_tok in m["path"] for m in w.messages())
+        assert any(mm_tok in m["path"] for m in w.messages())
+        assert sorted(test_secrets.leaks(w.config.read_text(), planted)) == sorted(planted[:5])
+        log = w.log.read_bytes()
+        assert b'"urllib3' in log or b"POST /" in log or b"delivered" in log
+        assert test_secrets.leaks(log, planted) == []
+        for text in outputs:
+            assert test_secrets.leaks(text, planted) == [], text
+        for path in w.tmp.glob("poller.db*"):
+            assert test_secrets.leaks(path.read_bytes(), planted) == [], path
+        assert "token *** is not allowed" in json.dumps(w.status())

@@ -75,5 +75,9 @@ SOURCES: Mapping[str, SourceFactory] = {
 
 def build_source(config: Any, resolver: AbstractResolver | None = None) -> Source | None:
     """The adapter for one configured source, or None if its type cannot be polled yet."""
+    from poller.redact import register_logged, secrets_of
+
+    # its token and header values stay out of every log line, whatever library logs them
+    register_logged(secrets_of(config))
     factory = SOURCES.get(config.type)
     return factory(config, resolver) if factory else None

@@ -1,0 +1,126 @@
+"""Secrets kept out of logs, command output and the database, wherever a text may echo them.
+
+Channel URLs and source tokens and headers are held as secrets, but the outside world can still
+hand them back: an HTTP library logs the path of a webhook it posts to, and a job API may echo
+the token it refused in its answer. Each secret is known here by its pieces (a header's token
+without its ``Bearer``, a URL's path segments, their URL-encoded forms), and texts are scrubbed
+of them: poll outcomes before they are stored, and every log line before it is written
+(`logs.configure` installs `scrub_logged`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from pydantic import BaseModel, SecretStr
+
+from poller.models import PollFailure, PollOutcome, PollResult
+
+#: What replaces a secret.
+MASK = "***"
+#: Shorter pieces are not scrubbed: they would mask common words, and guess nothing.
+MIN_SECRET = 4
+#: Words a header value starts with that are not secret themselves.
+_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "apikey"})
+
+_LOGGED: set[str] = set()
+#: `_LOGGED`, longest first (a secret that contains another is masked whole)
+_LOGGED_ORDER: list[str] = []
+
+
+def pieces(secret: str) -> set[str]:
+    """`secret`, each whitespace-separated piece of it, and their URL-encoded forms."""
+    found = {secret.strip()}
+    found.update(p for p in secret.split() if p.lower() not in _SCHEMES)
+    encoded = set()
+    for piece in found:
+        encoded.update({quote(piece, safe=""), quote_plus(piece), quote(piece)})
+    return {p for p in found | encoded if len(p) >= MIN_SECRET}
+
+
+def secrets_of(value: Any) -> list[str]:
+    """Every secret (`SecretStr`) held anywhere in a config model, as `pieces`, longest first."""
+    found: set[str] = set()
+
+    def walk(item: Any) -> None:
+        if isinstance(item, SecretStr):
+            found.update(pieces(item.get_secret_value()))
+        elif isinstance(item, BaseModel):
+            for name in type(item).model_fields:
+                walk(getattr(item, name, None))
+        elif isinstance(item, Mapping):
+            for member in item.values():
+                walk(member)
+        elif isinstance(item, list | tuple | set | frozenset):
+            for member in item:
+                walk(member)
+
+    walk(value)
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every one of `secrets` (longest first) replaced by `MASK`."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def scrub_value(value: Any, secrets: list[str]) -> Any:
+    """A JSON-like value with `scrub` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, Mapping):
+        return {scrub_value(k, secrets): scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_value(v, secrets) for v in value]
+    return value
+
+
+def holds(value: Any, secrets: list[str]) -> bool:
+    """Whether any string in a JSON-like value (keys included) contains one of `secrets`."""
+    if isinstance(value, str):
+        return any(secret in value for secret in secrets)
+    if isinstance(value, Mapping):
+        return any(holds(k, secrets) or holds(v, secrets) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(holds(v, secrets) for v in value)
+    return False
+
+
+def scrub_outcome(outcome: PollOutcome, secrets: list[str]) -> PollOutcome:
+    """A poll outcome whose texts (the error, the status, every detail) hold none of `secrets`:
+    an API may echo the token it was sent, and what it says is stored and shown. The outcome
+    itself when it holds none (the common case costs no copy)."""
+    if not secrets:
+        return outcome
+    if isinstance(outcome, PollFailure):
+        if not holds(outcome.message, secrets):
+            return outcome
+        return dataclasses.replace(outcome, message=scrub(outcome.message, secrets))
+    if isinstance(outcome, PollResult):
+        if not holds(outcome.remote_status, secrets) and not holds(outcome.details, secrets):
+            return outcome
+        return dataclasses.replace(
+            outcome,
+            remote_status=scrub(outcome.remote_status, secrets),
+            details=scrub_value(outcome.details, secrets),
+        )
+    return outcome
+
+
+def register_logged(secrets: Iterable[str]) -> None:
+    """Mask these secrets in every log line from now on (for the life of the process)."""
+    new = {s for s in secrets if len(s) >= MIN_SECRET} - _LOGGED
+    if new:
+        _LOGGED.update(new)
+        _LOGGED_ORDER[:] = sorted(_LOGGED, key=len, reverse=True)
+
+
+def scrub_logged(text: str) -> str:
+    """A log line with every registered secret masked."""
+    return scrub(text, _LOGGED_ORDER) if _LOGGED_ORDER else text
