@@ -56,11 +56,16 @@ def wh_job(job_id: str, name: str = "") -> str:
 class TestNumbersThatCannotBeFormatted:
     """Item 3: nothing an API sends can stop a message."""
 
+    @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
     def test_a_400_digit_row_count_still_reaches_the_channel(
-        self, hworld: tuple[DeliveryWorld, JsonJobSim]
+        self,
+        hworld: tuple[DeliveryWorld, JsonJobSim],
+        database: str,
+        request: pytest.FixtureRequest,
     ) -> None:
         """Counts beyond any float, and times at the ends of the float range, in one job: the
-        message goes out once, on its first attempt, and the other job's too."""
+        message goes out once, on its first attempt, and the other job's too; `status` and
+        `history` show the job. On both databases."""
         w, api = hworld
         huge = int("9" * 400)
         api.add_job(
@@ -91,14 +96,21 @@ class TestNumbersThatCannotBeFormatted:
             rules="  - on: [failed]\n    notify: [hook]\n",
             delivery="  digest: {enabled: false}\n",
         )
+        if database == "postgresql":
+            url = request.getfixturevalue("pg_url")
+            w.config.write_text(w.config.read_text().replace(f"sqlite:///{w.db}", url))
         w.start()
         said = eventually(
             lambda: len(w.messages()) >= 2 and "\n".join(m["title"] for m in w.messages()),
             what="both messages",
         )
         assert "Huge import failed" in said and "Small import failed" in said
-        rows = w.query("SELECT status, attempts FROM deliveries ORDER BY id")
-        assert rows == [("sent", 1), ("sent", 1)]
+        for args in (("status",), ("history", "wh/big"), ("history", "wh/big", "--json")):
+            w.cli(*args)  # exit 0
+        doc = w.status()
+        assert doc["deliveries"].get("sent") == 2 and not doc["undelivered"]
+        big = next(x for x in doc["watches"] if x["key"] == "wh/big")
+        assert big["state"] == "failed" and big["details"]["total_rows"] == huge
         assert not [e for e in w.logs() if e.get("event") == "delivery failed"]
 
 
