@@ -107,10 +107,13 @@ MAX_DIGEST_LINE = 200
 #: A digest of this many events or fewer shows each in full.
 DETAILED_DIGEST = 3
 
-#: Mentions that page people: Slack's ``<!here>``, Slack and Discord user and role mentions
-#: (``<@U123>``, ``<@!123>``, ``<@&123>``), and ``@here``, ``@everyone``, Matrix's ``@room``.
+#: Mentions that page people: Slack's ``<!here>`` and user groups (``<!subteam^S1>``), Slack
+#: and Discord user and role mentions (``<@U123|bob>``, ``<@!123>``, ``<@&123>``), and
+#: ``@here``, ``@everyone``, Matrix's ``@room``.
 _MENTION = re.compile(
-    r"<!(channel|here|everyone)[^>]*>|<@[!&]?[\w.-]+>|@(channel|here|everyone|room)\b", re.I
+    r"<!(channel|here|everyone|subteam)[^>]*>|<@[!&]?[\w.-]+(\|[^>]*)?>"
+    r"|@(channel|here|everyone|room)\b",
+    re.I,
 )
 #: Markdown that could make a link, an image, raw HTML or forge an escape.
 _MARKDOWN_ACTIVE = re.compile(r"([\\<\[\]])")

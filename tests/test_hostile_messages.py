@@ -256,6 +256,10 @@ class TestMentions:
         payload = {"key": "r/s/j", "name": "<@&1> @room", "details": {"failure_reason": "<@2>"}}
         title, body = template.render(Event.FAILED, payload)
         assert "<@&1>" not in title and "@room" not in title and "<@2>" not in body
+        # Slack's user mentions with a label, and its user groups
+        slack = {"key": "r/s/j", "name": "<@U024BE7LH|bob> <!subteam^SAZ94GDB8>", "details": {}}
+        title, _ = template.render(Event.FAILED, slack)
+        assert "<@U024BE7LH|" not in title and "<!subteam" not in title
 
 
 class TestChannelSecrets:
