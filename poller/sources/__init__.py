@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aiohttp.abc import AbstractResolver
 
+from poller.http import MAX_PAUSE, SourceHealth
 from poller.models import JobRef, PollOutcome
 
 
@@ -40,28 +41,29 @@ class Discoverer(Protocol):
         ...
 
 
-#: Builds an adapter from its source config (`config.RulerSource`, ...) and an optional
+#: Builds an adapter from its source config (`config.RulerSource`, ...), an optional
 #: host-name resolver for its HTTP client (tests pass one to send a source's host name to a
-#: loopback server, or to make the HTTP layer fail; production uses aiohttp's default).
-SourceFactory = Callable[[Any, AbstractResolver | None], Source]
+#: loopback server, or to make the HTTP layer fail; production uses aiohttp's default) and the
+#: source's breaker.
+SourceFactory = Callable[[Any, AbstractResolver | None, SourceHealth], Source]
 
 
-def _ruler(config: Any, resolver: AbstractResolver | None) -> Source:
+def _ruler(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
     from poller.sources.ruler import RulerAdapter
 
-    return RulerAdapter(config, resolver=resolver)
+    return RulerAdapter(config, resolver=resolver, health=health)
 
 
-def _immuta(config: Any, resolver: AbstractResolver | None) -> Source:
+def _immuta(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
     from poller.sources.immuta import ImmutaAdapter
 
-    return ImmutaAdapter(config, resolver=resolver)
+    return ImmutaAdapter(config, resolver=resolver, health=health)
 
 
-def _http(config: Any, resolver: AbstractResolver | None) -> Source:
+def _http(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
     from poller.sources.http import HttpAdapter
 
-    return HttpAdapter(config, resolver=resolver)
+    return HttpAdapter(config, resolver=resolver, health=health)
 
 
 #: The source types this build can poll. Types the config accepts but that are missing here are
@@ -73,7 +75,16 @@ SOURCES: Mapping[str, SourceFactory] = {
 }
 
 
-def build_source(config: Any, resolver: AbstractResolver | None = None) -> Source | None:
-    """The adapter for one configured source, or None if its type cannot be polled yet."""
+def build_source(
+    config: Any, resolver: AbstractResolver | None = None, *, max_pause: float = MAX_PAUSE
+) -> Source | None:
+    """The adapter for one configured source, or None if its type cannot be polled yet.
+
+    `max_pause` bounds how long the source's breaker may pause it after failed probes: the
+    source's ``max_interval``, so that no watch is held longer than its user allowed (and
+    never longer than `MAX_PAUSE`).
+    """
     factory = SOURCES.get(config.type)
-    return factory(config, resolver) if factory else None
+    if factory is None:
+        return None
+    return factory(config, resolver, SourceHealth(cap=min(max_pause, MAX_PAUSE)))
