@@ -318,7 +318,6 @@ jobs:
         )
         return {w["job_id"]: w for w in json.loads(result.stdout)["watches"]}
 
-
     def ended(self) -> list[float]:
         """When the daemon saw each job end (epoch seconds); empty until all have ended."""
         watches = self.status().values()

@@ -10,7 +10,7 @@ An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Disc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp.abc import AbstractResolver
@@ -41,26 +41,38 @@ class Discoverer(Protocol):
         ...
 
 
-#: Builds an adapter from its source config (`config.RulerSource`, ...), an optional
-#: host-name resolver for its HTTP client (tests pass one to send a source's host name to a
-#: loopback server, or to make the HTTP layer fail; production uses aiohttp's default) and the
-#: source's breaker.
-SourceFactory = Callable[[Any, AbstractResolver | None, SourceHealth], Source]
+class SourceFactory(Protocol):
+    """Builds an adapter from its source config (`config.RulerSource`, ...), an optional
+    host-name resolver for its HTTP client (tests pass one to send a source's host name to a
+    loopback server, or to make the HTTP layer fail; production uses aiohttp's default) and
+    the source's breaker (None: one with the defaults)."""
+
+    def __call__(
+        self, config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+    ) -> Source:
+        """The adapter."""
+        ...
 
 
-def _ruler(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
+def _ruler(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.ruler import RulerAdapter
 
     return RulerAdapter(config, resolver=resolver, health=health)
 
 
-def _immuta(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
+def _immuta(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.immuta import ImmutaAdapter
 
     return ImmutaAdapter(config, resolver=resolver, health=health)
 
 
-def _http(config: Any, resolver: AbstractResolver | None, health: SourceHealth) -> Source:
+def _http(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.http import HttpAdapter
 
     return HttpAdapter(config, resolver=resolver, health=health)
