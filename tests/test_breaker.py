@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from world import AnyAnswer, eventually
 
+from poller.config import HttpSource, ImmutaSource, RulerSource
 from poller.errors import TransientSourceError
 from poller.http import Requester, SourceHealth
-from poller.models import Policy, PollFailure, WatchProgress
+from poller.models import JobRef, Policy, PollFailure, WatchProgress
 from poller.sim import JsonJobSim, SimThread, WebhookSink
+from poller.sources import SOURCES, build_source
 from poller.states import decide
 
 TOKEN = "breaker-token"
@@ -195,6 +198,42 @@ class TestRequester:
         assert sorted(kinds) == ["backing_off"] * 7 + ["ok"]
         assert sum(any_answer.requests.values()) - before == 1
         assert h.open_until == 0  # closed: the next poll of every watch is sent
+
+
+def sample_config(kind: str, base_url: str) -> Any:
+    """A minimal config of each source type, pointed at `base_url`."""
+    if kind == "ruler":
+        return RulerSource(base_url=base_url, token=SecretStr("t"))
+    if kind == "immuta":
+        return ImmutaSource(base_url=base_url, token=SecretStr("t"))
+    return HttpSource(url=base_url + "/{id}", state="s", states={"done": "succeeded"})
+
+
+class TestEverySource:
+    """Every source type gets a breaker bounded by its source's max_interval."""
+
+    @pytest.mark.parametrize("kind", sorted(SOURCES))
+    def test_a_dead_source_is_paused_no_longer_than_max_pause_and_says_why(self, kind: str) -> None:
+        """Polls of a refused host open the breaker; what fails fast names the refusal and
+        is held no longer than `max_pause`."""
+        config = sample_config(kind, f"http://127.0.0.1:{refused_port()}")
+        adapter = build_source(config, max_pause=0.5)
+        assert adapter is not None
+        ref = JobRef(key=f"{kind}/j", source=kind, job_id="j", site="s1")
+
+        async def go() -> list[PollFailure]:
+            try:
+                outcomes = [(await adapter.poll([ref]))[ref.key] for _ in range(5)]
+            finally:
+                await adapter.aclose()
+            assert all(isinstance(o, PollFailure) for o in outcomes), outcomes
+            return outcomes  # type: ignore[return-value]
+
+        outcomes = asyncio.run(go())
+        assert [o.kind for o in outcomes] == ["network"] * 3 + ["backing_off"] * 2
+        for held in outcomes[3:]:
+            assert held.message.startswith(REFUSED), held.message
+            assert held.retry_after is not None and held.retry_after <= 0.5
 
 
 POLICY = Policy(interval=5.0, backoff=1.5, max_interval=5.0, error_after=900.0)
