@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import os
 import random
 import socket
@@ -120,8 +121,10 @@ class SourceHealth:
         self.probes_failed = 0
         #: until when requests fail fast; 0.0 while closed
         self.open_until = 0.0
-        #: whether the probe is under way
-        self.probing = False
+        #: the number of the probe under way (0: none); a number, not a flag, so that a probe
+        #: that ends after the breaker closed and opened again is not taken for the new one
+        self.probe = 0
+        self._probes_sent = 0
         #: the latest transient failure, shown by every request that fails fast
         self.cause: SourceError | None = None
 
@@ -133,36 +136,37 @@ class SourceHealth:
         """The length of the current pause before jitter: `base` doubled per failed probe."""
         return min(self.base * 2.0 ** min(self.probes_failed, 30), self.cap)
 
-    def admit(self) -> bool:
+    def admit(self) -> int:
         """Let one request through, or raise `backing_off` while the source is paused.
 
-        Returns True if this request is the probe: its outcome must be reported with
-        ``probe=True``, and `probe_ended` called however it ends.
+        Returns 0, or the probe's number if this request is the probe: its outcome must then
+        be reported with that number, and `probe_ended` called however it ends.
         """
         if not self.open_until:  # closed: no clock to read
-            return False
+            return 0
         left = self.open_until - self.clock()
         if left > 0:
-            raise self._fast_failure(f"the source is paused; asked again in {left:.0f}s", left)
-        if self.probing:
+            wait = f"asked again in {math.ceil(left)}s"
+            raise self._fast_failure(f"the source is paused; {wait}", left)
+        if self.probe:
             # retry_after 0: the watch comes back within its interval (`states.decide`)
             raise self._fast_failure("the source is paused; one request checks it is back", 0.0)
-        self.probing = True
-        return True
+        self._probes_sent += 1
+        self.probe = self._probes_sent
+        return self.probe
 
     def succeeded(self) -> None:
         """A request got an answer from the API: close the breaker."""
-        self.failures = self.probes_failed = 0
+        self.failures = self.probes_failed = self.probe = 0
         self.open_until = 0.0
-        self.probing = False
         self.cause = None
 
-    def failed(self, error: SourceError, *, probe: bool = False) -> None:
-        """A transient failure of a request (the probe if `probe`)."""
+    def failed(self, error: SourceError, *, probe: int = 0) -> None:
+        """A transient failure of a request (of probe number `probe`, if not 0)."""
         self.cause = error
         now = self.clock()
-        if probe:
-            self.probing = False
+        if probe and probe == self.probe:
+            self.probe = 0
             self.probes_failed += 1
             self._open(now)
         elif not self.open_until:
@@ -173,10 +177,11 @@ class SourceHealth:
         if error.retry_after is not None:
             self.open_until = max(self.open_until, now + min(error.retry_after, MAX_RETRY_AFTER))
 
-    def probe_ended(self) -> None:
-        """The probe ended without an outcome (cancelled, or a failure that says nothing about
-        the source): the next request may probe."""
-        self.probing = False
+    def probe_ended(self, probe: int) -> None:
+        """Probe number `probe` ended, maybe without an outcome (cancelled, or a failure that
+        says nothing about the source): the next request may probe."""
+        if probe == self.probe:
+            self.probe = 0
 
     def _open(self, now: float) -> None:
         self.open_until = max(self.open_until, now + self.pause() * (0.5 + 0.5 * self.rand()))
@@ -299,7 +304,7 @@ class Requester:
                 raise error from None
         finally:
             if probe:
-                health.probe_ended()
+                health.probe_ended(probe)
 
     async def _send(
         self,

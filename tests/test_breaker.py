@@ -74,7 +74,7 @@ class TestProbes:
         clock = Clock()
         h = health(clock)
         for _ in range(3):
-            assert h.admit() is False
+            assert h.admit() == 0
         for _ in range(3):
             h.failed(refused())
         assert h.wait_left() == 2
@@ -84,8 +84,9 @@ class TestProbes:
         pauses = []
         for _ in range(7):
             clock.now += h.wait_left()
-            assert h.admit() is True  # the probe
-            h.failed(refused(), probe=True)
+            probe = h.admit()
+            assert probe  # the probe
+            h.failed(refused(), probe=probe)
             pauses.append(h.wait_left())
         assert pauses == [4, 8, 16, 32, 60, 60, 60]
 
@@ -96,13 +97,33 @@ class TestProbes:
         for _ in range(3):
             h.failed(refused())
         clock.now += 2
-        assert h.admit() is True
+        assert h.admit()
         for _ in range(5):
             error = fast_failure(h)
             assert error.kind == "backing_off" and error.retry_after == 0
         assert h.failures == 3 and h.probes_failed == 0
         h.succeeded()  # the probe got an answer
-        assert h.admit() is False and h.wait_left() == 0
+        assert h.admit() == 0 and h.wait_left() == 0
+
+    def test_a_probe_that_outlived_its_outage_is_not_taken_for_the_next_one(self) -> None:
+        """A slow probe failing after another request closed (and then reopened) the breaker
+        neither lengthens the new pause nor frees the new probe's place."""
+        clock = Clock()
+        h = health(clock)
+        for _ in range(3):
+            h.failed(refused())
+        clock.now += 2
+        slow = h.admit()
+        h.succeeded()  # a request sent earlier got an answer
+        for _ in range(3):
+            h.failed(refused())
+        clock.now += 2
+        probe = h.admit()
+        assert probe and probe != slow
+        h.failed(refused(), probe=slow)
+        h.probe_ended(slow)
+        assert h.wait_left() == 0 and h.probe == probe
+        assert fast_failure(h).retry_after == 0  # the new probe still decides alone
 
     def test_a_probe_that_ends_without_an_outcome_lets_the_next_one_through(self) -> None:
         """A cancelled probe (or a TLS error, which says nothing of the source) frees the way."""
@@ -111,9 +132,10 @@ class TestProbes:
         for _ in range(3):
             h.failed(refused())
         clock.now += 2
-        assert h.admit() is True
-        h.probe_ended()
-        assert h.admit() is True
+        probe = h.admit()
+        assert probe
+        h.probe_ended(probe)
+        assert h.admit()
 
     def test_the_pause_is_bounded_by_the_cap(self) -> None:
         """However many probes fail, the pause never passes `cap` (the source's max_interval)."""
@@ -123,8 +145,9 @@ class TestProbes:
             h.failed(refused())
         for _ in range(50):
             clock.now += h.wait_left()
-            assert h.admit() is True
-            h.failed(refused(), probe=True)
+            probe = h.admit()
+            assert probe
+            h.failed(refused(), probe=probe)
             assert 0 < h.wait_left() <= 5
 
     def test_a_fast_failure_names_the_failure_that_paused_the_source(self) -> None:
