@@ -413,7 +413,7 @@ class TestDaemonOutage:
                 assert "connection refused" in line, line
             # long enough for many failed probes: a pause that grew per failed request (or
             # doubled without a bound) would now be far longer than max_interval
-            time.sleep(max(0.0, down_at + 8 - time.monotonic()))
+            time.sleep(max(0.0, down_at + 6 - time.monotonic()))
             watches = world.status()
             asked = time.time()
             for job in WATCHES:
