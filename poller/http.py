@@ -136,14 +136,10 @@ class SourceHealth:
         """The length of the current pause before jitter: `base` doubled per failed probe."""
         return min(self.base * 2.0 ** min(self.probes_failed, 30), self.cap)
 
-    def admit(self) -> int:
-        """Let one request through, or raise `backing_off` while the source is paused.
-
-        Returns 0, or the probe's number if this request is the probe: its outcome must then
-        be reported with that number, and `probe_ended` called however it ends.
-        """
+    def check(self) -> None:
+        """Raise `backing_off` while the source is paused or its probe is under way."""
         if not self.open_until:  # closed: no clock to read
-            return 0
+            return
         left = self.open_until - self.clock()
         if left > 0:
             wait = f"asked again in {math.ceil(left)}s"
@@ -151,6 +147,17 @@ class SourceHealth:
         if self.probe:
             # retry_after 0: the watch comes back within its interval (`states.decide`)
             raise self._fast_failure("the source is paused; one request checks it is back", 0.0)
+
+    def admit(self) -> int:
+        """`check`, then let this request be sent.
+
+        Returns 0, or the probe's number if this request is the probe (the source's pause is
+        over): its outcome must then be reported with that number, and `probe_ended` called
+        however it ends.
+        """
+        if not self.open_until:
+            return 0
+        self.check()
         self._probes_sent += 1
         self.probe = self._probes_sent
         return self.probe
@@ -274,37 +281,37 @@ class Requester:
         deadline: float | None = None,
     ) -> Any:
         """Send one request and return its decoded JSON body, or raise a `SourceError`."""
-        health = self.health
-        probe = health.admit()
-        try:
-            queued = self._semaphore.locked()
-            async with self._semaphore:
-                if queued and not probe:  # the source may have gone down while this waited
-                    probe = health.admit()
-                if self._limiter is not None:
-                    await self._limiter.acquire()
-                limit = deadline or self.deadline
-                answered = False  # whether the API itself said something
-                try:
-                    async with asyncio.timeout(limit):
-                        answer = await self._send(method, url, params, body, headers)
-                except SourceError as exc:
-                    error, answered = exc, True
-                except TimeoutError:
-                    error = TransientSourceError("timeout", f"no complete answer within {limit:g}s")
-                except (aiohttp.ClientError, OSError) as exc:
-                    error = _transport_error(exc)
+        self.health.check()
+        async with self._semaphore:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            # after the waits: the source may have gone down meanwhile, and only a request
+            # that is sent can be the probe
+            probe = self.health.admit()
+            limit = deadline or self.deadline
+            try:
+                async with asyncio.timeout(limit):
+                    answer = await self._send(method, url, params, body, headers)
+            except SourceError as exc:
+                if exc.transient:
+                    self.health.failed(exc, probe=probe)
                 else:
-                    health.succeeded()
-                    return answer
+                    self.health.succeeded()  # the API answered, if unhappily
+                raise
+            except TimeoutError:
+                timeout = TransientSourceError("timeout", f"no complete answer within {limit:g}s")
+                self.health.failed(timeout, probe=probe)
+                raise timeout from None
+            except (aiohttp.ClientError, OSError) as exc:
+                error = _transport_error(exc)
                 if error.transient:
-                    health.failed(error, probe=probe)
-                elif answered:
-                    health.succeeded()  # the API answered, if unhappily
+                    self.health.failed(error, probe=probe)
                 raise error from None
-        finally:
-            if probe:
-                health.probe_ended(probe)
+            finally:
+                if probe:  # however it ended (cancelled too), the next request may probe
+                    self.health.probe_ended(probe)
+            self.health.succeeded()
+            return answer
 
     async def _send(
         self,

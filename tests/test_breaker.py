@@ -4,6 +4,7 @@ watches it holds come back spread out, and everything shown names the real failu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -257,6 +258,35 @@ class TestEverySource:
         for held in outcomes[3:]:
             assert held.message.startswith(REFUSED), held.message
             assert held.retry_after is not None and held.retry_after <= 0.5
+
+    def test_a_cancelled_probe_does_not_hold_the_source_forever(
+        self, any_answer: AnyAnswer
+    ) -> None:
+        """A probe cancelled while it is under way (a poll cut short by a shutdown or a
+        reload) lets the next request be the probe."""
+        clock = Clock()
+        h = health(clock)
+        any_answer.status, any_answer.body = 200, b'{"state": "ok"}'
+        for _ in range(3):
+            h.failed(refused())
+        clock.now += h.wait_left()
+
+        async def go() -> Any:
+            req = Requester(health=h)
+            try:
+                cut = asyncio.create_task(req.json("GET", any_answer.base_url + "/jobs/x"))
+                await asyncio.sleep(0)  # the task runs until it waits for its connection
+                assert h.probe
+                cut.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cut
+                assert h.probe == 0
+                return await req.json("GET", any_answer.base_url + "/jobs/x")
+            finally:
+                await req.aclose()
+
+        assert asyncio.run(go()) == {"state": "ok"}
+        assert h.open_until == 0
 
 
 POLICY = Policy(interval=5.0, backoff=1.5, max_interval=5.0, error_after=900.0)
