@@ -60,6 +60,12 @@ def refused() -> TransientSourceError:
     return TransientSourceError("network", "connection failed: connection refused")
 
 
+def trip(h: SourceHealth) -> None:
+    """Three refused connections in a row: the breaker opens."""
+    for _ in range(3):
+        h.failed(refused())
+
+
 def fast_failure(h: SourceHealth) -> TransientSourceError:
     """The error `admit` raises (fails the test if it lets the request through)."""
     with pytest.raises(TransientSourceError) as caught:
@@ -76,8 +82,7 @@ class TestProbes:
         h = health(clock)
         for _ in range(3):
             assert h.admit() == 0
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         assert h.wait_left() == 2
         for _ in range(20):  # the rest of a poll group, sent before it opened
             h.failed(refused())
@@ -95,8 +100,7 @@ class TestProbes:
         """While the probe is under way every other request fails fast, and is no failure."""
         clock = Clock()
         h = health(clock)
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         clock.now += 2
         assert h.admit()
         for _ in range(5):
@@ -111,13 +115,11 @@ class TestProbes:
         neither lengthens the new pause nor frees the new probe's place."""
         clock = Clock()
         h = health(clock)
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         clock.now += 2
         slow = h.admit()
         h.succeeded()  # a request sent earlier got an answer
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         clock.now += 2
         probe = h.admit()
         assert probe and probe != slow
@@ -130,8 +132,7 @@ class TestProbes:
         """A cancelled probe (or a TLS error, which says nothing of the source) frees the way."""
         clock = Clock()
         h = health(clock)
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         clock.now += 2
         probe = h.admit()
         assert probe
@@ -142,8 +143,7 @@ class TestProbes:
         """However many probes fail, the pause never passes `cap` (the source's max_interval)."""
         clock = Clock()
         h = health(clock, cap=5)
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         for _ in range(50):
             clock.now += h.wait_left()
             probe = h.admit()
@@ -155,8 +155,7 @@ class TestProbes:
         """`backing_off` carries the underlying error, not only that poller held back."""
         clock = Clock()
         h = health(clock)
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         error = fast_failure(h)
         assert error.kind == "backing_off" and error.retry_after == 2
         assert error.message.startswith(REFUSED), error.message
@@ -198,8 +197,7 @@ class TestRequester:
         clock = Clock()
         h = health(clock)
         any_answer.status, any_answer.body = 200, b'{"state": "ok"}'
-        for _ in range(3):
-            h.failed(refused())
+        trip(h)
         clock.now += h.wait_left()
         before = sum(any_answer.requests.values())
 
@@ -222,6 +220,34 @@ class TestRequester:
         assert sorted(kinds) == ["backing_off"] * 7 + ["ok"]
         assert sum(any_answer.requests.values()) - before == 1
         assert h.open_until == 0  # closed: the next poll of every watch is sent
+
+    def test_a_cancelled_probe_does_not_hold_the_source_forever(
+        self, any_answer: AnyAnswer
+    ) -> None:
+        """A probe cancelled while it is under way (a poll cut short by a shutdown or a
+        reload) lets the next request be the probe."""
+        clock = Clock()
+        h = health(clock)
+        any_answer.status, any_answer.body = 200, b'{"state": "ok"}'
+        trip(h)
+        clock.now += h.wait_left()
+
+        async def go() -> Any:
+            req = Requester(health=h)
+            try:
+                cut = asyncio.create_task(req.json("GET", any_answer.base_url + "/jobs/x"))
+                await asyncio.sleep(0)  # the task runs until it waits for its connection
+                assert h.probe
+                cut.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cut
+                assert h.probe == 0
+                return await req.json("GET", any_answer.base_url + "/jobs/x")
+            finally:
+                await req.aclose()
+
+        assert asyncio.run(go()) == {"state": "ok"}
+        assert h.open_until == 0
 
 
 def sample_config(kind: str, base_url: str) -> Any:
@@ -258,35 +284,6 @@ class TestEverySource:
         for held in outcomes[3:]:
             assert held.message.startswith(REFUSED), held.message
             assert held.retry_after is not None and held.retry_after <= 0.5
-
-    def test_a_cancelled_probe_does_not_hold_the_source_forever(
-        self, any_answer: AnyAnswer
-    ) -> None:
-        """A probe cancelled while it is under way (a poll cut short by a shutdown or a
-        reload) lets the next request be the probe."""
-        clock = Clock()
-        h = health(clock)
-        any_answer.status, any_answer.body = 200, b'{"state": "ok"}'
-        for _ in range(3):
-            h.failed(refused())
-        clock.now += h.wait_left()
-
-        async def go() -> Any:
-            req = Requester(health=h)
-            try:
-                cut = asyncio.create_task(req.json("GET", any_answer.base_url + "/jobs/x"))
-                await asyncio.sleep(0)  # the task runs until it waits for its connection
-                assert h.probe
-                cut.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await cut
-                assert h.probe == 0
-                return await req.json("GET", any_answer.base_url + "/jobs/x")
-            finally:
-                await req.aclose()
-
-        assert asyncio.run(go()) == {"state": "ok"}
-        assert h.open_until == 0
 
 
 POLICY = Policy(interval=5.0, backoff=1.5, max_interval=5.0, error_after=900.0)
