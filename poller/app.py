@@ -60,7 +60,8 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
     sources: dict[str, Source] = {}
     unsupported: set[str] = set()
     for name, source_config in config.sources.items():
-        adapter = build_source(source_config, resolver)
+        max_pause = config.policy_for(name).max_interval
+        adapter = build_source(source_config, resolver, max_pause=max_pause)
         if adapter is None:
             unsupported.add(name)
         else:

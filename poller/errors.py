@@ -46,6 +46,11 @@ class ConfigError(PollerError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+#: The category of a request that was not sent because its whole source is paused
+#: (`http.SourceHealth`); its message names the failure that paused the source.
+BACKING_OFF = "backing_off"
+
+
 class SourceError(PollerError):
     """A request to a job API failed; `kind` is a short category shown to users."""
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
+import os
 import random
 import socket
 import ssl
@@ -30,13 +32,16 @@ import aiohttp
 import aiohttp.abc
 from aiolimiter import AsyncLimiter
 
-from poller.errors import PermanentSourceError, SourceError, TransientSourceError
+from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 #: No server may park a whole source for longer than this with one Retry-After.
 MAX_RETRY_AFTER = 3600.0
+#: The longest pause of a whole source (`SourceHealth`) after failed probes; a shorter
+#: ``max_interval`` of the source bounds it further.
+MAX_PAUSE = 300.0
 #: Job-status answers are small; anything bigger is not one and is not read to the end.
 MAX_BODY_BYTES = 1 << 20
 
@@ -82,12 +87,20 @@ def path_segment(text: str) -> str:
 
 
 class SourceHealth:
-    """Whether a whole source is worth asking right now.
+    """Whether a whole source is worth asking right now: a circuit breaker.
 
-    After `threshold` transient failures in a row (any watch), or a `Retry-After`, requests to
-    the source fail fast until `open_until`: 1,000 watches on a dead host then cost a few
-    requests per backoff step instead of 1,000. The step doubles with every further failure,
-    with jitter, up to `cap`; one success closes it again.
+    After `threshold` transient failures in a row (any watch), or a `Retry-After`, the source
+    is paused until `open_until`: requests fail fast with `backing_off`, so 1,000 watches on a
+    dead host cost one request per pause instead of 1,000. Once the pause is over, the first
+    request is let through as the probe and decides alone: the others still fail fast while it
+    is under way (without counting as failures), a failed probe pauses the source again for
+    twice as long (with jitter, from `base` up to `cap`), and any answer from the API closes
+    the breaker. Requests that were already sent when it opened do not lengthen the pause:
+    it grows per failed probe, not per failed request.
+
+    A fast failure names the failure that paused the source (`cause`), so that what a user
+    reads is the real trouble (``network: connection failed ...``), not only that poller held
+    back.
     """
 
     def __init__(
@@ -95,45 +108,95 @@ class SourceHealth:
         *,
         threshold: int = 3,
         base: float = 2.0,
-        cap: float = 300.0,
+        cap: float = MAX_PAUSE,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.threshold, self.base, self.cap = threshold, base, cap
+        self.threshold, self.cap = threshold, cap
+        self.base = min(base, cap)
         self.clock, self.rand = clock, rand
+        #: transient failures in a row while closed
         self.failures = 0
+        #: failed probes since the breaker opened; the pause doubles with each
+        self.probes_failed = 0
+        #: until when requests fail fast; 0.0 while closed
         self.open_until = 0.0
+        #: the number of the probe under way (0: none); a number, not a flag, so that a probe
+        #: that ends after the breaker closed and opened again is not taken for the new one
+        self.probe = 0
+        self._probes_sent = 0
+        #: the latest transient failure, shown by every request that fails fast
+        self.cause: SourceError | None = None
 
     def wait_left(self) -> float:
         """Seconds until the source may be asked again (0: now)."""
         return max(0.0, self.open_until - self.clock())
 
-    def succeeded(self) -> None:
-        """A request got an answer from the API: close the breaker."""
-        self.failures = 0
-        self.open_until = 0.0
-
-    def failed(self, retry_after: float | None) -> None:
-        """A transient failure; `retry_after` is what the server asked for, if anything."""
-        self.failures += 1
-        now = self.clock()
-        if self.failures >= self.threshold:
-            step = min(self.base * 2.0 ** min(self.failures - self.threshold, 30), self.cap)
-            self.open_until = max(self.open_until, now + step * (0.5 + 0.5 * self.rand()))
-        if retry_after is not None:
-            self.open_until = max(self.open_until, now + min(retry_after, MAX_RETRY_AFTER))
+    def pause(self) -> float:
+        """The length of the current pause before jitter: `base` doubled per failed probe."""
+        return min(self.base * 2.0 ** min(self.probes_failed, 30), self.cap)
 
     def check(self) -> None:
-        """Raise instead of sending while the source is backing off."""
+        """Raise `backing_off` while the source is paused or its probe is under way."""
         if not self.open_until:  # closed: no clock to read
             return
-        left = self.wait_left()
+        left = self.open_until - self.clock()
         if left > 0:
-            raise TransientSourceError(
-                "backing_off",
-                f"the source failed repeatedly; not asked again for {left:.0f}s",
-                retry_after=left,
-            )
+            wait = f"asked again in {math.ceil(left)}s"
+            raise self._fast_failure(f"the source is paused; {wait}", left)
+        if self.probe:
+            # retry_after 0: the watch comes back within its interval (`states.decide`)
+            raise self._fast_failure("the source is paused; one request checks it is back", 0.0)
+
+    def admit(self) -> int:
+        """`check`, then let this request be sent.
+
+        Returns 0, or the probe's number if this request is the probe (the source's pause is
+        over): its outcome must then be reported with that number, and `probe_ended` called
+        however it ends.
+        """
+        if not self.open_until:
+            return 0
+        self.check()
+        self._probes_sent += 1
+        self.probe = self._probes_sent
+        return self.probe
+
+    def succeeded(self) -> None:
+        """A request got an answer from the API: close the breaker."""
+        self.failures = self.probes_failed = self.probe = 0
+        self.open_until = 0.0
+        self.cause = None
+
+    def failed(self, error: SourceError, *, probe: int = 0) -> None:
+        """A transient failure of a request (of probe number `probe`, if not 0)."""
+        self.cause = error
+        now = self.clock()
+        if probe and probe == self.probe:
+            self.probe = 0
+            self.probes_failed += 1
+            self._open(now)
+        elif not self.open_until:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self._open(now)
+        # else: a request sent before the breaker opened; its failure is no news
+        if error.retry_after is not None:
+            self.open_until = max(self.open_until, now + min(error.retry_after, MAX_RETRY_AFTER))
+
+    def probe_ended(self, probe: int) -> None:
+        """Probe number `probe` ended, maybe without an outcome (cancelled, or a failure that
+        says nothing about the source): the next request may probe."""
+        if probe == self.probe:
+            self.probe = 0
+
+    def _open(self, now: float) -> None:
+        self.open_until = max(self.open_until, now + self.pause() * (0.5 + 0.5 * self.rand()))
+
+    def _fast_failure(self, why: str, left: float) -> TransientSourceError:
+        cause = self.cause
+        said = f"{cause.kind}: {cause.message}" if cause else "repeated failures"
+        return TransientSourceError(BACKING_OFF, f"{said} ({why})", retry_after=left)
 
 
 class Requester:
@@ -219,32 +282,34 @@ class Requester:
     ) -> Any:
         """Send one request and return its decoded JSON body, or raise a `SourceError`."""
         self.health.check()
-        queued = self._semaphore.locked()
         async with self._semaphore:
-            if queued:  # the source may have gone down while this request waited
-                self.health.check()
             if self._limiter is not None:
                 await self._limiter.acquire()
+            # after the waits: the source may have gone down meanwhile, and only a request
+            # that is sent can be the probe
+            probe = self.health.admit()
             limit = deadline or self.deadline
             try:
                 async with asyncio.timeout(limit):
                     answer = await self._send(method, url, params, body, headers)
             except SourceError as exc:
                 if exc.transient:
-                    self.health.failed(exc.retry_after)
+                    self.health.failed(exc, probe=probe)
                 else:
                     self.health.succeeded()  # the API answered, if unhappily
                 raise
             except TimeoutError:
-                self.health.failed(None)
-                raise TransientSourceError(
-                    "timeout", f"no complete answer within {limit:g}s"
-                ) from None
+                timeout = TransientSourceError("timeout", f"no complete answer within {limit:g}s")
+                self.health.failed(timeout, probe=probe)
+                raise timeout from None
             except (aiohttp.ClientError, OSError) as exc:
                 error = _transport_error(exc)
                 if error.transient:
-                    self.health.failed(None)
+                    self.health.failed(error, probe=probe)
                 raise error from None
+            finally:
+                if probe:  # however it ended (cancelled too), the next request may probe
+                    self.health.probe_ended(probe)
             self.health.succeeded()
             return answer
 
@@ -312,7 +377,10 @@ def _transport_error(exc: BaseException) -> SourceError:
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return TransientSourceError("network", f"connection dropped: {_first_line(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransientSourceError("network", f"connection failed: {_first_line(exc.os_error)}")
+        # asyncio's text ("Connect call failed (host, port)") does not say why; the errno does
+        code = exc.os_error.errno
+        why = os.strerror(code).lower() if code else _first_line(exc.os_error)
+        return TransientSourceError("network", f"connection failed: {why}")
     if any(isinstance(c, ConnectionError) for c in chain):
         return TransientSourceError("network", f"connection dropped: {_first_line(chain[-1])}")
     return TransientSourceError("network", f"{type(exc).__name__}: {_first_line(exc)}")

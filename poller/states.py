@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from poller.errors import BACKING_OFF
 from poller.models import (
     TERMINAL_STATES,
     Event,
@@ -61,6 +62,24 @@ def error_wait(policy: Policy, error_count: int, rand: float) -> float:
     exponent = min(max(error_count - 1, 0), 30)
     step = min(max(policy.interval, MIN_ERROR_WAIT) * (2.0**exponent), policy.max_interval)
     return max(MIN_ERROR_WAIT, step * (0.5 + 0.5 * rand))
+
+
+def postponed_wait(policy: Policy, failure: PollFailure, error_count: int, rand: float) -> float:
+    """The wait after a failed poll: `error_wait`, or later if the source asked for a pause.
+
+    A poll that was not even sent (`BACKING_OFF`: its source is paused) waits for the pause
+    alone, not for this watch's own error backoff: the source's breaker already decides how
+    often it is asked, and a watch must be back soon after the pause to see the source recover.
+    Either way the watches that one pause or one `Retry-After` holds are spread over the next
+    `interval` instead of all coming back at the same instant, where they would fail (or
+    succeed) together.
+    """
+    if failure.retry_after is None:
+        return error_wait(policy, error_count, rand)
+    after_pause = failure.retry_after + rand * policy.interval
+    if failure.kind == BACKING_OFF:
+        return max(MIN_ERROR_WAIT, after_pause)
+    return max(error_wait(policy, error_count, rand), after_pause)
 
 
 def next_quiet_wait(policy: Policy, previous_wait: float | None, changed: bool) -> float:
@@ -177,9 +196,7 @@ def _on_failure(
     if not unreachable and convincing and now - error_since >= policy.error_after:
         unreachable = True
         events.append(Event.UNREACHABLE)
-    wait = error_wait(policy, count, rand)
-    if failure.retry_after is not None:
-        wait = max(wait, failure.retry_after)
+    wait = postponed_wait(policy, failure, count, rand)
     progress = replace(
         watch,
         error_since=error_since,

@@ -24,10 +24,10 @@ EXIT_SUCCEEDED, EXIT_ENDED_OTHERWISE, EXIT_TIMED_OUT = 0, 1, 3
 
 async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
     """Poll until the job ends; returns 0 succeeded, 1 ended otherwise, 3 timed out."""
-    adapter = build_source(config.sources[spec.source])
+    policy = config.policy_for(spec.source)
+    adapter = build_source(config.sources[spec.source], max_pause=policy.max_interval)
     if adapter is None:
         raise PollerError(f"source {spec.source} cannot be polled by this version yet")
-    policy = config.policy_for(spec.source)
     # an API may echo the token it was sent: it is never printed
     secrets = secrets_of(config.sources[spec.source])
     job = JobRef(spec.key, spec.source, spec.job_id, spec.site)

@@ -24,6 +24,7 @@ from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import RulerSource, load_config
+from poller.errors import TransientSourceError
 from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef
 from poller.service import Tuning
@@ -151,12 +152,13 @@ class TestSourceBackoff:
         """Three transient failures open it; Retry-After extends it; a success closes it."""
         now = [100.0]
         health = SourceHealth(threshold=3, base=2, cap=60, clock=lambda: now[0], rand=lambda: 1.0)
-        health.failed(None)
-        health.failed(None)
+        refused = TransientSourceError("network", "connection failed: connection refused")
+        health.failed(refused)
+        health.failed(refused)
         assert health.wait_left() == 0
-        health.failed(None)
+        health.failed(refused)
         assert health.wait_left() == 2
-        health.failed(retry_after=30)
+        health.failed(TransientSourceError("rate_limited", "HTTP 429", retry_after=30))
         assert health.wait_left() == 30
         now[0] += 31
         health.succeeded()

@@ -206,7 +206,7 @@ outcomes = st.one_of(
     ),
     st.builds(
         PollFailure,
-        kind=st.sampled_from(["network", "timeout", "auth", "bad_answer"]),
+        kind=st.sampled_from(["network", "timeout", "auth", "bad_answer", "backing_off"]),
         message=st.text(max_size=10),
         retry_after=st.one_of(st.none(), st.floats(0, 10**7)),
     ),

@@ -10,11 +10,12 @@ An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Disc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp.abc import AbstractResolver
 
+from poller.http import MAX_PAUSE, SourceHealth
 from poller.models import JobRef, PollOutcome
 
 
@@ -40,28 +41,41 @@ class Discoverer(Protocol):
         ...
 
 
-#: Builds an adapter from its source config (`config.RulerSource`, ...) and an optional
-#: host-name resolver for its HTTP client (tests pass one to send a source's host name to a
-#: loopback server, or to make the HTTP layer fail; production uses aiohttp's default).
-SourceFactory = Callable[[Any, AbstractResolver | None], Source]
+class SourceFactory(Protocol):
+    """Builds an adapter from its source config (`config.RulerSource`, ...), an optional
+    host-name resolver for its HTTP client (tests pass one to send a source's host name to a
+    loopback server, or to make the HTTP layer fail; production uses aiohttp's default) and
+    the source's breaker (None: one with the defaults)."""
+
+    def __call__(
+        self, config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+    ) -> Source:
+        """The adapter."""
+        ...
 
 
-def _ruler(config: Any, resolver: AbstractResolver | None) -> Source:
+def _ruler(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.ruler import RulerAdapter
 
-    return RulerAdapter(config, resolver=resolver)
+    return RulerAdapter(config, resolver=resolver, health=health)
 
 
-def _immuta(config: Any, resolver: AbstractResolver | None) -> Source:
+def _immuta(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.immuta import ImmutaAdapter
 
-    return ImmutaAdapter(config, resolver=resolver)
+    return ImmutaAdapter(config, resolver=resolver, health=health)
 
 
-def _http(config: Any, resolver: AbstractResolver | None) -> Source:
+def _http(
+    config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+) -> Source:
     from poller.sources.http import HttpAdapter
 
-    return HttpAdapter(config, resolver=resolver)
+    return HttpAdapter(config, resolver=resolver, health=health)
 
 
 #: The source types this build can poll. Types the config accepts but that are missing here are
@@ -73,11 +87,20 @@ SOURCES: Mapping[str, SourceFactory] = {
 }
 
 
-def build_source(config: Any, resolver: AbstractResolver | None = None) -> Source | None:
-    """The adapter for one configured source, or None if its type cannot be polled yet."""
+def build_source(
+    config: Any, resolver: AbstractResolver | None = None, *, max_pause: float = MAX_PAUSE
+) -> Source | None:
+    """The adapter for one configured source, or None if its type cannot be polled yet.
+
+    `max_pause` bounds how long the source's breaker may pause it after failed probes: the
+    source's ``max_interval``, so that no watch is held longer than its user allowed (and
+    never longer than `MAX_PAUSE`).
+    """
     from poller.redact import register_logged, secrets_of
 
     # its token and header values stay out of every log line, whatever library logs them
     register_logged(secrets_of(config))
     factory = SOURCES.get(config.type)
-    return factory(config, resolver) if factory else None
+    if factory is None:
+        return None
+    return factory(config, resolver, SourceHealth(cap=min(max_pause, MAX_PAUSE)))

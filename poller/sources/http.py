@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, path_segment
+from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient
 
@@ -115,7 +115,13 @@ def parse_answer(
 class HttpAdapter:
     """Polls a generic JSON job API, one request per job."""
 
-    def __init__(self, config: Any, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        resolver: AbstractResolver | None = None,
+        health: SourceHealth | None = None,
+    ) -> None:
         self.config = config
         self.expressions: HttpExpressions = config.compiled()
         self.states: Mapping[str, State] = dict(config.states)
@@ -125,6 +131,7 @@ class HttpAdapter:
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
             resolver=resolver,
+            health=health,
         )
 
     async def aclose(self) -> None:

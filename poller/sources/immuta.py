@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester
+from poller.http import Requester, SourceHealth
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient
 
@@ -208,7 +208,13 @@ def parse_page(body: Any) -> tuple[list[str], Any]:
 class ImmutaAdapter:
     """Polls Immuta jobs in batches, and lists the jobs of bulks and searches."""
 
-    def __init__(self, config: Any, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        resolver: AbstractResolver | None = None,
+        health: SourceHealth | None = None,
+    ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.batch_size = max(1, int(config.batch_size))
         self.long_poll: float | None = config.long_poll or None
@@ -227,6 +233,7 @@ class ImmutaAdapter:
             rate_limit=config.rate_limit,
             deadline=self._poll_deadline,
             resolver=resolver,
+            health=health,
         )
 
     async def aclose(self) -> None:

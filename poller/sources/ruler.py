@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, path_segment
+from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient
 from poller.sources.lenient import MAX_TEXT, parse_time
@@ -244,6 +244,7 @@ class RulerAdapter:
         *,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
+        health: SourceHealth | None = None,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.list_threshold = int(getattr(config, "list_threshold", 2))
@@ -256,6 +257,7 @@ class RulerAdapter:
             deadline=config.request_timeout,
             resolver=resolver,
             max_body=MAX_BODY_BYTES,
+            health=health,
         )
         self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
         self._memory = _Memory()
