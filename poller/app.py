@@ -69,11 +69,19 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
     return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
 
 
-def open_store(config: Config) -> Store:
-    """Open the config's database and bring its schema up to date."""
-    store = Store(config.database)
+def open_store(config: Config, *, create: bool = False) -> Store:
+    """Open the config's database.
+
+    Only `poller run` passes `create`: it creates the database if there is none and brings its
+    schema up to date. Every other command needs a database `poller run` made, and fails
+    with a `StoreError` saying where it looked, creating nothing.
+    """
+    store = Store(config.database, create=create)
     try:
-        store.migrate()
+        if create:
+            store.migrate()
+        else:
+            store.require_schema()
     except PollerError:
         store.close()
         raise
@@ -119,7 +127,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        store = open_store(self.config)
+        store = open_store(self.config, create=True)
         try:
             store.acquire_daemon_lock()
             if store.is_sqlite:

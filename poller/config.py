@@ -51,6 +51,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine.url import make_url
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from poller import models
@@ -82,6 +83,7 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_rate",
+    "resolve_database_url",
 ]
 
 #: A place in the config: mapping keys and list indexes from the root.
@@ -202,15 +204,34 @@ def parse_rate(value: object) -> float:
     return rate
 
 
-def default_database_url(environ: Mapping[str, str]) -> str:
-    """``sqlite:///`` + the absolute path of ``poller.db`` in systemd's state directory.
+def default_database_url(config_path: str | os.PathLike[str]) -> str:
+    """``sqlite:///`` + the absolute path of ``poller.db`` next to the config file.
 
-    That is the first entry of ``$STATE_DIRECTORY`` (systemd joins several with ``:``), else
-    the current directory.
+    The daemon and every command read the same config, so they find the same database
+    wherever they are run from (the current directory and the environment play no part).
     """
-    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    directory = os.path.abspath(first) if first else os.getcwd()
+    directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
     return f"sqlite:///{os.path.join(directory, 'poller.db')}"
+
+
+def resolve_database_url(url: str, config_path: str | os.PathLike[str]) -> str:
+    """`url` with a relative SQLite path made absolute against the config file's directory.
+
+    Other URLs (absolute SQLite paths, ``:memory:``, PostgreSQL) are returned as they are.
+    """
+    parsed = make_url(url)
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
+        return url
+    directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
+    absolute = os.path.normpath(os.path.join(directory, database))
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
 
 
 # --- files the config names ------------------------------------------------------------------
@@ -380,13 +401,39 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+#: The databases poller stores in, by SQLAlchemy dialect and driver; ``postgresql://``
+#: alone would ask for psycopg2, which poller does not ship, so it is read as psycopg 3.
+_DATABASE_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+_DATABASE_HINT = (
+    "expected a database URL like sqlite:////var/lib/poller/poller.db "
+    "or postgresql+psycopg://user@host/poller"
+)
+
+
 def _database_url(value: str) -> str:
+    _one_line(value)
     if not re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", value):
+        raise ValueError(_DATABASE_HINT)
+    try:
+        parsed = make_url(value)
+    except Exception:  # SQLAlchemy's message quotes the URL, password included
+        raise ValueError(_DATABASE_HINT) from None
+    driver = _DATABASE_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        # the scheme is never a secret; the rest of the URL may be
         raise ValueError(
-            "expected a database URL like sqlite:////var/lib/poller/poller.db "
-            "or postgresql+psycopg://user@host/poller"
+            f"unsupported database {parsed.drivername!r}; poller stores in SQLite "
+            "(sqlite:////var/lib/poller/poller.db) or PostgreSQL "
+            "(postgresql+psycopg://user@host/poller)"
         )
-    return value
+    if driver == parsed.drivername:
+        return value
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 @contextmanager
@@ -865,15 +912,13 @@ class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-def _default_database() -> str:
-    return default_database_url(os.environ)
-
-
 class Config(_Frozen):
     """A whole config, validated; `load_config` builds it from a file."""
 
     path: str
-    database: DatabaseUrl = Field(default_factory=_default_database)
+    #: with no ``database``, poller.db next to the config file; a relative SQLite path is
+    #: relative to the config file (README "Config reference")
+    database: DatabaseUrl = ""
     sources: dict[str, AnySource] = Field(default_factory=dict)
     channels: dict[str, ChannelUrl] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
@@ -884,6 +929,14 @@ class Config(_Frozen):
     log: LogConfig = Field(default_factory=LogConfig)
     #: templates of the channels written as a mapping with a ``template``
     channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _place_database(self) -> Self:
+        # one rule for the daemon and every command, wherever they run (README "Config
+        # reference"); the model is frozen, so the resolved URL is set through __dict__
+        url = self.database or default_database_url(self.path)
+        self.__dict__["database"] = resolve_database_url(url, self.path)
+        return self
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
@@ -1620,9 +1673,10 @@ def load_config(
 ) -> Config:
     """Reads and validates the config file at `path`.
 
-    `environ` (default: ``os.environ``) provides ``${VAR}`` references, ``POLLER_LOG_LEVEL``
-    and ``STATE_DIRECTORY`` for the default database. Raises `ConfigError` listing every
-    problem, ordered by line.
+    `environ` (default: ``os.environ``) provides ``${VAR}`` references and
+    ``POLLER_LOG_LEVEL``. The database is ``poller.db`` next to the file unless ``database``
+    says otherwise; a relative SQLite path there is relative to the file too. Raises
+    `ConfigError` listing every problem, ordered by line.
     """
     environ = os.environ if environ is None else environ
     file = os.fspath(path)
@@ -1645,9 +1699,7 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
             doc.problem((key,), _unknown_key(key, TOP_LEVEL_KEYS))
 
     database = data.get("database")
-    if database is None:
-        database = default_database_url(environ)
-    else:
+    if database is not None:
         database = checker.validate(_adapter(DatabaseUrl), database, ("database",), DatabaseUrl)
 
     sources: dict[str, Any] = {}
@@ -1722,7 +1774,6 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         doc.problem(found_path, message)
 
     parts = (
-        database,
         polling,
         delivery,
         replicas,
@@ -1737,7 +1788,8 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
     try:
         return Config(
             path=doc.file,
-            database=database,
+            # none given: Config puts it next to the config file
+            **({"database": database} if database is not None else {}),
             sources=sources,
             channels=channels,
             rules=tuple(rules),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import textwrap
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from poller.config import (
     load_config,
     parse_duration,
     parse_rate,
+    resolve_database_url,
 )
 from poller.errors import ConfigError
 from poller.models import Event, Policy, State
@@ -43,7 +43,7 @@ ENV = {
 }
 
 SPEC_EXAMPLE = """\
-database: sqlite:////var/lib/poller/poller.db   # default: poller.db in $STATE_DIRECTORY, else ./
+database: sqlite:////var/lib/poller/poller.db   # default: poller.db next to the config file
                                                 # postgresql+psycopg://... for several replicas
 sources:
   ruler-prod:
@@ -198,7 +198,6 @@ class TestValidConfig:
         for name, value in ENV.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-        monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/poller")
         monkeypatch.delenv("POLLER_LOG_LEVEL", raising=False)
 
         config = load_config(REPO / "config.example.yaml")
@@ -216,9 +215,10 @@ class TestValidConfig:
         assert config.rules[0].template.format == "markdown"
 
     def test_empty_file_is_an_empty_config(self, tmp_path: Path) -> None:
-        """An empty file is valid: no sources, no jobs, every default."""
+        """An empty file is valid: no sources, no jobs, every default (the database is
+        poller.db next to the config file, whatever systemd's STATE_DIRECTORY says)."""
         config = load(tmp_path, "", env={"STATE_DIRECTORY": "/srv/state:/srv/other"})
-        assert config.database == "sqlite:////srv/state/poller.db"
+        assert config.database == f"sqlite:///{tmp_path}/poller.db"
         assert (config.sources, config.channels, config.rules, config.jobs) == ({}, {}, (), ())
         assert config.polling == PollingDefaults()
         assert config.policy_for("anything") == Policy()
@@ -418,7 +418,7 @@ class TestEnvironment:
         )
         source = config.sources["r"]
         assert isinstance(source, RulerSource)
-        assert config.database == "sqlite:///./poller.db"
+        assert config.database == f"sqlite:///{tmp_path}/poller.db"  # next to the config
         assert source.token.get_secret_value() == "pa$word-x1"
         assert source.base_url == "https://default.example.com/v1"
         assert (source.max_concurrency, source.request_timeout) == (3, 45.0)
@@ -1111,13 +1111,22 @@ class TestModels:
             )
 
     def test_default_database_url(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """poller.db in the first STATE_DIRECTORY, else in the current directory, absolute."""
+        """poller.db next to the config file, absolute; relative SQLite paths are relative
+        to the config file, wherever the process runs."""
         monkeypatch.chdir(tmp_path)
-        assert default_database_url({"STATE_DIRECTORY": "/a:/b"}) == "sqlite:////a/poller.db"
-        assert default_database_url({}) == f"sqlite:///{os.path.join(tmp_path, 'poller.db')}"
-        assert default_database_url({"STATE_DIRECTORY": "rel"}) == (
-            f"sqlite:///{tmp_path / 'rel' / 'poller.db'}"
+        assert default_database_url("/etc/poller/config.yaml") == "sqlite:////etc/poller/poller.db"
+        assert default_database_url("conf/c.yaml") == f"sqlite:///{tmp_path}/conf/poller.db"
+        assert resolve_database_url("sqlite:///state/p.db", "/etc/poller/c.yaml") == (
+            "sqlite:////etc/poller/state/p.db"
         )
+        assert resolve_database_url("sqlite:///../p.db", "/etc/poller/c.yaml") == (
+            "sqlite:////etc/p.db"
+        )
+        for same in ("sqlite:////abs/p.db", "sqlite://", "postgresql+psycopg://u:p@h/db"):
+            assert resolve_database_url(same, "/etc/poller/c.yaml") == same
+        built = Config(path="/etc/poller/c.yaml", database="sqlite:///p.db")
+        assert built.database == "sqlite:////etc/poller/p.db"
+        assert Config(path="/etc/poller/c.yaml").database == "sqlite:////etc/poller/poller.db"
 
 
 class TestReplicas:
