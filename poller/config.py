@@ -9,9 +9,11 @@ that lists every problem with its ``file:line``, its key path and what was expec
 The models are the typed view the rest of poller reads. They may also be built directly (tests,
 ``poller add``); they validate the same way, only without line numbers.
 
-Secrets: a problem never quotes a config value, except durations, enum choices and names; as a
-last guard, every value that came from the environment or from an ``x_file`` is masked in every
-problem before it is raised.
+Secrets: a problem quotes only values that are never secrets (choices, numbers, durations,
+rates, states and names), and only when they were written in the file; as a last guard, every
+value that came from the environment or from an ``x_file`` is masked in every problem before it
+is raised. Every file the config names is read only if it is a regular file, up to a limit
+(`VALUE_FILE_LIMIT`, `CONFIG_FILE_LIMIT`).
 """
 
 from __future__ import annotations

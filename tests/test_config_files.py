@@ -9,12 +9,14 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from world import World, eventually
+from world import SITE, World, eventually, job_yaml
 
 from poller.config import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT
 
@@ -224,4 +226,34 @@ class TestReload:
             assert b"RELOADING=1" in sock.recv(4096)
             assert b"READY=1" in sock.recv(4096)
             eventually(lambda: b'"reloaded"' in world.log.read_bytes(), what="good reload")
+            assert world.stop(daemon) == 0
+
+    def test_reload_whose_job_sync_fails_is_refused(self, world: World, tmp_path: Path) -> None:
+        """Not only a bad file: a reload whose jobs cannot be written (here the watches table
+        is gone for a moment) is refused with the reason, READY=1 follows, the old config
+        stays in force, and the same reload works once the table is back."""
+        path = str(tmp_path / "notify.sock")
+        database = Path(world.database.removeprefix("sqlite:///"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(10)
+            daemon = world.start(env=world.env() | {"NOTIFY_SOCKET": path})
+            assert b"READY=1" in sock.recv(4096)
+            world.ruler.add_job(SITE, "late", status="processing")
+            world.write_config(job_yaml("late"))
+            with closing(sqlite3.connect(database)) as conn:
+                conn.execute("ALTER TABLE watches RENAME TO watches_away")
+            daemon.send_signal(signal.SIGHUP)
+            assert b"RELOADING=1" in sock.recv(4096)
+            assert b"READY=1" in sock.recv(4096)
+            eventually(lambda: b"reload refused" in world.log.read_bytes(), what="refusal")
+            assert "no such table" in world.log.read_text()
+            assert "never retrieved" not in world.log.read_text()
+            with closing(sqlite3.connect(database)) as conn:
+                conn.execute("ALTER TABLE watches_away RENAME TO watches")
+            assert daemon.poll() is None
+            daemon.send_signal(signal.SIGHUP)
+            assert b"RELOADING=1" in sock.recv(4096)
+            assert b"READY=1" in sock.recv(4096)
+            eventually(lambda: "ruler-prod/4f2a/late" in world.status(), what="the job synced")
             assert world.stop(daemon) == 0
