@@ -666,7 +666,7 @@ class ImmutaSource(SourceConfig):
             return None
         deadline = info.data.get("request_timeout")
         if deadline is not None and value >= deadline:
-            raise ValueError(
+            raise _ShownValueError(
                 f"must be shorter than request_timeout ({format_duration(deadline)}), "
                 "the deadline of the request that waits"
             )

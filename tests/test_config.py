@@ -646,7 +646,7 @@ SOURCE_PROBLEMS = [
         "    long_poll: 1m\n",
         [
             "6: sources.r.long_poll: must be shorter than request_timeout (30s), the deadline "
-            "of the request that waits"
+            "of the request that waits; got '1m'"
         ],
     ),
     (
