@@ -70,11 +70,19 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
     return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
 
 
-def open_store(config: Config) -> Store:
-    """Open the config's database and bring its schema up to date."""
-    store = Store(config.database)
+def open_store(config: Config, *, create: bool = False) -> Store:
+    """Open the config's database.
+
+    Only `poller run` passes `create`: it creates the database if there is none and brings its
+    schema up to date. Every other command needs a database `poller run` made, and fails
+    with a `StoreError` saying where it looked, creating nothing.
+    """
+    store = Store(config.database, create=create)
     try:
-        store.migrate()
+        if create:
+            store.migrate()
+        else:
+            store.require_schema()
     except PollerError:
         store.close()
         raise
@@ -104,6 +112,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self._runtime: Runtime | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
 
     def runtime(self) -> Runtime:
         """The runtime in force (replaced on reload)."""
@@ -119,7 +128,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        store = open_store(self.config)
+        store = open_store(self.config, create=True)
         try:
             store.acquire_daemon_lock()
             if store.is_sqlite:
@@ -225,30 +234,65 @@ class Daemon:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # a background task (a reload) that fails is logged, never "never retrieved"
+        self._closing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("background task failed", task=task.get_name(), error=repr(exc)[:300])
 
     async def reload(self, db: DbThread) -> None:
-        """Re-read the config file; keep the old one if the new one is wrong."""
-        self.systemd.reloading()
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as exc:
-            log.error(
-                "reload refused: the new config is invalid; keeping the old one",
-                problems=[str(p) for p in exc.problems],
-            )
-            self.systemd.ready("reload refused; old config kept")
-            return
-        if new.database != self.config.database:
-            log.warning("a new database takes a restart; still using the old one")
-        old = self.runtime()
-        self._runtime = build_runtime(new, self.resolver)
-        self.config = new
-        report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
-        log.info("reloaded", added=list(report.added), stopped=list(report.removed))
-        self.systemd.ready("reloaded")
+        """Re-read the config file; keep the old one if the new one is wrong.
+
+        Whatever goes wrong (an invalid config, an unreadable file, a source that cannot be
+        built, the database away while the jobs are synced) is logged as "reload refused"
+        with its reason, the old config stays in force and systemd hears READY=1 again: a
+        reload never ends the daemon or leaves systemd waiting. Reloads run one at a time.
+        """
+        async with self._reloading:
+            self.systemd.reloading()
+            try:
+                old = await self._reload(db)
+            except ConfigError as exc:
+                log.error(
+                    "reload refused: the new config is invalid; keeping the old one",
+                    problems=[str(p) for p in exc.problems],
+                )
+                self.systemd.ready("reload refused; old config kept")
+                return
+            except Exception as exc:
+                log.error(
+                    "reload refused; keeping the old config",
+                    error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                )
+                self.systemd.ready("reload refused; old config kept")
+                return
+            self.systemd.ready("reloaded")
         # Polls in flight still use the old clients: close those once the polls are done.
         longest = max((s.request_timeout for s in old.config.sources.values()), default=0.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=longest)
         await old.aclose()
+
+    async def _reload(self, db: DbThread) -> Runtime:
+        """Put the config file's new content in force; returns the runtime it replaced.
+
+        On any exception the old config and runtime are still in force.
+        """
+        # off the event loop: the file (or a secret file it names) may be slow to read
+        new = await asyncio.to_thread(load_config, self.config.path)
+        if new.database != self.config.database:
+            log.warning("a new database takes a restart; still using the old one")
+        old_config, old = self.config, self.runtime()
+        runtime = build_runtime(new, self.resolver)
+        self._runtime, self.config = runtime, new
+        try:
+            report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
+        except BaseException:
+            # the watches table still matches the old config: keep it in force
+            self._runtime, self.config = old, old_config
+            await runtime.aclose()
+            raise
+        log.info("reloaded", added=list(report.added), stopped=list(report.removed))
+        return old

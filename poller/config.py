@@ -9,9 +9,11 @@ that lists every problem with its ``file:line``, its key path and what was expec
 The models are the typed view the rest of poller reads. They may also be built directly (tests,
 ``poller add``); they validate the same way, only without line numbers.
 
-Secrets: a problem never quotes a config value, except durations, enum choices and names; as a
-last guard, every value that came from the environment or from an ``x_file`` is masked in every
-problem before it is raised.
+Secrets: a problem quotes only values that are never secrets (choices, numbers, durations,
+rates, states and names), and only when they were written in the file; as a last guard, every
+value that came from the environment or from an ``x_file`` is masked in every problem before it
+is raised. Every file the config names is read only if it is a regular file, up to a limit
+(`VALUE_FILE_LIMIT`, `CONFIG_FILE_LIMIT`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import logging
 import math
 import os
 import re
+import stat
 import string
 import types
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal, NamedTuple, Self, Union, get_args, get_origin
@@ -49,6 +53,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine.url import make_url
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from poller import models
@@ -80,6 +85,7 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_rate",
+    "resolve_database_url",
 ]
 
 #: A place in the config: mapping keys and list indexes from the root.
@@ -101,6 +107,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The fields an http source's url and body templates may name.
 TEMPLATE_FIELDS = ("id", "site", "source", "key")
 _TARGET_STATES = tuple(s.value for s in State if s is not State.UNKNOWN)
+#: The most poller reads of a file a ``x_file`` key names (a secret or a template) and of the
+#: config file itself (README "Config reference"); anything larger is a config error.
+VALUE_FILE_LIMIT = 64 * 1024
+CONFIG_FILE_LIMIT = 1024 * 1024
 
 
 # --- durations and rates ---------------------------------------------------------------------
@@ -124,6 +134,12 @@ _RATE_PERIOD = {
 _RATE_HINT = "expected a rate like 5/s, 300/m or 1000/h (requests per second if a bare number)"
 
 
+class _ShownValueError(ValueError):
+    """A ValueError about a value that is never a secret (a duration, a rate, a state...):
+    a config problem quotes the value it was given, unless it came from the environment or a
+    file."""
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a number of seconds or a string like ``500ms``, ``1.5s``, ``5m``, ``1h30m``.
 
@@ -131,7 +147,7 @@ def parse_duration(value: object) -> float:
     durations and for infinities.
     """
     if isinstance(value, bool):
-        raise ValueError(_DURATION_HINT)
+        raise _ShownValueError(_DURATION_HINT)
     try:
         if isinstance(value, int | float) or (
             isinstance(value, str) and _BARE_NUMBER.fullmatch(value)
@@ -143,13 +159,13 @@ def parse_duration(value: object) -> float:
                 for number, unit in _DURATION_PART.findall(value)
             )
         else:
-            raise ValueError(_DURATION_HINT)
+            raise _ShownValueError(_DURATION_HINT)
     except OverflowError:
-        raise ValueError("expected a finite duration") from None
+        raise _ShownValueError("expected a finite duration") from None
     if not math.isfinite(seconds):
-        raise ValueError("expected a finite duration")
+        raise _ShownValueError("expected a finite duration")
     if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+        raise _ShownValueError("a duration cannot be negative")
     return seconds
 
 
@@ -171,7 +187,7 @@ def format_duration(seconds: float) -> str:
 def parse_rate(value: object) -> float:
     """Requests per second from ``5/s``, ``300/m``, ``1000/h``, ``10/d`` or a bare number."""
     if isinstance(value, bool):
-        raise ValueError(_RATE_HINT)
+        raise _ShownValueError(_RATE_HINT)
     rate: float
     try:
         if isinstance(value, int | float):
@@ -180,25 +196,120 @@ def parse_rate(value: object) -> float:
             period = _RATE_PERIOD[(match.group(2) or "s").lower()]
             rate = float(match.group(1)) / period
         else:
-            raise ValueError(_RATE_HINT)
+            raise _ShownValueError(_RATE_HINT)
     except OverflowError:
-        raise ValueError(_RATE_HINT) from None
+        raise _ShownValueError(_RATE_HINT) from None
     if not math.isfinite(rate):
-        raise ValueError(_RATE_HINT)
+        raise _ShownValueError(_RATE_HINT)
     if rate <= 0:
-        raise ValueError("must be more than 0 requests")
+        raise _ShownValueError("must be more than 0 requests")
     return rate
 
 
-def default_database_url(environ: Mapping[str, str]) -> str:
-    """``sqlite:///`` + the absolute path of ``poller.db`` in systemd's state directory.
+def default_database_url(config_path: str | os.PathLike[str]) -> str:
+    """``sqlite:///`` + the absolute path of ``poller.db`` next to the config file.
 
-    That is the first entry of ``$STATE_DIRECTORY`` (systemd joins several with ``:``), else
-    the current directory.
+    The daemon and every command read the same config, so they find the same database
+    wherever they are run from (the current directory and the environment play no part).
     """
-    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    directory = os.path.abspath(first) if first else os.getcwd()
+    directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
     return f"sqlite:///{os.path.join(directory, 'poller.db')}"
+
+
+def resolve_database_url(url: str, config_path: str | os.PathLike[str]) -> str:
+    """`url` with a relative SQLite path made absolute against the config file's directory.
+
+    Other URLs (absolute SQLite paths, ``:memory:``, PostgreSQL) are returned as they are.
+    """
+    parsed = make_url(url)
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
+        return url
+    directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
+    absolute = os.path.normpath(os.path.join(directory, database))
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
+
+
+# --- files the config names ------------------------------------------------------------------
+
+
+class _Unreadable(Exception):
+    """Why a file the config names cannot be used: a reason in words, never its content."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read_small_file(path: str, limit: int) -> bytes:
+    """The content of the regular file at `path`, if it holds at most `limit` bytes.
+
+    Raises `_Unreadable` for anything else. The file is opened non-blocking, so that a FIFO
+    without a writer cannot hang the caller, and its type is checked on the open descriptor
+    before a byte is read, so that a device (``/dev/zero``) or a directory is refused
+    instead of read without end. Reading stops one byte past `limit`, whatever size the
+    file claims.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or type(exc).__name__) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _Unreadable(f"{_file_kind(mode)}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise _Unreadable(f"larger than {_format_size(limit)}")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or type(exc).__name__) from None
+    finally:
+        os.close(fd)
+
+
+def _format_size(size: int) -> str:
+    return f"{size // (1024 * 1024)} MiB" if size % (1024 * 1024) == 0 else f"{size // 1024} KiB"
+
+
+def _control_character(text: str) -> tuple[int, str] | None:
+    """The line (from 1) and code (``U+000A``) of the first control character in `text`."""
+    for index, char in enumerate(text):
+        if unicodedata.category(char) == "Cc":
+            return text.count("\n", 0, index) + 1, f"U+{ord(char):04X}"
+    return None
+
+
+def _one_line(text: str) -> None:
+    """ValueError if a secret or a URL holds a control character (an HTTP header, a URL or
+    a password cannot carry one, and a request would fail at every poll instead)."""
+    found = _control_character(text)
+    if found is not None:
+        raise ValueError(
+            f"holds a control character ({found[1]}); a secret or a URL is one line of text"
+        )
 
 
 # --- field types -----------------------------------------------------------------------------
@@ -207,7 +318,7 @@ def default_database_url(environ: Mapping[str, str]) -> str:
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
-        raise ValueError("must be longer than 0s")
+        raise _ShownValueError("must be longer than 0s")
     return seconds
 
 
@@ -222,13 +333,13 @@ def _optional_duration(value: object) -> float | None:
 def _backoff(value: object) -> float:
     hint = "expected a number of at least 1, like 1.5"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(hint)
+        raise _ShownValueError(hint)
     try:
         factor = float(value)
     except (ValueError, OverflowError):
-        raise ValueError(hint) from None
+        raise _ShownValueError(hint) from None
     if not math.isfinite(factor) or factor < 1:
-        raise ValueError(hint)
+        raise _ShownValueError(hint)
     return factor
 
 
@@ -262,16 +373,27 @@ def _text(value: object) -> object:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    found = _control_character(value)
+    if found is not None:
+        # a name or an id ends up in titles, keys and the database (PostgreSQL refuses NUL)
+        raise ValueError(f"holds a control character ({found[1]}); a name is one line of text")
     return value
 
 
 def _non_empty_secret(value: SecretStr) -> SecretStr:
     if not value.get_secret_value().strip():
         raise ValueError("must not be empty")
+    _one_line(value.get_secret_value())
+    return value
+
+
+def _header_value(value: SecretStr) -> SecretStr:
+    _one_line(value.get_secret_value())
     return value
 
 
 def _http_url(value: str) -> str:
+    _one_line(value)  # urlsplit would drop a newline or a tab without a word
     try:
         parts = urlsplit(value)
     except ValueError:
@@ -281,13 +403,39 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+#: The databases poller stores in, by SQLAlchemy dialect and driver; ``postgresql://``
+#: alone would ask for psycopg2, which poller does not ship, so it is read as psycopg 3.
+_DATABASE_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+_DATABASE_HINT = (
+    "expected a database URL like sqlite:////var/lib/poller/poller.db "
+    "or postgresql+psycopg://user@host/poller"
+)
+
+
 def _database_url(value: str) -> str:
+    _one_line(value)
     if not re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", value):
+        raise ValueError(_DATABASE_HINT)
+    try:
+        parsed = make_url(value)
+    except Exception:  # SQLAlchemy's message quotes the URL, password included
+        raise ValueError(_DATABASE_HINT) from None
+    driver = _DATABASE_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        # the scheme is never a secret; the rest of the URL may be
         raise ValueError(
-            "expected a database URL like sqlite:////var/lib/poller/poller.db "
-            "or postgresql+psycopg://user@host/poller"
+            f"unsupported database {parsed.drivername!r}; poller stores in SQLite "
+            "(sqlite:////var/lib/poller/poller.db) or PostgreSQL "
+            "(postgresql+psycopg://user@host/poller)"
         )
-    return value
+    if driver == parsed.drivername:
+        return value
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 @contextmanager
@@ -306,6 +454,7 @@ def _apprise_url(value: SecretStr) -> SecretStr:
     url = value.get_secret_value()
     if not url.strip():
         raise ValueError("must not be empty")
+    _one_line(url)
     with _quiet_apprise():
         try:
             plugin = apprise.Apprise.instantiate(url)
@@ -346,7 +495,7 @@ def _target_state(value: object) -> State:
             state = State.UNKNOWN
         if state is not State.UNKNOWN:
             return state
-    raise ValueError(f"unknown state; expected one of: {', '.join(_TARGET_STATES)}")
+    raise _ShownValueError(f"unknown state; expected one of: {', '.join(_TARGET_STATES)}")
 
 
 def _log_level(value: object) -> object:
@@ -407,6 +556,7 @@ OptionalBackoff = Annotated[float | None, BeforeValidator(_optional_backoff)]
 Rate = Annotated[float | None, BeforeValidator(_optional_rate)]
 Count = Annotated[int, BeforeValidator(_whole_number)]
 Token = Annotated[SecretStr, AfterValidator(_non_empty_secret)]
+HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
 TargetState = Annotated[State, BeforeValidator(_target_state)]
@@ -516,7 +666,7 @@ class ImmutaSource(SourceConfig):
             return None
         deadline = info.data.get("request_timeout")
         if deadline is not None and value >= deadline:
-            raise ValueError(
+            raise _ShownValueError(
                 f"must be shorter than request_timeout ({format_duration(deadline)}), "
                 "the deadline of the request that waits"
             )
@@ -542,7 +692,7 @@ class HttpSource(SourceConfig):
 
     type: Literal["http"] = "http"
     method: Literal["GET", "POST"] = "GET"
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
     # body comes before url so that the url's check can see whether the body names {id}
     body: Any = None
     url: str
@@ -764,15 +914,13 @@ class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-def _default_database() -> str:
-    return default_database_url(os.environ)
-
-
 class Config(_Frozen):
     """A whole config, validated; `load_config` builds it from a file."""
 
     path: str
-    database: DatabaseUrl = Field(default_factory=_default_database)
+    #: with no ``database``, poller.db next to the config file; a relative SQLite path is
+    #: relative to the config file (README "Config reference")
+    database: DatabaseUrl = ""
     sources: dict[str, AnySource] = Field(default_factory=dict)
     channels: dict[str, ChannelUrl] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
@@ -783,6 +931,14 @@ class Config(_Frozen):
     log: LogConfig = Field(default_factory=LogConfig)
     #: templates of the channels written as a mapping with a ``template``
     channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _place_database(self) -> Self:
+        # one rule for the daemon and every command, wherever they run (README "Config
+        # reference"); the model is frozen, so the resolved URL is set through __dict__
+        url = self.database or default_database_url(self.path)
+        self.__dict__["database"] = resolve_database_url(url, self.path)
+        return self
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
@@ -1104,10 +1260,9 @@ class _Document:
     def read(self) -> bool:
         """Parses the file; False if nothing more can be checked."""
         try:
-            with open(self.file, "rb") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            self.problems.append(((), None, f"cannot read the config file: {exc.strerror}"))
+            raw = _read_small_file(self.file, CONFIG_FILE_LIMIT)
+        except _Unreadable as exc:
+            self.problems.append(((), None, f"cannot read the config file: {exc}"))
             return False
         try:
             text = raw.decode("utf-8-sig")
@@ -1115,7 +1270,21 @@ class _Document:
             line = raw[: exc.start].count(b"\n") + 1
             self.problems.append(((), line, "not UTF-8 text"))
             return False
-        loader = _Loader(text)
+        try:
+            loader = _Loader(text)
+        except yaml.reader.ReaderError as exc:
+            # YAML allows no control character but tab and newlines, not even in quotes
+            line = text.count("\n", 0, max(exc.position, 0)) + 1
+            code = f"U+{exc.character:04X}" if isinstance(exc.character, int) else "one"
+            self.problems.append(
+                (
+                    (),
+                    line,
+                    f"invalid YAML: control character {code} is not allowed "
+                    '(write it as an escape such as "\\x07" in a double-quoted string)',
+                )
+            )
+            return False
         self._loader = loader
         try:
             node = loader.get_single_node()
@@ -1266,18 +1435,38 @@ class _Document:
                 self.broken.add(base_path)
                 result[base] = ""
                 continue
-            try:
-                with open(value, encoding="utf-8") as handle:
-                    content = handle.read().strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            content, reason = _value_file(value, template=path[-1:] == ("template",))
+            if reason is not None:
                 self.problem(file_path, f"cannot read {value}: {reason}")
                 self.broken.add(base_path)
-                content = ""
             else:
                 self.secrets.add(content)
             result[base] = content
         return result
+
+
+def _value_file(path: str, *, template: bool) -> tuple[str, str | None]:
+    """The value an ``x_file`` key names, stripped, and None; or "" and why it cannot be used.
+
+    A template may span lines; any other value (a token, a password, a URL) is one line: a
+    trailing newline is dropped, a control character inside is refused rather than sent.
+    """
+    try:
+        content = _read_small_file(path, VALUE_FILE_LIMIT).decode("utf-8").strip()
+    except _Unreadable as exc:
+        return "", str(exc)
+    except UnicodeDecodeError:
+        return "", "not UTF-8 text"
+    found = None if template else _control_character(content)
+    if found is None:
+        return content, None
+    line, code = found
+    if code in ("U+000A", "U+000D"):
+        return (
+            "",
+            "holds more than one line; the value must be one line (a trailing newline is fine)",
+        )
+    return "", f"line {line} holds a control character ({code}); the value must be one line"
 
 
 # --- pydantic errors -------------------------------------------------------------------------
@@ -1337,6 +1526,53 @@ def _unknown_key(key: str, expected: Sequence[str]) -> str:
     return f"{message} (did you mean {close[0]}?)" if close else message
 
 
+#: pydantic's error kinds about a value that is never a secret (a choice, a number): their
+#: problems quote the value given
+_SHOWN_KINDS = frozenset(
+    {
+        "union_tag_invalid",
+        "literal_error",
+        "enum",
+        "int_parsing",
+        "int_from_float",
+        "float_parsing",
+        "bool_parsing",
+        "greater_than_equal",
+        "greater_than",
+        "less_than_equal",
+        "less_than",
+    }
+)
+
+
+def _shown_value(error: Mapping[str, Any]) -> str | None:
+    """The value an error is about, quoted, if it may be shown; else None.
+
+    Only choices, numbers, durations, rates and states are quoted (never a token, a URL or a
+    header), and only short one-line values.
+    """
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = ctx.get("tag") if kind == "union_tag_invalid" else error.get("input")
+    shown = kind in _SHOWN_KINDS or isinstance(ctx.get("error"), _ShownValueError)
+    if not shown or isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = repr(value)
+    if len(text) > 60 or _control_character(str(value)) is not None:
+        return None
+    return text
+
+
+def _with_value(message: str, shown: str | None) -> str:
+    """`message` naming the value: ``unknown X 'v'; expected...`` or ``...; got 'v'``."""
+    if shown is None:
+        return message
+    head, sep, tail = message.partition(";")
+    if head.startswith("unknown ") and sep:
+        return f"{head} {shown};{tail}"
+    return f"{message}; got {shown}"
+
+
 def _message(error: Mapping[str, Any], root: Any) -> str:
     """What was expected, in words, from pydantic's error; its input is never used."""
     kind = error["type"]
@@ -1365,6 +1601,8 @@ def _message(error: Mapping[str, Any], root: Any) -> str:
         return "expected a list"
     if kind == "string_type":
         return "expected a string"
+    if kind in ("bool_type", "bool_parsing"):
+        return "expected true or false"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return "expected a whole number"
     if kind in ("float_type", "float_parsing"):
@@ -1394,7 +1632,7 @@ class _Checker:
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_input=False)
+            errors = exc.errors(include_url=False)
         tag = value.get("type") if isinstance(value, Mapping) else None
         for error in errors:
             loc = tuple(error["loc"])
@@ -1403,6 +1641,8 @@ class _Checker:
                 loc = ("type",)
             elif root is AnySource and loc and loc[0] == tag:
                 loc = loc[1:]
+            if (*prefix, *loc) not in self.doc.tainted:  # else from the environment or a file
+                message = _with_value(message, _shown_value(error))
             cause = (error.get("ctx") or {}).get("error")
             if isinstance(cause, TemplateProblem):
                 line, message = self.doc.template_place((*prefix, *loc), cause)
@@ -1435,9 +1675,10 @@ def load_config(
 ) -> Config:
     """Reads and validates the config file at `path`.
 
-    `environ` (default: ``os.environ``) provides ``${VAR}`` references, ``POLLER_LOG_LEVEL``
-    and ``STATE_DIRECTORY`` for the default database. Raises `ConfigError` listing every
-    problem, ordered by line.
+    `environ` (default: ``os.environ``) provides ``${VAR}`` references and
+    ``POLLER_LOG_LEVEL``. The database is ``poller.db`` next to the file unless ``database``
+    says otherwise; a relative SQLite path there is relative to the file too. Raises
+    `ConfigError` listing every problem, ordered by line.
     """
     environ = os.environ if environ is None else environ
     file = os.fspath(path)
@@ -1460,9 +1701,7 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
             doc.problem((key,), _unknown_key(key, TOP_LEVEL_KEYS))
 
     database = data.get("database")
-    if database is None:
-        database = default_database_url(environ)
-    else:
+    if database is not None:
         database = checker.validate(_adapter(DatabaseUrl), database, ("database",), DatabaseUrl)
 
     sources: dict[str, Any] = {}
@@ -1537,7 +1776,6 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
         doc.problem(found_path, message)
 
     parts = (
-        database,
         polling,
         delivery,
         replicas,
@@ -1552,7 +1790,8 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
     try:
         return Config(
             path=doc.file,
-            database=database,
+            # none given: Config puts it next to the config file
+            **({"database": database} if database is not None else {}),
             sources=sources,
             channels=channels,
             rules=tuple(rules),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import textwrap
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from poller.config import (
     load_config,
     parse_duration,
     parse_rate,
+    resolve_database_url,
 )
 from poller.errors import ConfigError
 from poller.models import Event, Policy, State
@@ -43,7 +43,7 @@ ENV = {
 }
 
 SPEC_EXAMPLE = """\
-database: sqlite:////var/lib/poller/poller.db   # default: poller.db in $STATE_DIRECTORY, else ./
+database: sqlite:////var/lib/poller/poller.db   # default: poller.db next to the config file
                                                 # postgresql+psycopg://... for several replicas
 sources:
   ruler-prod:
@@ -198,7 +198,6 @@ class TestValidConfig:
         for name, value in ENV.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-        monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/poller")
         monkeypatch.delenv("POLLER_LOG_LEVEL", raising=False)
 
         config = load_config(REPO / "config.example.yaml")
@@ -216,9 +215,10 @@ class TestValidConfig:
         assert config.rules[0].template.format == "markdown"
 
     def test_empty_file_is_an_empty_config(self, tmp_path: Path) -> None:
-        """An empty file is valid: no sources, no jobs, every default."""
+        """An empty file is valid: no sources, no jobs, every default (the database is
+        poller.db next to the config file, whatever systemd's STATE_DIRECTORY says)."""
         config = load(tmp_path, "", env={"STATE_DIRECTORY": "/srv/state:/srv/other"})
-        assert config.database == "sqlite:////srv/state/poller.db"
+        assert config.database == f"sqlite:///{tmp_path}/poller.db"
         assert (config.sources, config.channels, config.rules, config.jobs) == ({}, {}, (), ())
         assert config.polling == PollingDefaults()
         assert config.policy_for("anything") == Policy()
@@ -418,7 +418,7 @@ class TestEnvironment:
         )
         source = config.sources["r"]
         assert isinstance(source, RulerSource)
-        assert config.database == "sqlite:///./poller.db"
+        assert config.database == f"sqlite:///{tmp_path}/poller.db"  # next to the config
         assert source.token.get_secret_value() == "pa$word-x1"
         assert source.base_url == "https://default.example.com/v1"
         assert (source.max_concurrency, source.request_timeout) == (3, 45.0)
@@ -617,14 +617,14 @@ SOURCE_PROBLEMS = [
     (
         "unknown type",
         "sources:\n  r:\n    type: jenkins\n",
-        ["3: sources.r.type: unknown source type; expected one of: ruler, immuta, http"],
+        ["3: sources.r.type: unknown source type 'jenkins'; expected one of: ruler, immuta, http"],
     ),
     (
         "bad duration",
         "sources:\n  r:\n    type: ruler\n    token: x\n    request_timeout: soon\n",
         [
             "5: sources.r.request_timeout: expected a duration like 30s, 5m, 2h "
-            "(seconds, or a number with ms, s, m, h, d)"
+            "(seconds, or a number with ms, s, m, h, d); got 'soon'"
         ],
     ),
     (
@@ -632,7 +632,7 @@ SOURCE_PROBLEMS = [
         "sources:\n  r:\n    type: ruler\n    token: x\n    rate_limit: fast\n",
         [
             "5: sources.r.rate_limit: expected a rate like 5/s, 300/m or 1000/h "
-            "(requests per second if a bare number)"
+            "(requests per second if a bare number); got 'fast'"
         ],
     ),
     (
@@ -646,14 +646,14 @@ SOURCE_PROBLEMS = [
         "    long_poll: 1m\n",
         [
             "6: sources.r.long_poll: must be shorter than request_timeout (30s), the deadline "
-            "of the request that waits"
+            "of the request that waits; got '1m'"
         ],
     ),
     (
         "batch size",
         "sources:\n  r:\n    type: immuta\n    token: x\n    base_url: https://h\n"
         "    batch_size: 5000\n",
-        ["6: sources.r.batch_size: must be at most 1000"],
+        ["6: sources.r.batch_size: must be at most 1000; got 5000"],
     ),
     (
         "bad JMESPath",
@@ -672,9 +672,9 @@ SOURCE_PROBLEMS = [
         "sources:\n  h:\n    type: http\n    url: https://h/{id}\n    state: s\n"
         "    states:\n      A: failed\n      B: finished\n      C: unknown\n",
         [
-            "8: sources.h.states.B: unknown state; expected one of: pending, running, "
+            "8: sources.h.states.B: unknown state 'finished'; expected one of: pending, running, "
             "succeeded, partial, failed, cancelled, expired",
-            "9: sources.h.states.C: unknown state; expected one of: pending, running, "
+            "9: sources.h.states.C: unknown state 'unknown'; expected one of: pending, running, "
             "succeeded, partial, failed, cancelled, expired",
         ],
     ),
@@ -721,7 +721,7 @@ SOURCE_PROBLEMS = [
         "bad method",
         "sources:\n  h:\n    type: http\n    method: PUT\n    url: https://h/{id}\n"
         "    state: s\n    states: {A: failed}\n",
-        ["4: sources.h.method: expected one of: GET, POST"],
+        ["4: sources.h.method: expected one of: GET, POST; got 'PUT'"],
     ),
     (
         "empty states",
@@ -733,7 +733,7 @@ SOURCE_PROBLEMS = [
         "sources:\n  r:\n    type: ruler\n    token: x\n    polling:\n      backoff: 0.5\n"
         "      intervall: 1m\n",
         [
-            "6: sources.r.polling.backoff: expected a number of at least 1, like 1.5",
+            "6: sources.r.polling.backoff: expected a number of at least 1, like 1.5; got 0.5",
             "7: sources.r.polling.intervall: unknown key; expected one of: interval, backoff, "
             "max_interval, timeout, stall_after, error_after (did you mean interval?)",
         ],
@@ -788,7 +788,7 @@ OTHER_PROBLEMS = [
         "channels:\n  ops: json://localhost\nrules:\n  - on: [failed, exploded]\n    notify: ops\n",
         [
             "4: rules[0].on[1]: expected one of: started, succeeded, partial, failed, cancelled, "
-            "expired, stalled, timed_out, unreachable, recovered"
+            "expired, stalled, timed_out, unreachable, recovered; got 'exploded'"
         ],
     ),
     (
@@ -805,8 +805,8 @@ OTHER_PROBLEMS = [
         "bad level",
         "log: {level: loud, format: xml}\n",
         [
-            "1: log.level: expected one of: debug, info, warning, error",
-            "1: log.format: expected one of: auto, json, console",
+            "1: log.level: expected one of: debug, info, warning, error; got 'loud'",
+            "1: log.format: expected one of: auto, json, console; got 'xml'",
         ],
     ),
     (
@@ -838,7 +838,7 @@ JOB_PROBLEMS = [
      ["14: jobs[2]: the same job as jobs[0] (line 12); list each job once"]),
     ("bad job polling", "  - source: immuta\n    id: a\n    polling: {timeout: forever}\n",
      ["14: jobs[0].polling.timeout: expected a duration like 30s, 5m, 2h "
-      "(seconds, or a number with ms, s, m, h, d)"]),
+      "(seconds, or a number with ms, s, m, h, d); got 'forever'"]),
     ("unknown search filter", "  - source: immuta\n    search: {status: failed}\n",
      ["13: jobs[0].search.status: unknown key; expected one of: jobType, state, startDate, "
       "endDate (did you mean state?)"]),
@@ -892,31 +892,32 @@ class TestProblems:
         assert found == [
             "2: jobs[0].source: unknown source 'ghost'; expected one of: h, r",
             "3: jobs[1].site: required for a ruler source",
-            "5: sources.r.max_concurrency: must be at least 1",
+            "5: sources.r.max_concurrency: must be at least 1; got 0",
             "6: sources.h.state: not a valid JMESPath expression (it ends too early)",
-            "6: sources.h.states.X: unknown state; expected one of: pending, running, "
+            "6: sources.h.states.X: unknown state 'done'; expected one of: pending, running, "
             "succeeded, partial, failed, cancelled, expired",
             "8: channels.ops: not an Apprise URL Apprise understands "
             "(see https://github.com/caronc/apprise/wiki)",
             "10: rules[0].notify[1]: unknown channel 'nobody'; expected one of: ops",
             "11: polling.interval: expected a duration like 30s, 5m, 2h "
-            "(seconds, or a number with ms, s, m, h, d)",
-            "12: log.level: expected one of: debug, info, warning, error",
+            "(seconds, or a number with ms, s, m, h, d); got '1x'",
+            "12: log.level: expected one of: debug, info, warning, error; got 'chatty'",
             "13: extra: unknown key; expected one of: database, sources, channels, rules, "
             "polling, delivery, replicas, jobs, log",
             "None: POLLER_LOG_LEVEL: expected one of: debug, info, warning, error",
         ]
 
     def test_wrong_types_never_quote_the_input(self, tmp_path: Path) -> None:
-        """Type errors say what was expected, not what was given."""
+        """Type errors say what was expected; only a value that is never a secret (a number,
+        a choice, a duration) is quoted, so a token in the wrong place is not."""
         text = error_text(
             tmp_path,
             "sources:\n  r: {type: ruler, token: [quoted-value-1], max_concurrency: quoted-value-2}"
             "\njobs:\n  - {source: r, site: s, id: {x: quoted-value-3}}\n",
         )
-        assert "quoted-value" not in text
+        assert "quoted-value-1" not in text and "quoted-value-3" not in text
         assert "sources.r.token: expected a string" in text
-        assert "sources.r.max_concurrency: expected a whole number" in text
+        assert "sources.r.max_concurrency: expected a whole number; got 'quoted-value-2'" in text
         assert "jobs[0].id: expected a string" in text
 
 
@@ -1110,13 +1111,22 @@ class TestModels:
             )
 
     def test_default_database_url(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """poller.db in the first STATE_DIRECTORY, else in the current directory, absolute."""
+        """poller.db next to the config file, absolute; relative SQLite paths are relative
+        to the config file, wherever the process runs."""
         monkeypatch.chdir(tmp_path)
-        assert default_database_url({"STATE_DIRECTORY": "/a:/b"}) == "sqlite:////a/poller.db"
-        assert default_database_url({}) == f"sqlite:///{os.path.join(tmp_path, 'poller.db')}"
-        assert default_database_url({"STATE_DIRECTORY": "rel"}) == (
-            f"sqlite:///{tmp_path / 'rel' / 'poller.db'}"
+        assert default_database_url("/etc/poller/config.yaml") == "sqlite:////etc/poller/poller.db"
+        assert default_database_url("conf/c.yaml") == f"sqlite:///{tmp_path}/conf/poller.db"
+        assert resolve_database_url("sqlite:///state/p.db", "/etc/poller/c.yaml") == (
+            "sqlite:////etc/poller/state/p.db"
         )
+        assert resolve_database_url("sqlite:///../p.db", "/etc/poller/c.yaml") == (
+            "sqlite:////etc/p.db"
+        )
+        for same in ("sqlite:////abs/p.db", "sqlite://", "postgresql+psycopg://u:p@h/db"):
+            assert resolve_database_url(same, "/etc/poller/c.yaml") == same
+        built = Config(path="/etc/poller/c.yaml", database="sqlite:///p.db")
+        assert built.database == "sqlite:////etc/poller/p.db"
+        assert Config(path="/etc/poller/c.yaml").database == "sqlite:////etc/poller/poller.db"
 
 
 class TestReplicas:
@@ -1192,9 +1202,8 @@ class TestDelivery:
             "3: delivery.retry_max: must be at least retry_initial (1m), not 10s",
             "4: delivery.give_up: unknown key; expected one of: timeout, retry_initial, "
             "retry_max, give_up_after, digest (did you mean give_up_after?)",
-            "6: delivery.digest.threshold: must be at least 1",
-            "7: delivery.digest.enabled: Input should be a valid boolean, unable to interpret "
-            "input",
+            "6: delivery.digest.threshold: must be at least 1; got 0",
+            "7: delivery.digest.enabled: expected true or false; got 'perhaps'",
         ]
 
 

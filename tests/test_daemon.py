@@ -170,6 +170,7 @@ class TestRegistration:
         assert r.returncode == 2 and "no source nope" in r.stderr
         r = world.cli("add", "ruler-prod", "x", check=False)
         assert r.returncode == 2 and "--site" in r.stderr
+        world.start()  # only `poller run` creates the database
         r = world.cli("remove", "ruler-prod/none/x", check=False)
         assert r.returncode == 1 and "no watch" in r.stderr
 

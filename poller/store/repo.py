@@ -12,11 +12,13 @@ can never overwrite newer state. On PostgreSQL claims use `FOR UPDATE SKIP LOCKE
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
 import operator
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -136,6 +138,23 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+_NO_TABLES = (
+    "no poller tables in {where} (only `poller run` creates them: is this the daemon's config?)"
+)
+
+
+def _has_poller_tables(path: Path) -> bool:
+    """Whether the SQLite file at `path` has poller's schema, asked without writing to it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from None
+    return found is not None
+
+
 def _prepare_sqlite_file(path: Path) -> None:
     """Create the database file owner-only before SQLite does; its WAL inherits the mode."""
     if not path.parent.exists():
@@ -147,14 +166,29 @@ def _prepare_sqlite_file(path: Path) -> None:
 class Store:
     """Access to one poller database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, create: bool = True) -> None:
+        """Open the database at `url`.
+
+        With `create` (what `poller run` does) a missing SQLite file is created, owner-only,
+        with its directory. Without it a missing file is a `StoreError` naming the path, and
+        nothing is created on disk.
+        """
         self.url = url
-        self.sqlite_path = _sqlite_path(url)
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self._lock_file: IO[bytes] | None = None
         try:
+            self.sqlite_path = _sqlite_path(url)
+            self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
             if self.sqlite_path is not None:
-                _prepare_sqlite_file(self.sqlite_path)
+                if create:
+                    _prepare_sqlite_file(self.sqlite_path)
+                elif not self.sqlite_path.is_file():
+                    raise StoreError(
+                        f"no poller database at {self.sqlite_path} "
+                        "(only `poller run` creates one: is this the daemon's config?)"
+                    )
+                elif not _has_poller_tables(self.sqlite_path):
+                    # asked read-only: opening it for poller would turn it to WAL mode
+                    raise StoreError(_NO_TABLES.format(where=self.sqlite_path))
             self.engine: Engine = sa.create_engine(
                 url,
                 pool_pre_ping=not self.is_sqlite,
@@ -162,7 +196,11 @@ class Store:
                 json_deserializer=_json_loads,
                 **({"connect_args": {"timeout": busy_timeout}} if self.is_sqlite else {}),
             )
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except sa.exc.ArgumentError:
+            # its message quotes the URL, password included
+            raise StoreError("cannot open the database: not a URL SQLAlchemy reads") from None
+        except (OSError, ImportError, sa.exc.SQLAlchemyError) as exc:
+            # ImportError: a URL whose driver is not installed (the config refuses those)
             raise StoreError(f"cannot open the database: {_describe(exc)}") from None
         if self.is_sqlite:
             self._setup_sqlite(busy_timeout)
@@ -215,6 +253,25 @@ class Store:
                 command.upgrade(cfg, "head")
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the database: {_describe(exc)}") from None
+
+    def require_schema(self) -> None:
+        """A `StoreError` unless the database holds poller's tables at `HEAD_REVISION`.
+
+        What every command but `poller run` asks before it reads or writes: it never creates
+        or migrates the schema itself, so a wrong URL cannot grow a second database.
+        """
+        try:
+            revision = self.current_revision()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database: {_describe(exc)}") from None
+        where = self.sqlite_path if self.sqlite_path is not None else safe_url(self.url)
+        if revision is None:
+            raise StoreError(_NO_TABLES.format(where=where))
+        if revision != HEAD_REVISION:
+            raise StoreError(
+                f"the database {where} is at schema revision {revision}, not {HEAD_REVISION}; "
+                "`poller run` of this version migrates it"
+            )
 
     def current_revision(self) -> str | None:
         """The schema revision the database is at, or None for an empty database."""
