@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 import aiohttp.abc
+import yarl
 from aiolimiter import AsyncLimiter
 
 from poller.errors import PermanentSourceError, SourceError, TransientSourceError
@@ -77,8 +78,23 @@ def _status_error(status: int, headers: Mapping[str, str], now: float) -> Source
 
 def path_segment(text: str) -> str:
     """`text` quoted as one URL path segment (most ids need no quoting, and `quote` is slow
-    next to a whole poll)."""
-    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+    next to a whole poll). ``/`` is quoted, and so are the dot-segments ``.`` and ``..``, which
+    a URL would otherwise resolve (``/batch/../status`` is ``/status``)."""
+    if text.isascii() and text.isalnum():
+        return text
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+#: What `_request_url` leaves as it is: the URL's delimiters and existing percent-escapes.
+_URL_SAFE = "%/:?#[]@!$&'()*+,;="
+
+
+def _request_url(url: str) -> yarl.URL:
+    """`url` for aiohttp, its percent-escapes kept: yarl decodes ``%2E%2E`` and resolves it
+    like ``..`` unless the URL is marked encoded, so ids are quoted here (only characters a
+    URL cannot hold, such as spaces) and the URL marked encoded."""
+    return yarl.URL(quote(url, safe=_URL_SAFE), encoded=True)
 
 
 class SourceHealth:
@@ -258,7 +274,12 @@ class Requester:
     ) -> Any:
         session = self._session or self._open()
         async with session.request(
-            method, url, params=params, json=body, headers=headers, allow_redirects=False
+            method,
+            _request_url(url),
+            params=params,
+            json=body,
+            headers=headers,
+            allow_redirects=False,
         ) as response:
             status = response.status
             if status >= 400 or status in (204, 304):
