@@ -14,12 +14,20 @@ from typing import Any, Literal
 import structlog
 import structlog.tracebacks
 
+from poller.terminal import printable
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _printable_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Text values shown as text on a terminal: an id or a status from an API with an escape
+    sequence in it must not drive the operator's terminal (JSON lines escape them anyway)."""
+    return {k: printable(v, lines=True) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
@@ -37,6 +45,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     else:
         renderer = structlog.processors.JSONRenderer()
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if use_console:
+        final.append(_printable_values)
     if not use_console:
         # Tracebacks as data, never with local variables: those can hold tokens.
         final.append(

@@ -261,6 +261,28 @@ class TestHostileText:
         missing = world.cli("history", "no\x1b]0;title\x07", check=False)
         assert missing.returncode == 1 and "\x1b" not in missing.stderr
 
+    def test_console_log_shows_escape_sequences_as_text(
+        self, tmp_path: Path, ruler: RulerSim
+    ) -> None:
+        """`poller run` with ``log.format: console`` (a terminal's format) prints an id's
+        escape sequence escaped, not raw."""
+        ruler.add_job(SITE, "\x1b[2Jgone", status="processing")
+        ruler_config(  # DaemonWorld runs tmp_path/config.yaml
+            tmp_path,
+            f"sqlite:///{tmp_path}/poller.db",
+            ruler,
+            jobs=f'  - {{source: ruler-prod, site: "{SITE}", id: "\\e[2Jgone"}}\n'
+            "log: {level: debug, format: console}\n",
+        )
+        world = DaemonWorld(tmp_path, ruler, WebhookSink())
+        try:
+            daemon = world.start(wait=False)
+            eventually(lambda: b"\\x1b[2Jgone" in world.log.read_bytes(), what="the id in the log")
+            assert world.stop(daemon) == 0
+        finally:
+            world.close()
+        assert b"\x1b[2J" not in world.log.read_bytes()
+
 
 # -- item 17: a key names one job, an id is one path segment -----------------------------------
 
