@@ -395,7 +395,7 @@ def _labels_said(changes: Mapping[str, tuple[Any, Any]]) -> str:
     said = ""
     for label, (old, new) in changes.items():
         if isinstance(new, tuple):
-            old, new = ", ".join(old) or "none", ", ".join(new)
+            old, new = ", ".join(old), ", ".join(new)
         said += f"; {label} changed from {old!r} to {new!r}" if old else f"; {label} set to {new!r}"
     return said
 

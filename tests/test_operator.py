@@ -258,6 +258,9 @@ class TestHostileText:
         assert "\\x1b[2J\\x1b[31mred" in status
         removed = world.cli("remove", esc_key)
         assert removed.stdout == "stopped watching ruler-prod/4f2a/\\x1b[2J\\x1b[31mred\n"
+        world.ruler.set_job(SITE, esc_id, status="complete")
+        waited = world.cli("wait", "ruler-prod", esc_id, "--site", SITE)
+        assert "\x1b" not in waited.stdout and "\\x1b[2J\\x1b[31mred succeeded" in waited.stdout
         missing = world.cli("history", "no\x1b]0;title\x07", check=False)
         assert missing.returncode == 1 and "\x1b" not in missing.stderr
 
