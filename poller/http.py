@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import aiohttp.abc
@@ -91,9 +91,14 @@ _URL_SAFE = "%/:?#[]@!$&'()*+,;="
 
 
 def _request_url(url: str) -> yarl.URL:
-    """`url` for aiohttp, its percent-escapes kept: yarl decodes ``%2E%2E`` and resolves it
-    like ``..`` unless the URL is marked encoded, so ids are quoted here (only characters a
-    URL cannot hold, such as spaces) and the URL marked encoded."""
+    """`url` for aiohttp with its percent-escapes kept as they are. yarl decodes ``%2E%2E`` and
+    resolves it like ``..`` unless a URL is marked encoded, which would undo `path_segment`;
+    so what a URL cannot hold as it is (spaces, other non-ASCII) is quoted here instead."""
+    if not url.isascii():
+        scheme, netloc = urlsplit(url)[:2]
+        if not netloc.isascii():
+            # a host name is IDNA-encoded, not percent-encoded: yarl does that part
+            url = str(yarl.URL(f"{scheme}://{netloc}")) + url[len(scheme) + 3 + len(netloc) :]
     return yarl.URL(quote(url, safe=_URL_SAFE), encoded=True)
 
 
