@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from world import SITE, DaemonWorld, World, eventually, job_yaml
 
+from poller.models import WatchSpec
 from poller.sim import ImmutaSim, JsonJobSim, RulerSim, SimThread, WebhookSink
+from poller.store.repo import Store
 
 LONG_ID = "x" * 257
 TRACEBACK = "Traceback"
@@ -178,6 +180,28 @@ class TestAddAgain:
         )
         watch = keys(config)[key]
         assert (watch["name"], watch["tags"]) == ("Weekly", ["etl", "ops"])
+
+    def test_store_add_keeps_what_is_known_on_both_databases(self, db_url: str) -> None:
+        """`Store.add` on an existing watch: labels and origin kept unless given, each change
+        reported, a removed watch re-activated."""
+        store = Store(db_url)
+        store.migrate()
+        try:
+            first = WatchSpec("im", "j1", name="A", tags=("x",), origin="discovered")
+            assert store.add(first, 1.0).created
+            same = store.add(WatchSpec("im", "j1"), 2.0)
+            assert not same.created and not same.changes and not same.reactivated
+            assert (same.watch.name, same.watch.tags, same.watch.origin) == (
+                "A",
+                ("x",),
+                "discovered",
+            )
+            store.remove_watch("im/j1", 3.0)
+            again = store.add(WatchSpec("im", "j1", name="B", tags=("x", "y")), 4.0)
+            assert again.reactivated and again.watch.progress.active
+            assert again.changes == {"name": ("A", "B"), "tags": (("x",), ("x", "y"))}
+        finally:
+            store.close()
 
 
 # -- item 14: `remove` of a config job ---------------------------------------------------------
