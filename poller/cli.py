@@ -18,12 +18,12 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from poller.config import Config, format_duration, load_config
 from poller.errors import ConfigError, PollerError
 from poller.models import TERMINAL_STATES, State, Watch, WatchSpec
 from poller.store.repo import Undelivered, safe_url
+from poller.terminal import plain, printable
 
 app = typer.Typer(
     add_completion=False,
@@ -49,12 +49,15 @@ STATUS_LIST_LIMIT = 20
 
 
 def _console() -> Console:
-    # Off a terminal, a fixed wide width keeps tables unwrapped in pipes and logs.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Off a terminal, a fixed wide width keeps tables unwrapped in pipes and logs. Data is
+    # printed as `plain` text; no markup or emoji codes either way, should a string slip by.
+    return Console(
+        highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"poller: {message}", file=sys.stderr)
+    print(f"poller: {printable(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -66,7 +69,7 @@ def _config(path: str | None) -> Config:
         noun = "problem" if len(exc.problems) == 1 else "problems"
         print(f"poller: the config has {len(exc.problems)} {noun}:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {printable(problem)}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -184,16 +187,20 @@ def check(config: ConfigOption = None) -> None:
     from poller.sources import SOURCES
 
     cfg = _config(config)
-    out = _console()
-    out.print(f"config {cfg.path} is valid")
-    out.print(f"database: {safe_url(cfg.database)}")
+    console = _console()
+
+    def say(line: str) -> None:
+        console.print(plain(line))
+
+    say(f"config {cfg.path} is valid")
+    say(f"database: {safe_url(cfg.database)}")
     for name, source in cfg.sources.items():
         note = "" if source.type in SOURCES else "  (not yet supported: its jobs are not polled)"
-        out.print(f"source {name}: {source.type}{note}")
+        say(f"source {name}: {source.type}{note}")
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
         note = "  (own template)" if name in cfg.channel_templates else ""
-        out.print(f"channel {name}: {', '.join(notifier.describe(name))}{note}", markup=False)
+        say(f"channel {name}: {', '.join(notifier.describe(name))}{note}")
     for i, rule in enumerate(cfg.rules):
         scope = []
         if rule.sources:
@@ -202,33 +209,33 @@ def check(config: ConfigOption = None) -> None:
             scope.append("tags " + ", ".join(rule.tags))
         if rule.template is not None:
             scope.append("own template")
-        out.print(
+        say(
             f"rule {i}: {', '.join(e.value for e in rule.on)} -> {', '.join(rule.notify)}"
             + (f" ({'; '.join(scope)})" if scope else "")
         )
     d = cfg.delivery
-    out.print(
+    say(
         f"delivery: timeout {format_duration(d.timeout)}, retries every "
         f"{format_duration(d.retry_initial)} doubling to {format_duration(d.retry_max)}, "
         f"given up after {format_duration(d.give_up_after)}"
     )
     if d.digest.enabled:
-        out.print(
+        say(
             f"digests: more than {d.digest.threshold} events for a channel within "
             f"{format_duration(d.digest.window)} go out as one message "
             f"(events wait {format_duration(d.digest.wait)} for others)"
         )
     else:
-        out.print("digests: off")
+        say("digests: off")
     specs = config_watch_specs(cfg)
-    out.print(f"would watch {len(specs)} job(s):")
+    say(f"would watch {len(specs)} job(s):")
     for spec in specs:
-        out.print(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
+        say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
     for job in cfg.jobs:
         if job.bulk is not None:
-            out.print(f"  every job of bulk {job.bulk} on {job.source}")
+            say(f"  every job of bulk {job.bulk} on {job.source}")
         elif job.search is not None:
-            out.print(f"  jobs found by a search on {job.source}")
+            say(f"  jobs found by a search on {job.source}")
 
 
 @app.command()
@@ -264,13 +271,18 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     for w in watches:
         p = w.progress
         table.add_row(
-            w.key,
-            w.name or "",
-            _state_label(w),
-            f"{p.progress:.0f}%" if p.progress is not None else "-",
-            _ago(w.last_poll_at, now),
-            _ago(w.next_poll_at, now) if p.active else "-",
-            (p.last_error or "")[:80],
+            *(
+                plain(value)
+                for value in (
+                    w.key,
+                    w.name or "",
+                    _state_label(w),
+                    f"{p.progress:.0f}%" if p.progress is not None else "-",
+                    _ago(w.last_poll_at, now),
+                    _ago(w.next_poll_at, now) if p.active else "-",
+                    (p.last_error or "")[:80],
+                )
+            )
         )
     out = _console()
     if watches:
@@ -288,15 +300,14 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         if not entries:
             continue
         more = f", newest {len(entries)} shown" if total > len(entries) else ""
-        out.print(f"\n{title} ({total}{more}):", markup=False)
+        out.print(f"\n{title} ({total}{more}):")
         table = Table(box=None, pad_edge=False)
         for column in ("KEY", "EVENT", "CHANNEL", "SINCE", "ATTEMPTS", "LAST ERROR"):
             table.add_column(column, overflow="fold")
         for e in entries:
-            # Text, not markup: keys and errors may hold brackets
             table.add_row(
                 *(
-                    Text(value)
+                    plain(value)
                     for value in (
                         e.key,
                         e.event,
@@ -347,7 +358,7 @@ def history(
         if e.kind == "event":
             sent = [f"{d['channel']}: {d['status']}" for d in e.detail.get("deliveries", [])]
             line += f"  [{', '.join(sent)}]" if sent else "  [no channel]"
-        out.print(line, markup=False)
+        out.print(plain(line))
     if not entries:
         out.print("nothing has happened yet")
 
@@ -359,11 +370,34 @@ def _spec(
         known = ", ".join(cfg.sources) or "none"
         _fail(f"no source {source} in the config (sources: {known})", 2)
     source_type = cfg.sources[source].type
-    if source_type == "ruler" and not site:
+    if source_type == "ruler" and site is None:
         _fail("--site is required for a ruler source", 2)
-    if source_type != "ruler" and site:
+    if source_type != "ruler" and site is not None:
         _fail(f"--site is only for ruler sources; {source} is {source_type}", 2)
-    return WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
+    spec = WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
+    # the config's rule for the same parts (models.text_problem), checked before any database
+    problems = spec.problems()
+    if problems:
+        _fail(f"cannot watch this job: {'; '.join(problems)}", 2)
+    return spec
+
+
+def _config_job(cfg: Config, key: str) -> str | None:
+    """Where the config lists the job of `key` (``jobs[i] in FILE``), or None."""
+    for index, job in enumerate(cfg.jobs):
+        if job.key == key:
+            return f"jobs[{index}] in {cfg.path}"
+    return None
+
+
+def _labels_said(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """What `add` changed, e.g. ``; name changed from 'a' to 'b'``."""
+    said = ""
+    for label, (old, new) in changes.items():
+        if isinstance(new, tuple):
+            old, new = ", ".join(old), ", ".join(new)
+        said += f"; {label} changed from {old!r} to {new!r}" if old else f"; {label} set to {new!r}"
+    return said
 
 
 @app.command()
@@ -375,16 +409,31 @@ def add(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Start watching a job; the running daemon picks it up within seconds."""
+    """Start watching a job; the running daemon picks it up within seconds.
+
+    A job already watched keeps its name and tags unless `--name` or `--tag` are given; what
+    changed is said. A job of the config is labelled in the config, not here.
+    """
     cfg = _config(config)
     spec = _spec(cfg, source, job_id, site, name, tag or [])
+    listed = _config_job(cfg, spec.key)
+    if listed is not None and (name is not None or tag):
+        # the next reload would put the config's labels back without a word
+        _fail(f"{spec.key} is {listed}: change its name and tags there, then reload", 2)
     store = _store(cfg)
     try:
-        watch, created = store.add_watch(spec, time.time())
+        added = store.add(spec, time.time())
     finally:
         store.close()
-    verb = "watching" if created else "already watching"
-    print(f"{verb} {watch.key}" + ("" if watch.progress.active else " (it has ended)"))
+    watch = added.watch
+    if added.created:
+        said = "watching"
+    elif added.reactivated:
+        said = "watching again (it had been removed)"
+    else:
+        said = "already watching"
+    said += f" {watch.key}" + ("" if watch.progress.active else " (it has ended)")
+    print(printable(said + _labels_said(added.changes)))
 
 
 @app.command()
@@ -392,8 +441,16 @@ def remove(
     key: Annotated[str, typer.Argument(help="The watch key.")],
     config: ConfigOption = None,
 ) -> None:
-    """Stop watching a job (its history stays)."""
+    """Stop watching a job (its history stays). A job the config lists is removed there."""
     cfg = _config(config)
+    listed = _config_job(cfg, key)
+    if listed is not None:
+        # removing it here would not stick: every reload and restart brings it back
+        _fail(
+            f"{key} is {listed}; remove it from there and reload the daemon "
+            "(systemctl reload poller), or it comes back at the next reload",
+            2,
+        )
     store = _store(cfg)
     try:
         watch = store.remove_watch(key, time.time())
@@ -401,7 +458,7 @@ def remove(
         store.close()
     if watch is None:
         _fail(f"no watch {key}", 1)
-    print(f"stopped watching {key}")
+    print(printable(f"stopped watching {key}"))
 
 
 @app.command()
@@ -460,13 +517,13 @@ def notify_test(
                     body_format=fmt,
                     timeout=cfg.delivery.timeout,
                 )
-                print(f"{name}: ok")
+                print(printable(f"{name}: ok"))
             except NotifyError as exc:
                 failures += 1
                 answer = exc.answer
-                print(f"{name}: FAILED")
+                print(printable(f"{name}: FAILED"))
             for part in answer.split("; "):
-                print(f"  {part}")
+                print(f"  {printable(part)}")
         return failures
 
     raise typer.Exit(1 if asyncio.run(send_all()) else 0)

@@ -547,6 +547,19 @@ def _body_fields(body: object, where: str = "body") -> set[str]:
     raise ValueError(f"{where}: not a JSON value (quote dates and other text)")
 
 
+def _watch_part(part: str) -> AfterValidator:
+    """The check of one part of a watch (`models.text_problem`): the same rule as `poller add`
+    and discovery, and the store's limits, so the config cannot hold what a database refuses."""
+
+    def check(value: str) -> str:
+        problem = models.text_problem(part, value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 OptionalPositiveDuration = Annotated[float | None, BeforeValidator(_optional_positive_duration)]
@@ -874,19 +887,23 @@ class SearchSpec(_Frozen):
 class JobConfig(_Frozen):
     """A job listed in the config: one job (``id``), an Immuta bulk or an Immuta search."""
 
-    source: Name
-    id: Text | None = None
+    source: Annotated[str, _watch_part("source")]
+    id: Annotated[str, BeforeValidator(_text), _watch_part("job_id")] | None = None
     bulk: Text | None = None
     search: SearchSpec | None = None
-    site: Text | None = None
-    name: Name | None = None
-    tags: Names = ()
+    site: Annotated[str, BeforeValidator(_text), _watch_part("site")] | None = None
+    name: Annotated[str, _watch_part("name")] | None = None
+    tags: Annotated[
+        tuple[Annotated[str, _watch_part("tag")], ...], BeforeValidator(_one_or_many)
+    ] = ()
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
         if sum(x is not None for x in (self.id, self.bulk, self.search)) != 1:
             raise ValueError("give exactly one of id, bulk or search")
+        if self.key is not None and (problem := models.key_problem(self.key)):
+            raise ValueError(problem)
         return self
 
     @property
@@ -1690,6 +1707,14 @@ def load_config(
     raise ConfigError(_problems(doc))
 
 
+def _check_name(doc: _Document, part: str, path: KeyPath) -> None:
+    """A source or channel name the store could not hold (`models.text_problem`)."""
+    name = path[-1]
+    problem = models.text_problem(part, name) if isinstance(name, str) else None
+    if problem is not None:
+        doc.problem(path, f"the {part} name {problem}")
+
+
 def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
     checker = _Checker(doc)
     data = doc.data if doc.data is not None else {}
@@ -1707,12 +1732,14 @@ def _check(doc: _Document, environ: Mapping[str, str]) -> Config | None:
     sources: dict[str, Any] = {}
     raw_sources = checker.section(data, "sources", dict, "expected a mapping of source names")
     for name, value in raw_sources.items():
+        _check_name(doc, "source", ("sources", name))
         sources[name] = checker.validate(_adapter(AnySource), value, ("sources", name), AnySource)
 
     channels: dict[str, Any] = {}
     channel_templates: dict[str, TemplateConfig] = {}
     raw_channels = checker.section(data, "channels", dict, "expected a mapping of channel names")
     for name, value in raw_channels.items():
+        _check_name(doc, "channel", ("channels", name))
         if isinstance(value, Mapping):
             channel = checker.validate(
                 _adapter(ChannelConfig), value, ("channels", name), ChannelConfig

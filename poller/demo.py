@@ -22,6 +22,7 @@ from poller.config import load_config
 from poller.logs import configure
 from poller.sim import RulerSim, SimThread, WebhookSink
 from poller.store.repo import Store
+from poller.terminal import plain
 
 SITE = "demo-site"
 COLOURS = {"success": "green", "warning": "yellow", "failure": "red", "info": "cyan"}
@@ -142,8 +143,9 @@ def run_demo(extra_urls: list[str], speed: float, console: Console) -> int:
 
     def show(message: dict[str, Any]) -> None:
         colour = COLOURS.get(str(message.get("type")), "white")
-        console.print(f"\n[bold {colour}]📣 {message.get('title')}[/]")
-        console.print(str(message.get("message", "")), markup=False, highlight=False)
+        console.print()
+        console.print(plain(f"📣 {message.get('title')}", style=f"bold {colour}"))
+        console.print(plain(message.get("message", ""), lines=True), highlight=False)
 
     sim, sink = RulerSim(token="demo-token"), WebhookSink(on_message=show)
     with tempfile.TemporaryDirectory(prefix="poller-demo-") as tmp, SimThread(sim, sink):
@@ -166,7 +168,7 @@ def run_demo(extra_urls: list[str], speed: float, console: Console) -> int:
         console.rule("result")
         for w in watches:
             state = w.progress.state.value if w.progress.state else "new"
-            console.print(f"{w.key:<40} {state:<10} {w.progress.progress or 0:>4.0f}%")
+            console.print(plain(f"{w.key:<40} {state:<10} {w.progress.progress or 0:>4.0f}%"))
         console.print(
             f"\n{len(sink.messages)} notifications delivered, {pending} pending. "
             "Next: copy config.example.yaml and run `poller check -c` on it."

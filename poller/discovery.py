@@ -85,6 +85,7 @@ class Discovery:
         self.add_watches = add_watches
         self.log = log
         self._known: set[str] = set()
+        self._refused: set[tuple[int, str]] = set()
 
     async def run(self, config: Any, sources: Mapping[str, Source]) -> DiscoveryReport:
         """List every bulk and search of `config` once; add watches for the new jobs."""
@@ -112,6 +113,12 @@ class Discovery:
                     overrides=job.polling.as_dict(),
                     origin="discovered",
                 )
+                problems = spec.problems()
+                if problems:
+                    # the store could not hold it (and nor could a config): that one job is
+                    # skipped, every other job of the bulk or search is still watched
+                    self._skip(index, job, job_id, problems)
+                    continue
                 listed_keys.add(spec.key)
                 if spec.key not in self._known:
                     specs.setdefault(spec.key, spec)
@@ -124,6 +131,20 @@ class Discovery:
         if self.log and added:
             self.log.info("discovered", added=len(added), keys=list(added[:20]))
         return DiscoveryReport(found=found, added=tuple(added), failed=tuple(failed))
+
+    def _skip(self, index: int, job: Any, job_id: str, problems: Sequence[str]) -> None:
+        """Log a listed job that cannot be watched (say, an id too long), once per process."""
+        where = (index, job_id)
+        if where in self._refused:
+            return
+        self._refused.add(where)
+        if self.log:
+            self.log.warning(
+                "discovered job not watched",
+                entry=_describe(index, job),
+                job_id=job_id[:300],
+                problems=list(problems),
+            )
 
     async def _list(self, index: int, job: Any, source: Source | None) -> list[str] | None:
         """The ids an entry stands for, or None (logged) if they cannot be had now."""

@@ -26,10 +26,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import aiohttp.abc
+import yarl
 from aiolimiter import AsyncLimiter
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
@@ -82,8 +83,28 @@ def _status_error(status: int, headers: Mapping[str, str], now: float) -> Source
 
 def path_segment(text: str) -> str:
     """`text` quoted as one URL path segment (most ids need no quoting, and `quote` is slow
-    next to a whole poll)."""
-    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+    next to a whole poll). ``/`` is quoted, and so are the dot-segments ``.`` and ``..``, which
+    a URL would otherwise resolve (``/batch/../status`` is ``/status``)."""
+    if text.isascii() and text.isalnum():
+        return text
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+#: What `_request_url` leaves as it is: the URL's delimiters and existing percent-escapes.
+_URL_SAFE = "%/:?#[]@!$&'()*+,;="
+
+
+def _request_url(url: str) -> yarl.URL:
+    """`url` for aiohttp with its percent-escapes kept as they are. yarl decodes ``%2E%2E`` and
+    resolves it like ``..`` unless a URL is marked encoded, which would undo `path_segment`;
+    so what a URL cannot hold as it is (spaces, other non-ASCII) is quoted here instead."""
+    if not url.isascii():
+        scheme, netloc = urlsplit(url)[:2]
+        if not netloc.isascii():
+            # a host name is IDNA-encoded, not percent-encoded: yarl does that part
+            url = str(yarl.URL(f"{scheme}://{netloc}")) + url[len(scheme) + 3 + len(netloc) :]
+    return yarl.URL(quote(url, safe=_URL_SAFE), encoded=True)
 
 
 class SourceHealth:
@@ -323,7 +344,12 @@ class Requester:
     ) -> Any:
         session = self._session or self._open()
         async with session.request(
-            method, url, params=params, json=body, headers=headers, allow_redirects=False
+            method,
+            _request_url(url),
+            params=params,
+            json=body,
+            headers=headers,
+            allow_redirects=False,
         ) as response:
             status = response.status
             if status >= 400 or status in (204, 304):

@@ -15,6 +15,7 @@ import structlog
 import structlog.tracebacks
 
 from poller.redact import scrub_logged
+from poller.terminal import printable
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -22,6 +23,12 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _printable_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Text values shown as text on a terminal: an id or a status from an API with an escape
+    sequence in it must not drive the operator's terminal (JSON lines escape them anyway)."""
+    return {k: printable(v, lines=True) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
@@ -39,6 +46,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     else:
         renderer = structlog.processors.JSONRenderer()
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if use_console:
+        final.append(_printable_values)
     if not use_console:
         # Tracebacks as data, never with local variables: those can hold tokens.
         final.append(

@@ -76,8 +76,60 @@ EVENT_SEVERITY: Mapping[Event, str] = {
 
 
 def watch_key(source: str, job_id: str, site: str | None = None) -> str:
-    """The key of a watch: `{source}/{jobId}`, or `{source}/{siteId}/{jobId}` for ruler."""
+    """The key of a watch: `{source}/{jobId}`, or `{source}/{siteId}/{jobId}` for ruler.
+
+    Source names and site ids hold no ``/`` (`text_problem`), so a key names one job: two
+    specs with different parts cannot make the same key.
+    """
     return f"{source}/{site}/{job_id}" if site else f"{source}/{job_id}"
+
+
+#: The longest text of each part of a watch, in characters. The store sizes its columns from
+#: these (store/schema.py), and every way in (`poller add`, the config, discovery) checks them
+#: first, so that SQLite and PostgreSQL accept the same watches and a long id is refused
+#: where it came in instead of failing a database write.
+MAX_LENGTH: Mapping[str, int] = {
+    "source": 128,
+    "channel": 128,
+    "site": 256,
+    "job_id": 256,
+    "name": 512,
+    "tag": 256,
+    "key": 512,
+}
+
+
+def key_problem(key: str) -> str | None:
+    """Why a key made of valid parts is still too long to store, or None."""
+    limit = MAX_LENGTH["key"]
+    if len(key) > limit:
+        return f"the key would be {len(key)} characters long; at most {limit} are allowed"
+    return None
+
+
+#: How messages name the parts
+_SAID = {"job_id": "id"}
+
+#: Parts that a key joins with ``/``: they may not hold one themselves (the job id, last in
+#: the key, may).
+_NO_SLASH = frozenset({"source", "site"})
+
+
+def text_problem(part: str, value: str) -> str | None:
+    """Why `value` cannot be the `part` (a `MAX_LENGTH` key) of a watch, or None if it can.
+
+    The one rule for ids, sites, names, tags and source and channel names, wherever they come
+    from: not empty (nor only blanks), at most `MAX_LENGTH[part]` characters, and no ``/`` in
+    a source name or a site id.
+    """
+    if not value.strip():
+        return "must not be empty"
+    limit = MAX_LENGTH[part]
+    if len(value) > limit:
+        return f"is {len(value)} characters long; at most {limit} are allowed"
+    if part in _NO_SLASH and "/" in value:
+        return "must not contain '/' (keys join their parts with it)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -217,6 +269,22 @@ class WatchSpec:
     def key(self) -> str:
         """The key the watch will have."""
         return watch_key(self.source, self.job_id, self.site)
+
+    def problems(self) -> list[str]:
+        """Why poller cannot watch this (`text_problem` of each part, then of the key), each
+        as "<part> <problem>"; empty when it can."""
+        parts = [("source", self.source), ("job_id", self.job_id)]
+        parts += [("site", self.site)] if self.site is not None else []
+        parts += [("name", self.name)] if self.name is not None else []
+        parts += [("tag", tag) for tag in self.tags]
+        found = [
+            f"{_SAID.get(part, part)} {problem}"
+            for part, value in parts
+            if (problem := text_problem(part, value))
+        ]
+        if not found and (problem := key_problem(self.key)):
+            found.append(problem)
+        return found
 
 
 @record

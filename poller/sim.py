@@ -832,11 +832,12 @@ class RulerSim(HttpServer):
         if touched and "success_count" not in fields:
             job.success_count = max(0, job.processed_rows - job.failure_count)
 
-    def _route(self, path: str) -> tuple[str, str, str] | None:
-        """(kind, site, job id) for a Ruler path, None if it is none of the endpoints."""
-        if not path.startswith(self.prefix + "/"):
+    def _route(self, request: Request) -> tuple[str, str, str] | None:
+        """(kind, site, job id) for a Ruler path, None if it is none of the endpoints; split
+        before decoding, so an id with a quoted ``/`` is one segment, as Ruler reads it."""
+        parts = _segments(request, self.prefix)
+        if parts is None:
             return None
-        parts = path[len(self.prefix) + 1 :].split("/")
         if len(parts) == 3 and parts[1] == "batch" and parts[2] == "jobs":
             return "jobs", parts[0], ""
         if len(parts) == 4 and parts[1] == "batch" and parts[3] in ("status", "failures"):
@@ -845,12 +846,12 @@ class RulerSim(HttpServer):
 
     def classify(self, request: Request) -> str:
         """``status``, ``jobs``, ``failures`` or ``other``."""
-        route = self._route(request.path)
+        route = self._route(request)
         return route[0] if route else "other"
 
     async def handle(self, request: Request) -> Response:
         """Answer one Ruler API request."""
-        route = self._route(request.path)
+        route = self._route(request)
         if route is None:
             return Response(404, {"message": "Not found"})
         if request.method not in ("GET", "HEAD"):

@@ -18,6 +18,7 @@ from poller.models import Event, JobRef, PollFailure, State, WatchProgress, Watc
 from poller.redact import scrub_outcome, secrets_of
 from poller.sources import build_source
 from poller.states import decide
+from poller.terminal import plain, printable
 
 EXIT_SUCCEEDED, EXIT_ENDED_OTHERWISE, EXIT_TIMED_OUT = 0, 1, 3
 
@@ -32,16 +33,17 @@ async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
     secrets = secrets_of(config.sources[spec.source])
     job = JobRef(spec.key, spec.source, spec.job_id, spec.site)
     ref = spec.key
+    shown = printable(ref)  # an id is data: no markup, no escape sequences
     watch = WatchProgress(created_at=time.time())
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
     )
     try:
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task(f"{ref} waiting", total=100)
+            task = bar.add_task(f"{shown} waiting", total=100)
             while True:
                 outcome = (await adapter.poll([job])).get(ref) or PollFailure(
                     "bad_answer", "no answer for this job"
@@ -51,11 +53,9 @@ async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
                 decision = decide(watch, outcome, policy, now, random.random())
                 watch = decision.progress
                 state = watch.state.value if watch.state else "waiting"
-                bar.update(task, completed=watch.progress or 0, description=f"{ref} {state}")
+                bar.update(task, completed=watch.progress or 0, description=f"{shown} {state}")
                 if isinstance(outcome, PollFailure):
-                    bar.console.print(
-                        f"poll error: {outcome.kind}: {outcome.message}", markup=False
-                    )
+                    bar.console.print(plain(f"poll error: {outcome.kind}: {outcome.message}"))
                 if Event.TIMED_OUT in decision.events:
                     bar.console.print("timed out: the job has not ended")
                     return EXIT_TIMED_OUT

@@ -268,8 +268,11 @@ class TestConcurrentCommands:
         """Parallel add, status and remove all succeed while the daemon writes."""
         for i in range(30):
             world.ruler.add_job(SITE, f"busy-{i}", status="processing")
-        world.write_config("".join(job_yaml(f"busy-{i}") for i in range(30)))
+        # busy-0..5, removed below, are added by hand: `remove` refuses a job the config lists
+        world.write_config("".join(job_yaml(f"busy-{i}") for i in range(6, 30)))
         world.start()
+        for i in range(6):
+            world.cli("add", "ruler-prod", f"busy-{i}", "--site", SITE)
         eventually(lambda: len(world.status()) == 31, what="watches loaded")
         env = world.env()
         commands = [("add", "ruler-prod", f"extra-{i}", "--site", SITE) for i in range(6)]

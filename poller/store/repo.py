@@ -86,6 +86,17 @@ class SyncReport:
 
 
 @dataclass(frozen=True)
+class Added:
+    """What `Store.add` did: the watch, whether it is new or was started again after a
+    removal, and each label it changed, as ``{label: (old, new)}``."""
+
+    watch: Watch
+    created: bool
+    reactivated: bool = False
+    changes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """One line of a watch's history: a transition or an event, with its deliveries."""
 
@@ -307,14 +318,42 @@ class Store:
     # -- registering watches ---------------------------------------------------------------
 
     def add_watch(self, spec: WatchSpec, now: float) -> tuple[Watch, bool]:
-        """Start watching a job; returns the watch and whether it is new.
+        """`add`, answering only the watch and whether it is new."""
+        added = self.add(spec, now)
+        return added.watch, added.created
 
-        Adding a key that exists re-activates it if it was removed before it ended.
+    def add(self, spec: WatchSpec, now: float) -> Added:
+        """Start watching a job (`poller add`), and say what that changed.
+
+        A key that exists keeps everything known about it (origin, polling overrides, and its
+        name and tags unless `spec` gives a name or tags), and is re-activated if it was
+        removed before it ended.
         """
         with self._write() as conn:
-            created = _upsert_watch(conn, spec, now, reactivate=True)
-            row = conn.execute(sa.select(watches).where(watches.c.key == spec.key)).one()
-        return _watch_from_row(row), created
+            select = sa.select(watches).where(watches.c.key == spec.key)
+            row = conn.execute(select).one_or_none()
+            if row is None:
+                conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
+                return Added(_watch_from_row(conn.execute(select).one()), created=True)
+            changes: dict[str, tuple[Any, Any]] = {}
+            if spec.name is not None and spec.name != row.name:
+                changes["name"] = (row.name, spec.name)
+            if spec.tags and list(spec.tags) != list(row.tags):
+                changes["tags"] = (tuple(row.tags), spec.tags)
+            values: dict[str, Any] = {label: new for label, (_old, new) in changes.items()}
+            if "tags" in values:
+                values["tags"] = list(spec.tags)
+            reactivated = row.removed_at is not None and row.ended_at is None
+            if reactivated:
+                values.update(_reactivation(now))
+            if values:
+                conn.execute(
+                    sa.update(watches)
+                    .where(watches.c.id == row.id)
+                    .values(version=watches.c.version + 1, **values)
+                )
+                row = conn.execute(select).one()
+        return Added(_watch_from_row(row), False, reactivated, changes)
 
     def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
         """Start watching each spec whose key has no watch yet (a removed one counts); the keys
@@ -352,7 +391,7 @@ class Store:
                 )
             }
             for key, spec in wanted.items():
-                if _upsert_watch(conn, spec, now, reactivate=True):
+                if _upsert_watch(conn, spec, now):
                     added.append(key)
                 elif key in existing:
                     updated.append(key)
@@ -1040,7 +1079,12 @@ def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
     }
 
 
-def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: bool) -> bool:
+def _reactivation(now: float) -> dict[str, Any]:
+    """A watch removed before its job ended starts again, with a fresh timeout."""
+    return {"active": True, "removed_at": None, "created_at": now, "next_poll_at": now}
+
+
+def _upsert_watch(conn: Connection, spec: WatchSpec, now: float) -> bool:
     """Insert a watch, or refresh its labels; returns True when it was inserted.
 
     A watch whose labels are already these is not written at all: every replica syncs the
@@ -1057,9 +1101,8 @@ def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: 
         conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
         return True
     values: dict[str, Any] = _labels(spec)
-    if reactivate and row.removed_at is not None and row.ended_at is None:
-        # A watch removed before its job ended starts again, with a fresh timeout.
-        values.update(active=True, removed_at=None, created_at=now, next_poll_at=now)
+    if row.removed_at is not None and row.ended_at is None:
+        values.update(_reactivation(now))
     elif all(row._mapping[name] == value for name, value in values.items()):
         return False
     conn.execute(

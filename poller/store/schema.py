@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 
+from poller.models import MAX_LENGTH
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -52,11 +54,11 @@ watches = Table(
     "watches",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key", CleanText(512), nullable=False, unique=True),
-    Column("source", CleanText(128), nullable=False),
-    Column("job_id", CleanText(256), nullable=False),
-    Column("site", CleanText(256)),
-    Column("name", CleanText(512)),
+    Column("key", CleanText(MAX_LENGTH["key"]), nullable=False, unique=True),
+    Column("source", CleanText(MAX_LENGTH["source"]), nullable=False),
+    Column("job_id", CleanText(MAX_LENGTH["job_id"]), nullable=False),
+    Column("site", CleanText(MAX_LENGTH["site"])),
+    Column("name", CleanText(MAX_LENGTH["name"])),
     Column("tags", JSON, nullable=False, default=list),
     # config | cli | discovered: a reload only stops the config watches it no longer lists
     Column("origin", CleanText(16), nullable=False),
@@ -116,7 +118,7 @@ deliveries = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("channel", CleanText(128), nullable=False),
+    Column("channel", CleanText(MAX_LENGTH["channel"]), nullable=False),
     # pending -> sent | given_up
     Column("status", CleanText(16), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),
