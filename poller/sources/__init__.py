@@ -11,11 +11,14 @@ An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Disc
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from aiohttp.abc import AbstractResolver
 
-from poller.models import JobRef, PollOutcome
+from poller.errors import SourceError
+from poller.models import JobRef, PollFailure, PollOutcome
+
+A = TypeVar("A")
 
 
 @runtime_checkable
@@ -38,6 +41,22 @@ class Discoverer(Protocol):
     async def discover(self, job: Any) -> list[str]:
         """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
         ...
+
+
+def read_outcome(read: Callable[[A], PollOutcome], answer: A) -> PollOutcome:
+    """`read(answer)` for one job, or that job's `PollFailure`; never raises.
+
+    A `SourceError` becomes the failure it describes. Any other exception is one job's data
+    that its parser did not foresee (a value of an absurd size or shape): it costs that job's
+    poll, as a ``bad_answer``, and not the other jobs polled with it.
+    """
+    try:
+        return read(answer)
+    except SourceError as exc:
+        return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+    except Exception as exc:  # see the docstring
+        why = f"answer cannot be read ({type(exc).__name__})"
+        return PollFailure("bad_answer", why, transient=False)
 
 
 #: Builds an adapter from its source config (`config.RulerSource`, ...) and an optional
