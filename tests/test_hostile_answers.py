@@ -229,6 +229,10 @@ def test_daemon_refuses_a_gzip_bomb_within_its_memory_bound(world: World) -> Non
     fine = world.status()[f"ruler-prod/{SITE}/fine"]
     assert fine["last_error"] is None and fine["state"] == "running", fine
     peak = _peak_rss(daemon.pid)
+    lines = world.log.read_text().splitlines()
+    started = next(json.loads(line) for line in lines if '"event": "started"' in line)
+    # the bound it announces: one Ruler source, 8 answers of at most 8 MiB in flight
+    assert started["answer_memory_mib"] == 64
     # the bound is the Ruler cap (8 MiB) per request in flight over the daemon's own ~110 MiB,
     # far below the expansion
     assert peak < expanded // 2, f"peak RSS {peak >> 20} MiB"

@@ -92,6 +92,25 @@ SOURCES: Mapping[str, SourceFactory] = {
 }
 
 
+def answer_cap(source_type: str) -> int:
+    """The most bytes one answer of a source of this type may have, decoded."""
+    if source_type == "ruler":  # a site's job list is bigger than one status
+        from poller.sources.ruler import MAX_BODY_BYTES
+
+        return MAX_BODY_BYTES
+    from poller.http import MAX_BODY_BYTES as default
+
+    return default
+
+
+def answer_memory(sources: Mapping[str, Any]) -> int:
+    """The most answer bytes the daemon can hold at once (decoded, before parsing): each
+    polled source's cap times its ``max_concurrency`` (its requests in flight), summed."""
+    return sum(
+        answer_cap(s.type) * s.max_concurrency for s in sources.values() if s.type in SOURCES
+    )
+
+
 def build_source(config: Any, resolver: AbstractResolver | None = None) -> Source | None:
     """The adapter for one configured source, or None if its type cannot be polled yet."""
     factory = SOURCES.get(config.type)
