@@ -239,6 +239,29 @@ def test_daemon_refuses_a_gzip_bomb_within_its_memory_bound(world: World) -> Non
     assert daemon.poll() is None
 
 
+def test_daemon_reads_a_channels_gzip_bomb_within_its_memory_bound(world: World) -> None:
+    """A channel that answers each message with a 384 MiB gzip bomb: the message counts as
+    delivered and the daemon reads no more than a MiB of that answer."""
+    expanded = 384 << 20
+    world.ruler.add_job(SITE, "done", status="complete")
+    world.sink.fail(
+        "/hook",
+        status=200,
+        body=bomb(expanded),
+        headers={"Content-Encoding": "gzip"},
+        times=None,
+    )
+    world.write_config(jobs=job_yaml("done"))
+    daemon = world.start()
+    eventually(lambda: world.messages(), what="the message")
+    eventually(
+        lambda: world.status()["_deliveries"].get("sent"), what="the delivery recorded as sent"
+    )
+    peak = _peak_rss(daemon.pid)
+    assert peak < expanded // 2, f"peak RSS {peak >> 20} MiB"
+    assert daemon.poll() is None
+
+
 # -- item 2: what Python's JSON parser refuses costs one job -------------------------------
 
 
