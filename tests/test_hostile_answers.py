@@ -18,7 +18,7 @@ from world import SITE, World, eventually, job_yaml
 
 from poller.config import HttpSource, ImmutaSource, JobConfig, RulerSource
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sim import ImmutaSim, JsonJobSim, RulerSim, SimThread
+from poller.sim import HttpServer, ImmutaSim, JsonJobSim, RulerSim, SimThread
 from poller.sources import Source, lenient
 from poller.sources.http import HttpAdapter
 from poller.sources.immuta import ImmutaAdapter
@@ -202,20 +202,23 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+#: What the daemon tests' gzip bomb expands to (from under 2 MiB sent).
+BOMB = 384 << 20
+
+
+def serve_bomb(server: HttpServer, path: str) -> None:
+    """Make `server` answer every request to `path` with the `BOMB`, gzip-encoded."""
+    body = bomb(BOMB)
+    server.fail(path, status=200, body=body, headers={"Content-Encoding": "gzip"}, times=None)
+
+
 def test_daemon_refuses_a_gzip_bomb_within_its_memory_bound(world: World) -> None:
     """`poller run` against a 384 MiB gzip bomb (under 2 MiB sent) on every poll: the
     watch records bad_answer "too big", is never taken for a finished job, and the daemon's
     peak memory stays far below what the bomb expands to."""
-    expanded = 384 << 20
     world.ruler.add_job(SITE, "bomb", status="processing")
     world.ruler.add_job(SITE, "fine", status="processing")
-    world.ruler.fail(
-        "/bomb/status",
-        status=200,
-        body=bomb(expanded),
-        headers={"Content-Encoding": "gzip"},
-        times=None,
-    )
+    serve_bomb(world.ruler, "/bomb/status")
     world.write_config(jobs=job_yaml("bomb") + job_yaml("fine"))
     daemon = world.start()
 
@@ -235,22 +238,15 @@ def test_daemon_refuses_a_gzip_bomb_within_its_memory_bound(world: World) -> Non
     assert started["answer_memory_mib"] == 64
     # the bound is the Ruler cap (8 MiB) per request in flight over the daemon's own ~110 MiB,
     # far below the expansion
-    assert peak < expanded // 2, f"peak RSS {peak >> 20} MiB"
+    assert peak < BOMB // 2, f"peak RSS {peak >> 20} MiB"
     assert daemon.poll() is None
 
 
 def test_daemon_reads_a_channels_gzip_bomb_within_its_memory_bound(world: World) -> None:
     """A channel that answers each message with a 384 MiB gzip bomb: the message counts as
     delivered and the daemon reads no more than a MiB of that answer."""
-    expanded = 384 << 20
     world.ruler.add_job(SITE, "done", status="complete")
-    world.sink.fail(
-        "/hook",
-        status=200,
-        body=bomb(expanded),
-        headers={"Content-Encoding": "gzip"},
-        times=None,
-    )
+    serve_bomb(world.sink, "/hook")
     world.write_config(jobs=job_yaml("done"))
     daemon = world.start()
     eventually(lambda: world.messages(), what="the message")
@@ -258,7 +254,7 @@ def test_daemon_reads_a_channels_gzip_bomb_within_its_memory_bound(world: World)
         lambda: world.status()["_deliveries"].get("sent"), what="the delivery recorded as sent"
     )
     peak = _peak_rss(daemon.pid)
-    assert peak < expanded // 2, f"peak RSS {peak >> 20} MiB"
+    assert peak < BOMB // 2, f"peak RSS {peak >> 20} MiB"
     assert daemon.poll() is None
 
 
