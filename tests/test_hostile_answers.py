@@ -440,3 +440,13 @@ def test_daemon_records_bad_answer_for_that_job_alone(world: World) -> None:
     told_about = sorted(t.split()[1] for t in titles)
     assert told_about == [f"ruler-prod/{SITE}/huge", f"ruler-prod/{SITE}/nested"]
     assert daemon.poll() is None
+
+
+def test_wait_command_shows_an_unreadable_answer_and_goes_on(world: World) -> None:
+    """`poller wait`: an answer Python cannot parse is shown as a poll error, and the next
+    poll sees the job end (exit 0), instead of a traceback."""
+    world.ruler.add_job(SITE, "w", status="complete")
+    world.ruler.fail("/w/status", status=200, body=_status_doc(DEEP))
+    result = world.cli("wait", "ruler-prod", "w", "--site", SITE, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "poll error: bad_answer: answer cannot be read" in result.stdout
