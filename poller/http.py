@@ -415,8 +415,11 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> Any:
     so that an answer about many jobs loses only the entries that hold them. The second
     reading only ever happens to such answers: others cost one `json.loads`.
     """
+    text: bytes | bytearray | str = raw
+    if b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8":
+        text = _without_surrogates(raw)
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
         snippet = "empty" if not raw.strip() else "not JSON"
         raise PermanentSourceError("bad_answer", f"answer is {snippet}") from None
@@ -426,7 +429,8 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> Any:
         why = _TOO_LONG.why
     if partial:
         try:
-            text = bytes(raw).decode(json.detect_encoding(raw), "surrogatepass")
+            if not isinstance(text, str):
+                text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
             return json.loads(
                 _flatten(text, MAX_DEPTH),
                 parse_int=_salvage_int,
@@ -435,6 +439,37 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> Any:
         except (RecursionError, ValueError):
             pass  # unbalanced brackets, say: nothing of it can be read
     raise PermanentSourceError("bad_answer", f"answer cannot be read: {why}")
+
+
+#: A lone UTF-16 surrogate, as an escape (a pair is one character) or as a character (raw
+#: bytes that `json` decodes with "surrogatepass"): valid JSON, but text that no database
+#: driver can encode, so one job's answer would fail the group commit of every watch in it.
+_ESCAPED_SURROGATE = re.compile(
+    r"(\\+)u[dD]([89a-fA-F])[0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(raw: bytes | bytearray) -> bytes | bytearray | str:
+    """The answer with every lone surrogate replaced by U+FFFD (`raw` itself if it has none)."""
+    try:
+        text = bytes(raw).decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        return raw  # not text: `json.loads` says so
+    cleaned = _SURROGATE.sub("\ufffd", text)
+    if "\\u" in cleaned:
+        cleaned = _ESCAPED_SURROGATE.sub(_escape_without_surrogates, cleaned)
+    return raw if cleaned == text and json.detect_encoding(raw) == "utf-8" else cleaned
+
+
+def _escape_without_surrogates(match: re.Match[str]) -> str:
+    slashes, first, low = match.group(1), match.group(2).lower(), match.group(3)
+    whole = match.group(0)
+    if len(slashes) % 2 == 0:  # an escaped backslash, then plain "u...": not an escape
+        return whole[: len(whole) - len(low)] + "\\ufffd" if low else whole
+    if first in "89ab" and low:
+        return whole  # a high and a low surrogate: one character
+    return slashes[:-1] + "\\ufffd" + ("\\ufffd" if low else "")
 
 
 def _flatten(text: str, limit: int) -> str:

@@ -450,3 +450,29 @@ def test_wait_command_shows_an_unreadable_answer_and_goes_on(world: World) -> No
     result = world.cli("wait", "ruler-prod", "w", "--site", SITE, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "poll error: bad_answer: answer cannot be read" in result.stdout
+
+
+def test_daemon_stores_lone_surrogates_on_both_databases(world: World, db_url: str) -> None:
+    """Valid JSON that no database driver can encode (a lone UTF-16 surrogate, escaped or as
+    raw bytes) in one job's answer: stored as U+FFFD, and the watches written back with it in
+    one group commit are not lost."""
+    world.database = db_url
+    world.ruler.add_job(SITE, "ok", status="processing")
+    world.ruler.add_job(SITE, "odd", status="processing")
+    body = (
+        b'{"status": "Processing\\ud800", "failureReason": "x\xed\xa0\x80", "jobType": "\\udc00"}'
+    )
+    world.ruler.fail("/odd/status", status=200, body=body, times=None)
+    world.write_config(jobs=job_yaml("ok") + job_yaml("odd"))
+    world.start()
+
+    def polled() -> dict[str, Any] | None:
+        watches = {k.split("/")[-1]: w for k, w in world.status().items() if "/" in k}
+        return watches if all(w["last_poll_at"] for w in watches.values()) else None
+
+    watches = eventually(polled, what="both watches written back")
+    assert watches["ok"]["state"] == "running"
+    odd = watches["odd"]
+    assert odd["remote_status"] == "Processing\ufffd"
+    assert odd["details"]["failure_reason"] == "x\ufffd"
+    assert odd["details"]["job_type"] == "\ufffd"
