@@ -192,22 +192,29 @@ class PollEngine(Engine):
         self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float
     ) -> WriteBack | None:
         """`_write_back`, but what one watch's data breaks costs that watch alone: its poll
-        is recorded as `internal` instead (or, failing that too, left to its lease)."""
+        is recorded as `internal` instead, with the default timings if its own cannot be had
+        (or, failing that too, left to its lease)."""
         try:
             return self._write_back(runtime, watch, outcome, now)
         except Exception as exc:
             if self.log:
                 self.log.exception("poll result not recorded", watch=watch.key)
-            why = f"{type(exc).__name__} while recording this poll"
+            failure = PollFailure("internal", f"{type(exc).__name__} while recording this poll")
         try:
-            return self._write_back(runtime, watch, PollFailure("internal", why), now)
+            return self._write_back(runtime, watch, failure, now, Policy())
         except Exception:
             return None  # the lease expires and the watch is polled again
 
     def _write_back(
-        self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float
+        self,
+        runtime: Runtime,
+        watch: Watch,
+        outcome: PollOutcome,
+        now: float,
+        policy: Policy | None = None,
     ) -> WriteBack:
-        decision = decide(watch.progress, outcome, self._policy(runtime, watch), now, self.rand())
+        policy = policy or self._policy(runtime, watch)
+        decision = decide(watch.progress, outcome, policy, now, self.rand())
         self.polls += 1
         records = [
             EventRecord(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -476,3 +477,29 @@ def test_daemon_stores_lone_surrogates_on_both_databases(world: World, db_url: s
     assert odd["remote_status"] == "Processing\ufffd"
     assert odd["details"]["failure_reason"] == "x\ufffd"
     assert odd["details"]["job_type"] == "\ufffd"
+
+
+def test_one_watch_that_cannot_be_recorded_costs_that_watch_alone(world: World) -> None:
+    """A watch whose stored overrides another version wrote as text (its timings cannot be
+    had): its poll is recorded as `internal`, and the watch polled in the same group is
+    written back as usual."""
+    for job_id in ("plain", "odd"):
+        world.ruler.add_job(SITE, job_id, status="processing")
+    world.write_config(jobs=job_yaml("plain") + job_yaml("odd"))
+    world.start()
+    eventually(lambda: world.status()[f"ruler-prod/{SITE}/odd"]["last_poll_at"], what="a poll")
+    with sqlite3.connect(world.database.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "UPDATE watches SET overrides = ? WHERE key = ?",
+            ('{"interval": "soon"}', f"ruler-prod/{SITE}/odd"),
+        )
+    before = world.status()[f"ruler-prod/{SITE}/plain"]["last_poll_at"]
+
+    def recorded() -> dict[str, Any] | None:
+        watches = {k.split("/")[-1]: w for k, w in world.status().items() if "/" in k}
+        odd, plain = watches["odd"], watches["plain"]
+        return watches if odd["last_error"] and plain["last_poll_at"] > before else None
+
+    watches = eventually(recorded, what="both watches written back")
+    assert watches["odd"]["last_error"].startswith("internal: ValueError while recording")
+    assert watches["plain"]["last_error"] is None and watches["plain"]["state"] == "running"
