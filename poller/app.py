@@ -29,7 +29,7 @@ from poller.notify import Notifier
 from poller.polling import PollEngine
 from poller.scheduling import Duties
 from poller.service import DbThread, Runtime, Tuning
-from poller.sources import Source, build_source
+from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier
 
@@ -158,6 +158,8 @@ class Daemon:
                 watches_added=len(report.added),
                 watches_stopped=len(report.removed),
                 owner=self.owner,
+                # the bound on answers held at once (README "HTTP"), whatever they expand to
+                answer_memory_mib=round(answer_memory(self.config.sources) / (1 << 20), 1),
             )
             # -- discovery of Immuta bulks and searches (issue 3): once before READY, then
             # every discovery_interval; a slow API only delays start-up by FIRST_DISCOVERY.

@@ -2,9 +2,10 @@
 
 `Requester` wraps an `aiohttp.ClientSession` with what every job API call needs: a per-source
 concurrency cap and rate limit, an overall deadline per request (a per-read timeout would let a
-server that drips a byte a second stall a poll), a cap on the body size, and one translation of
-everything that can go wrong into `TransientSourceError` or `PermanentSourceError`. Only this
-module knows about the HTTP library.
+server that drips a byte a second stall a poll), a cap on the body size after decoding (gzip and
+deflate are decoded here, not by aiohttp, so that a small compressed answer cannot expand past
+the cap), and one translation of everything that can go wrong into `TransientSourceError` or
+`PermanentSourceError`. Only this module knows about the HTTP library.
 
 Why aiohttp and not the httpx API (DESIGN.md asks for httpx): measured in the same run
 (`bench/daemon.py`, README "Performance"), a GET + JSON costs about 70 µs of CPU with bare
@@ -21,10 +22,12 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import zlib
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -49,6 +52,13 @@ MAX_BODY_BYTES = 1 << 20
 #: aiohttp's own timers are off: `Requester` puts one overall deadline on each request.
 _NO_TIMEOUTS = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 _READ_CHUNK = 64 * 1024
+
+#: The content codings poller decodes, and so the only ones it says it accepts. aiohttp's own
+#: decoding is off: it would expand a whole answer before the cap could be checked.
+ACCEPT_ENCODING = "gzip, deflate"
+#: Most bytes one decompression step may produce: a compressed answer is expanded in steps of
+#: this size, so it never holds much more than its cap even when a step passes the cap.
+_DECODE_STEP = 64 * 1024
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -242,7 +252,7 @@ class Requester:
         self.deadline = deadline
         self.max_body = max_body
         self.health = health or SourceHealth()
-        self._headers = dict(headers or {})
+        self._headers = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
         self._max_concurrency = max_concurrency
         self._resolver = resolver
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -264,6 +274,7 @@ class Requester:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             raise_for_status=False,
+            auto_decompress=False,  # `read_body` decodes, within the cap
         )
         return self._session
 
@@ -300,8 +311,13 @@ class Requester:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        partial: bool = False,
     ) -> Any:
-        """Send one request and return its decoded JSON body, or raise a `SourceError`."""
+        """Send one request and return its decoded JSON body, or raise a `SourceError`.
+
+        With `partial` (an answer about many jobs), values that cannot be read are replaced
+        by `Unreadable` instead of failing the whole answer (see `load_json`).
+        """
         self.health.check()
         async with self._semaphore:
             if self._limiter is not None:
@@ -312,7 +328,7 @@ class Requester:
             limit = deadline or self.deadline
             try:
                 async with asyncio.timeout(limit):
-                    answer = await self._send(method, url, params, body, headers)
+                    answer = await self._send(method, url, params, body, headers, partial)
             except SourceError as exc:
                 if exc.transient:
                     self.health.failed(exc, probe=probe)
@@ -341,6 +357,7 @@ class Requester:
         params: Mapping[str, str] | None,
         body: Any,
         headers: Mapping[str, str] | None,
+        partial: bool,
     ) -> Any:
         session = self._session or self._open()
         async with session.request(
@@ -357,28 +374,229 @@ class Requester:
             if 300 <= status < 400:
                 raise PermanentSourceError("http", f"HTTP {status} redirect")
             raw = await self._read(response)
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            snippet = "empty" if not raw.strip() else "not JSON"
-            raise PermanentSourceError("bad_answer", f"answer is {snippet}") from None
+        return load_json(raw, partial=partial)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The body, refused once it grows past `max_body` (read no further than that)."""
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes | bytearray:
+        """The decoded body, refused once it grows past `max_body` (read no further than that)."""
+        coding = response.headers.get("Content-Encoding")
         length = response.content_length
-        if length is not None and length <= self.max_body:
-            return await response.read()
-        if length is None:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(_READ_CHUNK):
-                size += len(chunk)
-                if size > self.max_body:
-                    break
-                chunks.append(chunk)
+        if length is not None and length > self.max_body:
+            # even an encoded body of that size is not a job-status answer
+            raise _too_big(self.max_body)
+        if length is not None and not coding:
+            return await response.read()  # the common case: small, plain, and of known size
+        return await read_body(response.content.iter_chunked(_READ_CHUNK), coding, self.max_body)
+
+
+def _too_big(cap: int) -> PermanentSourceError:
+    return PermanentSourceError("bad_answer", f"answer too big: more than {cap} bytes")
+
+
+class _Inflater:
+    """Decodes a gzip or deflate body piece by piece, never past a given size."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self.started = False
+        self._wbits = 16 + zlib.MAX_WBITS  # gzip
+        self._zlib = zlib.decompressobj(self._wbits)
+
+    def feed(self, data: bytes, out: bytearray, cap: int) -> None:
+        """Append what `data` decodes to onto `out`; raise as soon as `out` passes `cap`."""
+        if not self.started and data:
+            self.started = True
+            if self.coding == "deflate":
+                # RFC 9110's deflate is zlib-wrapped; some servers send it raw (as aiohttp
+                # allows): the low nibble of a zlib header's first byte is 8
+                self._wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+                self._zlib = zlib.decompressobj(self._wbits)
+        while data:
+            # max_length bounds what one step can produce: a bomb is stopped one step past
+            # the cap, never expanded whole
+            out += self._zlib.decompress(data, min(cap - len(out) + 1, _DECODE_STEP))
+            if len(out) > cap:
+                raise _too_big(cap)
+            data = self._zlib.unconsumed_tail
+            if not data and self._zlib.eof and self._zlib.unused_data:
+                # another gzip member follows (bounded: every member costs input bytes)
+                data = self._zlib.unused_data
+                self._zlib = zlib.decompressobj(self._wbits)
+
+    def finish(self) -> None:
+        """Raise if the body ended in the middle of its compressed stream."""
+        if self.started and not self._zlib.eof:
+            raise PermanentSourceError("bad_answer", f"answer is truncated ({self.coding})")
+
+
+def _inflater(content_encoding: str | None) -> _Inflater | None:
+    """The decoder for a ``Content-Encoding`` (None: the body is as it is)."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+        return _Inflater("deflate" if codings[0] == "deflate" else "gzip")
+    shown = ", ".join(codings)[:100]
+    raise PermanentSourceError("bad_answer", f"answer has an unsupported encoding: {shown}")
+
+
+async def read_body(
+    chunks: AsyncIterable[bytes], content_encoding: str | None, cap: int
+) -> bytearray:
+    """An answer's body from its raw `chunks`, decoded as its ``Content-Encoding`` says.
+
+    Raises `PermanentSourceError` (``bad_answer``) as soon as the body, decoded or as received,
+    passes `cap` bytes (nothing further is read or expanded), for an encoding other than
+    gzip or deflate, and for a compressed stream that is corrupt or cut short. So an answer
+    never costs much more memory than `cap`, however well it compresses.
+    """
+    inflater = _inflater(content_encoding)
+    body = bytearray()
+    received = 0
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > cap:
+                raise _too_big(cap)
+            if inflater is None:
+                body += chunk
             else:
-                return b"".join(chunks)
-        raise PermanentSourceError("bad_answer", f"answer larger than {self.max_body} bytes")
+                inflater.feed(chunk, body, cap)
+        if inflater is not None:
+            inflater.finish()
+    except zlib.error:
+        coding = inflater.coding if inflater else "?"
+        raise PermanentSourceError("bad_answer", f"answer is not valid {coding}") from None
+    return body
+
+
+class Unreadable:
+    """Stands in a partly read answer for a value that cannot be read; `why` says what it was.
+
+    The source adapters turn an entry holding one into a ``bad_answer`` for that entry's job.
+    """
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<unreadable: {self.why}>"
+
+
+#: Lists and objects nested deeper than this in a partly read answer are not read. No job API
+#: nests anywhere near this deep; Python's parser itself gives up at about 1,000.
+MAX_DEPTH = 100
+_TOO_DEEP = Unreadable(f"lists or objects nested more than {MAX_DEPTH} deep")
+_TOO_LONG = Unreadable("a number too long to read")
+#: What a too-deep part of an answer is rewritten to before it is parsed: a float that no
+#: server writes, which `_salvage_float` turns into `_TOO_DEEP`.
+_DEEP_MARK = "-0.0E-271828182"
+#: The strings and brackets of a JSON text (numbers and literals hold no brackets).
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def load_json(raw: bytes | bytearray, *, partial: bool = False) -> Any:
+    """A decoded JSON answer; raises `PermanentSourceError` (``bad_answer``) if it is not one.
+
+    Python's parser refuses some valid JSON: integers of more than 4,300 digits (ValueError)
+    and deep nesting (RecursionError). Such an answer is a ``bad_answer`` like any other
+    unreadable one; with `partial` it is read again with those parts replaced by `Unreadable`,
+    so that an answer about many jobs loses only the entries that hold them. The second
+    reading only ever happens to such answers: others cost one `json.loads`.
+    """
+    text: bytes | bytearray | str = raw
+    if b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8":
+        text = _without_surrogates(raw)
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        snippet = "empty" if not raw.strip() else "not JSON"
+        raise PermanentSourceError("bad_answer", f"answer is {snippet}") from None
+    except RecursionError:
+        why = "lists or objects nested too deep"
+    except ValueError:  # an integer longer than Python converts
+        why = _TOO_LONG.why
+    if partial:
+        try:
+            if not isinstance(text, str):
+                text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+            return json.loads(
+                _flatten(text, MAX_DEPTH),
+                parse_int=_salvage_int,
+                parse_float=_salvage_float,
+            )
+        except (RecursionError, ValueError):
+            pass  # unbalanced brackets, say: nothing of it can be read
+    raise PermanentSourceError("bad_answer", f"answer cannot be read: {why}")
+
+
+#: A lone UTF-16 surrogate, as an escape (a pair is one character) or as a character (raw
+#: bytes that `json` decodes with "surrogatepass"): valid JSON, but text that no database
+#: driver can encode, so one job's answer would fail the group commit of every watch in it.
+_ESCAPED_SURROGATE = re.compile(
+    r"(\\+)u[dD]([89a-fA-F])[0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(raw: bytes | bytearray) -> bytes | bytearray | str:
+    """The answer with every lone surrogate replaced by U+FFFD (`raw` itself if it has none)."""
+    try:
+        text = bytes(raw).decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        return raw  # not text: `json.loads` says so
+    cleaned = _SURROGATE.sub("\ufffd", text)
+    if "\\u" in cleaned:
+        cleaned = _ESCAPED_SURROGATE.sub(_escape_without_surrogates, cleaned)
+    return raw if cleaned == text and json.detect_encoding(raw) == "utf-8" else cleaned
+
+
+def _escape_without_surrogates(match: re.Match[str]) -> str:
+    slashes, first, low = match.group(1), match.group(2).lower(), match.group(3)
+    whole = match.group(0)
+    if len(slashes) % 2 == 0:  # an escaped backslash, then plain "u...": not an escape
+        return whole[: len(whole) - len(low)] + "\\ufffd" if low else whole
+    if first in "89ab" and low:
+        return whole  # a high and a low surrogate: one character
+    return slashes[:-1] + "\\ufffd" + ("\\ufffd" if low else "")
+
+
+def _flatten(text: str, limit: int) -> str:
+    """`text` with every list or object nested deeper than `limit` replaced by `_DEEP_MARK`."""
+    if text.count("[") + text.count("{") <= limit:
+        return text
+    parts: list[str] = []
+    depth = 0
+    start = done = -1
+    for match in _STRUCTURE.finditer(text):
+        char = text[match.start()]
+        if char == '"':
+            continue
+        if char in "[{":
+            depth += 1
+            if depth == limit + 1:
+                start = match.start()
+        else:
+            if depth == limit + 1 and start >= 0:
+                parts += (text[done + 1 : start], _DEEP_MARK)
+                done = match.end() - 1
+                start = -1
+            depth -= 1
+    parts.append(text[done + 1 :])
+    return "".join(parts)
+
+
+def _salvage_int(digits: str) -> int | Unreadable:
+    try:
+        return int(digits)
+    except ValueError:
+        return _TOO_LONG
+
+
+def _salvage_float(digits: str) -> float | Unreadable:
+    return _TOO_DEEP if digits == _DEEP_MARK else float(digits)
 
 
 def _transport_error(exc: BaseException) -> SourceError:

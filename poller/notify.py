@@ -956,6 +956,39 @@ def _record_answer(response: Any, *args: Any, **kwargs: Any) -> None:
     answers = _ANSWERS.get()
     if answers is not None:
         answers.append((int(response.status_code), response.headers.get("Retry-After")))
+        _read_capped(response)
+
+
+#: The most of a channel's answer that is read, decoded: far more than any service's reply.
+MAX_ANSWER_BYTES = 1 << 20
+_ANSWER_CHUNK = 64 * 1024
+
+
+def _read_capped(response: Any) -> None:
+    """Read a channel's answer now, at most `MAX_ANSWER_BYTES` of it once decoded.
+
+    ``requests`` would read it whole after the hooks, expanding any gzip bomb a channel sends
+    in memory; a body read here is what it keeps instead (urllib3 decodes a step at a time).
+    An answer cut short only loses what no plugin needs, and its connection is closed.
+    """
+    raw = getattr(response, "raw", None)
+    if raw is None or getattr(response, "_content", None) is not False:
+        return  # not a fresh ``requests`` response, or already read
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_ANSWER_BYTES:
+            chunk = raw.read(_ANSWER_CHUNK, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except Exception:  # a broken answer: keep what was read, the status says the rest
+        size = MAX_ANSWER_BYTES + 1
+    response._content = b"".join(chunks)[:MAX_ANSWER_BYTES]
+    response._content_consumed = True
+    if size > MAX_ANSWER_BYTES:
+        response.close()  # the rest is not wanted: the connection cannot be reused
 
 
 def _install_answer_hook() -> None:

@@ -147,7 +147,9 @@ class PollEngine(Engine):
                 outcome = outcomes.get(watch.key) or PollFailure(
                     "bad_answer", "the answer did not mention this job"
                 )
-                self._queue(self._write_back(runtime, watch, outcome, now))
+                item = self._record(runtime, watch, outcome, now)
+                if item is not None:
+                    self._queue(item)
         except Exception:
             # A bug here must not kill the dispatcher; the leases expire and the watches are
             # polled again.
@@ -204,10 +206,33 @@ class PollEngine(Engine):
             policy = self._policies[key] = runtime.config.policy_for(watch.source, watch.overrides)
         return policy
 
-    def _write_back(
+    def _record(
         self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float
+    ) -> WriteBack | None:
+        """`_write_back`, but what one watch's data breaks costs that watch alone: its poll
+        is recorded as `internal` instead, with the default timings if its own cannot be had
+        (or, failing that too, left to its lease)."""
+        try:
+            return self._write_back(runtime, watch, outcome, now)
+        except Exception as exc:
+            if self.log:
+                self.log.exception("poll result not recorded", watch=watch.key)
+            failure = PollFailure("internal", f"{type(exc).__name__} while recording this poll")
+        try:
+            return self._write_back(runtime, watch, failure, now, Policy())
+        except Exception:
+            return None  # the lease expires and the watch is polled again
+
+    def _write_back(
+        self,
+        runtime: Runtime,
+        watch: Watch,
+        outcome: PollOutcome,
+        now: float,
+        policy: Policy | None = None,
     ) -> WriteBack:
-        decision = decide(watch.progress, outcome, self._policy(runtime, watch), now, self.rand())
+        policy = policy or self._policy(runtime, watch)
+        decision = decide(watch.progress, outcome, policy, now, self.rand())
         self.polls += 1
         records = [
             EventRecord(

@@ -10,13 +10,16 @@ An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Disc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from aiohttp.abc import AbstractResolver
 
+from poller.errors import SourceError
 from poller.http import MAX_PAUSE, SourceHealth
-from poller.models import JobRef, PollOutcome
+from poller.models import JobRef, PollFailure, PollOutcome
+
+A = TypeVar("A")
 
 
 @runtime_checkable
@@ -39,6 +42,22 @@ class Discoverer(Protocol):
     async def discover(self, job: Any) -> list[str]:
         """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
         ...
+
+
+def read_outcome(read: Callable[[A], PollOutcome], answer: A) -> PollOutcome:
+    """`read(answer)` for one job, or that job's `PollFailure`; never raises.
+
+    A `SourceError` becomes the failure it describes. Any other exception is one job's data
+    that its parser did not foresee (a value of an absurd size or shape): it costs that job's
+    poll, as a ``bad_answer``, and not the other jobs polled with it.
+    """
+    try:
+        return read(answer)
+    except SourceError as exc:
+        return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+    except Exception as exc:  # see the docstring
+        why = f"answer cannot be read ({type(exc).__name__})"
+        return PollFailure("bad_answer", why, transient=False)
 
 
 class SourceFactory(Protocol):
@@ -85,6 +104,25 @@ SOURCES: Mapping[str, SourceFactory] = {
     "immuta": _immuta,
     "http": _http,
 }
+
+
+def answer_cap(source_type: str) -> int:
+    """The most bytes one answer of a source of this type may have, decoded."""
+    if source_type == "ruler":  # a site's job list is bigger than one status
+        from poller.sources.ruler import MAX_BODY_BYTES
+
+        return MAX_BODY_BYTES
+    from poller.http import MAX_BODY_BYTES as default
+
+    return default
+
+
+def answer_memory(sources: Mapping[str, Any]) -> int:
+    """The most answer bytes the daemon can hold at once (decoded, before parsing): each
+    polled source's cap times its ``max_concurrency`` (its requests in flight), summed."""
+    return sum(
+        answer_cap(s.type) * s.max_concurrency for s in sources.values() if s.type in SOURCES
+    )
 
 
 def build_source(

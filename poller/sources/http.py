@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractResolver
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources import lenient
+from poller.sources import lenient, read_outcome
 
 if TYPE_CHECKING:  # the adapter reads its config; only app.py builds one
     from poller.config import HttpExpressions
@@ -153,6 +153,9 @@ class HttpAdapter:
             return PollFailure("config", f"cannot fill the templates: {exc}", transient=False)
         try:
             answer = await self.requester.json(self.config.method, url, body=body)
-            return parse_answer(answer, self.expressions, self.states)
         except SourceError as exc:
             return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+        return read_outcome(self._parse, answer)
+
+    def _parse(self, answer: Any) -> PollResult:
+        return parse_answer(answer, self.expressions, self.states)

@@ -29,7 +29,7 @@ from aiohttp.abc import AbstractResolver
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester, SourceHealth
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources import lenient
+from poller.sources import lenient, read_outcome
 
 __all__ = [
     "IMMUTA_STATES",
@@ -168,10 +168,13 @@ def parse_statuses(body: Any, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
                 "not_found", "the statuses answer did not mention this job", transient=False
             )
             continue
-        try:
-            outcomes[job_id] = parse_job(entry)
-        except PermanentSourceError as exc:
-            outcomes[job_id] = PollFailure(exc.kind, exc.message, transient=False)
+        why = lenient.unreadable(entry)
+        if why is not None:
+            # one job's entry that cannot be read costs that job's poll, not the others'
+            why = f"this job's entry cannot be read: {why}"
+            outcomes[job_id] = PollFailure("bad_answer", why, transient=False)
+        else:
+            outcomes[job_id] = read_outcome(parse_job, entry)
     return outcomes
 
 
@@ -267,6 +270,7 @@ class ImmutaAdapter:
                 f"{self.base_url}/jobs/statuses",
                 body=self.statuses_body(job_ids),
                 deadline=self._poll_deadline,
+                partial=True,  # an entry that cannot be read costs its job only
             )
         except SourceError as exc:
             failure = PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
@@ -313,7 +317,8 @@ class ImmutaAdapter:
                     query.append(("next", token))
                 target = f"{self.base_url}{path}?{urlencode(query)}"
             ids, marker = parse_page(
-                await self.requester.json("GET", target, deadline=self._deadline)
+                # partial: a job that cannot be read is left out, not the whole page
+                await self.requester.json("GET", target, deadline=self._deadline, partial=True)
             )
             before = len(found)
             found.update(dict.fromkeys(ids))

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from poller.http import Unreadable
+
 #: Longest text kept from a remote field, so a hostile answer cannot bloat rows or messages.
 MAX_TEXT = 2000
 
@@ -57,7 +59,10 @@ def text(value: Any, limit: int = MAX_TEXT) -> str | None:
         try:
             result = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
         except (ValueError, TypeError, RecursionError):
-            result = repr(value)
+            try:
+                result = repr(value)
+            except RecursionError:  # nested deeper than the stack this runs on allows
+                result = "[nested too deep to show]"
     else:
         result = str(value)
     return shorten(result, limit)
@@ -126,4 +131,22 @@ def first(found: Mapping[str, Any], names: Iterable[str]) -> Any:
         value = found.get(name)
         if value is not None:
             return value
+    return None
+
+
+def unreadable(value: Any) -> str | None:
+    """Why `value` cannot be read, if a partly read answer put an `Unreadable` anywhere in it.
+
+    The adapters ask this of each entry of an answer about many jobs: such an entry is a
+    ``bad_answer`` for its job alone. Iterative, so that no nesting can exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, Unreadable):
+            return item.why
     return None

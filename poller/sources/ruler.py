@@ -37,7 +37,7 @@ from aiohttp.abc import AbstractResolver
 from poller.errors import PermanentSourceError, SourceError
 from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources import lenient
+from poller.sources import lenient, read_outcome
 from poller.sources.lenient import MAX_TEXT, parse_time
 
 __all__ = [
@@ -149,34 +149,46 @@ def _items(body: Any, keys: Sequence[str]) -> list[Any] | None:
 def parse_job_list(body: Any) -> dict[str, ListEntry]:
     """Read a site's job list, by job id; raise `PermanentSourceError` if it is not one.
 
-    Entries without an id or a status are skipped: their jobs are asked for one by one.
+    Entries without an id or a status, or that cannot be read, are skipped: their jobs are
+    asked for one by one (and a job whose own answer cannot be read is a ``bad_answer``).
     """
     items = _items(body, _LIST_KEYS)
     if items is None:
         raise PermanentSourceError("bad_answer", "answer is not a job list")
     entries: dict[str, ListEntry] = {}
     for item in items:
-        found = lenient.fields(item)
-        job_id = lenient.identifier(lenient.first(found, ("jobid", "id")))
-        status = found.get("status")
-        if job_id is None or not isinstance(status, str) or not status.strip():
+        try:
+            entry = _list_entry(item)
+        except Exception:  # one entry's data costs that entry, not the list
             continue
-        progress = lenient.number(found.get("percentageprogress"))
-        entries[job_id] = ListEntry(
-            job_id=job_id,
-            status=status.strip()[:256],
-            progress=None if progress is None else min(100.0, max(0.0, progress)),
-            failure_reason=lenient.text(found.get("failurereason")),
-            job_type=lenient.text(found.get("jobtype")),
-        )
+        if entry is not None:
+            entries[entry.job_id] = entry
     return entries
+
+
+def _list_entry(item: Any) -> ListEntry | None:
+    if lenient.unreadable(item) is not None:
+        return None
+    found = lenient.fields(item)
+    job_id = lenient.identifier(lenient.first(found, ("jobid", "id")))
+    status = found.get("status")
+    if job_id is None or not isinstance(status, str) or not status.strip():
+        return None
+    progress = lenient.number(found.get("percentageprogress"))
+    return ListEntry(
+        job_id=job_id,
+        status=status.strip()[:256],
+        progress=None if progress is None else min(100.0, max(0.0, progress)),
+        failure_reason=lenient.text(found.get("failurereason")),
+        job_type=lenient.text(found.get("jobtype")),
+    )
 
 
 def parse_failures(body: Any, limit: int = MAX_FAILED_ROWS) -> list[dict[str, Any]]:
     """The first `limit` failing rows as ``{"row": n, "message": "..."}``.
 
-    Raises `PermanentSourceError` if the answer is not a list of rows. Rows without a message
-    are skipped; a row number that is not a whole number is None.
+    Raises `PermanentSourceError` if the answer is not a list of rows. Rows without a message,
+    or that cannot be read, are skipped; a row number that is not a whole number is None.
     """
     items = _items(body, _FAILURE_KEYS)
     if items is None:
@@ -185,16 +197,27 @@ def parse_failures(body: Any, limit: int = MAX_FAILED_ROWS) -> list[dict[str, An
     for item in items:
         if len(rows) >= limit:
             break
-        found = lenient.fields(item)
-        message = lenient.first(
-            found, ("errormessage", "message", "error", "reason", "errors", "description")
-        )
-        shown = lenient.text(message, MAX_ROW_MESSAGE * 4)
-        if not shown or not shown.strip():
+        try:
+            row = _failure_row(item)
+        except Exception:  # one row's data costs that row
             continue
-        row = lenient.count(lenient.first(found, ("rownumber", "row", "rowindex", "line")))
-        rows.append({"row": row, "message": lenient.shorten(" ".join(shown.split()), 200)})
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _failure_row(item: Any) -> dict[str, Any] | None:
+    if lenient.unreadable(item) is not None:
+        return None
+    found = lenient.fields(item)
+    message = lenient.first(
+        found, ("errormessage", "message", "error", "reason", "errors", "description")
+    )
+    shown = lenient.text(message, MAX_ROW_MESSAGE * 4)
+    if not shown or not shown.strip():
+        return None
+    row = lenient.count(lenient.first(found, ("rownumber", "row", "rowindex", "line")))
+    return {"row": row, "message": lenient.shorten(" ".join(shown.split()), MAX_ROW_MESSAGE)}
 
 
 @dataclass
@@ -307,9 +330,12 @@ class RulerAdapter:
             return PollFailure("config", "a ruler watch needs a site", transient=False)
         url = f"{self._site_url(job.site)}/batch/{path_segment(job.job_id)}/status"
         try:
-            result = parse_status(await self.requester.json("GET", url))
+            answer = await self.requester.json("GET", url)
         except SourceError as exc:
             return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+        result = read_outcome(parse_status, answer)
+        if not isinstance(result, PollResult):
+            return result
         key = (job.site, job.job_id)
         known = self._memory.known.get(key)
         failed_rows = known.failed_rows if known is not None else None
@@ -384,7 +410,8 @@ class RulerAdapter:
 
     async def _fetch_list(self, site: str, now: float) -> Mapping[str, ListEntry]:
         entries = parse_job_list(
-            await self.requester.json("GET", f"{self._site_url(site)}/batch/jobs")
+            # partial: an entry that cannot be read costs that entry, not the whole list
+            await self.requester.json("GET", f"{self._site_url(site)}/batch/jobs", partial=True)
         )
         self._memory.lists[site] = _SiteList(now, entries)
         return entries
@@ -394,7 +421,11 @@ class RulerAdapter:
         url = f"{self._site_url(site)}/batch/{path_segment(job_id)}/failures"
         try:
             body = await self.requester.json(
-                "GET", url, params={"format": "json"}, deadline=self._failures_deadline
+                "GET",
+                url,
+                params={"format": "json"},
+                deadline=self._failures_deadline,
+                partial=True,
             )
             rows = parse_failures(body)
         except SourceError as exc:
