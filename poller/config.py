@@ -979,8 +979,9 @@ class Config(_Frozen):
     def policy_for(self, source: str, overrides: Mapping[str, float] | None = None) -> Policy:
         """The timings of a watch of `source`: defaults < ``polling`` < the source's < overrides.
 
-        `overrides` are keyed by `models.Policy` field name; other keys are ignored, so that
-        overrides stored by another version never stop polling. max_interval is raised to
+        `overrides` are keyed by `models.Policy` field name; other keys, and values that are not
+        positive finite numbers, are ignored, so that overrides stored by another version never
+        stop polling. max_interval is raised to
         interval if a merge left it below.
         """
         values = dataclasses.asdict(Policy())
@@ -989,7 +990,13 @@ class Config(_Frozen):
         if found is not None:
             values.update(found.polling.as_dict())
         if overrides:
-            values.update({k: float(v) for k, v in overrides.items() if k in values})
+            for name, value in overrides.items():
+                try:
+                    number = float(value) if name in values else math.nan
+                except (TypeError, ValueError, OverflowError):
+                    continue  # stored as text by another version, or absurd: ignored too
+                if 0 < number < math.inf:
+                    values[name] = number
         values["max_interval"] = max(values["max_interval"], values["interval"])
         return Policy(**values)
 

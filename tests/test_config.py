@@ -1036,6 +1036,19 @@ class TestPolicy:
         policy = config.policy_for("none", {"interval": 1200.0, "colour": 1.0})
         assert (policy.interval, policy.max_interval) == (1200, 1200)
 
+    def test_override_values_that_are_not_numbers_are_ignored(self) -> None:
+        """An override stored as text, or absurd, leaves the default: the watch is still polled."""
+        config = Config(path="x", database="sqlite://")
+        stored: dict[str, object] = {
+            "interval": "soon",
+            "timeout": 1e400,
+            "backoff": -1,
+            "stall_after": 9,
+        }
+        policy = config.policy_for("none", stored)
+        assert (policy.interval, policy.timeout, policy.backoff) == (30, 86400, 1.5)
+        assert policy.stall_after == 9
+
     def test_job_overrides_checked_against_their_source(self, tmp_path: Path) -> None:
         """A job's interval above its source's max_interval is a problem at the job."""
         found = problems(
