@@ -69,10 +69,13 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
     return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
 
 
-def open_store(config: Config) -> Store:
-    """Open the config's database and bring its schema up to date."""
+def open_store(config: Config, *, daemon: bool = False) -> Store:
+    """Open the config's database and bring its schema up to date; for the `daemon`, first
+    take the single-daemon lock of a SQLite file, so that a refused daemon writes nothing."""
     store = Store(config.database)
     try:
+        if daemon:
+            store.acquire_daemon_lock()
         store.migrate()
     except PollerError:
         store.close()
@@ -118,9 +121,8 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        store = open_store(self.config)
+        store = open_store(self.config, daemon=True)
         try:
-            store.acquire_daemon_lock()
             if store.is_sqlite:
                 store.release(None)  # leases of a crashed predecessor; we are the only owner
         except PollerError:

@@ -191,11 +191,13 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the daemon lock (if held) and every pooled connection."""
+        """Release every pooled connection, then the daemon lock (if held)."""
+        # In this order: the lock is a descriptor of the database file itself, and closing any
+        # descriptor of a file drops the POSIX locks the process's SQLite connections hold on it.
+        self.engine.dispose()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-        self.engine.dispose()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; cheap when it is already there."""
@@ -224,19 +226,27 @@ class Store:
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
     def acquire_daemon_lock(self) -> None:
-        """Refuse a second daemon on the same SQLite file (PostgreSQL shares work instead)."""
+        """Refuse a second daemon on the same SQLite file (PostgreSQL shares work instead).
+
+        The lock is an `flock` on the database file itself, not on a file named after it: a
+        symlink or a hard link to the database is the same file (the same inode), so a daemon
+        started through one finds the lock of a daemon started through another. SQLite locks
+        with `fcntl` byte ranges, which `flock` does not interact with on Linux.
+        """
         if self.sqlite_path is None:
             return
-        lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        handle = os.fdopen(fd, "r+b")
+        try:
+            handle = open(self.sqlite_path, "rb")  # noqa: SIM115 -- held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot open the database: {_describe(exc)}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise StoreError(
-                f"another `poller run` is already using {self.sqlite_path}; "
-                "use PostgreSQL to run several replicas"
+                f"another `poller run` is already using {self.sqlite_path}"
+                f" ({os.path.realpath(self.sqlite_path)}); use PostgreSQL to run several"
+                " replicas"
             ) from None
         self._lock_file = handle
 
