@@ -170,6 +170,8 @@ class Store:
         self._insert_new_watches = insert(watches).on_conflict_do_nothing(
             index_elements=[watches.c.key]
         )
+        #: one new watch, returning its id: none comes back if the key exists
+        self._insert_new_watch = self._insert_new_watches.returning(watches.c.id)
 
     def _setup_sqlite(self, busy_timeout: float) -> None:
         @sa.event.listens_for(self.engine, "connect")
@@ -265,7 +267,7 @@ class Store:
         Adding a key that exists re-activates it if it was removed before it ended.
         """
         with self._write() as conn:
-            created = _upsert_watch(conn, spec, now, reactivate=True)
+            created = _upsert_watch(conn, self._insert_new_watch, spec, now, reactivate=True)
             row = conn.execute(sa.select(watches).where(watches.c.key == spec.key)).one()
         return _watch_from_row(row), created
 
@@ -290,12 +292,17 @@ class Store:
         return added
 
     def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
-        """Make the config's watches match `specs`: add new ones, stop the ones it dropped."""
+        """Make the config's watches match `specs`: add new ones, stop the ones it dropped.
+
+        Idempotent, and safe for any number of replicas at once: a key another replica adds
+        meanwhile is left as it wrote it, and a transaction PostgreSQL breaks off as a deadlock
+        is run again (`_retrying`)."""
         wanted = {spec.key: spec for spec in specs}
-        added: list[str] = []
-        updated: list[str] = []
-        removed: list[str] = []
-        with self._write() as conn:
+
+        def sync(conn: Connection) -> SyncReport:
+            added: list[str] = []
+            updated: list[str] = []
+            removed: list[str] = []
             existing = {
                 row.key: row
                 for row in conn.execute(
@@ -305,7 +312,7 @@ class Store:
                 )
             }
             for key, spec in wanted.items():
-                if _upsert_watch(conn, spec, now, reactivate=True):
+                if _upsert_watch(conn, self._insert_new_watch, spec, now, reactivate=True):
                     added.append(key)
                 elif key in existing:
                     updated.append(key)
@@ -313,7 +320,9 @@ class Store:
                 if key not in wanted and row.removed_at is None:
                     conn.execute(_removal(key, now))
                     removed.append(key)
-        return SyncReport(tuple(added), tuple(updated), tuple(removed))
+            return SyncReport(tuple(added), tuple(updated), tuple(removed))
+
+        return self._retrying(sync)
 
     def remove_watch(self, key: str, now: float) -> Watch | None:
         """Stop watching `key` (its history stays); None if there is no such watch."""
@@ -993,22 +1002,29 @@ def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
     }
 
 
-def _upsert_watch(conn: Connection, spec: WatchSpec, now: float, *, reactivate: bool) -> bool:
+def _upsert_watch(
+    conn: Connection, insert_new: sa.Insert, spec: WatchSpec, now: float, *, reactivate: bool
+) -> bool:
     """Insert a watch, or refresh its labels; returns True when it was inserted.
+
+    `insert_new` is the INSERT ... ON CONFLICT DO NOTHING RETURNING id of `Store`: replicas
+    started together all sync the config at once, and a plain INSERT of a key that another
+    replica inserted after this one looked would fail on `uq_watches_key`. Losing that race is
+    not an error: the row is then read again and treated as an existing watch.
 
     A watch whose labels are already these is not written at all: every replica syncs the
     config when it starts, and a write would take the row's lock (against the polls other
     replicas write back: a deadlock, in another order) and fence their polls in flight.
     """
     labels = (watches.c.name, watches.c.tags, watches.c.overrides, watches.c.origin)
-    row = conn.execute(
-        sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at, *labels).where(
-            watches.c.key == spec.key
-        )
-    ).one_or_none()
+    find = sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at, *labels).where(
+        watches.c.key == spec.key
+    )
+    row = conn.execute(find).one_or_none()
     if row is None:
-        conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
-        return True
+        if conn.execute(insert_new, _new_watch_row(spec, now)).first() is not None:
+            return True
+        row = conn.execute(find).one()
     values: dict[str, Any] = _labels(spec)
     if reactivate and row.removed_at is not None and row.ended_at is None:
         # A watch removed before its job ended starts again, with a fresh timeout.
