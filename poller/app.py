@@ -55,6 +55,11 @@ def config_watch_specs(config: Config) -> list[WatchSpec]:
     ]
 
 
+def channel_urls(config: Config) -> dict[str, str]:
+    """The config's channels: name -> Apprise URL (secret; never logged)."""
+    return {name: url.get_secret_value() for name, url in config.channels.items()}
+
+
 def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> Runtime:
     """Source adapters, channels and rules for one config."""
     sources: dict[str, Source] = {}
@@ -65,7 +70,7 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
             unsupported.add(name)
         else:
             sources[name] = adapter
-    notifier = Notifier({name: url.get_secret_value() for name, url in config.channels.items()})
+    notifier = Notifier(channel_urls(config))
     return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
 
 
@@ -144,6 +149,8 @@ class Daemon:
             report = await db.call(
                 store.sync_config_jobs, config_watch_specs(self.config), self.clock()
             )
+            # deliveries kept while their channel was missing go out now if it is back
+            await deliveries.follow_channels({}, channel_urls(self.config))
             log.info(
                 "started",
                 database=safe_url(self.config.database),
@@ -246,6 +253,7 @@ class Daemon:
         self._runtime = build_runtime(new, self.resolver)
         self.config = new
         report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
+        await self.deliveries.follow_channels(channel_urls(old.config), channel_urls(new))
         log.info("reloaded", added=list(report.added), stopped=list(report.removed))
         self.systemd.ready("reloaded")
         # Polls in flight still use the old clients: close those once the polls are done.

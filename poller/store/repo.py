@@ -717,16 +717,47 @@ class Store:
             for row in rows
         ]
 
-    def defer_deliveries(self, owner: str, ids: Sequence[int], until: float) -> int:
-        """Give back leased deliveries untried, due again at `until` (no attempt is counted)."""
+    def defer_deliveries(
+        self, owner: str, ids: Sequence[int], until: float, note: str | None = None
+    ) -> int:
+        """Give back leased deliveries untried, due again at `until` (no attempt is counted);
+        `note`, if given, becomes their `last_error` (what `poller status` shows)."""
         if not ids:
             return 0
+        noted = {} if note is None else {"last_error": note}
         with self._write() as conn:
             return conn.execute(
                 sa.update(deliveries)
                 .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
-                .values(next_attempt_at=until, lease_owner=None, lease_until=None)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None, **noted)
             ).rowcount
+
+    def follow_channels(
+        self, renamed: Mapping[str, str], present: Sequence[str], note: str, now: float
+    ) -> tuple[int, int]:
+        """After a reload or at start: pending deliveries of each renamed channel (old name ->
+        new name) move to the new name, and those deferred with `note` (their channel was
+        missing) whose channel is in `present` are due at once. Returns (moved, due again)."""
+        moved = due = 0
+        with self._write() as conn:
+            for old, new in renamed.items():
+                moved += conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.channel == old, deliveries.c.status == "pending")
+                    .values(channel=new)
+                ).rowcount
+            for first in range(0, len(present), _IN_CHUNK):
+                due += conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.channel.in_(list(present[first : first + _IN_CHUNK])),
+                        deliveries.c.status == "pending",
+                        deliveries.c.last_error == note,
+                        deliveries.c.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                ).rowcount
+        return moved, due
 
     def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
         """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
