@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp.abc import AbstractResolver
@@ -28,12 +29,20 @@ from poller.models import WatchSpec
 from poller.notify import Notifier
 from poller.polling import PollEngine
 from poller.scheduling import Duties
-from poller.service import DbThread, Runtime, Tuning
+from poller.service import DbThread, Runtime, Tuning, error_line
 from poller.sources import Source, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier
 
 log = get_logger("poller")
+
+
+def _report_failure(what: str, task: asyncio.Task[None]) -> None:
+    """A background task's done-callback: log its error (or nothing if it ended well)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(f"{what} failed", error=f"{type(exc).__name__}: {error_line(exc)}")
+
+
 #: The first discovery run holds READY back this long at most (issue 3).
 FIRST_DISCOVERY = 30.0
 
@@ -172,7 +181,7 @@ class Daemon:
             duties.start()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db)))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db), "reload"))
             tasks = [
                 asyncio.create_task(polls.run(self.stopping), name="dispatch"),
                 asyncio.create_task(deliveries.run(self.stopping), name="deliver"),
@@ -208,7 +217,7 @@ class Daemon:
             try:
                 await db.call(db.store.renew, self.owner, until)
             except Exception as exc:  # the engines report database trouble; keep trying
-                log.warning("lease renewal failed", error=str(exc).splitlines()[0][:200])
+                log.warning("lease renewal failed", error=error_line(exc))
 
         return renew
 
@@ -223,17 +232,19 @@ class Daemon:
             try:
                 report = await discovery.run(runtime.config, runtime.sources)
             except Exception as exc:  # the database may be away; the next run tries again
-                log.warning("discovery failed", error=str(exc).splitlines()[0][:200])
+                log.warning("discovery failed", error=error_line(exc))
                 return
             if report.added:
                 polls.wakeup.set()
 
         return discover
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, what: str) -> None:
+        """Run `coro` in the background; if it fails, say so at once (no one awaits it)."""
         task = asyncio.create_task(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        task.add_done_callback(partial(_report_failure, what))
 
     async def reload(self, db: DbThread) -> None:
         """Re-read the config file; keep the old one if the new one is wrong."""

@@ -468,6 +468,15 @@ class Store:
                     sa.update(table).where(held).values(lease_owner=None, lease_until=None)
                 )
 
+    def release_watches(self, owner: str, ids: Sequence[int]) -> int:
+        """Give back `owner`'s leases on these watches, due as they were (polled again)."""
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(watches)
+                .where(watches.c.id.in_(list(ids)), watches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            ).rowcount
+
     def write_back(self, owner: str, items: Sequence[WriteBack]) -> WriteReport:
         """Write poll results in one transaction: watch rows, transitions, events, outbox.
 
