@@ -196,7 +196,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*slow, return_exceptions=True)
             await polls.drain(self.tuning.stop_grace / 2)
-            await db.call(store.release, self.owner)
+            try:
+                await db.call(store.release, self.owner)
+            except Exception as exc:  # a full disk at stop: the leases expire instead
+                log.error("leases not given back; they expire", error=error_line(exc))
             log.info("stopped", polls=polls.polls, delivered=deliveries.sent)
             return 0
         finally:

@@ -11,6 +11,8 @@ from world import SITE, World, eventually, job_yaml
 
 from poller.models import watch_key
 
+UNWRITTEN = "results not written before stopping; their watches will be polled again"
+FAILED = "write-back failed; results kept and retried"
 DROPPED = "poll result could not be stored; the watch will be polled again"
 #: what the database answers while the trigger is in place
 FULL = "No space left on device (test)"
@@ -110,7 +112,7 @@ class TestRefusedWrites:
         refusal.impose("UPDATE", "watches", "NEW.lease_owner IS NULL")
         world.ruler.set_job(SITE, "alpha", status="complete")
         failed = eventually(
-            lambda: logged(world, "write-back failed; results kept and retried"),
+            lambda: logged(world, FAILED),
             what="the failed write-back logged",
         )
         assert FULL in str(failed[0]["error"])
@@ -151,3 +153,26 @@ class TestRefusedWrites:
         refusal.lift("transitions")
         eventually(lambda: succeeded(world, "bravo"), timeout=30, what="bravo's message")
         assert world.stop(daemon) == 0
+
+    def test_stopping_while_writes_fail_loses_nothing(
+        self, any_world: World, refusal: Refusal
+    ) -> None:
+        """SIGTERM while results cannot be written: the daemon still exits 0 and says what it
+        could not write; the next daemon polls that watch again and sends its message."""
+        world = any_world
+        world.ruler.add_job(SITE, "alpha", status="processing")
+        world.write_config(
+            job_yaml("alpha"), extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 2s"
+        )
+        daemon = world.start()
+        eventually(lambda: world.messages("info"), what="the started message")
+        refusal.impose("UPDATE", "watches", "NEW.lease_owner IS NULL")
+        world.ruler.set_job(SITE, "alpha", status="complete")
+        eventually(lambda: logged(world, FAILED), what="the failed write-back logged")
+        assert world.stop(daemon) == 0
+        assert logged(
+            world, "results not written before stopping; their watches will be polled again"
+        )
+        refusal.lift("watches")
+        world.start()
+        eventually(lambda: succeeded(world, "alpha"), timeout=30, what="the success message")
