@@ -276,10 +276,14 @@ class Store:
         added. For discovery: thousands of jobs cost a few statements, not one transaction
         each. A key another replica inserts meanwhile is left as that replica wrote it (no
         error), though it is still among the keys returned."""
-        added: list[str] = []
-        with self._write() as conn:
-            for first in range(0, len(specs), _IN_CHUNK):
-                chunk = {spec.key: spec for spec in specs[first : first + _IN_CHUNK]}
+        # In key order: replicas inserting the same keys together wait for one another
+        # instead of deadlocking; a deadlock PostgreSQL breaks off anyway is run again.
+        ordered = sorted(specs, key=lambda spec: spec.key)
+
+        def add(conn: Connection) -> list[str]:
+            added: list[str] = []
+            for first in range(0, len(ordered), _IN_CHUNK):
+                chunk = {spec.key: spec for spec in ordered[first : first + _IN_CHUNK]}
                 existing = set(
                     conn.execute(
                         sa.select(watches.c.key).where(watches.c.key.in_(list(chunk)))
@@ -289,7 +293,9 @@ class Store:
                 if rows:
                     conn.execute(self._insert_new_watches, rows)
                     added += [row["key"] for row in rows]
-        return added
+            return added
+
+        return self._retrying(add)
 
     def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
         """Make the config's watches match `specs`: add new ones, stop the ones it dropped.
@@ -311,7 +317,8 @@ class Store:
                     ).where(watches.c.origin == "config")
                 )
             }
-            for key, spec in wanted.items():
+            # In key order: replicas syncing together lock the same rows in the same order.
+            for key, spec in sorted(wanted.items()):
                 if _upsert_watch(conn, self._insert_new_watch, spec, now, reactivate=True):
                     added.append(key)
                 elif key in existing:
@@ -747,8 +754,9 @@ class Store:
         """After a reload or at start: pending deliveries of each renamed channel (old name ->
         new name) move to the new name, and those deferred with `note` (their channel was
         missing) whose channel is in `present` are due at once. Returns (moved, due again)."""
-        moved = due = 0
-        with self._write() as conn:
+
+        def follow(conn: Connection) -> tuple[int, int]:
+            moved = due = 0
             for old, new in renamed.items():
                 moved += conn.execute(
                     sa.update(deliveries)
@@ -766,7 +774,10 @@ class Store:
                     )
                     .values(next_attempt_at=now)
                 ).rowcount
-        return moved, due
+            return moved, due
+
+        # replicas reloading together update the same rows: a deadlock is run again
+        return self._retrying(follow)
 
     def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
         """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
