@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -176,3 +180,60 @@ class TestRefusedWrites:
         refusal.lift("watches")
         world.start()
         eventually(lambda: succeeded(world, "alpha"), timeout=30, what="the success message")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (a disk that can really fill up); skips unless this runs as root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs takes root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode()[:200]}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill `disk` up; returns the file that takes the space (delete it to free the disk)."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_a_full_disk_under_sqlite_loses_no_result(world: World, small_disk: Path) -> None:
+    """The SQLite file's disk fills up while a poll is in flight: its write-back fails and is
+    logged at once; once space is freed the result is written and the job still watched."""
+    world.database = f"sqlite:///{small_disk}/poller.db"
+    world.ruler.add_job(SITE, "alpha", status="processing")
+    world.write_config(job_yaml("alpha"), extra="delivery:\n  digest: {enabled: false}")
+    world.config.write_text(
+        world.config.read_text().replace(
+            "    token: ${RULER_TOKEN}\n", "    token: ${RULER_TOKEN}\n    request_timeout: 2s\n"
+        )
+    )
+    daemon = world.start()
+    eventually(lambda: world.messages("info"), what="the started message")
+    # The next poll hangs until its request times out; the disk fills up meanwhile, so the
+    # write-back of that poll's result (a timeout) is the write that fails.
+    fault = world.ruler.fail("", mode="hang", times=1)
+    eventually(lambda: fault.hits, what="a poll in flight")
+    filler = fill(small_disk)
+    failed = eventually(lambda: logged(world, FAILED), what="the failed write-back logged")
+    assert "full" in str(failed[0]["error"])
+    filler.unlink()
+    world.ruler.set_job(SITE, "alpha", status="complete")
+    eventually(lambda: succeeded(world, "alpha"), timeout=30, what="the success message")
+    assert world.stop(daemon) == 0
