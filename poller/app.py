@@ -37,14 +37,16 @@ from poller.systemd import SystemdNotifier
 log = get_logger("poller")
 
 
+#: The first discovery run holds READY back this long at most (issue 3).
+FIRST_DISCOVERY = 30.0
+#: logged when a reload's config is in force but its jobs could not be written
+RELOAD_INCOMPLETE = "reload incomplete: the new config's jobs could not be synced; SIGHUP again"
+
+
 def _report_failure(what: str, task: asyncio.Task[None]) -> None:
     """A background task's done-callback: log its error (or nothing if it ended well)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error(f"{what} failed", error=f"{type(exc).__name__}: {error_line(exc)}")
-
-
-#: The first discovery run holds READY back this long at most (issue 3).
-FIRST_DISCOVERY = 30.0
 
 
 def config_watch_specs(config: Config) -> list[WatchSpec]:
@@ -266,10 +268,15 @@ class Daemon:
         old = self.runtime()
         self._runtime = build_runtime(new, self.resolver)
         self.config = new
-        report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
-        await self.deliveries.follow_channels(channel_urls(old.config), channel_urls(new))
-        log.info("reloaded", added=list(report.added), stopped=list(report.removed))
-        self.systemd.ready("reloaded")
+        try:
+            report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
+            await self.deliveries.follow_channels(channel_urls(old.config), channel_urls(new))
+        except Exception as exc:  # the database refused: say so now; SIGHUP again to retry
+            log.error(RELOAD_INCOMPLETE, error=f"{type(exc).__name__}: {error_line(exc)}")
+            self.systemd.ready("reload incomplete; the database refused the new watches")
+        else:
+            log.info("reloaded", added=list(report.added), stopped=list(report.removed))
+            self.systemd.ready("reloaded")
         # Polls in flight still use the old clients: close those once the polls are done.
         longest = max((s.request_timeout for s in old.config.sources.values()), default=0.0)
         with contextlib.suppress(TimeoutError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,12 +85,12 @@ def refusal(any_world: World) -> Iterator[Refusal]:
     found.close()
 
 
-def logged(world: World, event: str) -> list[dict[str, object]]:
-    """The daemon's log lines about `event`."""
+def logged(world: World, event: str | None = None) -> list[dict[str, object]]:
+    """The daemon's log lines (about `event`, if given)."""
     return [
         line
         for line in (json.loads(text) for text in world.log.read_text().splitlines() if text)
-        if line.get("event") == event
+        if event is None or line.get("event") == event
     ]
 
 
@@ -236,4 +237,28 @@ def test_a_full_disk_under_sqlite_loses_no_result(world: World, small_disk: Path
     filler.unlink()
     world.ruler.set_job(SITE, "alpha", status="complete")
     eventually(lambda: succeeded(world, "alpha"), timeout=30, what="the success message")
+    assert world.stop(daemon) == 0
+
+
+def test_a_reload_the_database_refuses_is_logged(any_world: World, refusal: Refusal) -> None:
+    """SIGHUP with a new job while the database refuses new watches: the failed reload is
+    logged at once (it runs in the background, where no one awaits it), the daemon stays up,
+    and the next reload adds the job."""
+    world = any_world
+    world.ruler.add_job(SITE, "alpha", status="processing")
+    world.ruler.add_job(SITE, "bravo", status="complete")
+    world.write_config(job_yaml("alpha"))
+    daemon = world.start()
+    refusal.impose("INSERT", "watches")
+    world.write_config(job_yaml("alpha") + job_yaml("bravo"))
+    daemon.send_signal(signal.SIGHUP)
+    failed = eventually(
+        lambda: [e for e in logged(world) if str(e["event"]).startswith("reload incomplete")],
+        what="the failed reload logged",
+    )
+    assert FULL in str(failed[0]["error"])
+    assert daemon.poll() is None
+    refusal.lift("watches")
+    daemon.send_signal(signal.SIGHUP)
+    eventually(lambda: succeeded(world, "bravo"), timeout=30, what="bravo's message")
     assert world.stop(daemon) == 0
