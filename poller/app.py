@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp.abc import AbstractResolver
@@ -28,14 +29,25 @@ from poller.models import WatchSpec
 from poller.notify import Notifier
 from poller.polling import PollEngine
 from poller.scheduling import Duties
-from poller.service import DbThread, Runtime, Tuning
+from poller.service import DbThread, Runtime, Tuning, error_line
 from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier
 
 log = get_logger("poller")
+
+
 #: The first discovery run holds READY back this long at most (issue 3).
 FIRST_DISCOVERY = 30.0
+#: logged when a reload's config is in force but its jobs could not be written
+RELOAD_REFUSED = "reload refused; keeping the old config"
+RELOAD_INCOMPLETE = "reload incomplete: deliveries could not follow renamed channels; SIGHUP again"
+
+
+def _report_failure(what: str, task: asyncio.Task[None]) -> None:
+    """A background task's done-callback: log its error (or nothing if it ended well)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(f"{what} failed", error=f"{type(exc).__name__}: {error_line(exc)}")
 
 
 def config_watch_specs(config: Config) -> list[WatchSpec]:
@@ -55,6 +67,11 @@ def config_watch_specs(config: Config) -> list[WatchSpec]:
     ]
 
 
+def channel_urls(config: Config) -> dict[str, str]:
+    """The config's channels: name -> Apprise URL (secret; never logged)."""
+    return {name: url.get_secret_value() for name, url in config.channels.items()}
+
+
 def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> Runtime:
     """Source adapters, channels and rules for one config."""
     sources: dict[str, Source] = {}
@@ -66,20 +83,22 @@ def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> R
             unsupported.add(name)
         else:
             sources[name] = adapter
-    notifier = Notifier({name: url.get_secret_value() for name, url in config.channels.items()})
+    notifier = Notifier(channel_urls(config))
     return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
 
 
-def open_store(config: Config, *, create: bool = False) -> Store:
+def open_store(config: Config, *, daemon: bool = False) -> Store:
     """Open the config's database.
 
-    Only `poller run` passes `create`: it creates the database if there is none and brings its
-    schema up to date. Every other command needs a database `poller run` made, and fails
-    with a `StoreError` saying where it looked, creating nothing.
+    Only `poller run` passes `daemon`: it takes the single-daemon lock of a SQLite file first
+    (so that a refused daemon writes nothing), creates the database if there is none and
+    brings its schema up to date. Every other command needs a database `poller run` made,
+    and fails with a `StoreError` saying where it looked, creating nothing.
     """
-    store = Store(config.database, create=create)
+    store = Store(config.database, create=daemon)
     try:
-        if create:
+        if daemon:
+            store.acquire_daemon_lock()
             store.migrate()
         else:
             store.require_schema()
@@ -128,9 +147,8 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        store = open_store(self.config, create=True)
+        store = open_store(self.config, daemon=True)
         try:
-            store.acquire_daemon_lock()
             if store.is_sqlite:
                 store.release(None)  # leases of a crashed predecessor; we are the only owner
         except PollerError:
@@ -152,6 +170,8 @@ class Daemon:
             report = await db.call(
                 store.sync_config_jobs, config_watch_specs(self.config), self.clock()
             )
+            # deliveries kept while their channel was missing go out now if it is back
+            await deliveries.follow_channels({}, channel_urls(self.config))
             log.info(
                 "started",
                 database=safe_url(self.config.database),
@@ -175,7 +195,7 @@ class Daemon:
             duties.start()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db)))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db), "reload"))
             tasks = [
                 asyncio.create_task(polls.run(self.stopping), name="dispatch"),
                 asyncio.create_task(deliveries.run(self.stopping), name="deliver"),
@@ -190,7 +210,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*slow, return_exceptions=True)
             await polls.drain(self.tuning.stop_grace / 2)
-            await db.call(store.release, self.owner)
+            try:
+                await db.call(store.release, self.owner)
+            except Exception as exc:  # a full disk at stop: the leases expire instead
+                log.error("leases not given back; they expire", error=error_line(exc))
             log.info("stopped", polls=polls.polls, delivered=deliveries.sent)
             return 0
         finally:
@@ -211,7 +234,7 @@ class Daemon:
             try:
                 await db.call(db.store.renew, self.owner, until)
             except Exception as exc:  # the engines report database trouble; keep trying
-                log.warning("lease renewal failed", error=str(exc).splitlines()[0][:200])
+                log.warning("lease renewal failed", error=error_line(exc))
 
         return renew
 
@@ -226,23 +249,19 @@ class Daemon:
             try:
                 report = await discovery.run(runtime.config, runtime.sources)
             except Exception as exc:  # the database may be away; the next run tries again
-                log.warning("discovery failed", error=str(exc).splitlines()[0][:200])
+                log.warning("discovery failed", error=error_line(exc))
                 return
             if report.added:
                 polls.wakeup.set()
 
         return discover
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, what: str) -> None:
+        """Run `coro` in the background; if it fails, say so at once (no one awaits it)."""
         task = asyncio.create_task(coro)
         self._closing.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        # a background task (a reload) that fails is logged, never "never retrieved"
-        self._closing.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("background task failed", task=task.get_name(), error=repr(exc)[:300])
+        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(partial(_report_failure, what))
 
     async def reload(self, db: DbThread) -> None:
         """Re-read the config file; keep the old one if the new one is wrong.
@@ -264,10 +283,7 @@ class Daemon:
                 self.systemd.ready("reload refused; old config kept")
                 return
             except Exception as exc:
-                log.error(
-                    "reload refused; keeping the old config",
-                    error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
-                )
+                log.error(RELOAD_REFUSED, error=f"{type(exc).__name__}: {error_line(exc)}")
                 self.systemd.ready("reload refused; old config kept")
                 return
             self.systemd.ready("reloaded")
@@ -297,4 +313,8 @@ class Daemon:
             await runtime.aclose()
             raise
         log.info("reloaded", added=list(report.added), stopped=list(report.removed))
+        try:
+            await self.deliveries.follow_channels(channel_urls(old_config), channel_urls(new))
+        except Exception as exc:  # the new config is in force; the deliveries wait as kept
+            log.error(RELOAD_INCOMPLETE, error=f"{type(exc).__name__}: {error_line(exc)}")
         return old

@@ -29,7 +29,7 @@ import asyncio
 import functools
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from poller.config import DeliveryConfig
@@ -45,6 +45,27 @@ MAX_RETRY_AFTER = 3600.0
 DIGEST_CLAIM_LIMIT = 2000
 #: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
 FAILURES_BEFORE_PAUSE = 2
+#: How often deliveries for a channel that is not in the config look for it again (a reload
+#: that brings the channel back makes them due at once; this covers replicas not reloaded yet).
+MISSING_CHANNEL_RECHECK = 60.0
+#: The `last_error` of a delivery kept for a channel that is not in the config: `poller status`
+#: shows it, and `Store.follow_channels` finds such deliveries by it when the channel is back.
+MISSING_CHANNEL = "the channel is not in the config; kept until it is back or give_up_after"
+
+
+def channel_renames(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
+    """Channels of `old` (name -> URL) that `new` has under another name with the same URL:
+    old name -> new name. A renamed channel is the same destination, so what was queued for it
+    follows it. Among several new names with that URL, a name that is new in `new` wins."""
+    renamed: dict[str, str] = {}
+    for name, url in old.items():
+        if name in new:
+            continue
+        same = sorted(n for n, u in new.items() if u == url)
+        fresh = [n for n in same if n not in old]
+        if same:
+            renamed[name] = (fresh or same)[0]
+    return renamed
 
 
 class DeliveryEngine(Engine):
@@ -200,8 +221,8 @@ class DeliveryEngine(Engine):
         digest = settings.digest
         now = self.clock()
         if channel not in runtime.notifier.names:
-            await self._drop(claimed, "channel is no longer in the config")
-            return True
+            await self._keep_for_missing_channel(channel, claimed, settings)
+            return False
         if digest.enabled and len(claimed) > 1:
             fresh = [d.created_at for d in claimed if d.attempts == 0]
             if fresh and min(fresh) > now - digest.wait:
@@ -497,11 +518,61 @@ class DeliveryEngine(Engine):
                 self._log_failure(self._bind(channel, delivery), delivery, outcome)
         await self.db.call(self.db.store.defer_deliveries, self.owner, waiting, until)
 
-    async def _drop(self, claimed: Sequence[Delivery], why: str) -> None:
-        outcomes = [DeliveryOutcome(d.id, sent=False, error=why, retry_at=None) for d in claimed]
-        await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
-        for delivery, outcome in zip(claimed, outcomes, strict=True):
-            self._log_failure(self._bind(delivery.channel, delivery), delivery, outcome)
+    async def _keep_for_missing_channel(
+        self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
+    ) -> None:
+        """`channel` is not in the config in force (removed, or renamed on another replica that
+        reloaded first): its deliveries are kept, not given up, and look for it again every
+        `MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are given up."""
+        now = self.clock()
+        overdue = [d for d in claimed if now - d.created_at >= settings.give_up_after]
+        kept = [d for d in claimed if now - d.created_at < settings.give_up_after]
+        if overdue:
+            error = f"channel {channel} is no longer in the config"
+            outcomes = [DeliveryOutcome(d.id, sent=False, error=error) for d in overdue]
+            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
+            for delivery, outcome in zip(overdue, outcomes, strict=True):
+                self._log_failure(self._bind(channel, delivery), delivery, outcome)
+        if kept:
+            deadline = min(d.created_at for d in kept) + settings.give_up_after
+            until = min(deadline, now + MISSING_CHANNEL_RECHECK)
+            ids = [d.id for d in kept]
+            await self.db.call(
+                self.db.store.defer_deliveries, self.owner, ids, until, MISSING_CHANNEL
+            )
+            # A reload may have renamed them to a channel of the config in force while this
+            # ran (after they were claimed, before they were deferred): due again at once.
+            await self.db.call(
+                self.db.store.follow_channels,
+                {},
+                list(self.runtime().notifier.names),
+                MISSING_CHANNEL,
+                self.clock(),
+            )
+            if self.log:
+                self.log.warning(
+                    "deliveries kept: their channel is not in the config",
+                    channel=channel,
+                    count=len(kept),
+                    recheck_in=round(until - now, 1),
+                )
+
+    async def follow_channels(self, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+        """After a reload from channels `old` to `new` (name -> URL; at start, `old` is empty):
+        pending deliveries of a renamed channel follow it, and those kept for a channel that is
+        back are due at once."""
+        renamed = channel_renames(old, new)
+        moved, due = await self.db.call(
+            self.db.store.follow_channels, renamed, list(new), MISSING_CHANNEL, self.clock()
+        )
+        if self.log and (moved or due):
+            self.log.info(
+                "pending deliveries follow their channels",
+                renamed=renamed,
+                moved=moved,
+                due_again=due,
+            )
+        self.wakeup.set()
 
     # -- bookkeeping ----------------------------------------------------------------------
 

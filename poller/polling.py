@@ -9,6 +9,7 @@ many polls).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 from poller.models import Event, EventRecord, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
-from poller.service import Engine, Runtime, run_loop
+from poller.service import Engine, Runtime, error_line, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
+
+#: failed group commits in a row after which results are written one at a time (`flush`)
+PROBE_AFTER = 2
 
 
 def event_payload(watch: Watch, decision: Decision, kind: Event, now: float) -> dict[str, Any]:
@@ -78,6 +82,8 @@ class PollEngine(Engine):
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[WriteBack] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: set when the daemon stops: a failing flusher stops waiting to retry
+        self._draining = asyncio.Event()
         self._policies: dict[tuple[str, tuple[tuple[str, float], ...]], Policy] = {}
         self._policies_of: Any = None
         self._source_secrets: dict[str, list[str]] = {}
@@ -287,15 +293,52 @@ class PollEngine(Engine):
             self._flusher = asyncio.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
+        """Write what is queued; if the database refuses, say so at once and try again with
+        backoff (0.5 s doubling to 30 s) until it is written. Results wait in memory, their
+        leases renewed meanwhile, so none is dropped; polls that finish meanwhile join them."""
         await asyncio.sleep(self.tuning.flush_delay)
-        await self.flush()
+        failures = 0
+        while True:
+            try:
+                await self.flush(probe=failures >= PROBE_AFTER)
+                return
+            except Exception as exc:
+                failures += 1
+                retry_in = min(30.0, 0.5 * 2.0 ** min(failures - 1, 6))
+                if self.log:
+                    self.log.error(
+                        "write-back failed; results kept and retried",
+                        error=error_line(exc),
+                        results=len(self._pending),
+                        failures=failures,
+                        retry_in=retry_in,
+                    )
+                if self._draining.is_set():
+                    return  # `drain` makes the last attempt
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._draining.wait(), timeout=retry_in)
 
-    async def flush(self) -> None:
-        """Write every queued result now."""
+    async def flush(self, *, probe: bool = False) -> None:
+        """Write every queued result now. If a write fails, its results stay queued (first)
+        and the error is raised.
+
+        `probe` (after repeated failures) writes one result at a time: if one fails alone while
+        the database still takes other writes, that result itself cannot be stored (hostile
+        content, say). It alone is dropped, logged, and its watch released to be polled again,
+        so that it does not hold every other result back.
+        """
         while self._pending:
-            batch = self._pending[: self.tuning.max_batch]
-            del self._pending[: self.tuning.max_batch]
-            report = await self.db.call(self.db.store.write_back, self.owner, batch)
+            size = 1 if probe else self.tuning.max_batch
+            batch = self._pending[:size]
+            del self._pending[:size]
+            try:
+                report = await self.db.call(self.db.store.write_back, self.owner, batch)
+            except Exception as exc:
+                if probe and await self._release_unwritable(batch[0], exc):
+                    continue
+                self._pending[:0] = batch
+                raise
+            probe = False
             if report.fenced and self.log:
                 self.log.warning(
                     "stale results dropped", watches=report.fenced[:20], count=len(report.fenced)
@@ -303,17 +346,44 @@ class PollEngine(Engine):
             if report.deliveries:
                 self.on_deliveries()
 
+    async def _release_unwritable(self, item: WriteBack, error: Exception) -> bool:
+        """Give back the lease of a watch whose result failed to write on its own; True if the
+        database took that (so it is the result, not the database, that cannot be written)."""
+        try:
+            await self.db.call(self.db.store.release_watches, self.owner, [item.watch.id])
+        except Exception:
+            return False
+        if self.log:
+            self.log.error(
+                "poll result could not be stored; the watch will be polled again",
+                watch=item.watch.key,
+                error=error_line(error),
+            )
+        return True
+
     async def drain(self, grace: float) -> None:
-        """Let in-flight polls finish for up to `grace` seconds, then write what they found."""
+        """Let in-flight polls finish for up to `grace` seconds, then write what they found.
+
+        Results that still cannot be written are logged; their watches are polled again once
+        their leases expire (or at the next start, on SQLite)."""
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        self._draining.set()
         if self._flusher is not None:
             await asyncio.wait({self._flusher})
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:
+            if self.log:
+                self.log.error(
+                    "results not written before stopping; their watches will be polled again",
+                    error=error_line(exc),
+                    results=len(self._pending),
+                )
 
 
 def _groups(watches: list[Watch], size: int, spread: float) -> list[list[Watch]]:

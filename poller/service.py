@@ -81,6 +81,11 @@ class Tuning:
     stop_grace: float = 8.0
 
 
+def error_line(exc: BaseException) -> str:
+    """An error's first line (or its type), short enough for a log line."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
 async def nap(wakeup: asyncio.Event, due: float | None, now: float, longest: float) -> None:
     """Sleep until `due` (at most `longest` seconds), or until `wakeup` is set."""
     wait = longest if due is None else min(longest, max(0.0, due - now))
@@ -139,10 +144,9 @@ async def run_loop(
             longest = min(30.0, 2.0 ** min(failures - 1, 5))
             due = clock() + longest
             if log:
-                first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
                 log.error(
                     f"{name} failed; retrying",
-                    error=first_line[:300],
+                    error=error_line(exc),
                     failures=failures,
                     retry_in=longest,
                 )

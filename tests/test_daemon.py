@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from world import SITE, World, eventually, job_yaml
 
 from poller.sim import RulerSim, SimThread
@@ -89,6 +91,17 @@ class TestLifecycle:
         assert "ruler-prod/4f2a/e1" in table and "server_error" in table
 
 
+def run_to_exit(world: World) -> subprocess.CompletedProcess[str]:
+    """`poller run` in the foreground, for a daemon that is expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "poller", "run", "-c", str(world.config)],
+        capture_output=True,
+        text=True,
+        env=world.env(),
+        timeout=30,
+    )
+
+
 class TestRestarts:
     """Nothing is sent twice across restarts."""
 
@@ -121,15 +134,31 @@ class TestRestarts:
     def test_second_daemon_on_same_sqlite_refuses(self, world: World) -> None:
         """A second `poller run` on the same file exits 1 with a clear message."""
         world.start()
-        second = subprocess.run(
-            [sys.executable, "-m", "poller", "run", "-c", str(world.config)],
-            capture_output=True,
-            text=True,
-            env=world.env(),
-            timeout=30,
-        )
+        second = run_to_exit(world)
         assert second.returncode == 1
         assert "already using" in second.stdout + second.stderr
+
+    @pytest.mark.parametrize("link", ["symlink", "hardlink"])
+    def test_second_daemon_through_a_link_refuses(self, world: World, link: str) -> None:
+        """The lock belongs to the database file, however it is named: a second `poller run`
+        through a symlink or a hard link to the first one's file exits 1 and clears nothing."""
+        world.ruler.add_job(SITE, "slow", status="processing")
+        world.write_config(job_yaml("slow"))
+        first = world.start()
+        db = world.tmp / "poller.db"
+        other = world.tmp / "elsewhere"
+        other.mkdir()
+        alias = other / "alias.db"
+        if link == "symlink":
+            alias.symlink_to(db)
+        else:
+            os.link(db, alias)
+        world.database = f"sqlite:///{alias}"
+        world.write_config(job_yaml("slow"))
+        second = run_to_exit(world)
+        assert second.returncode == 1, second.stdout[-2000:]
+        assert "already using" in second.stdout + second.stderr
+        assert first.poll() is None
 
 
 class TestRegistration:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from conftest import PG_ADMIN_URL
 from world import SITE, World, eventually, job_yaml
 
+from poller.models import watch_key
 from poller.store.repo import Store
 
 pytestmark = pytest.mark.postgres
@@ -190,3 +193,81 @@ class TestDatabaseTrouble:
         eventually(lambda: world.messages("success"), timeout=30, what="success after outage")
         assert daemon.poll() is None
         assert world.stop(daemon) == 0
+
+
+def all_waiting(url: str, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Whether every one of `procs` waits for a lock in this database (or one has exited)."""
+    return waiting_on_locks(url) >= len(procs) or any(p.poll() is not None for p in procs)
+
+
+def waiting_on_locks(url: str) -> int:
+    """How many sessions of this database wait for a lock."""
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(PG_ADMIN_URL)
+    try:
+        with admin.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = :name AND wait_event_type = 'Lock'"
+                    ),
+                    {"name": name},
+                ).scalar_one()
+            )
+    finally:
+        admin.dispose()
+
+
+class TestReplicasStartTogether:
+    """Any number of replicas can start at the same moment, again and again."""
+
+    def test_four_replicas_started_at_once_all_stay_up(
+        self, pg_world: World, tmp_path: Path
+    ) -> None:
+        """Four `poller run` on a fresh database, then twice more with new jobs in the config
+        and their config syncs lined up on a table lock: all start, none logs an error."""
+        world = pg_world
+        replicas = 4
+        rounds = 3
+        for round_ in range(rounds):
+            jobs = [f"job-{round_}-{i}" for i in range(20)]
+            for job in jobs:
+                world.ruler.add_job(SITE, job, status="processing")
+            world.write_config("".join(job_yaml(job) for job in jobs))
+            logs = [tmp_path / f"round-{round_}-{n}.log" for n in range(replicas)]
+            gate: sa.Connection | None = None
+            if round_ > 0:
+                # Hold every insert into watches back until all replicas reached theirs, so
+                # that their syncs overlap for sure (the first round races on a fresh database
+                # with nothing lined up).
+                gate = sa.create_engine(world.database).connect()
+                gate.exec_driver_sql("LOCK TABLE watches IN EXCLUSIVE MODE")
+            procs = [world.start(log=log, wait=False) for log in logs]
+            if gate is not None:
+                eventually(
+                    partial(all_waiting, world.database, procs),
+                    timeout=60,
+                    what="every replica waiting to insert its watches",
+                )
+                gate.rollback()
+                gate.close()
+                gate.engine.dispose()
+            for proc, log in zip(procs, logs, strict=True):
+                eventually(
+                    lambda log=log, proc=proc: (
+                        b'"started"' in log.read_bytes() or proc.poll() is not None
+                    ),
+                    timeout=60,
+                    what="replica start",
+                )
+            texts = [log.read_text() for log in logs]
+            for proc, text in zip(procs, texts, strict=True):
+                assert proc.poll() is None, text[-3000:]
+                assert "Traceback" not in text, text[-3000:]
+                assert '"level": "error"' not in text, text[-3000:]
+            assert {watch_key("ruler-prod", job, SITE) for job in jobs} <= set(
+                transitions_per_watch(world.database)
+            )
+            for proc in procs:
+                assert world.stop(proc) == 0

@@ -219,6 +219,8 @@ class Store:
         self._insert_new_watches = insert(watches).on_conflict_do_nothing(
             index_elements=[watches.c.key]
         )
+        #: one new watch, returning its id: none comes back if the key exists
+        self._insert_new_watch = self._insert_new_watches.returning(watches.c.id)
 
     def _setup_sqlite(self, busy_timeout: float) -> None:
         @sa.event.listens_for(self.engine, "connect")
@@ -240,11 +242,13 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the daemon lock (if held) and every pooled connection."""
+        """Release every pooled connection, then the daemon lock (if held)."""
+        # In this order: the lock is a descriptor of the database file itself, and closing any
+        # descriptor of a file drops the POSIX locks the process's SQLite connections hold on it.
+        self.engine.dispose()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-        self.engine.dispose()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; cheap when it is already there."""
@@ -292,19 +296,27 @@ class Store:
             return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
     def acquire_daemon_lock(self) -> None:
-        """Refuse a second daemon on the same SQLite file (PostgreSQL shares work instead)."""
+        """Refuse a second daemon on the same SQLite file (PostgreSQL shares work instead).
+
+        The lock is an `flock` on the database file itself, not on a file named after it: a
+        symlink or a hard link to the database is the same file (the same inode), so a daemon
+        started through one finds the lock of a daemon started through another. SQLite locks
+        with `fcntl` byte ranges, which `flock` does not interact with on Linux.
+        """
         if self.sqlite_path is None:
             return
-        lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        handle = os.fdopen(fd, "r+b")
+        try:
+            handle = open(self.sqlite_path, "rb")  # noqa: SIM115 -- held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot open the database: {_describe(exc)}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise StoreError(
-                f"another `poller run` is already using {self.sqlite_path}; "
-                "use PostgreSQL to run several replicas"
+                f"another `poller run` is already using {self.sqlite_path}"
+                f" ({os.path.realpath(self.sqlite_path)}); use PostgreSQL to run several"
+                " replicas"
             ) from None
         self._lock_file = handle
 
@@ -332,9 +344,14 @@ class Store:
         with self._write() as conn:
             select = sa.select(watches).where(watches.c.key == spec.key)
             row = conn.execute(select).one_or_none()
-            if row is None:
-                conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
+            # ON CONFLICT DO NOTHING: another `add` or a replica's sync may insert it meanwhile
+            if (
+                row is None
+                and conn.execute(self._insert_new_watch, _new_watch_row(spec, now)).first()
+            ):
                 return Added(_watch_from_row(conn.execute(select).one()), created=True)
+            if row is None:
+                row = conn.execute(select).one()
             changes: dict[str, tuple[Any, Any]] = {}
             if spec.name is not None and spec.name != row.name:
                 changes["name"] = (row.name, spec.name)
@@ -360,10 +377,14 @@ class Store:
         added. For discovery: thousands of jobs cost a few statements, not one transaction
         each. A key another replica inserts meanwhile is left as that replica wrote it (no
         error), though it is still among the keys returned."""
-        added: list[str] = []
-        with self._write() as conn:
-            for first in range(0, len(specs), _IN_CHUNK):
-                chunk = {spec.key: spec for spec in specs[first : first + _IN_CHUNK]}
+        # In key order: replicas inserting the same keys together wait for one another
+        # instead of deadlocking; a deadlock PostgreSQL breaks off anyway is run again.
+        ordered = sorted(specs, key=lambda spec: spec.key)
+
+        def add(conn: Connection) -> list[str]:
+            added: list[str] = []
+            for first in range(0, len(ordered), _IN_CHUNK):
+                chunk = {spec.key: spec for spec in ordered[first : first + _IN_CHUNK]}
                 existing = set(
                     conn.execute(
                         sa.select(watches.c.key).where(watches.c.key.in_(list(chunk)))
@@ -373,15 +394,22 @@ class Store:
                 if rows:
                     conn.execute(self._insert_new_watches, rows)
                     added += [row["key"] for row in rows]
-        return added
+            return added
+
+        return self._retrying(add)
 
     def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
-        """Make the config's watches match `specs`: add new ones, stop the ones it dropped."""
+        """Make the config's watches match `specs`: add new ones, stop the ones it dropped.
+
+        Idempotent, and safe for any number of replicas at once: a key another replica adds
+        meanwhile is left as it wrote it, and a transaction PostgreSQL breaks off as a deadlock
+        is run again (`_retrying`)."""
         wanted = {spec.key: spec for spec in specs}
-        added: list[str] = []
-        updated: list[str] = []
-        removed: list[str] = []
-        with self._write() as conn:
+
+        def sync(conn: Connection) -> SyncReport:
+            added: list[str] = []
+            updated: list[str] = []
+            removed: list[str] = []
             existing = {
                 row.key: row
                 for row in conn.execute(
@@ -390,8 +418,9 @@ class Store:
                     ).where(watches.c.origin == "config")
                 )
             }
-            for key, spec in wanted.items():
-                if _upsert_watch(conn, spec, now):
+            # In key order: replicas syncing together lock the same rows in the same order.
+            for key, spec in sorted(wanted.items()):
+                if _upsert_watch(conn, self._insert_new_watch, spec, now):
                     added.append(key)
                 elif key in existing:
                     updated.append(key)
@@ -399,7 +428,9 @@ class Store:
                 if key not in wanted and row.removed_at is None:
                     conn.execute(_removal(key, now))
                     removed.append(key)
-        return SyncReport(tuple(added), tuple(updated), tuple(removed))
+            return SyncReport(tuple(added), tuple(updated), tuple(removed))
+
+        return self._retrying(sync)
 
     def remove_watch(self, key: str, now: float) -> Watch | None:
         """Stop watching `key` (its history stays); None if there is no such watch."""
@@ -544,6 +575,15 @@ class Store:
                 conn.execute(
                     sa.update(table).where(held).values(lease_owner=None, lease_until=None)
                 )
+
+    def release_watches(self, owner: str, ids: Sequence[int]) -> int:
+        """Give back `owner`'s leases on these watches, due as they were (polled again)."""
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(watches)
+                .where(watches.c.id.in_(list(ids)), watches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            ).rowcount
 
     def write_back(self, owner: str, items: Sequence[WriteBack]) -> WriteReport:
         """Write poll results in one transaction: watch rows, transitions, events, outbox.
@@ -794,16 +834,51 @@ class Store:
             for row in rows
         ]
 
-    def defer_deliveries(self, owner: str, ids: Sequence[int], until: float) -> int:
-        """Give back leased deliveries untried, due again at `until` (no attempt is counted)."""
+    def defer_deliveries(
+        self, owner: str, ids: Sequence[int], until: float, note: str | None = None
+    ) -> int:
+        """Give back leased deliveries untried, due again at `until` (no attempt is counted);
+        `note`, if given, becomes their `last_error` (what `poller status` shows)."""
         if not ids:
             return 0
+        noted = {} if note is None else {"last_error": note}
         with self._write() as conn:
             return conn.execute(
                 sa.update(deliveries)
                 .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
-                .values(next_attempt_at=until, lease_owner=None, lease_until=None)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None, **noted)
             ).rowcount
+
+    def follow_channels(
+        self, renamed: Mapping[str, str], present: Sequence[str], note: str, now: float
+    ) -> tuple[int, int]:
+        """After a reload or at start: pending deliveries of each renamed channel (old name ->
+        new name) move to the new name, and those deferred with `note` (their channel was
+        missing) whose channel is in `present` are due at once. Returns (moved, due again)."""
+
+        def follow(conn: Connection) -> tuple[int, int]:
+            moved = due = 0
+            for old, new in renamed.items():
+                moved += conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.channel == old, deliveries.c.status == "pending")
+                    .values(channel=new)
+                ).rowcount
+            for first in range(0, len(present), _IN_CHUNK):
+                due += conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.channel.in_(list(present[first : first + _IN_CHUNK])),
+                        deliveries.c.status == "pending",
+                        deliveries.c.last_error == note,
+                        deliveries.c.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                ).rowcount
+            return moved, due
+
+        # replicas reloading together update the same rows: a deadlock is run again
+        return self._retrying(follow)
 
     def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
         """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
@@ -1084,22 +1159,27 @@ def _reactivation(now: float) -> dict[str, Any]:
     return {"active": True, "removed_at": None, "created_at": now, "next_poll_at": now}
 
 
-def _upsert_watch(conn: Connection, spec: WatchSpec, now: float) -> bool:
+def _upsert_watch(conn: Connection, insert_new: sa.Insert, spec: WatchSpec, now: float) -> bool:
     """Insert a watch, or refresh its labels; returns True when it was inserted.
+
+    `insert_new` is the INSERT ... ON CONFLICT DO NOTHING RETURNING id of `Store`: replicas
+    started together all sync the config at once, and a plain INSERT of a key that another
+    replica inserted after this one looked would fail on `uq_watches_key`. Losing that race is
+    not an error: the row is then read again and treated as an existing watch.
 
     A watch whose labels are already these is not written at all: every replica syncs the
     config when it starts, and a write would take the row's lock (against the polls other
     replicas write back: a deadlock, in another order) and fence their polls in flight.
     """
     labels = (watches.c.name, watches.c.tags, watches.c.overrides, watches.c.origin)
-    row = conn.execute(
-        sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at, *labels).where(
-            watches.c.key == spec.key
-        )
-    ).one_or_none()
+    find = sa.select(watches.c.id, watches.c.removed_at, watches.c.ended_at, *labels).where(
+        watches.c.key == spec.key
+    )
+    row = conn.execute(find).one_or_none()
     if row is None:
-        conn.execute(sa.insert(watches).values(**_new_watch_row(spec, now)))
-        return True
+        if conn.execute(insert_new, _new_watch_row(spec, now)).first() is not None:
+            return True
+        row = conn.execute(find).one()
     values: dict[str, Any] = _labels(spec)
     if row.removed_at is not None and row.ended_at is None:
         values.update(_reactivation(now))
