@@ -6,6 +6,7 @@ Nothing here does I/O; all times are UNIX epoch seconds (floats) so that the pur
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -119,8 +120,9 @@ def text_problem(part: str, value: str) -> str | None:
     """Why `value` cannot be the `part` (a `MAX_LENGTH` key) of a watch, or None if it can.
 
     The one rule for ids, sites, names, tags and source and channel names, wherever they come
-    from: not empty (nor only blanks), at most `MAX_LENGTH[part]` characters, and no ``/`` in
-    a source name or a site id.
+    from: not empty (nor only blanks), at most `MAX_LENGTH[part]` characters, one line of
+    text (no control character, no lone surrogate such as a command-line byte that is not
+    UTF-8, which no database driver can encode), and no ``/`` in a source name or a site id.
     """
     if not value.strip():
         return "must not be empty"
@@ -129,6 +131,13 @@ def text_problem(part: str, value: str) -> str | None:
         return f"is {len(value)} characters long; at most {limit} are allowed"
     if part in _NO_SLASH and "/" in value:
         return "must not contain '/' (keys join their parts with it)"
+    if not value.isprintable():  # the rare case: find out which character, and why
+        for char in value:
+            kind = unicodedata.category(char)
+            if kind == "Cc":
+                return f"holds a control character (U+{ord(char):04X}); it is one line of text"
+            if kind == "Cs":
+                return "is not valid UTF-8 text"
     return None
 
 

@@ -58,6 +58,25 @@ def ruler() -> Iterator[RulerSim]:
         yield sim
 
 
+def created(config: Path) -> Path:
+    """`config`, once `poller run` (the only command that creates a database) has made its
+    database: the other commands then find it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "poller", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        eventually(lambda: poller(config, "status").returncode == 0, what="the database")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    return config
+
+
 def keys(config: Path) -> dict[str, Any]:
     """`poller status --json`, the watches by key."""
     result = poller(config, "status", "--json")
@@ -77,7 +96,7 @@ class TestLimits:
     ) -> None:
         """Too long an id, site, name or tag, or a key too long as a whole: exit 2 with the
         reason, no traceback, nothing stored; the longest allowed id is watched."""
-        config = ruler_config(tmp_path, db_url, ruler)
+        config = created(ruler_config(tmp_path, db_url, ruler))
         refused = {
             "id": ["add", "ruler-prod", LONG_ID, "--site", SITE],
             "site": ["add", "ruler-prod", "j1", "--site", "s" * 257],
@@ -160,7 +179,7 @@ class TestAddAgain:
     def test_add_keeps_labels_unless_asked_and_says_what_changed(
         self, tmp_path: Path, ruler: RulerSim
     ) -> None:
-        config = ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler)
+        config = created(ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler))
         key = f"ruler-prod/{SITE}/j1"
         add = ["add", "ruler-prod", "j1", "--site", SITE]
         assert poller(config, *add, "--name", "Nightly", "--tag", "etl").stdout == (
@@ -249,42 +268,48 @@ class TestHostileText:
     control sequences."""
 
     def test_markup_and_escape_sequences_are_shown_as_text(self, world: World) -> None:
-        esc_id = "\x1b[2J\x1b[31mred"
+        """A status from the API with markup and an escape sequence, a name with markup: shown
+        as text by every command. An id or a name with a control character is refused, by
+        the CLI as by the config, with the character shown as an escape."""
+        esc_status = "\x1b[2J\x1b[31mred[/]"
         world.write_config(
             jobs="  - {source: ruler-prod, site: '4f2a', id: c1, name: '[bold]x[/'}\n"
         )
         world.ruler.add_job(SITE, "c1", status="[/]")
-        world.ruler.add_job(SITE, esc_id, status="[/]")
+        world.ruler.add_job(SITE, "c2", status=esc_status)
         check = world.cli("check", check=False)
         assert check.returncode == 0, check.stderr
         assert "[bold]x[/" in check.stdout
 
-        added = world.cli("add", "ruler-prod", esc_id, "--site", SITE, "--name", "[red]n\x07")
-        assert "\x1b" not in added.stdout and "\\x1b[2J\\x1b[31mred" in added.stdout
         daemon = world.start()
-        esc_key = f"ruler-prod/{SITE}/{esc_id}"
+        for bad in (["\x1b[2Jc3"], ["c3", "--name", "n\x07"], ["c3", "--tag", "\udcff"]):
+            refused = world.cli("add", "ruler-prod", *bad, "--site", SITE, check=False)
+            assert refused.returncode == 2, (bad, refused.stderr)
+            assert TRACEBACK not in refused.stderr and "\x1b" not in refused.stderr
+        assert (
+            "control character (U+001B)"
+            in world.cli("add", "ruler-prod", "\x1b[2Jc3", "--site", SITE, check=False).stderr
+        )
+        added = world.cli("add", "ruler-prod", "c2", "--site", SITE, "--name", "[red]n")
+        assert added.returncode == 0
         eventually(
-            lambda: all(
-                w.get("remote_status") == "[/]"
-                for k, w in world.status().items()
-                if k != "_deliveries"
+            lambda: (
+                {w.get("remote_status") for k, w in world.status().items() if k != "_deliveries"}
+                == {"[/]", esc_status}
             ),
             what="both polled",
         )
         assert world.stop(daemon) == 0
-        for args in (("status",), ("history", esc_key), ("history", f"ruler-prod/{SITE}/c1")):
+        c2 = f"ruler-prod/{SITE}/c2"
+        for args in (("status",), ("history", c2), ("history", f"ruler-prod/{SITE}/c1")):
             shown = world.cli(*args, check=False)
             assert shown.returncode == 0, (args, shown.stderr)
             assert TRACEBACK not in shown.stderr
             assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout, args
         status = world.cli("status").stdout
-        assert "unknown ([/])" in status and "[bold]x[/" in status and "[red]n\\x07" in status
-        assert "\\x1b[2J\\x1b[31mred" in status
-        removed = world.cli("remove", esc_key)
-        assert removed.stdout == "stopped watching ruler-prod/4f2a/\\x1b[2J\\x1b[31mred\n"
-        world.ruler.set_job(SITE, esc_id, status="complete")
-        waited = world.cli("wait", "ruler-prod", esc_id, "--site", SITE)
-        assert "\x1b" not in waited.stdout and "\\x1b[2J\\x1b[31mred succeeded" in waited.stdout
+        assert "unknown ([/])" in status and "[bold]x[/" in status and "[red]n" in status
+        assert "\\x1b[2J\\x1b[31mred[/]" in status
+        assert "\\x1b[2J\\x1b[31mred[/]" in world.cli("history", c2).stdout
         missing = world.cli("history", "no\x1b]0;title\x07", check=False)
         assert missing.returncode == 1 and "\x1b" not in missing.stderr
 
@@ -292,13 +317,13 @@ class TestHostileText:
         self, tmp_path: Path, ruler: RulerSim
     ) -> None:
         """`poller run` with ``log.format: console`` (a terminal's format) prints an id's
-        escape sequence escaped, not raw."""
-        ruler.add_job(SITE, "\x1b[2Jgone", status="processing")
+        API's status with an escape sequence escaped, not raw."""
+        ruler.add_job(SITE, "gone", status="\x1b[2Jgone")
         ruler_config(  # DaemonWorld runs tmp_path/config.yaml
             tmp_path,
             f"sqlite:///{tmp_path}/poller.db",
             ruler,
-            jobs=f'  - {{source: ruler-prod, site: "{SITE}", id: "\\e[2Jgone"}}\n'
+            jobs=f'  - {{source: ruler-prod, site: "{SITE}", id: gone}}\n'
             "log: {level: debug, format: console}\n",
         )
         world = DaemonWorld(tmp_path, ruler, WebhookSink())
@@ -322,7 +347,7 @@ class TestKeysAndSegments:
         self, tmp_path: Path, ruler: RulerSim
     ) -> None:
         """`add r b/c --site a` and `add r c --site a/b` would both be r/a/b/c."""
-        config = ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler)
+        config = created(ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler))
         assert poller(config, "add", "ruler-prod", "b/c", "--site", "a").returncode == 0
         clash = poller(config, "add", "ruler-prod", "c", "--site", "a/b")
         assert clash.returncode == 2 and "site must not contain '/'" in clash.stderr
@@ -341,7 +366,7 @@ class TestKeysAndSegments:
     def test_empty_ids_are_refused_by_the_cli_as_by_the_config(
         self, tmp_path: Path, ruler: RulerSim
     ) -> None:
-        config = ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler)
+        config = created(ruler_config(tmp_path, f"sqlite:///{tmp_path}/poller.db", ruler))
         for args in (
             ("add", "ruler-prod", "", "--site", SITE),
             ("add", "ruler-prod", " ", "--site", SITE),
