@@ -381,6 +381,8 @@ jobs:
                 stderr=subprocess.STDOUT,
                 env=self.env(),
             )
+        # the other commands find the database once `poller run` has created it
+        eventually(lambda: self._status().returncode == 0, what="the daemon's database")
 
     def close(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -396,15 +398,18 @@ jobs:
         """Whether the channel was told `what` (e.g. "cannot be reached") of every job."""
         return lambda: all(f"prefect/{job} {what}" in self.said() for job in WATCHES)
 
-    def status(self) -> dict[str, Any]:
-        result = subprocess.run(
+    def _status(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [sys.executable, "-m", "poller", "status", "--json", "-c", str(self.config)],
             capture_output=True,
             text=True,
             env=self.env(),
             timeout=60,
-            check=True,
         )
+
+    def status(self) -> dict[str, Any]:
+        result = self._status()
+        assert result.returncode == 0, result.stderr
         return {w["job_id"]: w for w in json.loads(result.stdout)["watches"]}
 
     def ended(self) -> list[float]:
