@@ -105,11 +105,13 @@ class TestEmail:
     def test_failure_arrives_with_subject_and_body(
         self, dworld: DeliveryWorld, mailbox: Mailbox
     ) -> None:
-        """Subject is the title, the body says what failed and why; HTML is escaped."""
+        """Subject is the title, the body says what failed and why; HTML is escaped. A line
+        break in the API's reason cannot add a mail header (names are one line by the config's
+        rule)."""
         w = dworld
         w.ruler.add_job(SITE, "m1", status="processing", total_rows=1000)
         w.write_config(
-            job_yaml("m1", "Ledger sync\r\nBcc: victim@example.com"),
+            job_yaml("m1", "Ledger sync"),
             channels=f"  mail: {mailbox.url()}\n",
             rules="  - on: [failed]\n    notify: [mail]\n",
         )
@@ -121,13 +123,13 @@ class TestEmail:
             status="failed",
             processed_rows=400,
             failure_count=3,
-            failure_reason="Column <b>amount</b> is missing",
+            failure_reason="Column <b>amount</b> is missing\r\nBcc: victim@example.com",
         )
         (message,) = eventually(lambda: mailbox.messages, timeout=15, what="the mail")
         subject = str(message["Subject"])
-        assert subject.startswith("❌ Ledger sync Bcc: victim@example.com failed")
-        assert "Column <b>amount</b> is missing" in subject
-        assert message["Bcc"] is None  # the name's line break did not become a header
+        assert subject.startswith("❌ Ledger sync failed")
+        assert "Column <b>amount</b> is missing Bcc: victim@example.com" in subject
+        assert message["Bcc"] is None  # the reason's line break did not become a header
         assert mailbox.envelopes[0].rcpt_tos == ["oncall@example.com"]
         plain, html = text_of(message)
         assert f"ruler-prod/{SITE}/m1" in plain + html
