@@ -103,12 +103,16 @@ def path_segment(text: str) -> str:
 
 #: What `_request_url` leaves as it is: the URL's delimiters and existing percent-escapes.
 _URL_SAFE = "%/:?#[]@!$&'()*+,;="
+#: A URL that `quote(url, safe=_URL_SAFE)` would leave as it is.
+_URL_AS_IS = re.compile(r"[A-Za-z0-9_.~\-%/:?#\[\]@!$&'()*+,;=]*")
 
 
 def _request_url(url: str) -> yarl.URL:
     """`url` for aiohttp with its percent-escapes kept as they are. yarl decodes ``%2E%2E`` and
     resolves it like ``..`` unless a URL is marked encoded, which would undo `path_segment`;
     so what a URL cannot hold as it is (spaces, other non-ASCII) is quoted here instead."""
+    if _URL_AS_IS.fullmatch(url):  # the usual case, and one C call to know it
+        return yarl.URL(url, encoded=True)
     if not url.isascii():
         scheme, netloc = urlsplit(url)[:2]
         if not netloc.isascii():

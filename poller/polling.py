@@ -86,7 +86,7 @@ class PollEngine(Engine):
         self._draining = asyncio.Event()
         self._policies: dict[tuple[str, tuple[tuple[str, float], ...]], Policy] = {}
         self._policies_of: Any = None
-        self._source_secrets: dict[str, list[str]] = {}
+        self._source_secrets: dict[str, tuple[str, ...]] = {}
         self._secrets_of: Any = None
 
     # -- dispatching ----------------------------------------------------------------
@@ -192,7 +192,7 @@ class PollEngine(Engine):
             failure = PollFailure("internal", f"{type(exc).__name__} in the {source_name} adapter")
             return {w.key: failure for w in watches}
 
-    def _secrets(self, runtime: Runtime, source_name: str) -> list[str]:
+    def _secrets(self, runtime: Runtime, source_name: str) -> tuple[str, ...]:
         """The source's tokens and header values (`redact.secrets_of`), until the next reload."""
         if self._secrets_of is not runtime.config:
             self._source_secrets, self._secrets_of = {}, runtime.config

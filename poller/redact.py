@@ -11,7 +11,9 @@ of them: poll outcomes before they are stored, and every log line before it is w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -41,7 +43,7 @@ def pieces(secret: str) -> set[str]:
     return {p for p in found | encoded if len(p) >= MIN_SECRET}
 
 
-def secrets_of(value: Any) -> list[str]:
+def secrets_of(value: Any) -> tuple[str, ...]:
     """Every secret (`SecretStr`) held anywhere in a config model, as `pieces`, longest first."""
     found: set[str] = set()
 
@@ -59,7 +61,7 @@ def secrets_of(value: Any) -> list[str]:
                 walk(member)
 
     walk(value)
-    return sorted(found, key=len, reverse=True)
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -70,7 +72,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def scrub_value(value: Any, secrets: list[str]) -> Any:
+def scrub_value(value: Any, secrets: Sequence[str]) -> Any:
     """A JSON-like value with `scrub` applied to every string in it, keys included."""
     if isinstance(value, str):
         return scrub(value, secrets)
@@ -81,29 +83,40 @@ def scrub_value(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def holds(value: Any, secrets: list[str]) -> bool:
+@functools.lru_cache(maxsize=64)
+def _finder(secrets: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One search for any of `secrets`: a poll's texts are scanned once, not once a secret."""
+    return re.compile("|".join(map(re.escape, secrets))).search
+
+
+def holds(value: Any, secrets: tuple[str, ...]) -> bool:
     """Whether any string in a JSON-like value (keys included) contains one of `secrets`."""
+    return _holds(value, _finder(secrets))
+
+
+def _holds(value: Any, find: Callable[[str], re.Match[str] | None]) -> bool:
     if isinstance(value, str):
-        return any(secret in value for secret in secrets)
+        return find(value) is not None
     if isinstance(value, Mapping):
-        return any(holds(k, secrets) or holds(v, secrets) for k, v in value.items())
+        return any(_holds(k, find) or _holds(v, find) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(holds(v, secrets) for v in value)
+        return any(_holds(v, find) for v in value)
     return False
 
 
-def scrub_outcome(outcome: PollOutcome, secrets: list[str]) -> PollOutcome:
+def scrub_outcome(outcome: PollOutcome, secrets: tuple[str, ...]) -> PollOutcome:
     """A poll outcome whose texts (the error, the status, every detail) hold none of `secrets`:
     an API may echo the token it was sent, and what it says is stored and shown. The outcome
-    itself when it holds none (the common case costs no copy)."""
+    itself when it holds none (the common case costs one search and no copy)."""
     if not secrets:
         return outcome
+    find = _finder(secrets)
     if isinstance(outcome, PollFailure):
-        if not holds(outcome.message, secrets):
+        if find(outcome.message) is None:
             return outcome
         return dataclasses.replace(outcome, message=scrub(outcome.message, secrets))
     if isinstance(outcome, PollResult):
-        if not holds(outcome.remote_status, secrets) and not holds(outcome.details, secrets):
+        if find(outcome.remote_status) is None and not _holds(outcome.details, find):
             return outcome
         return dataclasses.replace(
             outcome,
