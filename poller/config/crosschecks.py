@@ -1,0 +1,150 @@
+"""The cross-checks: what one part of a config says about another that pydantic cannot see.
+
+A rule's channels and sources, a job's source and the keys its source type allows, the same
+job listed twice, and polling timings that clash once a source's or a job's overrides are
+merged. They run once per load, on the parsed file (so that a file with broken parts still
+gets every other part checked), or on a model built directly (`Config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from poller.config.paths import KeyPath
+from poller.config.units import as_text, format_duration
+
+if TYPE_CHECKING:
+    from poller.config.models import JobConfig, PollingDefaults, PollingOverrides, SourceConfig
+
+
+def _choices(what: str, known: Iterable[str]) -> str:
+    names = sorted(known)
+    return f"expected one of: {', '.join(names)}" if names else f"no {what}s are configured"
+
+
+def _references(value: object) -> Iterator[tuple[KeyPath, str]]:
+    """The names in a one-or-many field, with their index (none for a single string)."""
+    if isinstance(value, str):
+        yield (), value
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                yield (index,), item
+
+
+def reference_problems(
+    data: Mapping[str, Any],
+    source_types: Collection[str],
+    *,
+    quote: Callable[[KeyPath, str], str] = lambda path, name: f" {name!r}",
+    line_of: Callable[[KeyPath], int | None] = lambda path: None,
+) -> list[tuple[KeyPath, str]]:
+    """What one part of the config says about another that is not there or does not fit.
+
+    Works on plain data (the parsed YAML, or a model dump) so that a file with broken parts
+    still gets every other part checked; `quote` renders a name for a message ("" if it must
+    not be shown). A source whose type is not one of `source_types` is reported by its own
+    check, so its jobs are not checked against it.
+    """
+    found: list[tuple[KeyPath, str]] = []
+
+    def section(name: str, kind: type) -> Any:
+        value = data.get(name)
+        return value if isinstance(value, kind) else kind()
+
+    sources: dict[str, Any] = section("sources", dict)
+    types = {
+        name: value.get("type") if isinstance(value, Mapping) else None
+        for name, value in sources.items()
+    }
+    channels: dict[str, Any] = section("channels", dict)
+
+    for i, rule in enumerate(section("rules", list)):
+        if not isinstance(rule, Mapping):
+            continue
+        for key, known, what in (("notify", channels, "channel"), ("sources", types, "source")):
+            for sub, name in _references(rule.get(key)):
+                if name not in known:
+                    path: KeyPath = ("rules", i, key, *sub)
+                    found.append(
+                        (path, f"unknown {what}{quote(path, name)}; {_choices(what, known)}")
+                    )
+
+    seen: dict[tuple[str | None, ...], int] = {}
+    for i, job in enumerate(section("jobs", list)):
+        if not isinstance(job, Mapping) or not isinstance(job.get("source"), str):
+            continue
+        source = job["source"]
+        if source not in types:
+            path = ("jobs", i, "source")
+            found.append(
+                (path, f"unknown source{quote(path, source)}; {_choices('source', types)}")
+            )
+            continue
+        kind = types[source]
+        if kind not in source_types:
+            continue  # the source itself is reported
+
+        def given(key: str, job: Mapping[str, Any] = job) -> bool:
+            return job.get(key) is not None
+
+        if kind == "ruler" and not given("site") and not given("bulk") and not given("search"):
+            found.append((("jobs", i, "site"), "required for a ruler source"))
+        if kind != "ruler" and given("site"):
+            found.append((("jobs", i, "site"), f"only for a ruler source; this one is {kind}"))
+        for key in ("bulk", "search"):
+            if given(key) and kind != "immuta":
+                found.append((("jobs", i, key), f"only for an immuta source; this one is {kind}"))
+
+        identity: tuple[str | None, ...] | None = None
+        job_id, site, bulk = (as_text(job.get(k)) for k in ("id", "site", "bulk"))
+        if isinstance(job_id, str):
+            identity = ("id", source, site if isinstance(site, str) else None, job_id)
+        elif isinstance(bulk, str):
+            identity = ("bulk", source, bulk)
+        if identity is None:
+            continue
+        if identity in seen:
+            first = seen[identity]
+            line = line_of(("jobs", first))
+            where = f"jobs[{first}]" + (f" (line {line})" if line else "")
+            found.append((("jobs", i), f"the same job as {where}; list each job once"))
+        else:
+            seen[identity] = i
+    return found
+
+
+def policy_problems(
+    polling: PollingDefaults | None,
+    sources: Mapping[str, SourceConfig],
+    jobs: Sequence[tuple[int, JobConfig]],
+) -> list[tuple[KeyPath, str]]:
+    """max_interval below interval once a source's or a job's overrides are merged."""
+    if polling is None:
+        return []
+    found: list[tuple[KeyPath, str]] = []
+
+    def check(prefix: KeyPath, base: dict[str, float], own: PollingOverrides) -> None:
+        merged = base | own.as_dict()
+        # both set on one level is already reported by that level's own check
+        if (own.interval is None) == (own.max_interval is None):
+            return
+        if merged["max_interval"] < merged["interval"]:
+            key = "interval" if own.interval is not None else "max_interval"
+            found.append(
+                (
+                    (*prefix, "polling", key),
+                    f"makes max_interval ({format_duration(merged['max_interval'])}) shorter "
+                    f"than interval ({format_duration(merged['interval'])})",
+                )
+            )
+
+    defaults = polling.model_dump()
+    for name, source in sources.items():
+        check(("sources", name), defaults, source.polling)
+    for i, job in jobs:
+        own_source = sources.get(job.source)
+        base = defaults | (own_source.polling.as_dict() if own_source is not None else {})
+        check(("jobs", i), base, job.polling)
+    return found

@@ -1,0 +1,499 @@
+"""The pydantic models of a config: the typed, frozen view the rest of poller reads.
+
+`load_config` builds them from a file; they may also be built directly (tests, ``poller add``)
+and validate the same way, only without line numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal, NamedTuple, Self
+
+from jmespath.parser import ParsedResult
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from poller.config.crosschecks import policy_problems, reference_problems
+from poller.config.paths import format_path
+from poller.config.units import (
+    Backoff,
+    ChannelUrl,
+    Count,
+    DatabaseUrl,
+    Duration,
+    HeaderValue,
+    HttpUrl,
+    JmesPath,
+    Name,
+    NonEmptyNames,
+    OptionalBackoff,
+    OptionalDuration,
+    OptionalNames,
+    OptionalPositiveDuration,
+    PositiveDuration,
+    Rate,
+    ShownValueError,
+    TargetState,
+    Text,
+    Token,
+    as_text,
+    body_fields,
+    compile_jmespath,
+    default_database_url,
+    format_duration,
+    http_url,
+    one_or_many,
+    resolve_database_url,
+    template_fields,
+    watch_part,
+)
+from poller.models import Event, Policy, State, key_problem, watch_key
+from poller.notify import MessageTemplate, check_template, compile_template
+
+SOURCE_TYPES = ("ruler", "immuta", "http")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_interval_order(interval: float | None, max_interval: float | None) -> None:
+    if interval is not None and max_interval is not None and max_interval < interval:
+        raise ValueError(
+            f"must be at least interval ({format_duration(interval)}), "
+            f"not {format_duration(max_interval)}"
+        )
+
+
+class PollingDefaults(_Frozen):
+    """Polling timings for every watch (SPEC.md, ``polling``); durations in seconds."""
+
+    interval: PositiveDuration = 30.0
+    backoff: Backoff = 1.5
+    max_interval: PositiveDuration = 600.0
+    timeout: PositiveDuration = 86400.0
+    stall_after: PositiveDuration = 7200.0
+    error_after: Duration = 900.0
+
+    @field_validator("max_interval")
+    @classmethod
+    def _max_after_interval(cls, value: float, info: ValidationInfo) -> float:
+        _check_interval_order(info.data.get("interval"), value)
+        return value
+
+
+class PollingOverrides(_Frozen):
+    """A source's or a job's changes to `PollingDefaults`; None keeps the value from above."""
+
+    interval: OptionalPositiveDuration = None
+    backoff: OptionalBackoff = None
+    max_interval: OptionalPositiveDuration = None
+    timeout: OptionalPositiveDuration = None
+    stall_after: OptionalPositiveDuration = None
+    error_after: OptionalDuration = None
+
+    @field_validator("max_interval")
+    @classmethod
+    def _max_after_interval(cls, value: float | None, info: ValidationInfo) -> float | None:
+        _check_interval_order(info.data.get("interval"), value)
+        return value
+
+    def as_dict(self) -> dict[str, float]:
+        """The timings that are set, by `poller.models.Policy` field name."""
+        return {name: value for name, value in self if value is not None}
+
+
+class SourceConfig(_Frozen):
+    """What every source has: limits on the requests poller sends it and polling overrides.
+
+    ``rate_limit`` is in requests per second (None: no limit); ``request_timeout`` is the
+    overall deadline of one request, in seconds.
+    """
+
+    max_concurrency: Annotated[Count, Field(ge=1)] = 8
+    rate_limit: Rate = None
+    request_timeout: PositiveDuration = 30.0
+    polling: PollingOverrides = Field(default_factory=PollingOverrides)
+
+
+class RulerSource(SourceConfig):
+    """The Ruler batch API. From ``list_threshold`` watched jobs of one site on, poller polls
+    the site's job list instead of each job."""
+
+    type: Literal["ruler"] = "ruler"
+    base_url: HttpUrl = "https://rest.rulerapi.com/v1"
+    token: Token
+    list_threshold: Annotated[Count, Field(ge=1)] = 2
+
+
+class ImmutaSource(SourceConfig):
+    """The Immuta jobs API. ``long_poll`` (seconds, None: off) lets one statuses request wait
+    for jobs to end; ``discovery_interval`` is how often bulks and searches are listed again."""
+
+    type: Literal["immuta"] = "immuta"
+    base_url: HttpUrl
+    token: Token
+    batch_size: Annotated[Count, Field(ge=1, le=1000)] = 100
+    long_poll: OptionalDuration = None
+    discovery_interval: PositiveDuration = 60.0
+
+    @field_validator("long_poll")
+    @classmethod
+    def _long_poll_within_request(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if not value:
+            # 0 disables long polling just as leaving it out does
+            return None
+        deadline = info.data.get("request_timeout")
+        if deadline is not None and value >= deadline:
+            raise ShownValueError(
+                f"must be shorter than request_timeout ({format_duration(deadline)}), "
+                "the deadline of the request that waits"
+            )
+        return value
+
+
+class HttpExpressions(NamedTuple):
+    """The compiled JMESPath expressions of an `HttpSource`."""
+
+    state: ParsedResult
+    progress: ParsedResult | None
+    detail: Mapping[str, ParsedResult]
+
+
+class HttpSource(SourceConfig):
+    """Any JSON job-status endpoint, described by templates and JMESPath expressions.
+
+    ``url`` and the string leaves of ``body`` are ``str.format`` templates over
+    `TEMPLATE_FIELDS` (``{{``/``}}`` for literal braces). ``states`` maps remote values,
+    lower-cased (compare ``str(value).lower()``), to poller's states. `compiled` gives the
+    JMESPath expressions ready to search a body with (compiled once per process).
+    """
+
+    type: Literal["http"] = "http"
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+    # body comes before url so that the url's check can see whether the body names {id}
+    body: Any = None
+    url: str
+    state: JmesPath
+    progress: JmesPath | None = None
+    detail: dict[str, JmesPath] = Field(default_factory=dict)
+    states: dict[str, TargetState]
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("body")
+    @classmethod
+    def _check_body(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if info.data.get("method") == "GET":
+            raise ValueError("a body needs method: POST")
+        body_fields(value)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        http_url(value)
+        names = template_fields(value)
+        if "id" not in names and "body" in info.data:
+            body = info.data["body"]
+            if body is None or "id" not in body_fields(body):
+                raise ValueError("must name {id} (or the body must)")
+        return value
+
+    @field_validator("states")
+    @classmethod
+    def _lower_states(cls, value: dict[str, State]) -> dict[str, State]:
+        if not value:
+            raise ValueError("must map at least one remote state to a poller state")
+        lowered: dict[str, State] = {}
+        for remote, state in value.items():
+            key = remote.lower()
+            if lowered.get(key, state) is not state:
+                raise ValueError("two remote states that differ only in case map differently")
+            lowered[key] = state
+        return lowered
+
+    def compiled(self) -> HttpExpressions:
+        """The ``state``, ``progress`` and ``detail`` expressions, compiled."""
+        return HttpExpressions(
+            state=compile_jmespath(self.state),
+            progress=compile_jmespath(self.progress) if self.progress is not None else None,
+            detail={name: compile_jmespath(expr) for name, expr in self.detail.items()},
+        )
+
+
+#: One source of any type, told apart by its ``type``.
+AnySource = Annotated[RulerSource | ImmutaSource | HttpSource, Field(discriminator="type")]
+
+
+class TemplateConfig(_Frozen):
+    """A message template: Jinja2 (sandboxed) `title` and/or `body` over the documented
+    variables (`notify.TEMPLATE_VARIABLES`); what it leaves out is poller's own text.
+
+    ``format`` is how the body is written: ``text``, or ``markdown`` (variables are then
+    escaped for Markdown). Each template is compiled and tried on sample events when the config
+    is loaded, so that a mistake is a config error, not a missing message.
+    """
+
+    format: Literal["text", "markdown"] = "text"
+    title: str | None = None
+    body: str | None = None
+
+    @field_validator("title", "body")
+    @classmethod
+    def _check(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must not be empty (leave it out for poller's own text)")
+        check_template(value, str(info.field_name), info.data.get("format", "text"))
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.title is None and self.body is None:
+            raise ValueError("give a title, a body or both")
+        return self
+
+    def compiled(self) -> MessageTemplate:
+        """The compiled template (compiled once per process)."""
+        return _compiled_template(self.title, self.body, self.format)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_template(title: str | None, body: str | None, fmt: str) -> MessageTemplate:
+    return compile_template(title, body, "markdown" if fmt == "markdown" else "text")
+
+
+class ChannelConfig(_Frozen):
+    """A channel written as a mapping: its Apprise URL and a message template for it."""
+
+    url: ChannelUrl
+    template: TemplateConfig | None = None
+
+
+class DigestConfig(_Frozen):
+    """Storm control: many events for one channel go out as one digest message.
+
+    A lone event for a quiet channel goes out at once; events that come together, or follow a
+    message to the channel within ``wait``, wait ``wait`` for others to join them. When more
+    than ``threshold`` events would reach a channel within ``window``, those due go out as one
+    digest, and the channel gets at most one message per ``window`` until the storm passes. A
+    digest names up to ``max_jobs`` jobs and counts the rest.
+    """
+
+    enabled: bool = True
+    threshold: Annotated[Count, Field(ge=1)] = 10
+    window: PositiveDuration = 60.0
+    wait: Duration = 2.0
+    max_jobs: Annotated[Count, Field(ge=1)] = 200
+
+
+class DeliveryConfig(_Frozen):
+    """How notifications are sent: per-send timeout, retries and storm control; in seconds.
+
+    A failed send is retried after ``retry_initial``, doubling (with jitter) up to
+    ``retry_max``; a 429 or 503 with ``Retry-After`` waits at least that long. A delivery that
+    still fails ``give_up_after`` after its event is given up, logged as an error and shown by
+    ``poller status``.
+    """
+
+    timeout: PositiveDuration = 30.0
+    retry_initial: PositiveDuration = 5.0
+    retry_max: PositiveDuration = 900.0
+    give_up_after: PositiveDuration = 86400.0
+    digest: DigestConfig = Field(default_factory=DigestConfig)
+
+    @field_validator("retry_max")
+    @classmethod
+    def _max_after_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("retry_initial")
+        if initial is not None and value < initial:
+            raise ValueError(
+                f"must be at least retry_initial ({format_duration(initial)}), "
+                f"not {format_duration(value)}"
+            )
+        return value
+
+
+class Rule(_Frozen):
+    """Which events go to which channels, optionally only for some sources or tags, and
+    optionally with a message template for them."""
+
+    on: Annotated[tuple[Event, ...], BeforeValidator(one_or_many), Field(min_length=1)]
+    notify: NonEmptyNames
+    sources: OptionalNames = None
+    tags: OptionalNames = None
+    template: TemplateConfig | None = None
+
+    def matches(self, event: Event, source: str, tags: Iterable[str]) -> bool:
+        """Whether the event of a watch of `source` with `tags` goes to this rule's channels."""
+        if event not in self.on:
+            return False
+        if self.sources is not None and source not in self.sources:
+            return False
+        return self.tags is None or not set(self.tags).isdisjoint(tags)
+
+
+class SearchSpec(_Frozen):
+    """The filters of an Immuta job search; every job it finds is watched."""
+
+    jobType: OptionalNames = None  # the API's names
+    state: OptionalNames = None
+    startDate: Name | None = None
+    endDate: Name | None = None
+
+
+class JobConfig(_Frozen):
+    """A job listed in the config: one job (``id``), an Immuta bulk or an Immuta search."""
+
+    source: Annotated[str, watch_part("source")]
+    id: Annotated[str, BeforeValidator(as_text), watch_part("job_id")] | None = None
+    bulk: Text | None = None
+    search: SearchSpec | None = None
+    site: Annotated[str, BeforeValidator(as_text), watch_part("site")] | None = None
+    name: Annotated[str, watch_part("name")] | None = None
+    tags: Annotated[
+        tuple[Annotated[str, watch_part("tag")], ...], BeforeValidator(one_or_many)
+    ] = ()
+    polling: PollingOverrides = Field(default_factory=PollingOverrides)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if sum(x is not None for x in (self.id, self.bulk, self.search)) != 1:
+            raise ValueError("give exactly one of id, bulk or search")
+        if self.key is not None and (problem := key_problem(self.key)):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def key(self) -> str | None:
+        """The key of the watch of an ``id`` job; None for a bulk or a search."""
+        return watch_key(self.source, self.id, self.site) if self.id is not None else None
+
+
+class ReplicasConfig(_Frozen):
+    """How processes sharing one database hand work to each other (PostgreSQL replicas).
+
+    A claim on a watch or a delivery lasts ``lease`` unless its process renews it (every third
+    of it, while it works); a replica that dies has its work taken over after at most that.
+    """
+
+    lease: PositiveDuration = 30.0
+
+
+def _log_level(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class LogConfig(_Frozen):
+    """Log level and format (``auto``: JSON lines unless stdout is a terminal)."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)] = (
+        "info"
+    )
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Frozen):
+    """A whole config, validated; `load_config` builds it from a file."""
+
+    path: str
+    #: with no ``database``, poller.db next to the config file; a relative SQLite path is
+    #: relative to the config file (README "Config reference")
+    database: DatabaseUrl = ""
+    sources: dict[str, AnySource] = Field(default_factory=dict)
+    channels: dict[str, ChannelUrl] = Field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+    polling: PollingDefaults = Field(default_factory=PollingDefaults)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
+    jobs: tuple[JobConfig, ...] = ()
+    log: LogConfig = Field(default_factory=LogConfig)
+    #: templates of the channels written as a mapping with a ``template``
+    channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _place_database(self) -> Self:
+        # one rule for the daemon and every command, wherever they run (README "Config
+        # reference"); the model is frozen, so the resolved URL is set through __dict__
+        url = self.database or default_database_url(self.path)
+        self.__dict__["database"] = resolve_database_url(url, self.path)
+        return self
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Self:
+        view = {
+            "sources": {name: {"type": s.type} for name, s in self.sources.items()},
+            "channels": dict.fromkeys(self.channels),
+            "rules": [rule.model_dump() for rule in self.rules],
+            "jobs": [job.model_dump() for job in self.jobs],
+        }
+        found = reference_problems(view, SOURCE_TYPES)
+        found += policy_problems(self.polling, self.sources, list(enumerate(self.jobs)))
+        found += [
+            (("channel_templates", name), "not a configured channel")
+            for name in self.channel_templates
+            if name not in self.channels
+        ]
+        if found:
+            raise ValueError("; ".join(f"{format_path(p)}: {m}" for p, m in found))
+        return self
+
+    def policy_for(self, source: str, overrides: Mapping[str, float] | None = None) -> Policy:
+        """The timings of a watch of `source`: defaults < ``polling`` < the source's < overrides.
+
+        `overrides` are keyed by `Policy` field name; other keys, and values that are not
+        positive finite numbers, are ignored, so that overrides stored by another version never
+        stop polling. max_interval is raised to
+        interval if a merge left it below.
+        """
+        values = dataclasses.asdict(Policy())
+        values.update(self.polling.model_dump())
+        found = self.sources.get(source)
+        if found is not None:
+            values.update(found.polling.as_dict())
+        if overrides:
+            for name, value in overrides.items():
+                try:
+                    number = float(value) if name in values else math.nan
+                except (TypeError, ValueError, OverflowError):
+                    continue  # stored as text by another version, or absurd: ignored too
+                if 0 < number < math.inf:
+                    values[name] = number
+        values["max_interval"] = max(values["max_interval"], values["interval"])
+        return Policy(**values)
+
+    def template_for(
+        self, channel: str, event: Event, source: str, tags: Iterable[str]
+    ) -> TemplateConfig | None:
+        """The template of a message about `event` to `channel`, None for poller's own.
+
+        The first matching rule that notifies `channel` and has a template wins; else the
+        channel's own template.
+        """
+        tag_list = list(tags)
+        for rule in self.rules:
+            if (
+                rule.template is not None
+                and channel in rule.notify
+                and rule.matches(event, source, tag_list)
+            ):
+                return rule.template
+        return self.channel_templates.get(channel)
