@@ -32,7 +32,11 @@ from pydantic import TypeAdapter, ValidationError
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.document import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT, Document
 from poller.config.models import (
+    CROSS_CHECKED,
+    LOG_LEVELS,
     SOURCE_TYPES,
+    TEXT_AS_WRITTEN,
+    TOP_LEVEL_KEYS,
     AnySource,
     ChannelConfig,
     Config,
@@ -98,19 +102,6 @@ __all__ = [
     "resolve_database_url",
 ]
 
-TOP_LEVEL_KEYS = (
-    "database",
-    "sources",
-    "channels",
-    "rules",
-    "polling",
-    "delivery",
-    "replicas",
-    "jobs",
-    "log",
-)
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
@@ -133,7 +124,7 @@ def load_config(
     """
     environ = os.environ if environ is None else environ
     file = os.fspath(path)
-    doc = Document(file, environ)
+    doc = Document(file, environ, TEXT_AS_WRITTEN)
     if doc.read():
         config = _check(doc, environ)
         if config is not None and not doc.problems:
@@ -251,19 +242,23 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
     if doc.problems or any(part is None for part in parts):
         return None
     try:
-        return Config(
-            path=doc.file,
-            # none given: Config puts it next to the config file
-            **({"database": database} if database is not None else {}),
-            sources=sources,
-            channels=channels,
-            rules=tuple(rules),
-            polling=polling,
-            delivery=delivery,
-            replicas=replicas,
-            jobs=tuple(jobs),
-            log=log,
-            channel_templates=channel_templates,
+        return Config.model_validate(
+            {
+                "path": doc.file,
+                # none given: Config puts it next to the config file
+                **({"database": database} if database is not None else {}),
+                "sources": sources,
+                "channels": channels,
+                "rules": tuple(rules),
+                "polling": polling,
+                "delivery": delivery,
+                "replicas": replicas,
+                "jobs": tuple(jobs),
+                "log": log,
+                "channel_templates": channel_templates,
+            },
+            # the cross-checks ran above, on the file, with lines
+            context={CROSS_CHECKED: True},
         )
     except ValidationError as exc:
         # the checks above are Config's own, part by part; this is only a safety net

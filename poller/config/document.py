@@ -13,13 +13,13 @@ import datetime as dt
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from poller.config.paths import KeyPath
+from poller.config.paths import KeyPath, Pattern
 from poller.config.units import control_character
 
 if TYPE_CHECKING:
@@ -105,36 +105,16 @@ _ENV_REFERENCE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?
 _MAX_NODES = 100_000
 
 
-def _matches(path: KeyPath, pattern: tuple[object, ...]) -> bool:
+def _matches(path: KeyPath, pattern: Pattern) -> bool:
     if len(path) != len(pattern):
         return False
     for part, want in zip(path, pattern, strict=True):
         if want is str or want is int:
             if type(part) is not want:
                 return False
-        elif isinstance(want, tuple):
-            if part not in want:
-                return False
         elif part != want:
             return False
     return True
-
-
-#: Where a plain scalar that YAML reads as a number, a boolean or a date is meant as text, so
-#: it is kept as written (``id: 0123`` is "0123", not 83).
-_TEXTUAL: tuple[tuple[object, ...], ...] = (
-    ("jobs", int, ("id", "site", "bulk", "name", "source")),
-    ("jobs", int, "tags"),
-    ("jobs", int, "tags", int),
-    ("jobs", int, "search", str),
-    ("jobs", int, "search", str, int),
-    ("rules", int, ("notify", "sources", "tags")),
-    ("rules", int, ("notify", "sources", "tags"), int),
-    ("sources", str, ("token", "url", "base_url", "state", "progress")),
-    ("sources", str, ("headers", "detail"), str),
-    ("rules", int, "template", ("title", "body")),
-    ("channels", str, "template", ("title", "body")),
-)
 
 
 def _is_data(path: KeyPath) -> bool:
@@ -149,9 +129,13 @@ class _TooBig(Exception):
 class Document:
     """A YAML file read into plain data, with the line of every key and item."""
 
-    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, file: str, environ: Mapping[str, str], as_written: Sequence[Pattern] = ()
+    ) -> None:
         self.file = file
         self.environ = environ
+        #: where a plain scalar YAML reads as a number, a boolean or a date is text as written
+        self.as_written = as_written
         self.data: Any = None
         self.lines: dict[KeyPath, int] = {(): 1}
         self.problems: list[tuple[KeyPath, int | None, str]] = []
@@ -320,7 +304,7 @@ class Document:
         if (
             plain
             and value is not None
-            and (isinstance(value, dt.date) or any(_matches(path, p) for p in _TEXTUAL))
+            and (isinstance(value, dt.date) or any(_matches(path, p) for p in self.as_written))
         ):
             return str(node.value)
         return value

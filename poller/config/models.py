@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal, NamedTuple, Self
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
 
 from jmespath.parser import ParsedResult
 from pydantic import (
@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from poller.config.crosschecks import policy_problems, reference_problems
-from poller.config.paths import format_path
+from poller.config.paths import Pattern, as_written, format_path
 from poller.config.units import (
     Backoff,
     ChannelUrl,
@@ -46,6 +46,7 @@ from poller.config.units import (
     TargetState,
     Text,
     Token,
+    Written,
     as_text,
     body_fields,
     compile_jmespath,
@@ -61,6 +62,10 @@ from poller.models import Event, Policy, State, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
 
 SOURCE_TYPES = ("ruler", "immuta", "http")
+#: The validation context key that tells `Config` its parts were cross-checked already
+#: (`load_config` checks the file itself, so that each problem has its line): the checks
+#: run once per load.
+CROSS_CHECKED = "cross_checked"
 
 
 class _Frozen(BaseModel):
@@ -184,7 +189,7 @@ class HttpSource(SourceConfig):
     headers: dict[str, HeaderValue] = Field(default_factory=dict)
     # body comes before url so that the url's check can see whether the body names {id}
     body: Any = None
-    url: str
+    url: Written
     state: JmesPath
     progress: JmesPath | None = None
     detail: dict[str, JmesPath] = Field(default_factory=dict)
@@ -252,8 +257,8 @@ class TemplateConfig(_Frozen):
     """
 
     format: Literal["text", "markdown"] = "text"
-    title: str | None = None
-    body: str | None = None
+    title: Written | None = None
+    body: Written | None = None
 
     @field_validator("title", "body")
     @classmethod
@@ -363,14 +368,14 @@ class SearchSpec(_Frozen):
 class JobConfig(_Frozen):
     """A job listed in the config: one job (``id``), an Immuta bulk or an Immuta search."""
 
-    source: Annotated[str, watch_part("source")]
-    id: Annotated[str, BeforeValidator(as_text), watch_part("job_id")] | None = None
+    source: Annotated[Written, watch_part("source")]
+    id: Annotated[Written, BeforeValidator(as_text), watch_part("job_id")] | None = None
     bulk: Text | None = None
     search: SearchSpec | None = None
-    site: Annotated[str, BeforeValidator(as_text), watch_part("site")] | None = None
-    name: Annotated[str, watch_part("name")] | None = None
+    site: Annotated[Written, BeforeValidator(as_text), watch_part("site")] | None = None
+    name: Annotated[Written, watch_part("name")] | None = None
     tags: Annotated[
-        tuple[Annotated[str, watch_part("tag")], ...], BeforeValidator(one_or_many)
+        tuple[Annotated[Written, watch_part("tag")], ...], BeforeValidator(one_or_many)
     ] = ()
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
 
@@ -402,17 +407,26 @@ def _log_level(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+#: The levels ``log.level`` and ``POLLER_LOG_LEVEL`` take.
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+
 class LogConfig(_Frozen):
     """Log level and format (``auto``: JSON lines unless stdout is a terminal)."""
 
-    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)] = (
-        "info"
-    )
+    level: Annotated[LogLevel, BeforeValidator(_log_level)] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
 class Config(_Frozen):
-    """A whole config, validated; `load_config` builds it from a file."""
+    """A whole config, validated; `load_config` builds it from a file.
+
+    Every field is a top-level key of the file (`TOP_LEVEL_KEYS`) but those in
+    `NOT_IN_FILE`, which `load_config` fills itself.
+    """
+
+    NOT_IN_FILE: ClassVar[frozenset[str]] = frozenset({"path", "channel_templates"})
 
     path: str
     #: with no ``database``, poller.db next to the config file; a relative SQLite path is
@@ -438,7 +452,10 @@ class Config(_Frozen):
         return self
 
     @model_validator(mode="after")
-    def _cross_check(self) -> Self:
+    def _cross_check(self, info: ValidationInfo) -> Self:
+        if info.context is not None and info.context.get(CROSS_CHECKED):
+            # load_config ran these checks on the file, where a problem gets its line
+            return self
         view = {
             "sources": {name: {"type": s.type} for name, s in self.sources.items()},
             "channels": dict.fromkeys(self.channels),
@@ -497,3 +514,20 @@ class Config(_Frozen):
             ):
                 return rule.template
         return self.channel_templates.get(channel)
+
+
+#: The type of each top-level key of a config file as the file writes it, in the order the
+#: README documents them: the fields of `Config` but those `load_config` fills itself, and a
+#: channel may be a mapping with its own template.
+FILE_TYPES: dict[str, Any] = {
+    name: dict[str, ChannelUrl | ChannelConfig] if name == "channels" else field.annotation
+    for name, field in Config.model_fields.items()
+    if name not in Config.NOT_IN_FILE
+}
+TOP_LEVEL_KEYS = tuple(FILE_TYPES)
+#: Where a plain scalar that YAML reads as a number, a boolean or a date is meant as text, so
+#: the document keeps it as written (``id: 0123`` is "0123", not 83): the fields whose type
+#: is marked `AS_WRITTEN`.
+TEXT_AS_WRITTEN: tuple[Pattern, ...] = tuple(
+    (key, *place) for key, annotation in FILE_TYPES.items() for place in as_written(annotation)
+)

@@ -8,37 +8,22 @@ last guard, every value that came from the environment or an ``x_file`` is maske
 from __future__ import annotations
 
 import difflib
-import types
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from poller.config.document import Document
 from poller.config.models import SOURCE_TYPES, AnySource
-from poller.config.paths import KeyPath, format_path
+from poller.config.paths import KeyPath, bare_type, format_path
 from poller.config.units import ShownValueError, control_character
 from poller.errors import Problem
 from poller.notify import TemplateProblem
 
 
-def _unwrap(annotation: Any) -> Any:
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin is Union or origin is types.UnionType:
-            args = [a for a in get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return annotation
-            annotation = args[0]
-        else:
-            return annotation
-
-
 def _step(annotation: Any, part: str | int) -> Any:
     """The type found at `part` inside a value of type `annotation` (pydantic's loc steps)."""
-    annotation = _unwrap(annotation)
+    annotation = bare_type(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         field = annotation.model_fields.get(str(part))
         return field.annotation if field is not None else None
@@ -50,7 +35,7 @@ def _step(annotation: Any, part: str | int) -> Any:
         return args[0]
     if args:  # a union of models: pydantic's loc names the member by its tag
         for member in args:
-            member = _unwrap(member)
+            member = bare_type(member)
             if isinstance(member, type) and issubclass(member, BaseModel):
                 tag = member.model_fields.get("type")
                 if tag is not None and tag.default == part:
@@ -64,7 +49,7 @@ def _expected_keys(root: Any, loc: Sequence[str | int]) -> list[str] | None:
         annotation = _step(annotation, part)
         if annotation is None:
             return None
-    annotation = _unwrap(annotation)
+    annotation = bare_type(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [name for name in annotation.model_fields if name != "path"]
     return None

@@ -27,6 +27,7 @@ from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from sqlalchemy.engine.url import make_url
 
+from poller.config.paths import AS_WRITTEN
 from poller.models import Event, State, text_problem
 
 #: The fields an http source's url and body templates may name.
@@ -427,14 +428,16 @@ Backoff = Annotated[float, BeforeValidator(_backoff)]
 OptionalBackoff = Annotated[float | None, BeforeValidator(_optional_backoff)]
 Rate = Annotated[float | None, BeforeValidator(_optional_rate)]
 Count = Annotated[int, BeforeValidator(_whole_number)]
-Token = Annotated[SecretStr, AfterValidator(_non_empty_secret)]
-HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
-HttpUrl = Annotated[str, AfterValidator(http_url)]
-JmesPath = Annotated[str, AfterValidator(_check_jmespath)]
+#: Text kept as written where YAML would read a number, a boolean or a date.
+Written = Annotated[str, AS_WRITTEN]
+Token = Annotated[SecretStr, AS_WRITTEN, AfterValidator(_non_empty_secret)]
+HeaderValue = Annotated[SecretStr, AS_WRITTEN, AfterValidator(_header_value)]
+HttpUrl = Annotated[Written, AfterValidator(http_url)]
+JmesPath = Annotated[Written, AfterValidator(_check_jmespath)]
 TargetState = Annotated[State, BeforeValidator(_target_state)]
 ChannelUrl = Annotated[SecretStr, AfterValidator(_apprise_url)]
-Name = Annotated[str, AfterValidator(_non_empty)]
-Text = Annotated[str, BeforeValidator(as_text), AfterValidator(_non_empty)]
+Name = Annotated[Written, AfterValidator(_non_empty)]
+Text = Annotated[Written, BeforeValidator(as_text), AfterValidator(_non_empty)]
 Names = Annotated[tuple[Name, ...], BeforeValidator(one_or_many)]
 NonEmptyNames = Annotated[tuple[Name, ...], BeforeValidator(one_or_many), Field(min_length=1)]
 OptionalNames = Annotated[
