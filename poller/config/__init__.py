@@ -17,8 +17,9 @@ is raised. Every file the config names is read only if it is a regular file, up 
 
 One room per job: `units` (durations, rates and the field types), `models` (the pydantic
 models), `crosschecks` (what one part says about another), `document` (the YAML read with
-its lines, ``${VAR}`` and ``x_file``), `problems` (pydantic's errors in words) and, here, the
-orchestration of a load and the names the rest of poller imports.
+its lines, ``${VAR}`` and ``x_file``), `problems` (pydantic's errors in words), `paths` (key paths
+and the places kept as written) and, here, the orchestration of a load and the names the rest
+of poller imports.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def _check_name(doc: Document, part: str, path: KeyPath) -> None:
 
 
 def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
+    """The `Config` of a read document, or None with its problems recorded in `doc`."""
     checker = Checker(doc)
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
@@ -152,82 +154,21 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
 
     database = data.get("database")
     if database is not None:
-        database = checker.validate(_adapter(DatabaseUrl), database, ("database",), DatabaseUrl)
-
-    sources: dict[str, Any] = {}
-    raw_sources = checker.section(data, "sources", dict, "expected a mapping of source names")
-    for name, value in raw_sources.items():
-        _check_name(doc, "source", ("sources", name))
-        sources[name] = checker.validate(_adapter(AnySource), value, ("sources", name), AnySource)
-
-    channels: dict[str, Any] = {}
-    channel_templates: dict[str, TemplateConfig] = {}
-    raw_channels = checker.section(data, "channels", dict, "expected a mapping of channel names")
-    for name, value in raw_channels.items():
-        _check_name(doc, "channel", ("channels", name))
-        if isinstance(value, Mapping):
-            channel = checker.validate(
-                _adapter(ChannelConfig), value, ("channels", name), ChannelConfig
-            )
-            channels[name] = channel.url if channel is not None else None
-            if channel is not None and channel.template is not None:
-                channel_templates[name] = channel.template
-        else:
-            channels[name] = checker.validate(
-                _adapter(ChannelUrl), value, ("channels", name), ChannelUrl
-            )
-
-    rules = [
-        checker.validate(_adapter(Rule), value, ("rules", i), Rule)
-        for i, value in enumerate(checker.section(data, "rules", list, "expected a list of rules"))
-    ]
-    polling = checker.validate(
-        _adapter(PollingDefaults),
-        checker.section(data, "polling", dict, "expected a mapping of polling timings"),
-        ("polling",),
-        PollingDefaults,
+        database = _validate(checker, DatabaseUrl, database, ("database",))
+    sources = _sources(checker, data)
+    channels, channel_templates = _channels(checker, data)
+    rules = _list(checker, data, "rules", Rule, "expected a list of rules")
+    polling = _mapping(
+        checker, data, "polling", PollingDefaults, "expected a mapping of polling timings"
     )
-    delivery = checker.validate(
-        _adapter(DeliveryConfig),
-        checker.section(data, "delivery", dict, "expected a mapping of delivery settings"),
-        ("delivery",),
-        DeliveryConfig,
+    delivery = _mapping(
+        checker, data, "delivery", DeliveryConfig, "expected a mapping of delivery settings"
     )
-    replicas = checker.validate(
-        _adapter(ReplicasConfig),
-        checker.section(data, "replicas", dict, "expected a mapping with lease"),
-        ("replicas",),
-        ReplicasConfig,
-    )
-    jobs = [
-        checker.validate(_adapter(JobConfig), value, ("jobs", i), JobConfig)
-        for i, value in enumerate(checker.section(data, "jobs", list, "expected a list of jobs"))
-    ]
-    log = checker.validate(
-        _adapter(LogConfig),
-        checker.section(data, "log", dict, "expected a mapping with level and format"),
-        ("log",),
-        LogConfig,
-    )
-    level = environ.get("POLLER_LOG_LEVEL", "").strip().lower()
-    if level and level not in LOG_LEVELS:
-        doc.problems.append(
-            (("POLLER_LOG_LEVEL",), None, f"expected one of: {', '.join(LOG_LEVELS)}")
-        )
-    elif level and log is not None:
-        log = log.model_copy(update={"level": level})
-
-    def quote(path: KeyPath, name: str) -> str:
-        return "" if path in doc.tainted else f" {name!r}"
-
-    for found_path, message in reference_problems(
-        data, SOURCE_TYPES, quote=quote, line_of=doc.line_of
-    ):
-        doc.problem(found_path, message)
-    valid_sources = {n: s for n, s in sources.items() if s is not None}
-    valid_jobs = [(i, job) for i, job in enumerate(jobs) if job is not None]
-    for found_path, message in policy_problems(polling, valid_sources, valid_jobs):
-        doc.problem(found_path, message)
+    replicas = _mapping(checker, data, "replicas", ReplicasConfig, "expected a mapping with lease")
+    jobs = _list(checker, data, "jobs", JobConfig, "expected a list of jobs")
+    log = _mapping(checker, data, "log", LogConfig, "expected a mapping with level and format")
+    log = _environment_level(doc, environ, log)
+    _cross_check(doc, data, polling, sources, jobs)
 
     parts = (
         polling,
@@ -265,3 +206,92 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         for error in exc.errors(include_url=False, include_input=False):
             doc.problem(tuple(error["loc"]), describe_error(error, Config))
         return None
+
+
+def _validate(checker: Checker, annotation: Any, value: Any, prefix: KeyPath) -> Any:
+    """`value` validated as `annotation`, or None with its problems recorded."""
+    return checker.validate(_adapter(annotation), value, prefix, annotation)
+
+
+def _mapping(checker: Checker, data: Mapping[str, Any], key: str, model: type, hint: str) -> Any:
+    """The top-level mapping `key` validated as `model` (absent: its defaults), or None."""
+    value = checker.section(data, key, dict, hint)
+    return _validate(checker, model, value, (key,))
+
+
+def _list(checker: Checker, data: Mapping[str, Any], key: str, model: type, hint: str) -> list[Any]:
+    """Each item of the top-level list `key` validated as `model` (None where it is not)."""
+    items = checker.section(data, key, list, hint)
+    return [_validate(checker, model, value, (key, i)) for i, value in enumerate(items)]
+
+
+def _sources(checker: Checker, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each source by name, validated as its type's model (None where it is not)."""
+    sources: dict[str, Any] = {}
+    raw = checker.section(data, "sources", dict, "expected a mapping of source names")
+    for name, value in raw.items():
+        _check_name(checker.doc, "source", ("sources", name))
+        sources[name] = _validate(checker, AnySource, value, ("sources", name))
+    return sources
+
+
+def _channels(
+    checker: Checker, data: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, TemplateConfig]]:
+    """Each channel's URL by name (None where it is not valid), and the channels' templates.
+
+    A channel is its Apprise URL, or a mapping with its URL and a template.
+    """
+    channels: dict[str, Any] = {}
+    templates: dict[str, TemplateConfig] = {}
+    raw = checker.section(data, "channels", dict, "expected a mapping of channel names")
+    for name, value in raw.items():
+        _check_name(checker.doc, "channel", ("channels", name))
+        if not isinstance(value, Mapping):
+            channels[name] = _validate(checker, ChannelUrl, value, ("channels", name))
+            continue
+        channel = _validate(checker, ChannelConfig, value, ("channels", name))
+        channels[name] = channel.url if channel is not None else None
+        if channel is not None and channel.template is not None:
+            templates[name] = channel.template
+    return channels, templates
+
+
+def _environment_level(
+    doc: Document, environ: Mapping[str, str], log: LogConfig | None
+) -> LogConfig | None:
+    """`log` with the level ``POLLER_LOG_LEVEL`` gives, which wins over the file's."""
+    level = environ.get("POLLER_LOG_LEVEL", "").strip().lower()
+    if level and level not in LOG_LEVELS:
+        doc.problems.append(
+            (("POLLER_LOG_LEVEL",), None, f"expected one of: {', '.join(LOG_LEVELS)}")
+        )
+    elif level and log is not None:
+        log = log.model_copy(update={"level": level})
+    return log
+
+
+def _cross_check(
+    doc: Document,
+    data: Mapping[str, Any],
+    polling: PollingDefaults | None,
+    sources: Mapping[str, Any],
+    jobs: list[Any],
+) -> None:
+    """Records what one part of the file says about another (`crosschecks`), with lines.
+
+    They run on the file's data, so that a file with broken parts still gets every other part
+    checked, and only here: `Config` is then told not to run them again.
+    """
+
+    def quote(path: KeyPath, name: str) -> str:
+        return "" if path in doc.tainted else f" {name!r}"
+
+    for found_path, message in reference_problems(
+        data, SOURCE_TYPES, quote=quote, line_of=doc.line_of
+    ):
+        doc.problem(found_path, message)
+    valid_sources = {n: s for n, s in sources.items() if s is not None}
+    valid_jobs = [(i, job) for i, job in enumerate(jobs) if job is not None]
+    for found_path, message in policy_problems(polling, valid_sources, valid_jobs):
+        doc.problem(found_path, message)

@@ -33,11 +33,15 @@ def _references(value: object) -> Iterator[tuple[KeyPath, str]]:
                 yield (index,), item
 
 
+#: How a name is shown in a message, given its path ("" if it must not be shown).
+Quote = Callable[[KeyPath, str], str]
+
+
 def reference_problems(
     data: Mapping[str, Any],
     source_types: Collection[str],
     *,
-    quote: Callable[[KeyPath, str], str] = lambda path, name: f" {name!r}",
+    quote: Quote = lambda path, name: f" {name!r}",
     line_of: Callable[[KeyPath], int | None] = lambda path: None,
 ) -> list[tuple[KeyPath, str]]:
     """What one part of the config says about another that is not there or does not fit.
@@ -47,7 +51,6 @@ def reference_problems(
     not be shown). A source whose type is not one of `source_types` is reported by its own
     check, so its jobs are not checked against it.
     """
-    found: list[tuple[KeyPath, str]] = []
 
     def section(name: str, kind: type) -> Any:
         value = data.get(name)
@@ -59,17 +62,7 @@ def reference_problems(
         for name, value in sources.items()
     }
     channels: dict[str, Any] = section("channels", dict)
-
-    for i, rule in enumerate(section("rules", list)):
-        if not isinstance(rule, Mapping):
-            continue
-        for key, known, what in (("notify", channels, "channel"), ("sources", types, "source")):
-            for sub, name in _references(rule.get(key)):
-                if name not in known:
-                    path: KeyPath = ("rules", i, key, *sub)
-                    found.append(
-                        (path, f"unknown {what}{quote(path, name)}; {_choices(what, known)}")
-                    )
+    found = _rule_problems(section("rules", list), channels, types, quote)
 
     seen: dict[tuple[str | None, ...], int] = {}
     for i, job in enumerate(section("jobs", list)):
@@ -77,7 +70,7 @@ def reference_problems(
             continue
         source = job["source"]
         if source not in types:
-            path = ("jobs", i, "source")
+            path: KeyPath = ("jobs", i, "source")
             found.append(
                 (path, f"unknown source{quote(path, source)}; {_choices('source', types)}")
             )
@@ -85,24 +78,8 @@ def reference_problems(
         kind = types[source]
         if kind not in source_types:
             continue  # the source itself is reported
-
-        def given(key: str, job: Mapping[str, Any] = job) -> bool:
-            return job.get(key) is not None
-
-        if kind == "ruler" and not given("site") and not given("bulk") and not given("search"):
-            found.append((("jobs", i, "site"), "required for a ruler source"))
-        if kind != "ruler" and given("site"):
-            found.append((("jobs", i, "site"), f"only for a ruler source; this one is {kind}"))
-        for key in ("bulk", "search"):
-            if given(key) and kind != "immuta":
-                found.append((("jobs", i, key), f"only for an immuta source; this one is {kind}"))
-
-        identity: tuple[str | None, ...] | None = None
-        job_id, site, bulk = (as_text(job.get(k)) for k in ("id", "site", "bulk"))
-        if isinstance(job_id, str):
-            identity = ("id", source, site if isinstance(site, str) else None, job_id)
-        elif isinstance(bulk, str):
-            identity = ("bulk", source, bulk)
+        found += _kind_problems(i, job, kind)
+        identity = _identity(job, source)
         if identity is None:
             continue
         if identity in seen:
@@ -113,6 +90,51 @@ def reference_problems(
         else:
             seen[identity] = i
     return found
+
+
+def _rule_problems(
+    rules: list[Any], channels: Mapping[str, Any], types: Mapping[str, Any], quote: Quote
+) -> list[tuple[KeyPath, str]]:
+    """The channels and sources rules name that are not configured."""
+    found: list[tuple[KeyPath, str]] = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Mapping):
+            continue
+        for key, known, what in (("notify", channels, "channel"), ("sources", types, "source")):
+            for sub, name in _references(rule.get(key)):
+                if name not in known:
+                    path: KeyPath = ("rules", i, key, *sub)
+                    found.append(
+                        (path, f"unknown {what}{quote(path, name)}; {_choices(what, known)}")
+                    )
+    return found
+
+
+def _kind_problems(i: int, job: Mapping[str, Any], kind: object) -> list[tuple[KeyPath, str]]:
+    """The keys of job `i` that its source's type requires or does not take."""
+
+    def given(key: str) -> bool:
+        return job.get(key) is not None
+
+    found: list[tuple[KeyPath, str]] = []
+    if kind == "ruler" and not given("site") and not given("bulk") and not given("search"):
+        found.append((("jobs", i, "site"), "required for a ruler source"))
+    if kind != "ruler" and given("site"):
+        found.append((("jobs", i, "site"), f"only for a ruler source; this one is {kind}"))
+    for key in ("bulk", "search"):
+        if given(key) and kind != "immuta":
+            found.append((("jobs", i, key), f"only for an immuta source; this one is {kind}"))
+    return found
+
+
+def _identity(job: Mapping[str, Any], source: str) -> tuple[str | None, ...] | None:
+    """What makes a listed job the same as another: its id (and site), or its bulk."""
+    job_id, site, bulk = (as_text(job.get(k)) for k in ("id", "site", "bulk"))
+    if isinstance(job_id, str):
+        return ("id", source, site if isinstance(site, str) else None, job_id)
+    if isinstance(bulk, str):
+        return ("bulk", source, bulk)
+    return None
 
 
 def policy_problems(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 #: A place in the config: mapping keys and list indexes from the root.
 KeyPath = tuple[str | int, ...]
@@ -73,23 +74,34 @@ def as_written(annotation: Any) -> list[Pattern]:
     its single item.
     """
     found: list[Pattern] = [()] if _marked(annotation) else []
-    bare = bare_type(annotation)
+    for place in _places_inside(bare_type(annotation)):
+        if place not in found:
+            found.append(place)
+    return found
+
+
+def _places_inside(bare: Any) -> list[Pattern]:
+    """`as_written` of the parts of a model, a mapping, a list or a union."""
     if isinstance(bare, type) and issubclass(bare, BaseModel):
-        for name, field in bare.model_fields.items():
-            marked = any(m is AS_WRITTEN for m in field.metadata)
-            inner: list[Pattern] = [()] if marked else []
-            inner += [p for p in as_written(field.annotation) if p or not marked]
-            found += [(name, *p) for p in inner]
-        return found
+        return [
+            (name, *place)
+            for name, field in bare.model_fields.items()
+            for place in as_written(_field_type(field))
+        ]
     origin, args = get_origin(bare), get_args(bare)
     if origin is dict and len(args) == 2:
-        found += [(str, *p) for p in as_written(args[1])]
-    elif origin is tuple and args:
+        return [(str, *place) for place in as_written(args[1])]
+    if origin is tuple and args:
         items = as_written(args[0])
-        if () in items and () not in found:
-            found.append(())
-        found += [(int, *p) for p in items]
-    elif origin is Union or origin is types.UnionType:
-        for member in args:
-            found += [p for p in as_written(member) if p not in found]
-    return found
+        one = [()] if () in items else []  # a list of one written as its item
+        return one + [(int, *place) for place in items]
+    if origin is Union or origin is types.UnionType:
+        return [place for member in args for place in as_written(member)]
+    return []
+
+
+def _field_type(field: FieldInfo) -> Any:
+    """The annotation of a model's field with the metadata pydantic took out of it."""
+    if not field.metadata:
+        return field.annotation
+    return Annotated[(field.annotation, *field.metadata)]
