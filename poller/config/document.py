@@ -157,6 +157,7 @@ class Document:
         self.read_problems = 0
 
     def problem(self, path: KeyPath, message: str, line: int | None = None) -> None:
+        """Records a problem at `path`, on `line` or else the line of `path`."""
         self.problems.append((path, line if line is not None else self.line_of(path), message))
 
     def template_place(self, path: KeyPath, problem: TemplateProblem) -> tuple[int | None, str]:
@@ -182,6 +183,7 @@ class Document:
         return start, f"{problem.message} (line {inner} of the template)"
 
     def line_of(self, path: KeyPath) -> int | None:
+        """The line of `path`, or of the nearest place above it that has one."""
         while path not in self.lines and path:
             path = path[:-1]
         return self.lines.get(path)

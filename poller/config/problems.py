@@ -56,6 +56,7 @@ def _expected_keys(root: Any, loc: Sequence[str | int]) -> list[str] | None:
 
 
 def unknown_key(key: str, expected: Sequence[str]) -> str:
+    """The message about an unknown `key`: the keys expected, and the closest one if any."""
     message = f"unknown key; expected one of: {', '.join(expected)}"
     close = difflib.get_close_matches(key, expected, n=1)
     return f"{message} (did you mean {close[0]}?)" if close else message
@@ -187,6 +188,8 @@ class Checker:
         return None
 
     def section(self, data: Mapping[str, Any], key: str, kind: type, hint: str) -> Any:
+        """The top-level `key` if it is a `kind` (absent: an empty one); else `hint` is
+        recorded and an empty one returned, so that the rest is still checked."""
         value = data.get(key)
         if value is None:
             return kind()

@@ -128,6 +128,9 @@ def parse_rate(value: object) -> float:
     return rate
 
 
+# --- database URLs ---------------------------------------------------------------------------
+
+
 def default_database_url(config_path: str | os.PathLike[str]) -> str:
     """``sqlite:///`` + the absolute path of ``poller.db`` next to the config file.
 
@@ -156,6 +159,9 @@ def resolve_database_url(url: str, config_path: str | os.PathLike[str]) -> str:
     directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
     absolute = os.path.normpath(os.path.join(directory, database))
     return parsed.set(database=absolute).render_as_string(hide_password=False)
+
+
+# --- one line of text ------------------------------------------------------------------------
 
 
 def control_character(text: str) -> tuple[int, str] | None:
@@ -257,6 +263,7 @@ def _header_value(value: SecretStr) -> SecretStr:
 
 
 def http_url(value: str) -> str:
+    """`value` without its trailing slashes; ValueError unless it is one http(s) URL."""
     one_line(value)  # urlsplit would drop a newline or a tab without a word
     try:
         parts = urlsplit(value)
@@ -333,6 +340,7 @@ def _apprise_url(value: SecretStr) -> SecretStr:
 
 @functools.lru_cache(maxsize=512)
 def compile_jmespath(expression: str) -> ParsedResult:
+    """`expression` compiled, once per process (an http source searches with it every poll)."""
     return jmespath.compile(expression)
 
 
