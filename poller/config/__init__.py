@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.document import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT, Document
@@ -103,6 +103,8 @@ __all__ = [
     "resolve_database_url",
 ]
 
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
@@ -208,18 +210,23 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         return None
 
 
-def _validate(checker: Checker, annotation: Any, value: Any, prefix: KeyPath) -> Any:
+def _validate(checker: Checker, annotation: object, value: object, prefix: KeyPath) -> Any:
     """`value` validated as `annotation`, or None with its problems recorded."""
     return checker.validate(_adapter(annotation), value, prefix, annotation)
 
 
-def _mapping(checker: Checker, data: Mapping[str, Any], key: str, model: type, hint: str) -> Any:
+def _mapping(
+    checker: Checker, data: Mapping[str, Any], key: str, model: type[_Model], hint: str
+) -> _Model | None:
     """The top-level mapping `key` validated as `model` (absent: its defaults), or None."""
     value = checker.section(data, key, dict, hint)
-    return _validate(checker, model, value, (key,))
+    validated: _Model | None = _validate(checker, model, value, (key,))
+    return validated
 
 
-def _list(checker: Checker, data: Mapping[str, Any], key: str, model: type, hint: str) -> list[Any]:
+def _list(
+    checker: Checker, data: Mapping[str, Any], key: str, model: type[_Model], hint: str
+) -> list[_Model | None]:
     """Each item of the top-level list `key` validated as `model` (None where it is not)."""
     items = checker.section(data, key, list, hint)
     return [_validate(checker, model, value, (key, i)) for i, value in enumerate(items)]

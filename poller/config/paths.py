@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Sequence
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -39,11 +39,11 @@ AS_WRITTEN = AsWritten()
 Pattern = tuple[object, ...]
 
 
-def _marked(annotation: Any) -> bool:
+def _marked(annotation: object) -> bool:
     """Whether `annotation` (or a member of its union) carries `AS_WRITTEN`."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return any(m is AS_WRITTEN for m in annotation.__metadata__) or _marked(
+        return any(m is AS_WRITTEN for m in getattr(annotation, "__metadata__", ())) or _marked(
             get_args(annotation)[0]
         )
     if origin is Union or origin is types.UnionType:
@@ -51,7 +51,7 @@ def _marked(annotation: Any) -> bool:
     return False
 
 
-def bare_type(annotation: Any) -> Any:
+def bare_type(annotation: object) -> object:
     """`annotation` without ``Annotated`` and ``None``; a union of several types stays one."""
     while True:
         origin = get_origin(annotation)
@@ -66,7 +66,7 @@ def bare_type(annotation: Any) -> Any:
             return annotation
 
 
-def as_written(annotation: Any) -> list[Pattern]:
+def as_written(annotation: object) -> list[Pattern]:
     """The places inside a value of type `annotation` whose plain scalars are kept as written.
 
     The places are those whose type carries `AS_WRITTEN`, found through models, mappings,
@@ -80,7 +80,7 @@ def as_written(annotation: Any) -> list[Pattern]:
     return found
 
 
-def _places_inside(bare: Any) -> list[Pattern]:
+def _places_inside(bare: object) -> list[Pattern]:
     """`as_written` of the parts of a model, a mapping, a list or a union."""
     if isinstance(bare, type) and issubclass(bare, BaseModel):
         return [
@@ -100,7 +100,7 @@ def _places_inside(bare: Any) -> list[Pattern]:
     return []
 
 
-def _field_type(field: FieldInfo) -> Any:
+def _field_type(field: FieldInfo) -> object:
     """The annotation of a model's field with the metadata pydantic took out of it."""
     if not field.metadata:
         return field.annotation
