@@ -558,12 +558,12 @@ def test_claims_search_the_due_index(tmp_path: Path) -> None:
     """
     import sqlite3
 
-    from poller.store import repo
+    from poller.store import claims
 
     store = Store(f"sqlite:///{tmp_path}/plan.db")
     store.migrate()
     store.close()
-    sql = repo._SQLITE_DUE.text
+    sql = claims._SQLITE_DUE.text
     for name in ("due", "now", "limit", "owner", "until"):
         sql = sql.replace(f":{name}", "?")
     with sqlite3.connect(tmp_path / "plan.db") as conn:
