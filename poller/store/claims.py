@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from poller.models import EventRecord, Transition, Watch, WatchProgress, record
 from poller.store.db import Database
-from poller.store.rows import watch_from_row
+from poller.store.rows import WATCH_COLUMNS, watch_from_row
 from poller.store.schema import deliveries, events, transitions, watches
 
 
@@ -237,9 +237,10 @@ _POSTGRES_QUIET = sa.text(
 )
 
 # -- claims ----------------------------------------------------------------------------------
-# A claim comes back as one JSON value, one array per watch, in the order of
-# `watches.c`, because the SQLite driver gives up the GIL for every row it steps (and
-# SQLAlchemy builds a Row for each): one value is one hand-off per claim instead of hundreds.
+# A claim comes back as one JSON value, one array per watch of the `WATCH_COLUMNS` in their
+# order (what `watch_from_row` reads), because the SQLite driver gives up the GIL for every row
+# it steps (and SQLAlchemy builds a Row for each): one value is one hand-off per claim instead
+# of hundreds.
 # JSON columns are embedded as JSON (both databases copy a JSON value's text as it was, numbers
 # included) and floats travel with 17 digits, so that nothing changes on the way; the new
 # lease is what the claim sets.
@@ -252,8 +253,9 @@ _DUE = (
 
 def _sqlite_value(column: sa.Column[Any]) -> str:
     """How SQLite's claim reads `column` into the JSON array of a watch."""
-    if column.name in ("lease_owner", "lease_until"):
-        return f":{column.name.removeprefix('lease_')}"
+    if column.name == "lease_owner":
+        # read before the lease is set (SQLite has no UPDATE in a WITH): the new owner
+        return ":owner"
     if isinstance(column.type, sa.Float):
         # json_array() would give 15 digits; 17 give back the same double
         name = column.name
@@ -265,7 +267,7 @@ def _sqlite_value(column: sa.Column[Any]) -> str:
 
 _SQLITE_DUE = sa.text(
     "SELECT json_group_array(json_array("
-    + ", ".join(_sqlite_value(c) for c in watches.c)
+    + ", ".join(_sqlite_value(c) for c in WATCH_COLUMNS)
     + f")) FROM (SELECT * FROM watches WHERE {_DUE})"
 )
 _SQLITE_LEASE = sa.text(
@@ -277,7 +279,7 @@ _POSTGRES_CLAIM = sa.text(
     " claimed AS (UPDATE watches SET lease_owner = :owner, lease_until = :until"
     " FROM due WHERE watches.id = due.id RETURNING watches.*)"
     " SELECT coalesce(json_agg(json_build_array("
-    + ", ".join(f"{c.name}::json" if isinstance(c.type, sa.JSON) else c.name for c in watches.c)
+    + ", ".join(f"{c.name}::json" if isinstance(c.type, sa.JSON) else c.name for c in WATCH_COLUMNS)
     + ")), '[]')::text FROM claimed"
 )
 

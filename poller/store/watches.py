@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from poller.models import Watch, WatchSpec
 from poller.store.db import IN_CHUNK, Database
-from poller.store.rows import watch_from_row
+from poller.store.rows import WATCH_COLUMNS, watch_from_row
 from poller.store.schema import deliveries, events, transitions, watches
 
 
@@ -76,7 +76,7 @@ class Watches(Database):
         removed before it ended.
         """
         with self._write() as conn:
-            select = sa.select(watches).where(watches.c.key == spec.key)
+            select = sa.select(*WATCH_COLUMNS).where(watches.c.key == spec.key)
             row = conn.execute(select).one_or_none()
             # ON CONFLICT DO NOTHING: another `add` or a replica's sync may insert it meanwhile
             if (
@@ -170,7 +170,7 @@ class Watches(Database):
         """Stop watching `key` (its history stays); None if there is no such watch."""
         with self._write() as conn:
             conn.execute(_removal(key, now))
-            row = conn.execute(sa.select(watches).where(watches.c.key == key)).one_or_none()
+            row = conn.execute(sa.select(*WATCH_COLUMNS).where(watches.c.key == key)).one_or_none()
         return watch_from_row(row) if row is not None else None
 
     # -- reading -----------------------------------------------------------------------
@@ -178,13 +178,13 @@ class Watches(Database):
     def get_watch(self, key: str) -> Watch | None:
         """One watch by key."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(watches).where(watches.c.key == key)).one_or_none()
+            row = conn.execute(sa.select(*WATCH_COLUMNS).where(watches.c.key == key)).one_or_none()
         return watch_from_row(row) if row is not None else None
 
     def list_watches(self) -> list[Watch]:
         """Every watch, oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(watches).order_by(watches.c.id)).all()
+            rows = conn.execute(sa.select(*WATCH_COLUMNS).order_by(watches.c.id)).all()
         return [watch_from_row(row) for row in rows]
 
     def history(self, key: str) -> list[HistoryEntry] | None:
