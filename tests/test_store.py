@@ -98,6 +98,24 @@ class TestMigrations:
             assert proc.returncode == 0, err
             assert out.strip() == HEAD_REVISION
 
+    def test_schema_agrees_with_the_migrations(self, db_url: str) -> None:
+        """`schema.py` (what the code reads and writes) and the migrations (what `poller run`
+        creates) describe the same tables: alembic's comparison of a freshly migrated database
+        with the schema finds no difference, on SQLite and on PostgreSQL."""
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        from poller.store.schema import metadata
+
+        s = Store(db_url)
+        try:
+            s.migrate()
+            with s.engine.connect() as conn:
+                differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        finally:
+            s.close()
+        assert differences == []
+
 
 class TestSqliteFiles:
     """SQLite specifics: file modes, WAL, one daemon per file."""
