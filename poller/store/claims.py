@@ -336,6 +336,7 @@ def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
 
 
 def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
+    """Store a poll's events and queue a delivery per channel; returns the deliveries."""
     queued = 0
     for event in records:
         event_id = conn.execute(

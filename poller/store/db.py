@@ -52,6 +52,7 @@ IN_CHUNK = 500
 
 
 def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL and for SQLite in memory or by URI."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None

@@ -257,6 +257,7 @@ class Watches(Database):
 
 
 def _labels(spec: WatchSpec) -> dict[str, Any]:
+    """The columns a watch takes from whoever registers it (not from its job)."""
     return {
         "name": spec.name,
         "tags": list(spec.tags),
@@ -324,6 +325,7 @@ def _upsert_watch(conn: Connection, insert_new: sa.Insert, spec: WatchSpec, now:
 
 
 def _removal(key: str, now: float) -> sa.Update:
+    """Stop the watch `key` (unless it is stopped already): no lease, never due."""
     return (
         sa.update(watches)
         .where(watches.c.key == key, watches.c.removed_at.is_(None))
