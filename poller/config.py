@@ -60,6 +60,7 @@ from poller import models
 from poller.errors import ConfigError, Problem
 from poller.models import Event, Policy, State
 from poller.notify import MessageTemplate, TemplateProblem, check_template, compile_template
+from poller.units import format_duration
 
 __all__ = [
     "TEMPLATE_FIELDS",
@@ -167,21 +168,6 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise _ShownValueError("a duration cannot be negative")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The string of a non-negative duration that `parse_duration` reads back exactly.
-
-    Whole days, hours and minutes use their unit (``7200.0`` → ``2h``); anything else is
-    seconds (``90.0`` → ``90s``, ``0.25`` → ``0.25s``).
-    """
-    if float(seconds).is_integer() and 0 <= seconds < 2**53:
-        whole = int(seconds)
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if whole and whole % size == 0:
-                return f"{whole // size}{unit}"
-        return f"{whole}s"
-    return f"{float(seconds)!r}s"
 
 
 def parse_rate(value: object) -> float:
