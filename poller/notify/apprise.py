@@ -102,16 +102,22 @@ def _install_answer_hook() -> None:
 def _capture_apprise_warnings() -> None:
     """Let Apprise's per-service capture see warnings, without printing them.
 
-    Apprise records what each service answered ("error=500", "connection error...") through
-    its logger, and only what that logger lets through: at the ERROR level `logs.configure`
-    sets, the answers would be lost. The records stay out of poller's own output (they are not
-    propagated): each delivery attempt is logged once by poller, with the answer, scrubbed.
+    This is the one place that sets Apprise's logger (it runs once, when this module is
+    imported). Apprise records what each service answered ("error=500", "connection error...")
+    through its logger, and only what that logger lets through: at the ERROR level that
+    `logs.configure` once set, the answers were lost. The records stay out of poller's own
+    output (they are not propagated): each delivery attempt is logged once by poller, with the
+    answer, scrubbed; Apprise's own lines can quote URLs, tokens included.
     """
     logger = logging.getLogger("apprise")
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
+
+
+# before any Notifier exists, so that no order of `logs.configure` and sends can undo it
+_capture_apprise_warnings()
 
 
 #: A path segment shown as it is: a plain word (``hooks``, ``services``) or an API version.
@@ -168,7 +174,6 @@ class Notifier:
 
     def __init__(self, channels: Mapping[str, str], *, timeout: float = 30.0) -> None:
         _install_answer_hook()
-        _capture_apprise_warnings()
         self.timeout = timeout
         self._channels: dict[str, apprise.Apprise] = {}
         self._secrets: dict[str, list[str]] = {}
