@@ -43,7 +43,7 @@ def clean(text: Any, limit: int = MAX_FIELD) -> str:
     value = _MENTION.sub(
         lambda m: m.group(0).replace("@", "@\u200b").replace("<!", "<\u200b!"), value
     )
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+    return cut(value, limit)
 
 
 def one_line(text: Any, limit: int = 200) -> str:
