@@ -166,17 +166,6 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
     details: Mapping[str, Any] = raw_details if isinstance(raw_details, Mapping) else {}
     key = one_line(payload.get("key") or "?", 300)
     job_name = _text_or_none(payload.get("name"), 200)
-    at = _number(payload.get("at"))
-    started_at = _number(details.get("remote_created_at")) or _number(payload.get("started_at"))
-    ended_at = _number(details.get("remote_completed_at")) or _number(payload.get("ended_at"))
-    if kind in (Event.STARTED, Event.STALLED, Event.UNREACHABLE, Event.RECOVERED):
-        ended_at = None
-    if ended_at is not None and started_at is not None:
-        duration: float | None = max(0.0, ended_at - started_at)
-    elif started_at is not None and at is not None and kind is Event.STALLED:
-        duration = max(0.0, at - started_at)
-    else:
-        duration = None
     counts = {
         "total": _count(details.get("total_rows")),
         "processed": _count(details.get("processed_rows")),
@@ -186,9 +175,8 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
     failed_rows, failed_rows_total = _failed_rows(details)
     progress = _number(payload.get("progress"))
     tags = payload.get("tags")
-    stalled_since = _number(payload.get("last_change_at")) if kind is Event.STALLED else None
-    outage_since = _number(payload.get("outage_since"))
     url = details.get("url") if isinstance(details.get("url"), str) else None
+    at = _number(payload.get("at"))
     return {
         "event": kind.value,
         "marker": MARKERS[kind],
@@ -214,6 +202,30 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
         "output": _output_text(details.get("output")),
         "error": _text_or_none(payload.get("error")),
         "error_count": _count(payload.get("error_count")),
+        **_times(kind, payload, details, at),
+        "url": clean(url, 1000) if url else None,
+        "at": _when(at) or None,
+    }
+
+
+def _times(
+    kind: Event, payload: Mapping[str, Any], details: Mapping[str, Any], at: float | None
+) -> dict[str, Any]:
+    """The facts about when: start and end (the API's own times first), how long the job took
+    or has been stalled, since when it made no progress, and how long polling failed."""
+    started_at = _number(details.get("remote_created_at")) or _number(payload.get("started_at"))
+    ended_at = _number(details.get("remote_completed_at")) or _number(payload.get("ended_at"))
+    if kind in (Event.STARTED, Event.STALLED, Event.UNREACHABLE, Event.RECOVERED):
+        ended_at = None  # these come while the job runs: it has not ended
+    if ended_at is not None and started_at is not None:
+        duration: float | None = max(0.0, ended_at - started_at)
+    elif started_at is not None and at is not None and kind is Event.STALLED:
+        duration = max(0.0, at - started_at)
+    else:
+        duration = None
+    stalled_since = _number(payload.get("last_change_at")) if kind is Event.STALLED else None
+    outage_since = _number(payload.get("outage_since"))
+    return {
         "started_at": started_at,
         "ended_at": ended_at,
         "started": _when(started_at) or None,
@@ -223,8 +235,6 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
         "stalled_since": _when(stalled_since) or None,
         "outage_since": _when(outage_since) or None,
         "outage": format_duration(at - outage_since, rounded=True) if at and outage_since else None,
-        "url": clean(url, 1000) if url else None,
-        "at": _when(at) or None,
     }
 
 
@@ -248,41 +258,65 @@ def _lines(kind: Event, facts: Mapping[str, Any], fmt: Format) -> list[str]:
     def field(label: str, value: str) -> str:
         return f"**{label}:** {esc(value)}" if fmt == "markdown" else f"{label}: {value}"
 
-    lines = [field("Job", facts["key"])]
-    if facts["state"]:
-        shown = facts["state"]
-        if facts["remote_status"]:
-            shown += f" (remote: {facts['remote_status']})"
-        if facts["previous_state"]:
-            shown += f", was {facts['previous_state']}"
-        lines.append(field("State", shown))
-    if facts["progress"] is not None and kind not in (Event.SUCCEEDED,):
-        lines.append(field("Progress", f"{facts['progress']:.0f}%"))
-    if facts["rows"]:
-        lines.append(field("Rows", facts["rows"]))
-    if facts["reason"]:
-        lines.append(field("Reason", facts["reason"]))
-    if facts["stalled_since"]:
-        lines.append(field("No progress since", facts["stalled_since"]))
-    if facts["error"]:
-        lines.append(field("Error", facts["error"]))
-    if facts["outage_since"] and kind is Event.UNREACHABLE:
-        polls = f" ({facts['error_count']} failed polls)" if facts["error_count"] else ""
-        lines.append(field("Failing since", facts["outage_since"] + polls))
-    if facts["outage"] and kind is Event.RECOVERED:
-        lines.append(field("Unreachable for", facts["outage"]))
-    if facts["started"]:
-        line = f"{facts['started']}"
-        if facts["duration"] and facts["ended_at"] is not None:
-            line += f", took {facts['duration']}"
-        elif facts["duration"]:
-            line += f", running for {facts['duration']}"
-        lines.append(field("Started", line))
-    if facts["tags"]:
-        lines.append(field("Tags", ", ".join(facts["tags"])))
-    if facts["url"]:
-        lines.append(field("Link", facts["url"]))
+    lines = [field(label, value) for label, value in _pairs(kind, facts) if value is not None]
+    return lines + _blocks(facts, fmt, field)
 
+
+def _pairs(kind: Event, facts: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The body's ``Label: value`` pairs in order; a pair whose value is None is not shown.
+
+    Facts are None or non-empty (`event_facts`), so None is what "not known" means here.
+    """
+    progress = facts["progress"]
+    polls = f" ({facts['error_count']} failed polls)" if facts["error_count"] else ""
+    failing_since = facts["outage_since"] if kind is Event.UNREACHABLE else None
+    return [
+        ("Job", facts["key"]),
+        ("State", _state_text(facts)),
+        # a job that succeeded is at 100%: saying so is noise
+        (
+            "Progress",
+            f"{progress:.0f}%" if progress is not None and kind is not Event.SUCCEEDED else None,
+        ),
+        ("Rows", facts["rows"]),
+        ("Reason", facts["reason"]),
+        ("No progress since", facts["stalled_since"]),
+        ("Error", facts["error"]),
+        ("Failing since", failing_since + polls if failing_since else None),
+        ("Unreachable for", facts["outage"] if kind is Event.RECOVERED else None),
+        ("Started", _started_text(facts)),
+        ("Tags", ", ".join(facts["tags"]) if facts["tags"] else None),
+        ("Link", facts["url"]),
+    ]
+
+
+def _state_text(facts: Mapping[str, Any]) -> str | None:
+    """``failed (remote: failed), was running``: poller's state, the API's, and the one before."""
+    if not facts["state"]:
+        return None
+    shown: str = facts["state"]
+    if facts["remote_status"]:
+        shown += f" (remote: {facts['remote_status']})"
+    if facts["previous_state"]:
+        shown += f", was {facts['previous_state']}"
+    return shown
+
+
+def _started_text(facts: Mapping[str, Any]) -> str | None:
+    """When the job started, and how long it took (or has run, when it has not ended)."""
+    if not facts["started"]:
+        return None
+    line = f"{facts['started']}"
+    if facts["duration"] and facts["ended_at"] is not None:
+        line += f", took {facts['duration']}"
+    elif facts["duration"]:
+        line += f", running for {facts['duration']}"
+    return line
+
+
+def _blocks(facts: Mapping[str, Any], fmt: Format, field: Callable[[str, str], str]) -> list[str]:
+    """The body's blocks after the pairs: the first failing rows, and the job's output."""
+    lines: list[str] = []
     rows = [
         (f"row {r['row']}: " if r["row"] is not None else "") + r["message"]
         for r in facts["failed_rows"]
