@@ -22,7 +22,6 @@ import dataclasses
 import datetime as dt
 import difflib
 import functools
-import logging
 import math
 import os
 import re
@@ -31,7 +30,6 @@ import string
 import types
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Annotated, Any, Literal, NamedTuple, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -59,7 +57,13 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from poller import models
 from poller.errors import ConfigError, Problem
 from poller.models import Event, Policy, State
-from poller.notify import MessageTemplate, TemplateProblem, check_template, compile_template
+from poller.notify import (
+    MessageTemplate,
+    TemplateProblem,
+    check_template,
+    compile_template,
+    quiet_apprise,
+)
 from poller.units import format_duration
 
 __all__ = [
@@ -424,24 +428,12 @@ def _database_url(value: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
-@contextmanager
-def _quiet_apprise() -> Iterator[None]:
-    """Apprise logs the URLs it cannot load, passwords and tokens included."""
-    logger = logging.getLogger("apprise")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = was_disabled
-
-
 def _apprise_url(value: SecretStr) -> SecretStr:
     url = value.get_secret_value()
     if not url.strip():
         raise ValueError("must not be empty")
     _one_line(url)
-    with _quiet_apprise():
+    with quiet_apprise():
         try:
             plugin = apprise.Apprise.instantiate(url)
         except Exception:

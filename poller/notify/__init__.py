@@ -4,7 +4,8 @@
 - `text`: cleaning hostile text (mentions, one-line fields, Markdown escaping, cutting).
 - `render`: an event's facts, poller's own messages, digests, and the fallbacks that never fail.
 - `templates`: users' Jinja2 templates in a sandbox with limits, checked at load time.
-- `apprise`: sending through Apprise (`Notifier`), the services' answers, masked URLs.
+- `apprise`: sending through Apprise (`Notifier`), the services' answers, masked URLs, and
+  Apprise's logger.
 
 Imports point down the list's dependencies only: `text` imports nothing of notify, `render`
 imports `text`, `templates` imports `render` and `text`, `apprise` imports `text`.
@@ -12,7 +13,7 @@ imports `text`, `templates` imports `render` and `text`, `apprise` imports `text
 
 from __future__ import annotations
 
-from poller.notify.apprise import MAX_ANSWER_BYTES, Notifier, mask_url
+from poller.notify.apprise import MAX_ANSWER_BYTES, Notifier, mask_url, quiet_apprise
 from poller.notify.render import (
     DETAILED_DIGEST,
     GROUPS,
@@ -67,6 +68,7 @@ __all__ = [
     "md_escape",
     "minimal_message",
     "one_line",
+    "quiet_apprise",
     "render",
     "render_digest",
     "render_digest_safely",

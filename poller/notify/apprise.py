@@ -17,7 +17,8 @@ import importlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
 
@@ -102,12 +103,12 @@ def _install_answer_hook() -> None:
 def _capture_apprise_warnings() -> None:
     """Let Apprise's per-service capture see warnings, without printing them.
 
-    This is the one place that sets Apprise's logger (it runs once, when this module is
-    imported). Apprise records what each service answered ("error=500", "connection error...")
-    through its logger, and only what that logger lets through: at the ERROR level that
-    `logs.configure` once set, the answers were lost. The records stay out of poller's own
-    output (they are not propagated): each delivery attempt is logged once by poller, with the
-    answer, scrubbed; Apprise's own lines can quote URLs, tokens included.
+    This and `quiet_apprise` are the only places that set Apprise's logger (this runs once,
+    when this module is imported). Apprise records what each service answered ("error=500",
+    "connection error...") through its logger, and only what that logger lets through: at the
+    ERROR level that `logs.configure` once set, the answers were lost. The records stay out of
+    poller's own output (they are not propagated): each delivery attempt is logged once by
+    poller, with the answer, scrubbed; Apprise's own lines can quote URLs, tokens included.
     """
     logger = logging.getLogger("apprise")
     logger.setLevel(logging.WARNING)
@@ -118,6 +119,19 @@ def _capture_apprise_warnings() -> None:
 
 # before any Notifier exists, so that no order of `logs.configure` and sends can undo it
 _capture_apprise_warnings()
+
+
+@contextmanager
+def quiet_apprise() -> Iterator[None]:
+    """Apprise's logger switched off while the config checks a channel URL: Apprise logs the
+    URLs it cannot load, passwords and tokens included."""
+    logger = logging.getLogger("apprise")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
 
 
 #: A path segment shown as it is: a plain word (``hooks``, ``services``) or an API version.
