@@ -7,7 +7,7 @@
 - `apprise`: sending through Apprise (`Notifier`), the services' answers, masked URLs, and
   Apprise's logger.
 
-Imports point down the list's dependencies only: `text` imports nothing of notify, `render`
+Inside the package imports point one way: `text` imports nothing of notify, `render`
 imports `text`, `templates` imports `render` and `text`, `apprise` imports `text`.
 """
 
