@@ -22,7 +22,6 @@ import dataclasses
 import datetime as dt
 import difflib
 import functools
-import logging
 import math
 import os
 import re
@@ -31,7 +30,6 @@ import string
 import types
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Annotated, Any, Literal, NamedTuple, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -59,7 +57,14 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from poller import models
 from poller.errors import ConfigError, Problem
 from poller.models import Event, Policy, State
-from poller.notify import MessageTemplate, TemplateProblem, check_template, compile_template
+from poller.notify import (
+    MessageTemplate,
+    TemplateProblem,
+    check_template,
+    compile_template,
+    quiet_apprise,
+)
+from poller.units import format_duration
 
 __all__ = [
     "TEMPLATE_FIELDS",
@@ -167,21 +172,6 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise _ShownValueError("a duration cannot be negative")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The string of a non-negative duration that `parse_duration` reads back exactly.
-
-    Whole days, hours and minutes use their unit (``7200.0`` → ``2h``); anything else is
-    seconds (``90.0`` → ``90s``, ``0.25`` → ``0.25s``).
-    """
-    if float(seconds).is_integer() and 0 <= seconds < 2**53:
-        whole = int(seconds)
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if whole and whole % size == 0:
-                return f"{whole // size}{unit}"
-        return f"{whole}s"
-    return f"{float(seconds)!r}s"
 
 
 def parse_rate(value: object) -> float:
@@ -438,24 +428,12 @@ def _database_url(value: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
-@contextmanager
-def _quiet_apprise() -> Iterator[None]:
-    """Apprise logs the URLs it cannot load, passwords and tokens included."""
-    logger = logging.getLogger("apprise")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = was_disabled
-
-
 def _apprise_url(value: SecretStr) -> SecretStr:
     url = value.get_secret_value()
     if not url.strip():
         raise ValueError("must not be empty")
     _one_line(url)
-    with _quiet_apprise():
+    with quiet_apprise():
         try:
             plugin = apprise.Apprise.instantiate(url)
         except Exception:
