@@ -1,6 +1,6 @@
 """Logging: structlog, JSON lines when stdout is not a terminal, readable lines when it is.
 
-The standard-library loggers of aiohttp, apprise, apscheduler and SQLAlchemy go through the same
+The standard-library loggers of aiohttp, apscheduler and SQLAlchemy go through the same
 processors, so journald sees one format. Tracebacks are rendered without local variables,
 which could hold tokens.
 """
@@ -71,7 +71,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     # urllib3 (under Apprise's requests) logs each request's path, a webhook's token included.
     for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("apprise").setLevel(logging.ERROR)
+    # Apprise's logger is set where Apprise is used (`poller.notify.apprise`): its records are
+    # kept for each send's answer and never printed, whatever the level here.
 
 
 class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):

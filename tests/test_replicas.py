@@ -28,7 +28,16 @@ def pg_world(world: World, pg_url: str) -> World:
     return world
 
 
+def pending_jobs(world: World, count: int) -> None:
+    """`count` jobs that stay pending until `script_jobs` moves them."""
+    for i in range(count):
+        world.ruler.add_job(SITE, f"job-{i}")
+
+
 def script_jobs(world: World, count: int, end_by: float) -> None:
+    """Each job starts and ends at its own moment within `end_by` seconds from now: called
+    once every replica is up, so that the changes come while they all run, however long a
+    loaded machine takes to start them."""
     rng = random.Random(7)
     for i in range(count):
         start = rng.uniform(0.2, end_by / 2)
@@ -61,13 +70,14 @@ class TestReplicas:
         """300 jobs end; a replica is SIGKILLed mid-run; every success arrives once."""
         world = pg_world
         count = 300
-        script_jobs(world, count, end_by=6.0)
+        pending_jobs(world, count)
         # One message per job (no digests), so that every job's message can be counted.
         world.write_config(
             "".join(job_yaml(f"job-{i}") for i in range(count)),
             extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 4s",
         )
         replicas = [world.start(log=tmp_path / f"replica-{n}.log") for n in range(3)]
+        script_jobs(world, count, end_by=6.0)
         time.sleep(3.0)
         replicas[0].send_signal(signal.SIGKILL)
         replicas[0].wait()
@@ -105,12 +115,13 @@ class TestPausedReplicas:
         """SIGSTOP two of three replicas past the lease, SIGCONT: no poll committed twice."""
         world = pg_world
         count = 120
-        script_jobs(world, count, end_by=8.0)
+        pending_jobs(world, count)
         world.write_config(
             "".join(job_yaml(f"job-{i}") for i in range(count)),
             extra="delivery:\n  digest: {enabled: false}\nreplicas:\n  lease: 2s",
         )
         replicas = [world.start(log=tmp_path / f"replica-{n}.log") for n in range(3)]
+        script_jobs(world, count, end_by=8.0)
         time.sleep(2.0)
         for proc in replicas[:2]:
             proc.send_signal(signal.SIGSTOP)

@@ -98,6 +98,24 @@ class TestMigrations:
             assert proc.returncode == 0, err
             assert out.strip() == HEAD_REVISION
 
+    def test_schema_agrees_with_the_migrations(self, db_url: str) -> None:
+        """`schema.py` (what the code reads and writes) and the migrations (what `poller run`
+        creates) describe the same tables: alembic's comparison of a freshly migrated database
+        with the schema finds no difference, on SQLite and on PostgreSQL."""
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        from poller.store.schema import metadata
+
+        s = Store(db_url)
+        try:
+            s.migrate()
+            with s.engine.connect() as conn:
+                differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        finally:
+            s.close()
+        assert differences == []
+
 
 class TestSqliteFiles:
     """SQLite specifics: file modes, WAL, one daemon per file."""
@@ -558,18 +576,36 @@ def test_claims_search_the_due_index(tmp_path: Path) -> None:
     """
     import sqlite3
 
-    from poller.store import repo
+    from poller.store import claims
 
     store = Store(f"sqlite:///{tmp_path}/plan.db")
     store.migrate()
     store.close()
-    sql = repo._SQLITE_DUE.text
+    sql = claims._SQLITE_DUE.text
     for name in ("due", "now", "limit", "owner", "until"):
         sql = sql.replace(f":{name}", "?")
     with sqlite3.connect(tmp_path / "plan.db") as conn:
-        plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * 5))
+        plan = " / ".join(
+            row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * sql.count("?"))
+        )
     assert "USING INDEX ix_watches_due" in plan, plan
     assert "SCAN watches" not in plan, plan
+
+
+def test_watch_columns_are_what_watch_from_row_unpacks() -> None:
+    """`WATCH_COLUMNS` is the one list of a watch's columns that the selects and the claims'
+    SQL read: `watch_from_row` unpacks a row into variables named after those columns, in
+    their order, and every column of the table but the lease's end is among them (a new
+    column is read, or left out here on purpose)."""
+    from poller.store.rows import WATCH_COLUMNS, watch_from_row
+    from poller.store.schema import watches
+
+    names = tuple(column.name for column in WATCH_COLUMNS)
+    code = watch_from_row.__code__
+    # the function's first locals, in the order the unpacking assigns them
+    unpacked = code.co_varnames[code.co_argcount : code.co_argcount + len(names)]
+    assert unpacked == names
+    assert [c.name for c in watches.c if c.name not in names] == ["lease_until"]
 
 
 def test_sqlite_permissions_do_not_depend_on_umask(tmp_path: Path) -> None:

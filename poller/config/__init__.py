@@ -64,13 +64,13 @@ from poller.config.units import (
     ChannelUrl,
     DatabaseUrl,
     default_database_url,
-    format_duration,
     parse_duration,
     parse_rate,
     resolve_database_url,
 )
 from poller.errors import ConfigError
 from poller.models import text_problem
+from poller.units import format_duration
 
 __all__ = [
     "CONFIG_FILE_LIMIT",

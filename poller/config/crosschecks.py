@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from typing import TYPE_CHECKING, Any
 
 from poller.config.paths import KeyPath
-from poller.config.units import as_text, format_duration
+from poller.config.units import as_text
+from poller.units import format_duration
 
 if TYPE_CHECKING:
     from poller.config.models import JobConfig, PollingDefaults, PollingOverrides, SourceConfig

@@ -51,7 +51,6 @@ from poller.config.units import (
     body_fields,
     compile_jmespath,
     default_database_url,
-    format_duration,
     http_url,
     one_or_many,
     resolve_database_url,
@@ -60,6 +59,7 @@ from poller.config.units import (
 )
 from poller.models import Event, Policy, State, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
+from poller.units import format_duration
 
 SOURCE_TYPES = ("ruler", "immuta", "http")
 #: The validation context key that tells `Config` its parts were cross-checked already

@@ -9,14 +9,12 @@ marks a message about a value that is never a secret, so that a problem may quot
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import re
 import string
 import unicodedata
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -29,6 +27,7 @@ from sqlalchemy.engine.url import make_url
 
 from poller.config.paths import AS_WRITTEN
 from poller.models import Event, State, text_problem
+from poller.notify import quiet_apprise
 
 #: The fields an http source's url and body templates may name.
 TEMPLATE_FIELDS = ("id", "site", "source", "key")
@@ -89,21 +88,6 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ShownValueError("a duration cannot be negative")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The string of a non-negative duration that `parse_duration` reads back exactly.
-
-    Whole days, hours and minutes use their unit (``7200.0`` → ``2h``); anything else is
-    seconds (``90.0`` → ``90s``, ``0.25`` → ``0.25s``).
-    """
-    if float(seconds).is_integer() and 0 <= seconds < 2**53:
-        whole = int(seconds)
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if whole and whole % size == 0:
-                return f"{whole // size}{unit}"
-        return f"{whole}s"
-    return f"{float(seconds)!r}s"
 
 
 def parse_rate(value: object) -> float:
@@ -309,24 +293,12 @@ def _database_url(value: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
-@contextmanager
-def _quiet_apprise() -> Iterator[None]:
-    """Apprise logs the URLs it cannot load, passwords and tokens included."""
-    logger = logging.getLogger("apprise")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = was_disabled
-
-
 def _apprise_url(value: SecretStr) -> SecretStr:
     url = value.get_secret_value()
     if not url.strip():
         raise ValueError("must not be empty")
     one_line(url)
-    with _quiet_apprise():
+    with quiet_apprise():
         try:
             plugin = apprise.Apprise.instantiate(url)
         except Exception:

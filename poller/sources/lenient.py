@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -17,36 +16,15 @@ from typing import Any
 
 from poller.http import Unreadable
 
+# the one number reader, shared with the notifications; the adapters call it `lenient.number`
+from poller.units import count as count
+from poller.units import number as number
+
 #: Longest text kept from a remote field, so a hostile answer cannot bloat rows or messages.
 MAX_TEXT = 2000
 
 #: Epoch numbers above this are taken for milliseconds (it is in the year 5138 as seconds).
 _MILLISECONDS_FROM = 1e11
-
-
-def number(value: Any) -> float | None:
-    """A finite number from a JSON number or a numeric string; None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        try:
-            result = float(value)
-        except OverflowError:  # a huge JSON integer
-            return None
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except (ValueError, OverflowError):
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
-
-
-def count(value: Any) -> int | None:
-    """A non-negative whole count, or None."""
-    result = number(value)
-    return int(result) if result is not None and result >= 0 else None
 
 
 def text(value: Any, limit: int = MAX_TEXT) -> str | None:

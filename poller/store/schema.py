@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
@@ -50,6 +51,15 @@ class CleanText(TypeDecorator[str]):
         return value
 
 
+class CleanLongText(CleanText):
+    """`CleanText` of any length: TEXT, the type the migrations give such a column (an
+    unbounded `String` would be VARCHAR, the same on both databases but not the same type
+    to alembic's comparison of this schema with the migrations)."""
+
+    impl = Text
+    cache_ok = True
+
+
 watches = Table(
     "watches",
     metadata,
@@ -74,7 +84,7 @@ watches = Table(
     Column("last_change_at", Float),
     Column("error_since", Float),
     Column("error_count", Integer, nullable=False, default=0),
-    Column("last_error", CleanText()),
+    Column("last_error", CleanLongText()),
     Column("unreachable", Boolean, nullable=False, default=False),
     Column("stalled", Boolean, nullable=False, default=False),
     Column("active", Boolean, nullable=False, default=True),
@@ -125,7 +135,7 @@ deliveries = Table(
     Column("created_at", Float, nullable=False),
     Column("next_attempt_at", Float, nullable=False),
     Column("sent_at", Float),
-    Column("last_error", CleanText()),
+    Column("last_error", CleanLongText()),
     Column("lease_owner", CleanText(128)),
     Column("lease_until", Float),
 )

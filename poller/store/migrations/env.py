@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run on the connection that `store.repo` hands in."""
+"""Alembic environment: migrations run on the connection that `store.db` hands in."""
 
 from __future__ import annotations
 

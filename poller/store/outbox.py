@@ -1,0 +1,305 @@
+"""The outbox: the deliveries a write-back queued, as the delivery engine claims, sends,
+defers and finishes them, and as `poller status` reports the ones not sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from poller.models import Delivery, DeliveryOutcome, Event
+from poller.store.db import IN_CHUNK, Database
+from poller.store.schema import deliveries, events, watches
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A delivery that has not gone out: pending (still retried) or given up."""
+
+    id: int
+    key: str
+    name: str | None
+    event: str
+    channel: str
+    status: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float | None
+    last_error: str | None
+
+
+class Outbox(Database):
+    """The deliveries table: claimed per channel, finished, deferred, kept, reported."""
+
+    def next_delivery_at(self) -> float | None:
+        """When the earliest pending delivery is due."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.status == "pending"
+                )
+            ).scalar()
+
+    def finish_deliveries(self, owner: str, outcomes: Sequence[DeliveryOutcome], now: float) -> int:
+        """Record delivery attempts; returns how many rows this owner still held.
+
+        Sent rows become `sent`; failed rows are retried at `retry_at`, or `given_up` when it
+        is None. The lease check means a process that lost its lease records nothing.
+        """
+        done = 0
+        with self._write() as conn:
+            for outcome in outcomes:
+                if outcome.sent:
+                    values: dict[str, Any] = {"status": "sent", "sent_at": now}
+                elif outcome.retry_at is None:
+                    values = {"status": "given_up"}
+                else:
+                    values = {"next_attempt_at": outcome.retry_at}
+                result = conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id == outcome.id, deliveries.c.lease_owner == owner)
+                    .values(
+                        attempts=deliveries.c.attempts + 1,
+                        last_error=outcome.error,
+                        lease_owner=None,
+                        lease_until=None,
+                        **values,
+                    )
+                )
+                done += result.rowcount
+        return done
+
+    # -- the outbox, one channel at a time (delivery engine, status) -------------------------
+
+    def ready_channels(self, now: float, wait: float) -> list[str]:
+        """Channels with a delivery ready to go: due, not leased, and either a retry or a first
+        attempt that has waited `wait` seconds for others to join it (digests)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.channel)
+                    .where(
+                        deliveries.c.status == "pending",
+                        deliveries.c.next_attempt_at <= now,
+                        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+                        sa.or_(deliveries.c.attempts > 0, deliveries.c.created_at <= now - wait),
+                    )
+                    .distinct()
+                ).scalars()
+            )
+
+    def next_delivery_ready_at(
+        self, wait: float, exclude: Sequence[str] = (), now: float | None = None
+    ) -> float | None:
+        """When the earliest delivery not leased (at `now`) and not for `exclude` is ready."""
+        first_ready = sa.case(
+            (deliveries.c.attempts > 0, deliveries.c.next_attempt_at),
+            (
+                deliveries.c.next_attempt_at > deliveries.c.created_at + wait,
+                deliveries.c.next_attempt_at,
+            ),
+            else_=deliveries.c.created_at + wait,
+        )
+        query = sa.select(sa.func.min(first_ready)).where(deliveries.c.status == "pending")
+        if now is not None:
+            query = query.where(
+                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
+            )
+        if exclude:
+            query = query.where(deliveries.c.channel.not_in(list(exclude)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def claim_deliveries(
+        self, owner: str, now: float, limit: int, lease: float, channel: str | None = None
+    ) -> list[Delivery]:
+        """Lease up to `limit` due deliveries (of one channel, if given) to `owner`, oldest
+        first."""
+        due = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.channel == channel if channel is not None else sa.true(),
+                deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at <= now,
+                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            ids = (
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + lease)
+                    .returning(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    deliveries.c.channel,
+                    deliveries.c.attempts,
+                    deliveries.c.created_at,
+                    events.c.kind,
+                    events.c.payload,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            ).all()
+        return [
+            Delivery(
+                id=row.id,
+                channel=row.channel,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                kind=Event(row.kind),
+                payload=row.payload,
+            )
+            for row in rows
+        ]
+
+    def defer_deliveries(
+        self, owner: str, ids: Sequence[int], until: float, note: str | None = None
+    ) -> int:
+        """Give back leased deliveries untried, due again at `until` (no attempt is counted);
+        `note`, if given, becomes their `last_error` (what `poller status` shows)."""
+        if not ids:
+            return 0
+        noted = {} if note is None else {"last_error": note}
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None, **noted)
+            ).rowcount
+
+    def follow_channels(
+        self, renamed: Mapping[str, str], present: Sequence[str], note: str, now: float
+    ) -> tuple[int, int]:
+        """After a reload or at start: pending deliveries of each renamed channel (old name ->
+        new name) move to the new name, and those deferred with `note` (their channel was
+        missing) whose channel is in `present` are due at once. Returns (moved, due again)."""
+
+        def follow(conn: Connection) -> tuple[int, int]:
+            moved = due = 0
+            for old, new in renamed.items():
+                moved += conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.channel == old, deliveries.c.status == "pending")
+                    .values(channel=new)
+                ).rowcount
+            for first in range(0, len(present), IN_CHUNK):
+                due += conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.channel.in_(list(present[first : first + IN_CHUNK])),
+                        deliveries.c.status == "pending",
+                        deliveries.c.last_error == note,
+                        deliveries.c.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                ).rowcount
+            return moved, due
+
+        # replicas reloading together update the same rows: a deadlock is run again
+        return self._retrying(follow)
+
+    def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
+        """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
+
+        A process that was frozen past its lease (SIGSTOP, a VM pause) asks this before it
+        sends what it claimed: another replica may have taken the rows over and sent them.
+        """
+        if not ids:
+            return set()
+        with self._write() as conn:
+            return set(
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.id.in_(list(ids)),
+                        deliveries.c.lease_owner == owner,
+                        deliveries.c.status == "pending",
+                    )
+                    .values(lease_until=until)
+                    .returning(deliveries.c.id)
+                ).scalars()
+            )
+
+    def sent_times(self, channel: str, since: float) -> list[float]:
+        """When each delivery to `channel` sent since `since` went out (a digest's share one)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.sent_at)
+                    .where(
+                        deliveries.c.channel == channel,
+                        deliveries.c.status == "sent",
+                        deliveries.c.sent_at >= since,
+                    )
+                    .order_by(deliveries.c.sent_at)
+                ).scalars()
+            )
+
+    def undelivered(self, status: str = "given_up", limit: int = 50) -> list[Undelivered]:
+        """Deliveries with `status` (``given_up`` or ``pending``), newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    deliveries.c.channel,
+                    deliveries.c.attempts,
+                    deliveries.c.created_at,
+                    deliveries.c.next_attempt_at,
+                    deliveries.c.last_error,
+                    events.c.kind,
+                    watches.c.key,
+                    watches.c.name,
+                )
+                .join(events, events.c.id == deliveries.c.event_id)
+                .join(watches, watches.c.id == events.c.watch_id)
+                .where(deliveries.c.status == status)
+                .order_by(deliveries.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            Undelivered(
+                id=row.id,
+                key=row.key,
+                name=row.name,
+                event=row.kind,
+                channel=row.channel,
+                status=status,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                next_attempt_at=row.next_attempt_at if status == "pending" else None,
+                last_error=row.last_error,
+            )
+            for row in rows
+        ]
+
+    def undelivered_by_watch(self) -> dict[str, dict[str, int]]:
+        """Pending and given-up deliveries per watch key: ``{key: {status: count}}``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(watches.c.key, deliveries.c.status, sa.func.count())
+                .select_from(deliveries)
+                .join(events, events.c.id == deliveries.c.event_id)
+                .join(watches, watches.c.id == events.c.watch_id)
+                .where(deliveries.c.status.in_(("pending", "given_up")))
+                .group_by(watches.c.key, deliveries.c.status)
+            ).all()
+        found: dict[str, dict[str, int]] = {}
+        for key, status, count in rows:
+            found.setdefault(key, {})[status] = count
+        return found
