@@ -15,11 +15,11 @@ value that came from the environment or from an ``x_file`` is masked in every pr
 is raised. Every file the config names is read only if it is a regular file, up to a limit
 (`VALUE_FILE_LIMIT`, `CONFIG_FILE_LIMIT`).
 
-One room per job: `units` (durations, rates and the field types), `models` (the pydantic
-models), `crosschecks` (what one part says about another), `document` (the YAML read with
-its lines, ``${VAR}`` and ``x_file``), `problems` (pydantic's errors in words), `paths` (key paths
-and the places kept as written) and, here, the orchestration of a load and the names the rest
-of poller imports.
+One room per job: `fields` (the field types and the durations, rates and URLs they read),
+`models` (the pydantic models), `crosschecks` (what one part says about another), `document`
+(the YAML read with its lines, ``${VAR}`` and ``x_file``), `problems` (pydantic's errors in
+words), `paths` (key paths and the places kept as written) and, here, the orchestration of a
+load and the names the rest of poller imports.
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.document import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT, Document
+from poller.config.fields import (
+    TEMPLATE_FIELDS,
+    ChannelUrl,
+    DatabaseUrl,
+    default_database_url,
+    parse_duration,
+    parse_rate,
+    resolve_database_url,
+)
 from poller.config.models import (
     CROSS_CHECKED,
     LOG_LEVELS,
@@ -59,15 +68,6 @@ from poller.config.models import (
 )
 from poller.config.paths import KeyPath
 from poller.config.problems import Checker, describe_error, final_problems, unknown_key
-from poller.config.units import (
-    TEMPLATE_FIELDS,
-    ChannelUrl,
-    DatabaseUrl,
-    default_database_url,
-    parse_duration,
-    parse_rate,
-    resolve_database_url,
-)
 from poller.errors import ConfigError
 from poller.models import text_problem
 from poller.units import format_duration

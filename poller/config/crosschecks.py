@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from poller.config.fields import as_text
 from poller.config.paths import KeyPath
-from poller.config.units import as_text
 from poller.units import format_duration
 
 if TYPE_CHECKING:

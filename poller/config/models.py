@@ -24,8 +24,7 @@ from pydantic import (
 )
 
 from poller.config.crosschecks import policy_problems, reference_problems
-from poller.config.paths import Pattern, as_written, format_path
-from poller.config.units import (
+from poller.config.fields import (
     Backoff,
     ChannelUrl,
     Count,
@@ -57,6 +56,7 @@ from poller.config.units import (
     template_fields,
     watch_part,
 )
+from poller.config.paths import Pattern, as_written, format_path
 from poller.models import Event, Policy, State, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
 from poller.units import format_duration

@@ -14,9 +14,9 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from poller.config.document import Document
+from poller.config.fields import ShownValueError, control_character
 from poller.config.models import SOURCE_TYPES, AnySource
 from poller.config.paths import KeyPath, bare_type, format_path
-from poller.config.units import ShownValueError, control_character
 from poller.errors import Problem
 from poller.notify import TemplateProblem
 

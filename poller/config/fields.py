@@ -1,9 +1,9 @@
-"""The values a config is written in: durations, rates, database URLs and the field types.
+"""The field types of a config and the values they read: durations, rates, database URLs.
 
 Each field type is an ``Annotated`` pydantic type whose validator reads what a person writes
 (``5m``, ``300/m``, ``0123`` as text) and says in words what was expected. A `ShownValueError`
 marks a message about a value that is never a secret, so that a problem may quote it
-(`poller.config.problems`).
+(`poller.config.problems`). Writing a duration back is `poller.units.format_duration`.
 """
 
 from __future__ import annotations
