@@ -44,7 +44,7 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
     sys.path.insert(0, str(_BENCH.parent))
 
-from poller.sim import Request, Response, RulerSim, WebhookSink  # noqa: E402
+from poller.testing import Request, Response, RulerSim, WebhookSink  # noqa: E402
 
 #: The bearer token the benchmark's config gives the Ruler source.
 TOKEN = "bench-token"

@@ -1,4 +1,4 @@
-"""Tests of the loopback simulators in `poller.sim`, driven over real loopback HTTP."""
+"""Tests of the loopback simulators in `poller.testing`, driven over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import apprise
 import httpx
 import pytest
 
-from poller.sim import (
+from poller.testing import (
     HttpServer,
     ImmutaSim,
     JsonJobSim,
