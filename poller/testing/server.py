@@ -21,6 +21,12 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
 __all__ = [
     "Delivery",
     "Fault",
@@ -50,6 +56,10 @@ _FAULT_MODES: frozenset[str] = frozenset(
 _MAX_BODY = 16 * 1024 * 1024
 _HEAD_LIMIT = 64 * 1024
 _DEFAULT_DRIP = 0.05
+# how long a connection whose client has half-closed stays open for its last answers
+_HALF_CLOSED_GRACE = 1.0
+# where a request keeps the HTTP version the client sent (its answer always says HTTP/1.1)
+_SENT_VERSION = "poller.testing.sent_version"
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head>"
     b"<body><h1>Please sign in to continue</h1>"
@@ -118,14 +128,6 @@ class Fault:
     hits: int = 0
 
 
-class _BadRequest(Exception):
-    """A request that cannot be parsed; answered with `status` and the connection closed."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _encode_body(body: Any) -> tuple[bytes, str]:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), "application/octet-stream"
@@ -145,29 +147,8 @@ def _retry_headers(headers: Mapping[str, str] | None, retry_after: float | None)
     return merged
 
 
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    """Split a request head into method, target, version and lower-cased headers."""
-    lines = head[:-4].split(b"\r\n")
-    try:
-        method, target, version = lines[0].decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError):
-        raise _BadRequest(400, "malformed request line") from None
-    if not method.isalpha() or not version.startswith("HTTP/1.") or not target:
-        raise _BadRequest(400, "malformed request line")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        # a name with whitespace would be an obs-fold or request smuggling attempt: refuse it
-        if not sep or not name or name != name.strip() or b" " in name:
-            raise _BadRequest(400, "malformed header line")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return method, target, version, headers
-
-
 class HttpServer:
-    """A small asyncio HTTP/1.1 server on 127.0.0.1 with fault injection.
+    """An aiohttp.web server on 127.0.0.1 with fault injection.
 
     Give it a `handler` or subclass it and override `handle`; subclasses may also override
     `classify` to name the kind of each request for the `requests` counter. Port 0 picks a
@@ -188,9 +169,10 @@ class HttpServer:
         self._handler = handler
         self._wanted_port = port
         self._port: int | None = None
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._runner: web.ServerRunner | None = None
         self._closing = False
+        # set by `stop`: ends hung, delayed and dripping answers at once
+        self._stopping = asyncio.Event()
         self._loop_thread: int | None = None
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
@@ -204,30 +186,39 @@ class HttpServer:
 
     async def start(self) -> None:
         """Start listening on the running loop; returns once the port is bound."""
-        if self._server is not None:
+        if self._runner is not None:
             raise RuntimeError("server already started")
         self._closing = False
+        self._stopping = asyncio.Event()
         self._loop_thread = threading.get_ident()
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self._wanted_port, limit=_HEAD_LIMIT, backlog=1024
+        server = _Server(
+            self._on_request,
+            request_factory=_http11_request,
+            # a client that hangs up cancels its handler: this is what ends a hung answer
+            handler_cancellation=True,
+            access_log=None,
+            max_line_size=_HEAD_LIMIT,
+            max_field_size=_HEAD_LIMIT,
         )
-        self._port = self._server.sockets[0].getsockname()[1]
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._wanted_port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = runner.addresses[0][1]
 
     async def stop(self) -> None:
         """Stop listening and close every open connection, hung ones included."""
-        server, self._server = self._server, None
-        if server is None:
+        runner, self._runner = self._runner, None
+        if runner is None:
             return
         self._closing = True
-        server.close()
-        # connections accepted just before close() start their task on the next iteration;
-        # let them, so that they are cancelled below rather than left pending
-        await asyncio.sleep(0)
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
+        self._stopping.set()
+        await runner.cleanup()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -398,165 +389,166 @@ class HttpServer:
             response.delay = max(response.delay, fault.delay)
         return response
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _on_request(self, raw: web.BaseRequest) -> web.StreamResponse:
+        """aiohttp's handler: turn its request into a `Request`, dispatch it, send the answer."""
+        if raw[_SENT_VERSION] < HttpVersion10:
+            # aiohttp accepts HTTP/0.9 ("GET /x"); the simulators never spoke it
+            return self._reject(400, "malformed request line")
+        if raw.headers.get("Transfer-Encoding"):
+            # the handlers read `body` as one block; refuse rather than misread a chunked body
+            return self._reject(501, "chunked request bodies are not supported")
         try:
-            if not self._closing:
-                await self._serve(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            # stop() ends connections by cancelling them; the stream machinery must not see a
-            # cancelled task (it would log it), and a client hanging up is no error
-            pass
-        except Exception as exc:
-            logger.exception("simulator connection failed")
-            self.errors.append(exc)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+            request = await self._read_request(raw)
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(413, "request body too large")
+        response = await self._dispatch(request)
+        return await self._deliver(raw, request, response)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    await self._reject(writer, 400, "incomplete request")
-                return
-            except asyncio.LimitOverrunError:
-                await self._reject(writer, 400, "request head too large")
-                return
-            try:
-                request, keep_alive = await self._read_request(head, reader, writer)
-            except _BadRequest as exc:
-                await self._reject(writer, exc.status, str(exc))
-                return
-            response = await self._dispatch(request)
-            if not await self._deliver(reader, writer, request, response, keep_alive):
-                return
-
-    async def _read_request(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[Request, bool]:
-        method, target, version, headers = _parse_head(head)
-        if "transfer-encoding" in headers:
-            raise _BadRequest(501, "chunked request bodies are not supported")
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
-            raise _BadRequest(400, "bad Content-Length")
-        length = int(length_text)
-        if length > _MAX_BODY:
-            raise _BadRequest(413, "request body too large")
-        if length and headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await reader.readexactly(length) if length else b""
-        if target.startswith("/"):
-            raw_path, _, raw_query = target.partition("?")
-        elif target.startswith(("http://", "https://")):
+    @staticmethod
+    async def _read_request(raw: web.BaseRequest) -> Request:
+        """The `Request` handlers see, parsed as the simulators always have (not as aiohttp
+        decodes paths): the target as sent, the path decoded, the last of repeated names."""
+        target = raw.raw_path
+        if target.startswith(("http://", "https://")):
             parts = urlsplit(target)
             raw_path, raw_query = parts.path or "/", parts.query
         else:
-            raise _BadRequest(400, "bad request target")
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            keep_alive = "keep-alive" in connection
-        else:
-            keep_alive = "close" not in connection
-        request = Request(
-            method=method,
+            raw_path, _, raw_query = target.partition("?")
+        headers: dict[str, str] = {}
+        for name, value in raw.raw_headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1").strip()
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if raw.can_read_body and headers.get("expect", "").lower() == "100-continue":
+            # the low-level aiohttp server leaves Expect to the handler
+            await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await raw.read() if raw.can_read_body else b""
+        return Request(
+            method=raw.method,
             path=unquote(raw_path),
             query=dict(parse_qsl(raw_query, keep_blank_values=True)),
             headers=headers,
             body=body,
             target=target,
         )
-        return request, keep_alive
-
-    async def _reject(self, writer: asyncio.StreamWriter, status: int, message: str) -> None:
-        body = json.dumps({"message": message}).encode()
-        writer.write(self._head(status, "application/json", len(body), {}, keep_alive=False) + body)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
 
     @staticmethod
-    def _head(
-        status: int,
-        content_type: str,
-        length: int,
-        headers: Mapping[str, str],
-        *,
-        keep_alive: bool,
-        send_length: bool = True,
-    ) -> bytes:
-        fields: dict[str, tuple[str, str]] = {
-            "content-type": ("Content-Type", content_type),
-            "connection": ("Connection", "keep-alive" if keep_alive else "close"),
-        }
-        for name, value in headers.items():
-            lower = name.lower()
-            if lower != "content-length":
-                fields[lower] = (name, value)
-        if send_length:
-            fields["content-length"] = ("Content-Length", str(length))
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-        lines.extend(f"{name}: {value}" for name, value in fields.values())
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+    def _reject(status: int, message: str) -> web.Response:
+        answer = web.Response(status=status, body=json.dumps({"message": message}).encode())
+        answer.headers["Content-Type"] = "application/json"
+        answer.headers["Connection"] = "close"
+        answer.force_close()
+        return answer
 
-    async def _deliver(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        request: Request,
-        response: Response,
-        keep_alive: bool,
-    ) -> bool:
-        """Send `response`; True if the connection may serve another request."""
-        if response.delay > 0:
-            await asyncio.sleep(response.delay)
-        if response.mode == "refuse":
-            return False
-        if response.mode == "hang":
-            # keep reading so that the client closing is noticed (EOF) and ends the wait
-            while await reader.read(65536):
-                pass
-            return False
-        keep_alive = keep_alive and not response.close and not self._closing
+    def _answer(self, raw: web.BaseRequest, response: Response, body: bytes) -> web.StreamResponse:
+        """The head of `response`: its status and headers over the defaults, and whether the
+        connection stays open (said in a Connection header, as clients expect)."""
+        content_type = _encode_body(response.body)[1]
+        keep_alive = raw.keep_alive and not response.close and not self._closing
         if keep_alive and response.headers:
             # a handler that says Connection: close must really close, or clients would hang
             keep_alive = not any(
                 name.lower() == "connection" and "close" in value.lower()
                 for name, value in response.headers.items()
             )
-        body, content_type = _encode_body(response.body)
-        status = response.status
-        no_body = status in _NO_BODY or status < 200
-        head = self._head(
-            status,
-            content_type,
-            len(body),
-            response.headers,
-            keep_alive=keep_alive,
-            send_length=status != 204 and status >= 200,
-        )
-        if no_body or request.method == "HEAD":
+        answer = web.StreamResponse(status=response.status, reason=_REASONS.get(response.status))
+        fields = answer.headers
+        fields["Content-Type"] = content_type
+        fields["Connection"] = "keep-alive" if keep_alive else "close"
+        for name, value in response.headers.items():
+            if name.lower() != "content-length":
+                fields[name] = value
+        if response.status not in _NO_BODY and response.status >= 200:
+            fields["Content-Length"] = str(len(body))
+        if not keep_alive:
+            answer.force_close()
+        return answer
+
+    async def _deliver(
+        self, raw: web.BaseRequest, request: Request, response: Response
+    ) -> web.StreamResponse:
+        """Send `response` the way its `mode` says."""
+        if response.delay > 0:
+            await self._sleep(response.delay)
+        if response.mode == "refuse" or self._closing:
+            return self._drop(raw)
+        if response.mode == "hang":
+            # no answer until the client hangs up (aiohttp then cancels this handler) or the
+            # server stops
+            await self._stopping.wait()
+            return self._drop(raw)
+        body = _encode_body(response.body)[0]
+        answer = self._answer(raw, response, body)
+        if response.status in _NO_BODY or response.status < 200 or request.method == "HEAD":
             body = b""
+        await answer.prepare(raw)
         if response.mode == "drip" and body:
-            writer.write(head)
-            await writer.drain()
             for i in range(len(body)):
-                await asyncio.sleep(response.drip_interval)
-                writer.write(body[i : i + 1])
-                await writer.drain()
-        else:
-            writer.write(head + body)
-            await writer.drain()
-        return keep_alive
+                await self._sleep(response.drip_interval)
+                if self._closing:
+                    return self._drop(raw)
+                await answer.write(body[i : i + 1])
+        elif body:
+            await answer.write(body)
+        await answer.write_eof()
+        return answer
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the server stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    @staticmethod
+    def _drop(raw: web.BaseRequest) -> web.StreamResponse:
+        """Close the connection without (the rest of) an answer; aiohttp's attempt to send the
+        returned placeholder then finds the connection closed and gives up quietly."""
+        if raw.transport is not None:
+            raw.transport.close()
+        return web.Response(status=500)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection, except that a client's half-close (EOF after its request) still
+    gets the answer, a 400 for a malformed request included, before the connection closes;
+    aiohttp would close at once, and the simulators always answered first."""
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio's protocol says bool
+        self.close()
+        transport = self.transport
+        if transport is not None:
+            # nothing more can arrive: whatever is still unanswered (an incomplete head) is
+            # dropped after a moment rather than held open forever
+            asyncio.get_running_loop().call_later(_HALF_CLOSED_GRACE, transport.close)
+        return True
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, with `_Connection` for each connection."""
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=asyncio.get_running_loop(), **self._kwargs)
+
+
+def _http11_request(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    """aiohttp's request, but marked HTTP/1.1 so that every answer says HTTP/1.1 as the
+    simulators always have (keep-alive is still decided by what the client sent)."""
+    return web.BaseRequest(
+        message._replace(version=HttpVersion11),
+        payload,
+        protocol,
+        writer,
+        task,
+        asyncio.get_running_loop(),
+        client_max_size=_MAX_BODY,
+        state={_SENT_VERSION: message.version},
+    )
 
 
 def path_segments(request: Request, prefix: str) -> list[str] | None:
