@@ -177,6 +177,8 @@ class HttpServer:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._log: deque[tuple[str, str]] = deque(maxlen=log_size)
+        #: connections accepted (a client that reuses its connections opens few)
+        self.connections = 0
         #: requests received, by kind (see `classify`); faulted requests count too
         self.requests: Counter[str] = Counter()
         #: exceptions raised by handlers or callbacks (each was also answered with a 500)
@@ -193,6 +195,7 @@ class HttpServer:
         self._loop_thread = threading.get_ident()
         server = _Server(
             self._on_request,
+            on_connection=self._count_connection,
             request_factory=_http11_request,
             # a client that hangs up cancels its handler: this is what ends a hung answer
             handler_cancellation=True,
@@ -328,6 +331,9 @@ class HttpServer:
         return await self._handler(request)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _count_connection(self) -> None:
+        self.connections += 1
 
     def _on_loop_thread(self) -> bool:
         return self._loop_thread == threading.get_ident()
@@ -524,9 +530,15 @@ class _Connection(RequestHandler):
 
 
 class _Server(web.Server):
-    """aiohttp's low-level server, with `_Connection` for each connection."""
+    """aiohttp's low-level server, with `_Connection` for each connection, and a callback
+    for each connection accepted (aiohttp calls this factory once per connection)."""
+
+    def __init__(self, *args: Any, on_connection: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_connection = on_connection
 
     def __call__(self) -> RequestHandler:
+        self._on_connection()
         return _Connection(self, loop=asyncio.get_running_loop(), **self._kwargs)
 
 
