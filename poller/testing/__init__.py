@@ -1,9 +1,10 @@
 """The test kit: loopback simulators of the remote APIs poller talks to, for the demo, the tests
 and the benchmarks. It is not used by the daemon itself.
 
-- `server`: `HttpServer`, an HTTP server on 127.0.0.1 with fault injection (`fail`): error
-  statuses, delays, hung or dripping answers, dropped connections, HTML pages and truncated
-  JSON; and `SimThread`, which runs servers on an event loop in a daemon thread.
+- `server`: `HttpServer`, an aiohttp.web server on 127.0.0.1 with fault injection (`fail`):
+  error statuses, delays, hung or dripping answers, dropped connections, HTML pages and
+  truncated JSON.
+- `thread`: `SimThread`, which runs servers on an event loop in a daemon thread.
 - `ruler`: `RulerSim`, the Ruler batch-status API.
 - `immuta`: `ImmutaSim`, the Immuta jobs API.
 - `jsonapi`: `JsonJobSim`, a generic JSON job-status API for the ``http`` source type.
@@ -25,8 +26,8 @@ from poller.testing.server import (
     HttpServer,
     Request,
     Response,
-    SimThread,
 )
+from poller.testing.thread import SimThread
 from poller.testing.webhook import SinkTimeout, WebhookSink
 
 __all__ = [
