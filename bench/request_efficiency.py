@@ -35,10 +35,10 @@ from pydantic import SecretStr
 
 from poller.config import ImmutaSource, RulerSource
 from poller.models import TERMINAL_STATES, JobRef, PollResult
-from poller.sim import HttpServer, ImmutaSim, RulerSim
 from poller.sources import Source
 from poller.sources.immuta import ImmutaAdapter
 from poller.sources.ruler import RulerAdapter
+from poller.testing import HttpServer, ImmutaSim, RulerSim
 
 HOUR = 3600.0
 INTERVAL = 30.0

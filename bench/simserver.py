@@ -44,7 +44,7 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
     sys.path.insert(0, str(_BENCH.parent))
 
-from poller.sim import Request, Response, RulerSim, WebhookSink  # noqa: E402
+from poller.testing import Request, Response, RulerSim, WebhookSink  # noqa: E402
 
 #: The bearer token the benchmark's config gives the Ruler source.
 TOKEN = "bench-token"
@@ -68,17 +68,8 @@ class BenchRuler(RulerSim):
         """A Ruler simulator that also serves the control API and reads `sink`."""
         super().__init__(TOKEN, **kwargs)
         self.sink = sink
-        #: connections accepted (a client that reuses its connections opens few)
-        self.connections = 0
         #: seconds every API answer waits, as a remote API's would (``/_bench/latency``)
         self.latency = 0.0
-
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Count the connection, then serve it as `HttpServer` does."""
-        self.connections += 1
-        await super()._on_connection(reader, writer)
 
     def classify(self, request: Request) -> str:
         """Control requests are counted apart from the API's."""

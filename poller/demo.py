@@ -20,9 +20,9 @@ from rich.console import Console
 from poller.app import Daemon
 from poller.config import load_config
 from poller.logs import configure
-from poller.sim import RulerSim, SimThread, WebhookSink
 from poller.store.repo import Store
 from poller.terminal import plain
+from poller.testing import RulerSim, SimThread, WebhookSink
 
 SITE = "demo-site"
 COLOURS = {"success": "green", "warning": "yellow", "failure": "red", "info": "cyan"}

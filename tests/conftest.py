@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import structlog
 from world import AnyAnswer, World
 
-from poller.sim import RulerSim, SimThread, WebhookSink
+from poller.testing import RulerSim, SimThread, WebhookSink
 
 PG_ADMIN_URL = os.environ.get(
     "POLLER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

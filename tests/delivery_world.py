@@ -2,7 +2,7 @@
 
 Shared by test_chaos, test_delivery, test_notify and test_email. Everything is real: the daemon
 is `python -m poller run` in a subprocess, the job API and the webhook receiver are the
-simulators of `poller.sim` on loopback, and the database is a SQLite file read back with the
+simulators of `poller.testing` on loopback, and the database is a SQLite file read back with the
 standard library.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from world import DaemonWorld
 
-from poller.sim import RulerSim, SimThread, WebhookSink
+from poller.testing import RulerSim, SimThread, WebhookSink
 
 SITE = "s1"
 

@@ -25,9 +25,9 @@ from poller.config import HttpSource, ImmutaSource, RulerSource
 from poller.errors import TransientSourceError
 from poller.http import Requester, SourceHealth
 from poller.models import JobRef, Policy, PollFailure, WatchProgress
-from poller.sim import JsonJobSim, SimThread, WebhookSink
 from poller.sources import SOURCES, build_source
 from poller.states import decide
+from poller.testing import JsonJobSim, SimThread, WebhookSink
 
 TOKEN = "breaker-token"
 REFUSED = "network: connection failed: connection refused"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from poller.sim import RulerSim, SimThread, WebhookSink
+from poller.testing import RulerSim, SimThread, WebhookSink
 
 SITE = "s1"
 

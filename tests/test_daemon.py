@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from world import SITE, World, eventually, job_yaml
 
-from poller.sim import RulerSim, SimThread
+from poller.testing import RulerSim, SimThread
 
 
 class TestLifecycle:

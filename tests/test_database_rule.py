@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from world import eventually
 
-from poller.sim import RulerSim, SimThread
+from poller.testing import RulerSim, SimThread
 
 SITE = "s1"
 

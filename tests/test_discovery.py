@@ -27,10 +27,10 @@ from poller.discovery import (
     discovery_interval,
 )
 from poller.models import WatchSpec
-from poller.sim import ImmutaSim, SimThread, WebhookSink
 from poller.sources import Source
 from poller.sources.immuta import ImmutaAdapter
 from poller.store.repo import Store
+from poller.testing import ImmutaSim, SimThread, WebhookSink
 
 KEY = "immuta-key-2468"
 

@@ -20,11 +20,11 @@ from world import SITE, World, eventually, job_yaml
 
 from poller.config import HttpSource, ImmutaSource, JobConfig, RulerSource
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sim import HttpServer, ImmutaSim, JsonJobSim, RulerSim, SimThread
 from poller.sources import Source, lenient
 from poller.sources.http import HttpAdapter
 from poller.sources.immuta import ImmutaAdapter
 from poller.sources.ruler import RulerAdapter
+from poller.testing import HttpServer, ImmutaSim, JsonJobSim, RulerSim, SimThread
 
 TOKEN = "hostile-token-4711"
 #: An integer JSON allows and Python's parser refuses (more than 4,300 digits).

@@ -16,7 +16,7 @@ import test_secrets
 from delivery_world import SITE, DeliveryWorld, dworld, job_yaml
 from world import eventually
 
-from poller.sim import JsonJobSim, RulerSim, SimThread, WebhookSink
+from poller.testing import JsonJobSim, RulerSim, SimThread, WebhookSink
 
 WH_TOKEN = "wh-token-" + "5a17c0de"
 

@@ -22,8 +22,8 @@ from world import AnyAnswer, eventually
 from poller.config import HttpSource
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sim import JsonJobSim, SimThread, WebhookSink
 from poller.sources.http import HttpAdapter, parse_answer, render_body, render_url
+from poller.testing import JsonJobSim, SimThread, WebhookSink
 
 TOKEN = "warehouse-token-8899"
 STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}

@@ -18,7 +18,6 @@ from world import AnyAnswer
 from poller.config import ImmutaSource, JobConfig, SearchSpec
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sim import ImmutaSim, NextStyle, SimThread
 from poller.sources.immuta import (
     IMMUTA_STATES,
     MAX_OUTPUT,
@@ -27,6 +26,7 @@ from poller.sources.immuta import (
     parse_page,
     parse_statuses,
 )
+from poller.testing import ImmutaSim, NextStyle, SimThread
 
 KEY = "immuta-api-key-0123"
 

@@ -28,7 +28,7 @@ from poller.notify import (
     render,
     render_digest,
 )
-from poller.sim import SimThread, WebhookSink
+from poller.testing import SimThread, WebhookSink
 
 __all__ = ["dworld"]  # the fixture, imported for pytest
 

@@ -18,8 +18,8 @@ import pytest
 from world import SITE, DaemonWorld, World, eventually, job_yaml
 
 from poller.models import WatchSpec
-from poller.sim import ImmutaSim, JsonJobSim, RulerSim, SimThread, WebhookSink
 from poller.store.repo import Store
+from poller.testing import ImmutaSim, JsonJobSim, RulerSim, SimThread, WebhookSink
 
 LONG_ID = "x" * 257
 TRACEBACK = "Traceback"

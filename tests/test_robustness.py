@@ -28,9 +28,9 @@ from poller.errors import TransientSourceError
 from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef
 from poller.service import Tuning
-from poller.sim import RulerSim, SimThread
 from poller.sources.ruler import RulerAdapter
 from poller.store.repo import Store
+from poller.testing import RulerSim, SimThread
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from poller.config import SOURCE_TYPES, HttpSource, ImmutaSource, RulerSource
 from poller.errors import PermanentSourceError
 from poller.http import parse_retry_after
 from poller.models import JobRef, PollFailure, PollResult, State
-from poller.sim import RulerSim, SimThread
 from poller.sources import SOURCES, Discoverer, Source
 from poller.sources.ruler import (
     LIST_REUSE,
@@ -32,6 +31,7 @@ from poller.sources.ruler import (
     parse_status,
     parse_time,
 )
+from poller.testing import RulerSim, SimThread
 
 SITE = "4f2a"
 

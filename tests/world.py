@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from poller.sim import HttpServer, Request, Response, RulerSim, WebhookSink
+from poller.testing import HttpServer, Request, Response, RulerSim, WebhookSink
 
 SITE = "4f2a"
 T = TypeVar("T")
