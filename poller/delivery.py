@@ -36,28 +36,11 @@ from typing import Any
 
 from poller import delivery_policy as policy
 from poller.config import DeliveryConfig
-from poller.delivery_policy import (
-    FAILURES_BEFORE_PAUSE,
-    MAX_RETRY_AFTER,
-    MISSING_CHANNEL_RECHECK,
-    ChannelState,
-    Hold,
-    SendDigest,
-)
+from poller.delivery_policy import ChannelState, Hold, SendDigest
 from poller.errors import NotifyError
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
 from poller.service import Engine, Runtime, run_loop
-
-__all__ = [
-    "DIGEST_CLAIM_LIMIT",
-    "FAILURES_BEFORE_PAUSE",
-    "MAX_RETRY_AFTER",
-    "MISSING_CHANNEL",
-    "MISSING_CHANNEL_RECHECK",
-    "DeliveryEngine",
-    "channel_renames",
-]
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
@@ -512,7 +495,8 @@ class DeliveryEngine(Engine):
     ) -> None:
         """`channel` is not in the config in force (removed, or renamed on another replica that
         reloaded first): its deliveries are kept, not given up, and look for it again every
-        `MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are given up."""
+        `delivery_policy.MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are
+        given up."""
         now = self.clock()
         keep = policy.keep_for_missing_channel(channel, claimed, settings, now)
         if keep.given_up:
