@@ -108,7 +108,12 @@ def test_during_a_database_outage_the_engines_retry_as_far_apart_as_logged(
     finally:
         _allow_connections(name, True)
     for engine in ("dispatch", "delivery"):
-        lines = _log_lines(world.log, f"{engine} failed; retrying")
+        # the engine's own retries (a channel's task logs the same event, without retry_in)
+        lines = [
+            line
+            for line in _log_lines(world.log, f"{engine} failed; retrying")
+            if "retry_in" in line
+        ]
         assert len(lines) >= 3, (engine, lines)
         # with one timer per engine: 1, 2, 4 s apart (two timers made it about 1 s each)
         assert len(lines) <= 5, (engine, [line["timestamp"] for line in lines])
