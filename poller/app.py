@@ -187,8 +187,9 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(discover(), timeout=FIRST_DISCOVERY)
             duties.every(discovery_interval(self.config), discover, "discovery")
-            duties.every(1.0, polls.wakeup.set, "dispatch-wakeup")
-            duties.every(1.0, deliveries.wakeup.set, "delivery-retry")
+            # The engines wake themselves (each step says when the next is due, at most
+            # `idle_wait` apart): a second timer here would defeat their backoff when the
+            # database is away.
             duties.every(self.tuning.lease / 3, self._renewer(db), "lease-renewal")
             if self.systemd.watchdog_interval:
                 duties.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")

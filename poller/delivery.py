@@ -15,6 +15,9 @@ The outbox guarantees (SPEC.md, "Guarantees"):
   due for it waits for the same retry instead of piling more failed sends on it. A delivery
   still failing ``give_up_after`` after its event is given up and logged as an error.
 
+The decisions (storm control, retries, pauses, giving up) are pure functions in
+`delivery_policy`; this module does the I/O around them.
+
 Storm control (``delivery.digest``): a lone event for a quiet channel goes out at once; events
 that come together, or follow a message within ``wait``, wait ``wait`` for others to join them.
 When more than ``threshold`` events would reach a channel within ``window``, the ones due go
@@ -27,27 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from poller import delivery_policy as policy
 from poller.config import DeliveryConfig
+from poller.delivery_policy import ChannelState, Hold, SendDigest
 from poller.errors import NotifyError
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
 from poller.service import Engine, Runtime, run_loop
-from poller.states import delivery_wait
 
-#: A Retry-After longer than this is not believed (a hostile header cannot park a channel).
-MAX_RETRY_AFTER = 3600.0
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
-#: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
-FAILURES_BEFORE_PAUSE = 2
-#: How often deliveries for a channel that is not in the config look for it again (a reload
-#: that brings the channel back makes them due at once; this covers replicas not reloaded yet).
-MISSING_CHANNEL_RECHECK = 60.0
 #: The `last_error` of a delivery kept for a channel that is not in the config: `poller status`
 #: shows it, and `Store.follow_channels` finds such deliveries by it when the channel is back.
 MISSING_CHANNEL = "the channel is not in the config; kept until it is back or give_up_after"
@@ -127,7 +123,7 @@ class DeliveryEngine(Engine):
             # A channel that has been quiet for `wait` may send at once; one that has just
             # sent something gives new events `wait` to gather (storm control).
             for channel in await self.db.call(self.db.store.ready_channels, now, 0.0):
-                quiet = now - self._last_sent.get(channel, -math.inf) >= wait
+                quiet = policy.may_send_at_once(self._last_sent.get(channel), now, wait)
                 if quiet and channel not in channels:
                     channels.append(channel)
         started = 0
@@ -223,27 +219,16 @@ class DeliveryEngine(Engine):
         if channel not in runtime.notifier.names:
             await self._keep_for_missing_channel(channel, claimed, settings)
             return False
-        if digest.enabled and len(claimed) > 1:
-            fresh = [d.created_at for d in claimed if d.attempts == 0]
-            if fresh and min(fresh) > now - digest.wait:
-                # several at once on a quiet channel: give others `wait` to join them
-                await self._hold(channel, claimed, min(fresh) + digest.wait, log=False)
+        recent = await self._recent_count(channel, now, digest.window) if digest.enabled else 0
+        state = ChannelState(last_sent=self._last_sent.get(channel), recent=recent)
+        match policy.plan(state, claimed, settings, now):
+            case Hold(until=until, storm=storm):
+                await self._hold(channel, claimed, until, log=storm)
                 return False
-            recent = await self._recent_count(channel, now, digest.window)
-            if recent + len(claimed) > digest.threshold:
-                # a storm: one digest now, then at most one message per window
-                last = self._last_sent.get(channel)
-                if last is not None and now < last + digest.window:
-                    await self._hold(channel, claimed, last + digest.window)
-                    return False
+            case SendDigest():
                 return await self._send_digest(runtime, channel, claimed, settings)
-        elif digest.enabled:
-            recent = await self._recent_count(channel, now, digest.window)
-            last = self._last_sent.get(channel)
-            if recent + 1 > digest.threshold and last is not None and now < last + digest.window:
-                await self._hold(channel, claimed, last + digest.window)
-                return False
-        return await self._send_each(runtime, channel, claimed, settings)
+            case _:
+                return await self._send_each(runtime, channel, claimed, settings)
 
     async def _give_back(self, ids: Sequence[int]) -> None:
         """Return leased rows to the queue, retrying (with backoff) until the database answers."""
@@ -407,7 +392,7 @@ class DeliveryEngine(Engine):
             await self.db.call(self.db.store.finish_deliveries, self.owner, [outcome], self.clock())
             self._log_failure(log, delivery, outcome)
             failures += 1
-            if pending and (failures >= FAILURES_BEFORE_PAUSE or error.retry_after is not None):
+            if policy.should_pause(failures, error.retry_after, len(pending)):
                 await self._pause(channel, pending, outcome, settings)
                 return False
         return failures == 0
@@ -447,12 +432,9 @@ class DeliveryEngine(Engine):
                 error, retry_after = exc.answer, exc.retry_after
             else:
                 error, retry_after = f"{type(exc).__name__} while sending", None
-            worst = max(claimed, key=lambda d: d.attempts)
-            head = self._failed(worst, error, retry_after, settings)
-            outcomes = [
-                self._failed(d, error, retry_after, settings, retry_at=head.retry_at)
-                for d in claimed
-            ]
+            outcomes = policy.digest_failed(
+                claimed, error, retry_after, settings, self.clock(), self.rand
+            )
             # one attempt for all of them, recorded together
             await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
             if self.log:
@@ -499,44 +481,32 @@ class DeliveryEngine(Engine):
     ) -> None:
         """The channel is failing: the rest waits for its retry; overdue ones are given up."""
         now = self.clock()
-        until = failed.retry_at
-        if until is None:
-            until = now + self._backoff(1, None, settings)
-        error = f"{failed.error} (not tried: the channel was failing)"
-        overdue = [
-            DeliveryOutcome(d.id, sent=False, error=error, retry_at=None)
-            for d in rest
-            if now - d.created_at >= settings.give_up_after
-        ]
-        given_up = {o.id for o in overdue}
-        waiting = [d.id for d in rest if d.id not in given_up]
-        if overdue:
-            await self.db.call(self.db.store.finish_deliveries, self.owner, overdue, now)
-            for delivery, outcome in zip(
-                [d for d in rest if d.id in given_up], overdue, strict=True
-            ):
+        paused = policy.pause(rest, failed, settings, now, self.rand)
+        if paused.given_up:
+            outcomes = [outcome for _delivery, outcome in paused.given_up]
+            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
+            for delivery, outcome in paused.given_up:
                 self._log_failure(self._bind(channel, delivery), delivery, outcome)
-        await self.db.call(self.db.store.defer_deliveries, self.owner, waiting, until)
+        waiting = [d.id for d in paused.waiting]
+        await self.db.call(self.db.store.defer_deliveries, self.owner, waiting, paused.until)
 
     async def _keep_for_missing_channel(
         self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
     ) -> None:
         """`channel` is not in the config in force (removed, or renamed on another replica that
         reloaded first): its deliveries are kept, not given up, and look for it again every
-        `MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are given up."""
+        `delivery_policy.MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are
+        given up."""
         now = self.clock()
-        overdue = [d for d in claimed if now - d.created_at >= settings.give_up_after]
-        kept = [d for d in claimed if now - d.created_at < settings.give_up_after]
-        if overdue:
-            error = f"channel {channel} is no longer in the config"
-            outcomes = [DeliveryOutcome(d.id, sent=False, error=error) for d in overdue]
+        keep = policy.keep_for_missing_channel(channel, claimed, settings, now)
+        if keep.given_up:
+            outcomes = [outcome for _delivery, outcome in keep.given_up]
             await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
-            for delivery, outcome in zip(overdue, outcomes, strict=True):
+            for delivery, outcome in keep.given_up:
                 self._log_failure(self._bind(channel, delivery), delivery, outcome)
-        if kept:
-            deadline = min(d.created_at for d in kept) + settings.give_up_after
-            until = min(deadline, now + MISSING_CHANNEL_RECHECK)
-            ids = [d.id for d in kept]
+        if keep.kept and keep.until is not None:
+            until = keep.until
+            ids = [d.id for d in keep.kept]
             await self.db.call(
                 self.db.store.defer_deliveries, self.owner, ids, until, MISSING_CHANNEL
             )
@@ -553,7 +523,7 @@ class DeliveryEngine(Engine):
                 self.log.warning(
                     "deliveries kept: their channel is not in the config",
                     channel=channel,
-                    count=len(kept),
+                    count=len(keep.kept),
                     recheck_in=round(until - now, 1),
                 )
 
@@ -576,29 +546,14 @@ class DeliveryEngine(Engine):
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _backoff(self, attempts: int, retry_after: float | None, settings: DeliveryConfig) -> float:
-        wait = delivery_wait(
-            attempts, self.rand(), base=settings.retry_initial, cap=settings.retry_max
-        )
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, MAX_RETRY_AFTER))
-        return wait
-
     def _failed(
         self,
         delivery: Delivery,
         error: str,
         retry_after: float | None,
         settings: DeliveryConfig,
-        *,
-        retry_at: float | None = None,
     ) -> DeliveryOutcome:
-        now = self.clock()
-        if now - delivery.created_at >= settings.give_up_after:
-            return DeliveryOutcome(delivery.id, sent=False, error=error, retry_at=None)
-        if retry_at is None:
-            retry_at = now + self._backoff(delivery.attempts + 1, retry_after, settings)
-        return DeliveryOutcome(delivery.id, sent=False, error=error, retry_at=retry_at)
+        return policy.failed(delivery, error, retry_after, settings, self.clock(), self.rand)
 
     def _bind(self, channel: str, delivery: Delivery) -> Any:
         if not self.log:

@@ -130,24 +130,31 @@ async def run_loop(
     """Run `step` until `stopping`; each step returns when the next one is due (None: idle).
 
     A step that fails (most often: the database went away) is retried with backoff up to 30 s
-    instead of ending the loop, so a replica rides out a database restart.
+    instead of ending the loop, so a replica rides out a database restart. This loop is the
+    engine's only timer: while it backs off, `wakeup` is ignored (only `stopping` ends the
+    wait), so the retries are as far apart as the logged `retry_in` says, whoever sets it.
     """
     failures = 0
     while not stopping.is_set():
         wakeup.clear()
         try:
             due = await step()
-            failures = 0
-            longest = idle
         except Exception as exc:
             failures += 1
-            longest = min(30.0, 2.0 ** min(failures - 1, 5))
-            due = clock() + longest
+            retry_in = failure_wait(failures)
             if log:
                 log.error(
                     f"{name} failed; retrying",
                     error=error_line(exc),
                     failures=failures,
-                    retry_in=longest,
+                    retry_in=retry_in,
                 )
-        await nap(wakeup, due, clock(), longest)
+            await nap(stopping, None, 0.0, retry_in)
+            continue
+        failures = 0
+        await nap(wakeup, due, clock(), idle)
+
+
+def failure_wait(failures: int) -> float:
+    """The backoff after `failures` failed steps in a row: 1, 2, 4, ... up to 30 seconds."""
+    return min(30.0, 2.0 ** min(failures - 1, 5))
