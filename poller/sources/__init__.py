@@ -16,8 +16,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import SourceError
-from poller.http import MAX_PAUSE, SourceHealth
 from poller.models import JobRef, PollFailure, PollOutcome
+from poller.sources.client import MAX_PAUSE, SourceHealth
 
 A = TypeVar("A")
 
@@ -112,7 +112,7 @@ def answer_cap(source_type: str) -> int:
         from poller.sources.ruler import MAX_BODY_BYTES
 
         return MAX_BODY_BYTES
-    from poller.http import MAX_BODY_BYTES as default
+    from poller.sources.client import MAX_BODY_BYTES as default
 
     return default
 

@@ -27,9 +27,9 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, SourceHealth
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.client import Requester, SourceHealth
 
 __all__ = [
     "IMMUTA_STATES",

@@ -35,9 +35,9 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.lenient import MAX_TEXT, parse_time
 
 __all__ = [
