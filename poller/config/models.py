@@ -2,6 +2,9 @@
 
 `load_config` builds them from a file; they may also be built directly (tests, ``poller add``)
 and validate the same way, only without line numbers.
+
+The source models of the built-in types are registered here as source types
+(`poller.sources.base`): a config's sources are validated against every registered type.
 """
 
 from __future__ import annotations
