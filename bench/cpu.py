@@ -150,7 +150,7 @@ async def child_cpu_aiohttp(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def child_cpu_requester(spec: dict[str, Any]) -> dict[str, Any]:
     """poller's `Requester` alone (over aiohttp), `CONCURRENCY` workers."""
-    from poller.http import Requester
+    from poller.sources.client import Requester
 
     n = spec["watches"]
     urls = [f"{spec['ruler_url']}/{site_of(i)}/batch/{job_of(i)}/status" for i in range(n)]

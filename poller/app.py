@@ -74,17 +74,12 @@ def channel_urls(config: Config) -> dict[str, str]:
 
 def build_runtime(config: Config, resolver: AbstractResolver | None = None) -> Runtime:
     """Source adapters, channels and rules for one config."""
-    sources: dict[str, Source] = {}
-    unsupported: set[str] = set()
-    for name, source_config in config.sources.items():
-        max_pause = config.policy_for(name).max_interval
-        adapter = build_source(source_config, resolver, max_pause=max_pause)
-        if adapter is None:
-            unsupported.add(name)
-        else:
-            sources[name] = adapter
+    sources: dict[str, Source] = {
+        name: build_source(source_config, resolver, max_pause=config.policy_for(name).max_interval)
+        for name, source_config in config.sources.items()
+    }
     notifier = Notifier(channel_urls(config))
-    return Runtime(config, sources, notifier, config.rules, frozenset(unsupported))
+    return Runtime(config, sources, notifier, config.rules)
 
 
 def open_store(config: Config, *, daemon: bool = False) -> Store:

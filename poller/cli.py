@@ -184,7 +184,6 @@ def check(config: ConfigOption = None) -> None:
     """Validate the config and say what it would watch; exit 2 on any problem."""
     from poller.app import config_watch_specs
     from poller.notify import Notifier
-    from poller.sources import SOURCES
 
     cfg = _config(config)
     console = _console()
@@ -195,8 +194,7 @@ def check(config: ConfigOption = None) -> None:
     say(f"config {cfg.path} is valid")
     say(f"database: {safe_url(cfg.database)}")
     for name, source in cfg.sources.items():
-        note = "" if source.type in SOURCES else "  (not yet supported: its jobs are not polled)"
-        say(f"source {name}: {source.type}{note}")
+        say(f"source {name}: {source.type}")
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
         note = "  (own template)" if name in cfg.channel_templates else ""
@@ -369,11 +367,16 @@ def _spec(
     if source not in cfg.sources:
         known = ", ".join(cfg.sources) or "none"
         _fail(f"no source {source} in the config (sources: {known})", 2)
-    source_type = cfg.sources[source].type
-    if source_type == "ruler" and site is None:
-        _fail("--site is required for a ruler source", 2)
-    if source_type != "ruler" and site is not None:
-        _fail(f"--site is only for ruler sources; {source} is {source_type}", 2)
+    from poller.sources.base import registered, source_type
+
+    type_name = cfg.sources[source].type
+    kind = source_type(type_name)
+    # the same rule as the config's cross-check (`SourceType.needs_site`)
+    if kind is not None and kind.needs_site and site is None:
+        _fail(f"--site is required for a {type_name} source", 2)
+    if kind is not None and not kind.needs_site and site is not None:
+        takers = " or ".join(n for n, other in registered().items() if other.needs_site)
+        _fail(f"--site is only for {takers} sources; {source} is {type_name}", 2)
     spec = WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
     # the config's rule for the same parts (models.text_problem), checked before any database
     problems = spec.problems()

@@ -172,11 +172,7 @@ class PollEngine(Engine):
     ) -> Mapping[str, PollOutcome]:
         source = runtime.sources.get(source_name)
         if source is None:
-            why = (
-                f"source type of {source_name} is not supported yet"
-                if source_name in runtime.unsupported
-                else f"source {source_name} is not in the config"
-            )
+            why = f"source {source_name} is not in the config"
             failure = PollFailure("config", why, transient=False)
             return {w.key: failure for w in watches}
         try:

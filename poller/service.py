@@ -50,7 +50,6 @@ class Runtime:
     sources: Mapping[str, Source]
     notifier: Notifier
     rules: Sequence[RuleLike]
-    unsupported: frozenset[str] = frozenset()
 
     async def aclose(self) -> None:
         """Close every source's connections."""

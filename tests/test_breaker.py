@@ -23,9 +23,9 @@ from world import AnyAnswer, eventually
 
 from poller.config import HttpSource, ImmutaSource, RulerSource
 from poller.errors import TransientSourceError
-from poller.http import Requester, SourceHealth
 from poller.models import JobRef, Policy, PollFailure, WatchProgress
 from poller.sources import SOURCES, build_source
+from poller.sources.client import Requester, SourceHealth
 from poller.states import decide
 from poller.testing import JsonJobSim, SimThread, WebhookSink
 

@@ -25,9 +25,9 @@ from world import SITE, LoopbackResolver, World, eventually
 from poller.app import Daemon
 from poller.config import RulerSource, load_config
 from poller.errors import TransientSourceError
-from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef
 from poller.service import Tuning
+from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.ruler import RulerAdapter
 from poller.store.repo import Store
 from poller.testing import RulerSim, SimThread

@@ -18,9 +18,9 @@ from world import AnyAnswer
 
 from poller.config import SOURCE_TYPES, HttpSource, ImmutaSource, RulerSource
 from poller.errors import PermanentSourceError
-from poller.http import parse_retry_after
 from poller.models import JobRef, PollFailure, PollResult, State
 from poller.sources import SOURCES, Discoverer, Source
+from poller.sources.client import parse_retry_after
 from poller.sources.ruler import (
     LIST_REUSE,
     RULER_STATES,

@@ -70,6 +70,7 @@ from poller.config.paths import KeyPath
 from poller.config.problems import Checker, describe_error, final_problems, unknown_key
 from poller.errors import ConfigError
 from poller.models import text_problem
+from poller.sources.base import source_types, source_union
 from poller.units import format_duration
 
 __all__ = [
@@ -238,7 +239,7 @@ def _sources(checker: Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     raw = checker.section(data, "sources", dict, "expected a mapping of source names")
     for name, value in raw.items():
         _check_name(checker.doc, "source", ("sources", name))
-        sources[name] = _validate(checker, AnySource, value, ("sources", name))
+        sources[name] = _validate(checker, source_union(), value, ("sources", name))
     return sources
 
 
@@ -295,7 +296,7 @@ def _cross_check(
         return "" if path in doc.tainted else f" {name!r}"
 
     for found_path, message in reference_problems(
-        data, SOURCE_TYPES, quote=quote, line_of=doc.line_of
+        data, source_types(), quote=quote, line_of=doc.line_of
     ):
         doc.problem(found_path, message)
     valid_sources = {n: s for n, s in sources.items() if s is not None}

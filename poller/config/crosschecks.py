@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from poller.config.fields import as_text
 from poller.config.paths import KeyPath
+from poller.sources.base import registered, source_type
 from poller.units import format_duration
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def reference_problems(
         kind = types[source]
         if kind not in source_types:
             continue  # the source itself is reported
-        found += _kind_problems(i, job, kind)
+        found += _kind_problems(i, job, str(kind))
         identity = _identity(job, source)
         if identity is None:
             continue
@@ -111,21 +112,31 @@ def _rule_problems(
     return found
 
 
-def _kind_problems(i: int, job: Mapping[str, Any], kind: object) -> list[tuple[KeyPath, str]]:
-    """The keys of job `i` that its source's type requires or does not take."""
+def _kind_problems(i: int, job: Mapping[str, Any], name: str) -> list[tuple[KeyPath, str]]:
+    """The keys of job `i` that its source's type (registered as `name`) requires or does not
+    take: a ``site`` for a type whose jobs need one, ``bulk`` and ``search`` for a type that
+    discovers jobs (`sources.base.SourceType`)."""
 
     def given(key: str) -> bool:
         return job.get(key) is not None
 
+    kind = source_type(name)
+    if kind is None:
+        return []  # the source itself is reported
     found: list[tuple[KeyPath, str]] = []
-    if kind == "ruler" and not given("site") and not given("bulk") and not given("search"):
-        found.append((("jobs", i, "site"), "required for a ruler source"))
-    if kind != "ruler" and given("site"):
-        found.append((("jobs", i, "site"), f"only for a ruler source; this one is {kind}"))
-    for key in ("bulk", "search"):
-        if given(key) and kind != "immuta":
-            found.append((("jobs", i, key), f"only for an immuta source; this one is {kind}"))
+    if kind.needs_site and not given("site") and not given("bulk") and not given("search"):
+        found.append((("jobs", i, "site"), f"required for {a_source(name)}"))
+    for key in ("site", "bulk", "search"):
+        if given(key) and not kind.takes(key):
+            takers = [n for n, other in registered().items() if other.takes(key)]
+            found.append((("jobs", i, key), f"only for {a_source(*takers)}; this one is {name}"))
     return found
+
+
+def a_source(*names: str) -> str:
+    """``a ruler source``, ``an immuta source``, ``a ruler or x source``: for messages."""
+    article = "an" if names and names[0][:1] in "aeiou" else "a"
+    return f"{article} {' or '.join(names)} source"
 
 
 def _identity(job: Mapping[str, Any], source: str) -> tuple[str | None, ...] | None:

@@ -2,6 +2,9 @@
 
 `load_config` builds them from a file; they may also be built directly (tests, ``poller add``)
 and validate the same way, only without line numbers.
+
+The source models of the built-in types are registered here as source types
+(`poller.sources.base`): a config's sources are validated against every registered type.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
 
 from jmespath.parser import ParsedResult
 from pydantic import (
@@ -18,6 +21,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializeAsAny,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -59,9 +64,9 @@ from poller.config.fields import (
 from poller.config.paths import Pattern, as_written, format_path
 from poller.models import Event, Policy, State, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
+from poller.sources.base import SourceType, lazy_build, register, source_types, source_union
 from poller.units import format_duration
 
-SOURCE_TYPES = ("ruler", "immuta", "http")
 #: The validation context key that tells `Config` its parts were cross-checked already
 #: (`load_config` checks the file itself, so that each problem has its line): the checks
 #: run once per load.
@@ -125,6 +130,10 @@ class SourceConfig(_Frozen):
     overall deadline of one request, in seconds.
     """
 
+    if TYPE_CHECKING:
+        # each source type's model sets it, as ``Literal[its name]`` (`sources.base`)
+        type: str
+
     max_concurrency: Annotated[Count, Field(ge=1)] = 8
     rate_limit: Rate = None
     request_timeout: PositiveDuration = 30.0
@@ -134,6 +143,10 @@ class SourceConfig(_Frozen):
 class RulerSource(SourceConfig):
     """The Ruler batch API. From ``list_threshold`` watched jobs of one site on, poller polls
     the site's job list instead of each job."""
+
+    #: A site's job list grows with its jobs (~100 bytes each): a bigger cap on one answer
+    #: (decoded) than one status needs.
+    ANSWER_CAP: ClassVar[int] = 8 << 20
 
     type: Literal["ruler"] = "ruler"
     base_url: HttpUrl = "https://rest.rulerapi.com/v1"
@@ -243,8 +256,46 @@ class HttpSource(SourceConfig):
         )
 
 
-#: One source of any type, told apart by its ``type``.
-AnySource = Annotated[RulerSource | ImmutaSource | HttpSource, Field(discriminator="type")]
+# The built-in source types, declared once (`poller.sources.base`): their adapters are
+# imported when a source is built, not when a config is loaded.
+register(
+    SourceType(
+        "ruler",
+        RulerSource,
+        lazy_build("poller.sources.ruler:RulerAdapter"),
+        needs_site=True,
+        answer_cap=RulerSource.ANSWER_CAP,
+    )
+)
+register(
+    SourceType(
+        "immuta", ImmutaSource, lazy_build("poller.sources.immuta:ImmutaAdapter"), discovers=True
+    )
+)
+register(SourceType("http", HttpSource, lazy_build("poller.sources.http:HttpAdapter")))
+
+#: The built-in source types' names (`sources.base.source_types()` has those registered since).
+SOURCE_TYPES = source_types()
+#: One source of a built-in type, told apart by its ``type`` (`sources.base.source_union()`
+#: has those registered since).
+AnySource = source_union()
+
+
+def _one_source(value: object) -> object:
+    """A source's mapping validated as its registered type's model (a model passes as is)."""
+    if isinstance(value, SourceConfig):
+        return value
+    return _source_adapter(source_union()).validate_python(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _source_adapter(union: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(union)
+
+
+#: A source of any registered type, in a `Config`. The union is read from the registry when a
+#: config is validated, so that a type registered after this module was imported is accepted.
+RegisteredSource = Annotated[SerializeAsAny[SourceConfig], BeforeValidator(_one_source)]
 
 
 class TemplateConfig(_Frozen):
@@ -432,7 +483,7 @@ class Config(_Frozen):
     #: with no ``database``, poller.db next to the config file; a relative SQLite path is
     #: relative to the config file (README "Config reference")
     database: DatabaseUrl = ""
-    sources: dict[str, AnySource] = Field(default_factory=dict)
+    sources: dict[str, RegisteredSource] = Field(default_factory=dict)
     channels: dict[str, ChannelUrl] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     polling: PollingDefaults = Field(default_factory=PollingDefaults)
@@ -462,7 +513,7 @@ class Config(_Frozen):
             "rules": [rule.model_dump() for rule in self.rules],
             "jobs": [job.model_dump() for job in self.jobs],
         }
-        found = reference_problems(view, SOURCE_TYPES)
+        found = reference_problems(view, source_types())
         found += policy_problems(self.polling, self.sources, list(enumerate(self.jobs)))
         found += [
             (("channel_templates", name), "not a configured channel")
@@ -520,7 +571,12 @@ class Config(_Frozen):
 #: README documents them: the fields of `Config` but those `load_config` fills itself, and a
 #: channel may be a mapping with its own template.
 FILE_TYPES: dict[str, Any] = {
-    name: dict[str, ChannelUrl | ChannelConfig] if name == "channels" else field.annotation
+    name: dict[str, ChannelUrl | ChannelConfig]
+    if name == "channels"
+    # the built-in types' places kept as written (a runtime annotation, not a static type)
+    else dict[str, AnySource]  # type: ignore[valid-type]
+    if name == "sources"
+    else field.annotation
     for name, field in Config.model_fields.items()
     if name not in Config.NOT_IN_FILE
 }

@@ -15,10 +15,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from poller.config.document import Document
 from poller.config.fields import ShownValueError, control_character
-from poller.config.models import SOURCE_TYPES, AnySource
 from poller.config.paths import KeyPath, bare_type, format_path
 from poller.errors import Problem
 from poller.notify import TemplateProblem
+from poller.sources.base import source_types, source_union
 
 
 def _step(annotation: Any, part: str | int) -> Any:
@@ -123,7 +123,7 @@ def describe_error(error: Mapping[str, Any], root: Any) -> str:
         return unknown_key(str(loc[-1]), keys) if keys else "unknown key"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         what = "unknown source type" if kind == "union_tag_invalid" else "required"
-        return f"{what}; expected one of: {', '.join(SOURCE_TYPES)}"
+        return f"{what}; expected one of: {', '.join(source_types())}"
     if kind in ("literal_error", "enum"):
         choices = str(ctx.get("expected", "")).replace("' or '", "', '")
         return f"expected one of: {choices.replace(chr(39), '')}"
@@ -175,7 +175,7 @@ class Checker:
             message = describe_error(error, root)
             if error["type"].startswith("union_tag"):
                 loc = ("type",)
-            elif root is AnySource and loc and loc[0] == tag:
+            elif root is source_union() and loc and loc[0] == tag:
                 loc = loc[1:]
             if (*prefix, *loc) not in self.doc.tainted:  # else from the environment or a file
                 message = _with_value(message, _shown_value(error))

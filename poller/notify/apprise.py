@@ -295,7 +295,7 @@ class Notifier:
 def _retry_after(answers: Sequence[tuple[int, str | None]]) -> float | None:
     # imported here: the HTTP stack of the sources is heavy, and CLI commands that only read the
     # config should not load it
-    from poller.http import parse_retry_after
+    from poller.sources.client import parse_retry_after
 
     waits = [
         wait

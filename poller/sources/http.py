@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.client import Requester, SourceHealth, path_segment
 
 if TYPE_CHECKING:  # the adapter reads its config; only app.py builds one
-    from poller.config import HttpExpressions
+    from poller.config import HttpExpressions, HttpSource
 
 __all__ = ["HttpAdapter", "parse_answer", "render_body", "render_url"]
 
@@ -117,7 +117,7 @@ class HttpAdapter:
 
     def __init__(
         self,
-        config: Any,
+        config: HttpSource,
         *,
         resolver: AbstractResolver | None = None,
         health: SourceHealth | None = None,

@@ -26,10 +26,11 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from aiohttp.abc import AbstractResolver
 
+from poller.config import ImmutaSource
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, SourceHealth
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.client import Requester, SourceHealth
 
 __all__ = [
     "IMMUTA_STATES",
@@ -213,15 +214,15 @@ class ImmutaAdapter:
 
     def __init__(
         self,
-        config: Any,
+        config: ImmutaSource,
         *,
         resolver: AbstractResolver | None = None,
         health: SourceHealth | None = None,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
-        self.batch_size = max(1, int(config.batch_size))
+        self.batch_size = config.batch_size
         self.long_poll: float | None = config.long_poll or None
-        self._deadline = float(config.request_timeout)
+        self._deadline = config.request_timeout
         # a long-polling request must be given longer than it is asked to wait (the
         # client's overall deadline included); other requests keep theirs
         self._poll_deadline = (

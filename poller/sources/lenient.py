@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from poller.http import Unreadable
+from poller.sources.client import Unreadable
 
 # the one number reader, shared with the notifications; the adapters call it `lenient.number`
 from poller.units import count as count

@@ -34,10 +34,11 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver
 
+from poller.config import RulerSource
 from poller.errors import PermanentSourceError, SourceError
-from poller.http import Requester, SourceHealth, path_segment
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.lenient import MAX_TEXT, parse_time
 
 __all__ = [
@@ -76,7 +77,7 @@ MEMORY_TTL = 3600.0
 #: After the list endpoint refused (404, unreadable), the site is polled job by job this long.
 LIST_UNSUPPORTED_FOR = 600.0
 #: A site's job list grows with its jobs (~100 bytes each): a bigger cap than one status needs.
-MAX_BODY_BYTES = 8 << 20
+MAX_BODY_BYTES = RulerSource.ANSWER_CAP
 
 _COUNT_FIELDS = ("processed_rows", "success_count", "failure_count")
 _LIST_KEYS = ("jobs", "data", "items", "results", "batchjobs")
@@ -263,14 +264,14 @@ class RulerAdapter:
 
     def __init__(
         self,
-        config: Any,
+        config: RulerSource,
         *,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
         health: SourceHealth | None = None,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
-        self.list_threshold = int(getattr(config, "list_threshold", 2))
+        self.list_threshold = config.list_threshold
         # wall-clock seconds: compared with `JobRef.last_polled`, the database's poll times
         self.clock = clock
         self.requester = Requester(
@@ -282,7 +283,7 @@ class RulerAdapter:
             max_body=MAX_BODY_BYTES,
             health=health,
         )
-        self._failures_deadline = min(FAILURES_DEADLINE, float(config.request_timeout))
+        self._failures_deadline = min(FAILURES_DEADLINE, config.request_timeout)
         self._memory = _Memory()
 
     async def aclose(self) -> None:

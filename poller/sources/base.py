@@ -1,0 +1,181 @@
+"""What a source type is, and the one registry of them.
+
+A source type is declared once, as a `SourceType`: its name (the config's ``type``), its
+pydantic config model, how to build its adapter, and what its jobs take (a ``site``; bulks and
+searches). Everything else that used to list the types by hand reads this registry: the
+config's source union and its list of type names, the cross-checks of a job's keys, the CLI's
+``--site`` check and the daemon's factory.
+
+This module is low on purpose: `poller.config` imports it to derive its source union, so it
+imports neither the config nor any adapter. A type's `build` imports its adapter's module
+when it is called (`lazy_build`), which keeps the HTTP stack out of a config load and the
+import graph free of cycles.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar, Union, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from poller.errors import SourceError
+from poller.models import JobRef, PollFailure, PollOutcome
+
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractResolver
+
+    from poller.sources.client import SourceHealth
+
+A = TypeVar("A")
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the daemon needs from a job API."""
+
+    async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
+        """Poll these jobs; answer one outcome per job key (a missing key is a poll error)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Discoverer(Protocol):
+    """An adapter that can list the jobs a config entry names without ids (bulks, searches)."""
+
+    async def discover(self, job: Any) -> list[str]:
+        """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
+        ...
+
+
+def read_outcome(read: Callable[[A], PollOutcome], answer: A) -> PollOutcome:
+    """`read(answer)` for one job, or that job's `PollFailure`; never raises.
+
+    A `SourceError` becomes the failure it describes. Any other exception is one job's data
+    that its parser did not foresee (a value of an absurd size or shape): it costs that job's
+    poll, as a ``bad_answer``, and not the other jobs polled with it.
+    """
+    try:
+        return read(answer)
+    except SourceError as exc:
+        return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+    except Exception as exc:  # see the docstring
+        why = f"answer cannot be read ({type(exc).__name__})"
+        return PollFailure("bad_answer", why, transient=False)
+
+
+class Build(Protocol):
+    """Builds an adapter from its source config (the type's `SourceType.model`), an optional
+    host-name resolver for its HTTP client (tests pass one to send a source's host name to a
+    loopback server, or to make the HTTP layer fail; production uses aiohttp's default) and
+    the source's breaker (None: one with the defaults)."""
+
+    def __call__(
+        self,
+        config: Any,
+        resolver: AbstractResolver | None,
+        health: SourceHealth | None = None,
+    ) -> Source:
+        """The adapter."""
+        ...
+
+
+def lazy_build(target: str) -> Build:
+    """A `Build` for the adapter class ``"module:Class"``, imported at the first build.
+
+    The class is called as ``Class(config, resolver=..., health=...)``.
+    """
+    module_name, _, class_name = target.partition(":")
+
+    def build(
+        config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+    ) -> Source:
+        adapter_class = getattr(importlib.import_module(module_name), class_name)
+        adapter: Source = adapter_class(config, resolver=resolver, health=health)
+        return adapter
+
+    return build
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """One source type: everything poller needs to know about it, in one place.
+
+    `model` is its config model: a `config.SourceConfig` subclass whose ``type`` field is
+    ``Literal[name]``. `needs_site`: its jobs are named by a site and an id (``site`` is
+    required for a job with an id, and refused by every other type). `discovers`: it lists
+    the jobs of ``bulk`` and ``search`` entries (its adapter is a `Discoverer`).
+    `answer_cap`: the most bytes one of its answers may have, decoded (None: the HTTP client's
+    default, `client.MAX_BODY_BYTES`).
+    """
+
+    name: str
+    model: type[BaseModel]
+    build: Build
+    needs_site: bool = False
+    discovers: bool = False
+    answer_cap: int | None = None
+
+    def takes(self, key: str) -> bool:
+        """Whether a job of this type may have `key` (of the keys that depend on the type)."""
+        if key == "site":
+            return self.needs_site
+        if key in ("bulk", "search"):
+            return self.discovers
+        return True
+
+
+#: The registered source types by name, in registration order (the built-in ones are
+#: registered by `poller.config.models`, next to their models).
+_REGISTRY: dict[str, SourceType] = {}
+_UNIONS: dict[tuple[str, ...], Any] = {}
+
+
+def register(kind: SourceType) -> SourceType:
+    """Add a source type; a name already taken is an error (a type is declared once)."""
+    if kind.name in _REGISTRY:
+        raise ValueError(f"source type {kind.name!r} is already registered")
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a source type (tests that register a throwaway one)."""
+    _REGISTRY.pop(name, None)
+
+
+def source_types() -> tuple[str, ...]:
+    """The names of the registered source types, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def source_type(name: str) -> SourceType | None:
+    """The registered source type `name`, or None."""
+    return _REGISTRY.get(name)
+
+
+def registered() -> Mapping[str, SourceType]:
+    """Every registered source type, by name (a read-only view)."""
+    return _REGISTRY.copy()
+
+
+def source_union() -> Any:
+    """The pydantic annotation of one source config of any registered type, told apart by its
+    ``type``; the same object for as long as the registry does not change."""
+    names = source_types()
+    union = _UNIONS.get(names)
+    if union is None:
+        models = tuple(kind.model for kind in _REGISTRY.values())
+        # a discriminated union needs two members; with one it is that model alone
+        if len(models) > 1:
+            union = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+        else:
+            union = models[0]
+        _UNIONS[names] = union
+    return union
