@@ -1,6 +1,6 @@
 """Periodic duties of the daemon on APScheduler 3.x (the only module that imports it).
 
-APScheduler does not hold one job per watch (the database is the schedule, see DESIGN.md): it
+APScheduler does not hold one job per watch (the database is the schedule, see docs/design.md): it
 runs a handful of duties such as dispatch wake-ups, delivery retries and watchdog pings.
 """
 
