@@ -1,6 +1,6 @@
 """Delivery: send due outbox rows with Apprise and record every attempt.
 
-The outbox guarantees (SPEC.md, "Guarantees"):
+The outbox guarantees (README "Delivery"):
 
 - A delivery row is marked sent only after Apprise reports success for its channel, and each
   attempt is recorded as soon as the channel answers: a crash can repeat at most the message

@@ -61,7 +61,7 @@ class Event(StrEnum):
     RECOVERED = "recovered"
 
 
-#: The Apprise message type of each event (SPEC.md, "rule").
+#: The Apprise message type of each event (README "States and events").
 EVENT_SEVERITY: Mapping[Event, str] = {
     Event.SUCCEEDED: "success",
     Event.PARTIAL: "warning",

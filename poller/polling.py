@@ -1,6 +1,6 @@
 """Polling: claim due watches, poll them through their adapters, write results back.
 
-Data flow (DESIGN.md): due watches are claimed from the database with a lease, polled through
+Data flow (docs/design.md): due watches are claimed from the database with a lease, polled through
 their source adapter, run through the pure `states.decide`, and written back together with
 their transition, events and one outbox row per channel in one transaction (a group commit of
 many polls).

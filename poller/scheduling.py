@@ -1,7 +1,7 @@
 """Periodic duties of the daemon on APScheduler 3.x (the only module that imports it).
 
-APScheduler does not hold one job per watch (the database is the schedule, see DESIGN.md): it
-runs a handful of duties such as discovery, lease renewal and watchdog pings. The polling and
+APScheduler does not hold one job per watch (the database is the schedule, see docs/design.md):
+it runs a handful of duties such as discovery, lease renewal and watchdog pings. The polling and
 delivery engines are not among them: each is its own timer (`service.run_loop`), so that a
 second timer cannot shorten their backoff.
 """

@@ -2,7 +2,7 @@
 
 `decide` takes the watch's progress so far, one poll outcome, the polling policy, the time and
 a random number (for jitter), and returns the new progress, the transition (if the state
-changed), the events to notify, and when to poll next. It does no I/O, so the rules of SPEC.md
+changed), the events to notify, and when to poll next. It does no I/O, so the rules of polling
 ("a job is never reported terminal unless the remote API said so", backoff, timeouts, stalls,
 outages) are tested exhaustively here and nowhere else.
 """

@@ -41,6 +41,8 @@ class TestChannelReload:
         world.write_config(job_yaml("a"), extra=DELIVERY)
         world.sink.answer(503)  # down until further notice
         daemon = world.start()
+        # seen running first, so that a "started" event is queued before the job ends
+        eventually(lambda: world.status()[f"ruler-prod/{SITE}/a"]["state"] == "running")
         world.ruler.set_job(SITE, "a", status="complete")
         eventually(
             lambda: (

@@ -138,7 +138,7 @@ class TestValidConfig:
     """Configs that load, and what they load to."""
 
     def test_spec_example_loads_with_its_values(self, tmp_path: Path) -> None:
-        """The example in SPEC.md loads and every value arrives typed."""
+        """A full example config loads and every value arrives typed."""
         (tmp_path / "immuta").write_text("  immuta-key-0005\n")
         text = SPEC_EXAMPLE.replace("CREDENTIALS", str(tmp_path))
         config = load(tmp_path, text)

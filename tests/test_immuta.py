@@ -91,7 +91,7 @@ class TestStatuses:
         ],
     )
     def test_state_mapping(self, sim: ImmutaSim, remote: str, state: State) -> None:
-        """Each Immuta state maps to poller's state as SPEC.md says."""
+        """Each Immuta state maps to poller's state as the README's state table says."""
         sim.add_job("j", state=remote)
         (outcome,) = poll(config(sim.base_url), ["j"]).values()
         assert isinstance(outcome, PollResult)

@@ -114,7 +114,7 @@ class TestAgainstTheApi:
         ],
     )
     def test_status_mapping(self, sim: RulerSim, remote: str, state: State) -> None:
-        """Each Ruler status maps to poller's state as SPEC.md says."""
+        """Each Ruler status maps to poller's state as the README's state table says."""
         sim.add_job(SITE, f"map-{remote}", status=remote)
         outcome = poll(sim, f"map-{remote}")
         assert isinstance(outcome, PollResult)

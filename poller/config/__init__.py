@@ -1,4 +1,4 @@
-"""Loading and validating the config file (SPEC.md, "The config file").
+"""Loading and validating the config file (README "Config reference", config.example.yaml).
 
 `load_config` reads the YAML, replaces ``${VAR}`` references in values, reads ``x_file`` keys
 (except in ``states``, ``detail`` and ``body``, whose keys are the user's data), validates

@@ -86,7 +86,7 @@ def _check_interval_order(interval: float | None, max_interval: float | None) ->
 
 
 class PollingDefaults(_Frozen):
-    """Polling timings for every watch (SPEC.md, ``polling``); durations in seconds."""
+    """Polling timings for every watch (README "Config reference"); durations in seconds."""
 
     interval: PositiveDuration = 30.0
     backoff: Backoff = 1.5

@@ -7,7 +7,7 @@ deflate are decoded here, not by aiohttp, so that a small compressed answer cann
 the cap), and one translation of everything that can go wrong into `TransientSourceError` or
 `PermanentSourceError`. Only this module knows about the HTTP library.
 
-Why aiohttp and not the httpx API (DESIGN.md asks for httpx): measured in the same run
+Why aiohttp and not the httpx API (the project asked for httpx): measured in the same run
 (`bench/daemon.py`, README "Performance"), a GET + JSON costs about 70 µs of CPU with bare
 aiohttp and about 190 µs with httpx's API over the same aiohttp pool (`httpx-aiohttp`); request
 building, cookie extraction and the response wrappers are the difference. That alone is more

@@ -1,6 +1,6 @@
 """The Immuta jobs API: many jobs per statuses request, optional long-polling, and discovery.
 
-Endpoints (SPEC.md): ``POST {base_url}/jobs/statuses`` with ``{"jobIds": [...], "wait": s,
+Endpoints: ``POST {base_url}/jobs/statuses`` with ``{"jobIds": [...], "wait": s,
 "pollInterval": s}`` answers many jobs at once, keyed by job id; ``GET {base_url}/jobs?bulkId=``
 lists the jobs of a bulk; ``GET {base_url}/jobs/search`` finds jobs by ``jobType``, ``state``,
 ``startDate`` and ``endDate``, a page at a time (``offset``/``size``, answer ``jobs`` and
@@ -40,7 +40,7 @@ __all__ = [
     "parse_statuses",
 ]
 
-#: Immuta's job states and poller's states (SPEC.md).
+#: Immuta's job states and poller's states (the README's state table).
 IMMUTA_STATES: Mapping[str, State] = {
     "created": State.PENDING,
     "active": State.RUNNING,

@@ -1,6 +1,6 @@
 """The Ruler batch API: job status, a site's job list, and the rows a job failed on.
 
-Three endpoints (SPEC.md): ``GET {base_url}/{siteId}/batch/{jobId}/status`` answers one job
+Three endpoints: ``GET {base_url}/{siteId}/batch/{jobId}/status`` answers one job
 with its counts; ``GET {base_url}/{siteId}/batch/jobs`` lists every job of a site with its status
 and progress; ``GET {base_url}/{siteId}/batch/{jobId}/failures?format=json`` gives the rows a
 finished job failed on.
@@ -52,7 +52,7 @@ __all__ = [
     "parse_time",
 ]
 
-#: Ruler's statuses and poller's states (SPEC.md).
+#: Ruler's statuses and poller's states (the README's state table).
 RULER_STATES: Mapping[str, State] = {
     "pending": State.PENDING,
     "processing": State.RUNNING,
