@@ -10,9 +10,12 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, TypeAlias, TypeVar, dataclass_transform
 
 T = TypeVar("T")
+
+#: A value decoded from JSON: what job APIs answer and what JSON columns hold.
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
