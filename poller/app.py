@@ -14,9 +14,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any
 
 from aiohttp.abc import AbstractResolver
 
@@ -222,7 +221,7 @@ class Daemon:
             db.close()
             store.close()
 
-    def _renewer(self, db: DbThread) -> Callable[[], Any]:
+    def _renewer(self, db: DbThread) -> Callable[[], Awaitable[None]]:
         """A duty that keeps this process's leases alive while it works."""
 
         async def renew() -> None:
@@ -234,7 +233,7 @@ class Daemon:
 
         return renew
 
-    def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Any]:
+    def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Awaitable[None]]:
         """The discovery duty: lists bulks and searches of the config in force (issue 3)."""
         discovery = Discovery(
             lambda specs: db.call(db.store.add_new_watches, specs, self.clock()), log=log
@@ -252,7 +251,7 @@ class Daemon:
 
         return discover
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None], what: str) -> None:
         """Run `coro` in the background; if it fails, say so at once (no one awaits it)."""
         task = asyncio.create_task(coro)
         self._closing.add(task)

@@ -22,7 +22,7 @@ from rich.table import Table
 from poller.config import Config, format_duration, load_config
 from poller.errors import ConfigError, PollerError
 from poller.models import TERMINAL_STATES, State, Watch, WatchSpec
-from poller.store.repo import Undelivered, safe_url
+from poller.store.repo import Store, Undelivered, safe_url
 from poller.terminal import plain, printable
 
 app = typer.Typer(
@@ -73,7 +73,7 @@ def _config(path: str | None) -> Config:
         raise typer.Exit(2) from None
 
 
-def _store(config: Config) -> Any:
+def _store(config: Config) -> Store:
     from poller.app import open_store
 
     try:

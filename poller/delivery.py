@@ -31,16 +31,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Unpack
 
 from poller import delivery_policy as policy
 from poller.config import DeliveryConfig
 from poller.delivery_policy import ChannelState, Hold, SendDigest
 from poller.errors import NotifyError
+from poller.logs import Logger
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
-from poller.service import Engine, Runtime, run_loop
+from poller.service import DbThread, Engine, EngineOptions, Runtime, run_loop
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
@@ -67,8 +68,14 @@ def channel_renames(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str,
 class DeliveryEngine(Engine):
     """Sends due outbox rows: one task per channel, each channel's messages in order."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        db: DbThread,
+        runtime: Callable[[], Runtime],
+        owner: str,
+        **options: Unpack[EngineOptions],
+    ) -> None:
+        super().__init__(db, runtime, owner, **options)
         #: messages that went out (a digest counts once) and the deliveries they covered
         self.sent = 0
         self.delivered = 0
@@ -87,8 +94,7 @@ class DeliveryEngine(Engine):
 
     def settings(self) -> DeliveryConfig:
         """The delivery settings in force (they follow reloads)."""
-        found = getattr(self.runtime().config, "delivery", None)
-        return found if isinstance(found, DeliveryConfig) else DeliveryConfig()
+        return self.runtime().config.delivery
 
     def _wait(self) -> float:
         digest = self.settings().digest
@@ -145,7 +151,7 @@ class DeliveryEngine(Engine):
 
     def _served(self, channel: str, task: asyncio.Task[None]) -> None:
         self._busy.pop(channel, None)
-        if not task.cancelled() and (exc := task.exception()) is not None and self.log:
+        if not task.cancelled() and (exc := task.exception()) is not None:
             # `_serve` handles its own errors; this is a bug, and must not end the engine
             self.log.error(
                 "delivery crashed", channel=channel, error=f"{type(exc).__name__}: {exc}"
@@ -201,12 +207,11 @@ class DeliveryEngine(Engine):
         except Exception as exc:
             # Most often the database went away. The leases this process holds are renewed
             # while it runs, so what this round claimed must be given back explicitly.
-            if self.log:
-                self.log.error(
-                    "delivery failed; retrying",
-                    channel=channel,
-                    error=f"{type(exc).__name__}: {one_line(str(exc), 300)}",
-                )
+            self.log.error(
+                "delivery failed; retrying",
+                channel=channel,
+                error=f"{type(exc).__name__}: {one_line(str(exc), 300)}",
+            )
             await self._give_back([d.id for d in claimed])
 
     async def _round(
@@ -261,7 +266,7 @@ class DeliveryEngine(Engine):
             now + self.tuning.lease,
         )
         self._lease_known[channel] = now
-        if len(held) < len(claimed) and self.log:
+        if len(held) < len(claimed):
             self.log.warning(
                 "deliveries taken over by another replica while this one was frozen",
                 channel=channel,
@@ -276,7 +281,7 @@ class DeliveryEngine(Engine):
         await self.db.call(
             self.db.store.defer_deliveries, self.owner, [d.id for d in claimed], until
         )
-        if self.log and log:
+        if log:
             self.log.info(
                 "deliveries held for a digest",
                 channel=channel,
@@ -296,32 +301,29 @@ class DeliveryEngine(Engine):
         """
         payload = delivery.payload
         log = self._bind(channel, delivery)
-        template_for = getattr(runtime.config, "template_for", None)
-        if template_for is not None:
-            tags = payload.get("tags")
-            template = template_for(
-                channel,
-                delivery.kind,
-                str(payload.get("source") or ""),
-                tags if isinstance(tags, list) else [],
-            )
-            if template is not None:
-                try:
-                    title, body = await asyncio.to_thread(
-                        lambda: template.compiled().render(delivery.kind, payload)
-                    )
-                    fmt: Format = template.format
-                    return title, body, fmt
-                except Exception as exc:
-                    # a template that breaks on odd data must not cost the message
-                    if log:
-                        log.warning(
-                            "template failed; sending poller's own message",
-                            error=f"{type(exc).__name__}: {one_line(str(exc), 200)}",
-                        )
+        tags = payload.get("tags")
+        template = runtime.config.template_for(
+            channel,
+            delivery.kind,
+            str(payload.get("source") or ""),
+            tags if isinstance(tags, list) else [],
+        )
+        if template is not None:
+            try:
+                title, body = await asyncio.to_thread(
+                    lambda: template.compiled().render(delivery.kind, payload)
+                )
+                fmt: Format = template.format
+                return title, body, fmt
+            except Exception as exc:
+                # a template that breaks on odd data must not cost the message
+                log.warning(
+                    "template failed; sending poller's own message",
+                    error=f"{type(exc).__name__}: {one_line(str(exc), 200)}",
+                )
         fmt = runtime.notifier.format_for(channel)
         (title, body), error = render_safely(delivery.kind, payload, fmt)
-        if error is not None and log:
+        if error is not None:
             log.warning("message could not be written; sending a minimal one", error=error)
         return title, body, fmt
 
@@ -367,8 +369,7 @@ class DeliveryEngine(Engine):
                 outcome = self._failed(delivery, exc.answer, exc.retry_after, settings)
                 error = exc
             except Exception as exc:  # Apprise plugins can raise; the row must still be recorded
-                if log:
-                    log.exception("delivery crashed")
+                log.exception("delivery crashed")
                 outcome = self._failed(
                     delivery, f"{type(exc).__name__} while sending", None, settings
                 )
@@ -385,8 +386,7 @@ class DeliveryEngine(Engine):
                 self.sent += 1
                 self.delivered += 1
                 failures = 0
-                if log:
-                    log.info("delivered", attempts=delivery.attempts + 1, answer=answer)
+                log.info("delivered", attempts=delivery.attempts + 1, answer=answer)
                 continue
             # Recorded at once: a crash then repeats nothing and loses nothing.
             await self.db.call(self.db.store.finish_deliveries, self.owner, [outcome], self.clock())
@@ -412,7 +412,7 @@ class DeliveryEngine(Engine):
         (title, body, severity), problem = render_digest_safely(
             [(d.kind, d.payload) for d in claimed], fmt, settings.digest.max_jobs
         )
-        if problem is not None and self.log:
+        if problem is not None:
             self.log.warning(
                 "digest could not be written; sending a minimal one",
                 channel=channel,
@@ -437,19 +437,18 @@ class DeliveryEngine(Engine):
             )
             # one attempt for all of them, recorded together
             await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
-            if self.log:
-                log = self.log.bind(channel=channel)
-                retrying = [o for o in outcomes if o.retry_at is not None]
-                if retrying:
-                    log.warning(
-                        "digest failed",
-                        error=error,
-                        count=len(retrying),
-                        retry_in=round((retrying[0].retry_at or 0) - self.clock(), 1),
-                    )
-                for delivery, outcome in zip(claimed, outcomes, strict=True):
-                    if outcome.retry_at is None:
-                        self._log_failure(self._bind(channel, delivery), delivery, outcome)
+            log = self.log.bind(channel=channel)
+            retrying = [o for o in outcomes if o.retry_at is not None]
+            if retrying:
+                log.warning(
+                    "digest failed",
+                    error=error,
+                    count=len(retrying),
+                    retry_in=round((retrying[0].retry_at or 0) - self.clock(), 1),
+                )
+            for delivery, outcome in zip(claimed, outcomes, strict=True):
+                if outcome.retry_at is None:
+                    self._log_failure(self._bind(channel, delivery), delivery, outcome)
             return False
         now = self.clock()
         # All of them in one transaction, only now that the digest went out.
@@ -462,14 +461,13 @@ class DeliveryEngine(Engine):
         self._note_sent(channel, now, len(claimed))
         self.sent += 1
         self.delivered += len(claimed)
-        if self.log:
-            self.log.info(
-                "digest delivered",
-                channel=channel,
-                events=len(claimed),
-                watches=sorted({str(d.payload.get("key")) for d in claimed})[:20],
-                answer=answer,
-            )
+        self.log.info(
+            "digest delivered",
+            channel=channel,
+            events=len(claimed),
+            watches=sorted({str(d.payload.get("key")) for d in claimed})[:20],
+            answer=answer,
+        )
         return True
 
     async def _pause(
@@ -519,13 +517,12 @@ class DeliveryEngine(Engine):
                 MISSING_CHANNEL,
                 self.clock(),
             )
-            if self.log:
-                self.log.warning(
-                    "deliveries kept: their channel is not in the config",
-                    channel=channel,
-                    count=len(keep.kept),
-                    recheck_in=round(until - now, 1),
-                )
+            self.log.warning(
+                "deliveries kept: their channel is not in the config",
+                channel=channel,
+                count=len(keep.kept),
+                recheck_in=round(until - now, 1),
+            )
 
     async def follow_channels(self, old: Mapping[str, str], new: Mapping[str, str]) -> None:
         """After a reload from channels `old` to `new` (name -> URL; at start, `old` is empty):
@@ -535,7 +532,7 @@ class DeliveryEngine(Engine):
         moved, due = await self.db.call(
             self.db.store.follow_channels, renamed, list(new), MISSING_CHANNEL, self.clock()
         )
-        if self.log and (moved or due):
+        if moved or due:
             self.log.info(
                 "pending deliveries follow their channels",
                 renamed=renamed,
@@ -555,16 +552,12 @@ class DeliveryEngine(Engine):
     ) -> DeliveryOutcome:
         return policy.failed(delivery, error, retry_after, settings, self.clock(), self.rand)
 
-    def _bind(self, channel: str, delivery: Delivery) -> Any:
-        if not self.log:
-            return None
+    def _bind(self, channel: str, delivery: Delivery) -> Logger:
         return self.log.bind(
             channel=channel, watch=delivery.payload.get("key"), kind=delivery.kind.value
         )
 
-    def _log_failure(self, log: Any, delivery: Delivery, outcome: DeliveryOutcome) -> None:
-        if not log:
-            return
+    def _log_failure(self, log: Logger, delivery: Delivery, outcome: DeliveryOutcome) -> None:
         if outcome.retry_at is None:
             log.error(
                 "delivery given up",

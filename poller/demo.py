@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from poller.app import Daemon
-from poller.config import load_config
+from poller.config import Config, load_config
 from poller.logs import configure
 from poller.store.repo import Store
 from poller.terminal import plain
@@ -176,7 +176,7 @@ def run_demo(extra_urls: list[str], speed: float, console: Console) -> int:
         return code
 
 
-async def _run(config: Any, deadline: float) -> int:
+async def _run(config: Config, deadline: float) -> int:
     daemon = Daemon(config)
     runner = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from poller.config import Config, JobConfig
 from poller.errors import SourceError
+from poller.logs import Logger
 from poller.models import WatchSpec
 from poller.sources import Discoverer, Source
 
@@ -49,7 +50,7 @@ class DiscoveryReport:
     failed: tuple[str, ...] = ()
 
 
-def discovery_entries(config: Any) -> list[tuple[int, Any]]:
+def discovery_entries(config: Config) -> list[tuple[int, JobConfig]]:
     """The config's job entries that name a bulk or a search, with their index in ``jobs``."""
     return [
         (index, job)
@@ -58,7 +59,7 @@ def discovery_entries(config: Any) -> list[tuple[int, Any]]:
     ]
 
 
-def discovery_interval(config: Any) -> float:
+def discovery_interval(config: Config) -> float:
     """The shortest ``discovery_interval`` of the sources that have bulks or searches.
 
     Sources without one (and configs without bulks or searches) count as `DEFAULT_INTERVAL`.
@@ -70,7 +71,7 @@ def discovery_interval(config: Any) -> float:
     return min(intervals, default=DEFAULT_INTERVAL)
 
 
-def _describe(index: int, job: Any) -> str:
+def _describe(index: int, job: JobConfig) -> str:
     what = f"bulk {job.bulk}" if job.bulk is not None else "search"
     return f"jobs[{index}] ({what} on {job.source})"
 
@@ -81,13 +82,13 @@ class Discovery:
     It remembers the keys it has seen exist, so that a run only sends new jobs to the store.
     """
 
-    def __init__(self, add_watches: AddWatches, *, log: Any = None) -> None:
+    def __init__(self, add_watches: AddWatches, *, log: Logger) -> None:
         self.add_watches = add_watches
         self.log = log
         self._known: set[str] = set()
         self._refused: set[tuple[int, str]] = set()
 
-    async def run(self, config: Any, sources: Mapping[str, Source]) -> DiscoveryReport:
+    async def run(self, config: Config, sources: Mapping[str, Source]) -> DiscoveryReport:
         """List every bulk and search of `config` once; add watches for the new jobs."""
         entries = discovery_entries(config)
         if not entries:
@@ -128,37 +129,33 @@ class Discovery:
         # Only keys listed now need remembering (plus, while an entry fails, the old ones):
         # the memory follows what the bulks and searches hold, not every job ever seen.
         self._known = listed_keys | self._known if failed else listed_keys
-        if self.log and added:
+        if added:
             self.log.info("discovered", added=len(added), keys=list(added[:20]))
         return DiscoveryReport(found=found, added=tuple(added), failed=tuple(failed))
 
-    def _skip(self, index: int, job: Any, job_id: str, problems: Sequence[str]) -> None:
+    def _skip(self, index: int, job: JobConfig, job_id: str, problems: Sequence[str]) -> None:
         """Log a listed job that cannot be watched (say, an id too long), once per process."""
         where = (index, job_id)
         if where in self._refused:
             return
         self._refused.add(where)
-        if self.log:
-            self.log.warning(
-                "discovered job not watched",
-                entry=_describe(index, job),
-                job_id=job_id[:300],
-                problems=list(problems),
-            )
+        self.log.warning(
+            "discovered job not watched",
+            entry=_describe(index, job),
+            job_id=job_id[:300],
+            problems=list(problems),
+        )
 
-    async def _list(self, index: int, job: Any, source: Source | None) -> list[str] | None:
+    async def _list(self, index: int, job: JobConfig, source: Source | None) -> list[str] | None:
         """The ids an entry stands for, or None (logged) if they cannot be had now."""
         where = _describe(index, job)
         if not isinstance(source, Discoverer):
-            if self.log:
-                self.log.warning("cannot discover: the source lists no jobs", entry=where)
+            self.log.warning("cannot discover: the source lists no jobs", entry=where)
             return None
         try:
             return list(await source.discover(job))
         except SourceError as exc:
-            if self.log:
-                self.log.warning("discovery failed", entry=where, kind=exc.kind, error=exc.message)
+            self.log.warning("discovery failed", entry=where, kind=exc.kind, error=exc.message)
         except Exception as exc:  # an adapter bug costs this run, not the daemon
-            if self.log:
-                self.log.exception("discovery crashed", entry=where, error=type(exc).__name__)
+            self.log.exception("discovery crashed", entry=where, error=type(exc).__name__)
         return None

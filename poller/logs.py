@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 import structlog.tracebacks
@@ -25,7 +25,36 @@ LEVELS = {
 }
 
 
-def _printable_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+class Logger(Protocol):
+    """What the daemon's code asks of a logger: structlog's bound loggers (`get_logger`) have
+    it, and so does a test's recorder. Fields are any values; the renderer turns them to text."""
+
+    def bind(self, **fields: object) -> Logger:
+        """A logger that adds `fields` to every line it logs."""
+        ...
+
+    def debug(self, event: str, **fields: object) -> object:
+        """Log `event` at debug level."""
+        ...
+
+    def info(self, event: str, **fields: object) -> object:
+        """Log `event` at info level."""
+        ...
+
+    def warning(self, event: str, **fields: object) -> object:
+        """Log `event` at warning level."""
+        ...
+
+    def error(self, event: str, **fields: object) -> object:
+        """Log `event` at error level."""
+        ...
+
+    def exception(self, event: str, **fields: object) -> object:
+        """Log `event` at error level with the exception being handled."""
+        ...
+
+
+def _printable_values(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Text values shown as text on a terminal: an id or a status from an API with an escape
     sequence in it must not drive the operator's terminal (JSON lines escape them anyway)."""
     return {k: printable(v, lines=True) if isinstance(v, str) else v for k, v in event.items()}
@@ -83,6 +112,7 @@ class _ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):
         return scrub_logged(super().format(record))
 
 
-def get_logger(name: str = "poller") -> Any:
+def get_logger(name: str = "poller") -> Logger:
     """A structlog logger bound to `name`."""
-    return structlog.get_logger(name)
+    logger: Logger = structlog.get_logger(name)
+    return logger

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
+from poller.config import Config
 from poller.models import Event, EventRecord, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
-from poller.service import Engine, Runtime, error_line, run_loop
+from poller.service import DbThread, Engine, EngineOptions, Runtime, error_line, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
 
@@ -71,8 +72,14 @@ class PollEngine(Engine):
     claim for every watch or two that comes due.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        db: DbThread,
+        runtime: Callable[[], Runtime],
+        owner: str,
+        **options: Unpack[EngineOptions],
+    ) -> None:
+        super().__init__(db, runtime, owner, **options)
         #: called after a group commit queued deliveries (the app wakes the delivery engine)
         self.on_deliveries: Callable[[], None] = lambda: None
         #: watches claimed and not yet written back
@@ -85,9 +92,9 @@ class PollEngine(Engine):
         #: set when the daemon stops: a failing flusher stops waiting to retry
         self._draining = asyncio.Event()
         self._policies: dict[tuple[str, tuple[tuple[str, float], ...]], Policy] = {}
-        self._policies_of: Any = None
+        self._policies_of: Config | None = None
         self._source_secrets: dict[str, tuple[str, ...]] = {}
-        self._secrets_of: Any = None
+        self._secrets_of: Config | None = None
 
     # -- dispatching ----------------------------------------------------------------
 
@@ -159,8 +166,7 @@ class PollEngine(Engine):
         except Exception:
             # A bug here must not kill the dispatcher; the leases expire and the watches are
             # polled again.
-            if self.log:
-                self.log.exception("poll crashed", source=source_name, watches=len(watches))
+            self.log.exception("poll crashed", source=source_name, watches=len(watches))
         finally:
             self.in_flight -= len(watches)
             if self._starved and self.in_flight <= self.tuning.max_in_flight // 2:
@@ -183,8 +189,7 @@ class PollEngine(Engine):
                 return outcomes
             return {key: scrub_outcome(outcome, secrets) for key, outcome in outcomes.items()}
         except Exception as exc:  # an adapter bug costs these watches one poll, not the daemon
-            if self.log:
-                self.log.exception("adapter crashed", source=source_name)
+            self.log.exception("adapter crashed", source=source_name)
             failure = PollFailure("internal", f"{type(exc).__name__} in the {source_name} adapter")
             return {w.key: failure for w in watches}
 
@@ -217,8 +222,7 @@ class PollEngine(Engine):
         try:
             return self._write_back(runtime, watch, outcome, now)
         except Exception as exc:
-            if self.log:
-                self.log.exception("poll result not recorded", watch=watch.key)
+            self.log.exception("poll result not recorded", watch=watch.key)
             failure = PollFailure("internal", f"{type(exc).__name__} while recording this poll")
         try:
             return self._write_back(runtime, watch, failure, now, Policy())
@@ -245,9 +249,7 @@ class PollEngine(Engine):
             )
             for kind in decision.events
         ]
-        if self.log and (
-            decision.events or decision.transition or isinstance(outcome, PollFailure)
-        ):
+        if decision.events or decision.transition or isinstance(outcome, PollFailure):
             self._log_poll(watch, outcome, decision)
         return WriteBack(
             watch=watch,
@@ -301,14 +303,13 @@ class PollEngine(Engine):
             except Exception as exc:
                 failures += 1
                 retry_in = min(30.0, 0.5 * 2.0 ** min(failures - 1, 6))
-                if self.log:
-                    self.log.error(
-                        "write-back failed; results kept and retried",
-                        error=error_line(exc),
-                        results=len(self._pending),
-                        failures=failures,
-                        retry_in=retry_in,
-                    )
+                self.log.error(
+                    "write-back failed; results kept and retried",
+                    error=error_line(exc),
+                    results=len(self._pending),
+                    failures=failures,
+                    retry_in=retry_in,
+                )
                 if self._draining.is_set():
                     return  # `drain` makes the last attempt
                 with contextlib.suppress(TimeoutError):
@@ -335,7 +336,7 @@ class PollEngine(Engine):
                 self._pending[:0] = batch
                 raise
             probe = False
-            if report.fenced and self.log:
+            if report.fenced:
                 self.log.warning(
                     "stale results dropped", watches=report.fenced[:20], count=len(report.fenced)
                 )
@@ -349,12 +350,11 @@ class PollEngine(Engine):
             await self.db.call(self.db.store.release_watches, self.owner, [item.watch.id])
         except Exception:
             return False
-        if self.log:
-            self.log.error(
-                "poll result could not be stored; the watch will be polled again",
-                watch=item.watch.key,
-                error=error_line(error),
-            )
+        self.log.error(
+            "poll result could not be stored; the watch will be polled again",
+            watch=item.watch.key,
+            error=error_line(error),
+        )
         return True
 
     async def drain(self, grace: float) -> None:
@@ -374,12 +374,11 @@ class PollEngine(Engine):
         try:
             await self.flush()
         except Exception as exc:
-            if self.log:
-                self.log.error(
-                    "results not written before stopping; their watches will be polled again",
-                    error=error_line(exc),
-                    results=len(self._pending),
-                )
+            self.log.error(
+                "results not written before stopping; their watches will be polled again",
+                error=error_line(exc),
+                results=len(self._pending),
+            )
 
 
 def _groups(watches: list[Watch], size: int, spread: float) -> list[list[Watch]]:

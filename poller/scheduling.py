@@ -8,9 +8,8 @@ second timer cannot shorten their backoff.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -26,8 +25,10 @@ class Duties:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
 
-    def every(self, seconds: float, duty: Callable[[], Any | Awaitable[Any]], name: str) -> None:
-        """Run `duty` every `seconds`, replacing a duty of the same name."""
+    def every(self, seconds: float, duty: Callable[[], object], name: str) -> None:
+        """Run `duty` every `seconds`, replacing a duty of the same name.
+
+        A coroutine function's coroutine is awaited; what a duty returns is not used."""
         self._scheduler.add_job(
             duty, IntervalTrigger(seconds=seconds), id=name, name=name, replace_existing=True
         )

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ParamSpec, TypeVar
+from typing import NotRequired, ParamSpec, TypedDict, TypeVar
 
+from poller.config import Config
+from poller.logs import Logger
 from poller.notify import Notifier, RuleLike
 from poller.sources import Source
 from poller.store.repo import Store
@@ -46,7 +48,7 @@ class DbThread:
 class Runtime:
     """What a reload replaces: the config, its source adapters, channels and rules."""
 
-    config: Any  # config.Config; typed loosely so that this module does not import config
+    config: Config
     sources: Mapping[str, Source]
     notifier: Notifier
     rules: Sequence[RuleLike]
@@ -92,6 +94,15 @@ async def nap(wakeup: asyncio.Event, due: float | None, now: float, longest: flo
         await asyncio.wait_for(wakeup.wait(), timeout=max(wait, 0.005))
 
 
+class EngineOptions(TypedDict):
+    """`Engine`'s keyword arguments, so that the engines built on it take them typed."""
+
+    log: Logger
+    tuning: NotRequired[Tuning | None]
+    clock: NotRequired[Callable[[], float]]
+    rand: NotRequired[Callable[[], float]]
+
+
 class Engine:
     """What the polling and delivery engines are both built from."""
 
@@ -101,10 +112,10 @@ class Engine:
         runtime: Callable[[], Runtime],
         owner: str,
         *,
+        log: Logger,
         tuning: Tuning | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
-        log: Any = None,
     ) -> None:
         self.db = db
         self.runtime = runtime
@@ -124,7 +135,7 @@ async def run_loop(
     stopping: asyncio.Event,
     clock: Callable[[], float],
     idle: float,
-    log: Any = None,
+    log: Logger,
 ) -> None:
     """Run `step` until `stopping`; each step returns when the next one is due (None: idle).
 
@@ -141,13 +152,12 @@ async def run_loop(
         except Exception as exc:
             failures += 1
             retry_in = failure_wait(failures)
-            if log:
-                log.error(
-                    f"{name} failed; retrying",
-                    error=error_line(exc),
-                    failures=failures,
-                    retry_in=retry_in,
-                )
+            log.error(
+                f"{name} failed; retrying",
+                error=error_line(exc),
+                failures=failures,
+                retry_in=retry_in,
+            )
             await nap(stopping, None, 0.0, retry_in)
             continue
         failures = 0

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from poller.config import Config
 from poller.models import Event, JobRef, PollFailure, State, WatchProgress, WatchSpec
 from poller.redact import scrub_outcome, secrets_of
 from poller.sources import build_source
@@ -22,7 +22,7 @@ from poller.terminal import plain, printable
 EXIT_SUCCEEDED, EXIT_ENDED_OTHERWISE, EXIT_TIMED_OUT = 0, 1, 3
 
 
-async def wait_for_job(config: Any, spec: WatchSpec, console: Console) -> int:
+async def wait_for_job(config: Config, spec: WatchSpec, console: Console) -> int:
     """Poll until the job ends; returns 0 succeeded, 1 ended otherwise, 3 timed out."""
     policy = config.policy_for(spec.source)
     adapter = build_source(config.sources[spec.source], max_pause=policy.max_interval)

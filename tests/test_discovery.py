@@ -74,7 +74,7 @@ class Run:
     def __init__(self, store: Store, config: Config) -> None:
         self.store, self.config = store, config
         self.sent: list[int] = []
-        self.discovery = Discovery(self.add)
+        self.discovery = Discovery(self.add, log=_logger())
 
     async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
         self.sent.append(len(specs))
@@ -173,7 +173,6 @@ class TestDiscovery:
             "  - {source: im, bulk: b}\n  - {source: im, search: {state: failed}}",
         )
         run = Run(store, config)
-        run.discovery.log = _logger()
         with capture_logs() as logs:
             report = run()
         assert report.added == ("im/a",)
@@ -202,7 +201,7 @@ class TestDiscovery:
         none = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, id: x}")
         assert discovery_interval(none) == DEFAULT_INTERVAL
         # a config without bulks or searches: a run that lists nothing and adds nothing
-        assert asyncio.run(Discovery(_never).run(none, {})) == DiscoveryReport()
+        assert asyncio.run(Discovery(_never, log=_logger()).run(none, {})) == DiscoveryReport()
 
 
 async def _never(specs: Sequence[WatchSpec]) -> list[str]:
