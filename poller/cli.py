@@ -21,7 +21,7 @@ from rich.table import Table
 
 from poller.config import Config, format_duration, load_config
 from poller.errors import ConfigError, PollerError
-from poller.models import TERMINAL_STATES, State, Watch, WatchSpec
+from poller.models import TERMINAL_STATES, JsonValue, State, Watch, WatchSpec
 from poller.store.repo import Store, Undelivered, safe_url
 from poller.terminal import plain, printable
 
@@ -101,7 +101,7 @@ def _ago(ts: float | None, now: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> dict[str, Any]:
+def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> dict[str, JsonValue]:
     """The JSON shape of one watch in `status --json`.
 
     `undelivered` counts the watch's deliveries still ``pending`` and ``given_up``.
@@ -136,7 +136,7 @@ def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> di
     }
 
 
-def undelivered_json(entry: Undelivered) -> dict[str, Any]:
+def undelivered_json(entry: Undelivered) -> dict[str, JsonValue]:
     """The JSON shape of one undelivered (pending or given-up) notification."""
     return {
         "key": entry.key,

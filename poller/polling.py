@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any, Unpack
+from typing import Unpack
 
 from poller.config import Config
-from poller.models import Event, EventRecord, Policy, PollFailure, PollOutcome, Watch
+from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
 from poller.service import DbThread, Engine, EngineOptions, Runtime, error_line, run_loop
@@ -26,7 +26,9 @@ from poller.store.repo import WriteBack
 PROBE_AFTER = 2
 
 
-def event_payload(watch: Watch, decision: Decision, kind: Event, now: float) -> dict[str, Any]:
+def event_payload(
+    watch: Watch, decision: Decision, kind: Event, now: float
+) -> dict[str, JsonValue]:
     """Everything a message about this event may show, as it was when it happened."""
     p = decision.progress
     previous = watch.progress.state
