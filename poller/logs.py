@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import structlog
 import structlog.tracebacks
+from structlog.typing import EventDict, Processor
 
 from poller.redact import scrub_logged
 from poller.terminal import printable
@@ -54,7 +55,7 @@ class Logger(Protocol):
         ...
 
 
-def _printable_values(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _printable_values(_logger: object, _name: str, event: EventDict) -> EventDict:
     """Text values shown as text on a terminal: an id or a status from an API with an escape
     sequence in it must not drive the operator's terminal (JSON lines escape them anyway)."""
     return {k: printable(v, lines=True) if isinstance(v, str) else v for k, v in event.items()}
@@ -63,18 +64,18 @@ def _printable_values(_logger: object, _name: str, event: dict[str, Any]) -> dic
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
     """Set up structlog and stdlib logging for the whole process (idempotent)."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any
+    renderer: Processor
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     else:
         renderer = structlog.processors.JSONRenderer()
-    final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if use_console:
         final.append(_printable_values)
     if not use_console:
