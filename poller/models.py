@@ -310,7 +310,8 @@ class EventRecord:
 
     kind: Event
     at: float
-    payload: Mapping[str, Any]
+    #: what messages show (`events.EventPayload.to_json`)
+    payload: Mapping[str, JsonValue]
     channels: tuple[str, ...]
 
 
@@ -323,7 +324,8 @@ class Delivery:
     attempts: int
     created_at: float
     kind: Event
-    payload: Mapping[str, Any]
+    #: the event's stored payload, read by `events.EventPayload.from_json`
+    payload: Mapping[str, JsonValue]
 
 
 @dataclass(frozen=True)

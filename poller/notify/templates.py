@@ -22,7 +22,7 @@ import jinja2.meta
 import jinja2.nodes
 import jinja2.sandbox
 
-from poller.models import Event
+from poller.models import Event, JsonValue
 from poller.notify.render import MARKERS, event_facts, render
 from poller.notify.text import MAX_BODY, MAX_TITLE, Format, cut, md_escape, one_line
 
@@ -256,7 +256,7 @@ class MessageTemplate:
     body: jinja2.Template | None
     format: Format = "text"
 
-    def context(self, kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def context(self, kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
         """The template variables for one event (Markdown-escaped for a Markdown template)."""
         facts = event_facts(kind, payload)
         title, body = render(kind, payload, self.format)
@@ -264,7 +264,7 @@ class MessageTemplate:
         variables["title"], variables["body"] = title, body
         return variables
 
-    def render(self, kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
+    def render(self, kind: Event, payload: Mapping[str, object]) -> tuple[str, str]:
         """Title and body for one event; raises what the template raises."""
         variables = self.context(kind, payload)
         title, body = variables["title"], variables["body"]
@@ -277,7 +277,7 @@ class MessageTemplate:
 
 
 #: Events the templates are tried on at load time, so that an error shows up then.
-SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, Any]], ...] = (
+SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, JsonValue]], ...] = (
     (
         Event.FAILED,
         {
