@@ -100,13 +100,13 @@ def _when(ts: float | None) -> str:
         return ""
 
 
-def _text_or_none(value: Any, limit: int = MAX_FIELD) -> str | None:
+def _text_or_none(value: object, limit: int = MAX_FIELD) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return one_line(value, limit)
 
 
-def _output_text(output: Any) -> str | None:
+def _output_text(output: object) -> str | None:
     """A job's output (any JSON) as text for a message, cut to `MAX_OUTPUT`."""
     if output is None or output == "" or output == {} or output == []:
         return None
