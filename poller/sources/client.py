@@ -37,12 +37,11 @@ import yarl
 from aiolimiter import AsyncLimiter
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
+from poller.models import MAX_WAIT
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: No server may park a whole source for longer than this with one Retry-After.
-MAX_RETRY_AFTER = 3600.0
 #: The longest pause of a whole source (`SourceHealth`) after failed probes; a shorter
 #: ``max_interval`` of the source bounds it further.
 MAX_PAUSE = 300.0
@@ -217,7 +216,7 @@ class SourceHealth:
                 self._open(now)
         # else: a request sent before the breaker opened; its failure is no news
         if error.retry_after is not None:
-            self.open_until = max(self.open_until, now + min(error.retry_after, MAX_RETRY_AFTER))
+            self.open_until = max(self.open_until, now + min(error.retry_after, MAX_WAIT))
 
     def probe_ended(self, probe: int) -> None:
         """Probe number `probe` ended, maybe without an outcome (cancelled, or a failure that
