@@ -306,7 +306,8 @@ class DeliveryEngine(Engine):
             channel,
             delivery.kind,
             str(payload.get("source") or ""),
-            tags if isinstance(tags, list) else [],
+            # polling stores tags as text; anything else in a stored payload matches no rule
+            [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else [],
         )
         if template is not None:
             try:

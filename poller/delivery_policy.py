@@ -22,11 +22,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from poller.models import Delivery, DeliveryOutcome, record
+from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, record
 from poller.states import delivery_wait
 
-#: A Retry-After longer than this is not believed (a hostile header cannot park a channel).
-MAX_RETRY_AFTER = 3600.0
 #: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
 FAILURES_BEFORE_PAUSE = 2
 #: How often deliveries for a channel that is not in the config look for it again (a reload
@@ -147,10 +145,10 @@ def retry_wait(
 ) -> float:
     """The wait before retrying after `attempts` failed sends (>= 1): exponential from
     `retry_initial` up to `retry_max` with jitter, and at least a `Retry-After` the service
-    gave (believed up to `MAX_RETRY_AFTER`)."""
+    gave (believed up to `MAX_WAIT`)."""
     wait = delivery_wait(attempts, rand(), base=settings.retry_initial, cap=settings.retry_max)
     if retry_after is not None:
-        wait = max(wait, min(retry_after, MAX_RETRY_AFTER))
+        wait = max(wait, min(retry_after, MAX_WAIT))
     return wait
 
 

@@ -17,6 +17,11 @@ T = TypeVar("T")
 #: A value decoded from JSON: what job APIs answer and what JSON columns hold.
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 
+#: The longest wait poller accepts from anyone, in seconds: however long a Retry-After or a
+#: backoff asks for, a watch's next poll, a paused source and a channel's retry come within an
+#: hour, so a hostile header cannot park a watch, a source or a channel.
+MAX_WAIT = 3600.0
+
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def record(cls: type[T]) -> type[T]:
@@ -305,7 +310,8 @@ class EventRecord:
 
     kind: Event
     at: float
-    payload: Mapping[str, Any]
+    #: what messages show (`events.EventPayload.to_json`)
+    payload: Mapping[str, JsonValue]
     channels: tuple[str, ...]
 
 
@@ -318,7 +324,8 @@ class Delivery:
     attempts: int
     created_at: float
     kind: Event
-    payload: Mapping[str, Any]
+    #: the event's stored payload, read by `events.EventPayload.from_json`
+    payload: Mapping[str, JsonValue]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Unpack
 
 from poller.config import Config
+from poller.events import EventPayload
 from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
@@ -29,26 +30,26 @@ PROBE_AFTER = 2
 def event_payload(
     watch: Watch, decision: Decision, kind: Event, now: float
 ) -> dict[str, JsonValue]:
-    """Everything a message about this event may show, as it was when it happened."""
+    """Everything a message about this event may show, as it was when it happened, as stored."""
     p = decision.progress
     previous = watch.progress.state
-    return {
-        "event": kind.value,
-        "key": watch.key,
-        "name": watch.name,
-        "source": watch.source,
-        "site": watch.site,
-        "job_id": watch.job_id,
-        "tags": list(watch.tags),
-        "state": p.state.value if p.state else None,
-        "previous_state": previous.value if previous and previous != p.state else None,
-        "remote_status": p.remote_status,
-        "progress": p.progress,
-        "details": dict(p.details),
-        "error": p.last_error if kind in (Event.UNREACHABLE, Event.TIMED_OUT) else None,
-        "error_count": p.error_count if kind is Event.UNREACHABLE else None,
+    return EventPayload(
+        event=kind.value,
+        key=watch.key,
+        name=watch.name,
+        source=watch.source,
+        site=watch.site,
+        job_id=watch.job_id,
+        tags=watch.tags,
+        state=p.state.value if p.state else None,
+        previous_state=previous.value if previous and previous != p.state else None,
+        remote_status=p.remote_status,
+        progress=p.progress,
+        details=p.details,
+        error=p.last_error if kind in (Event.UNREACHABLE, Event.TIMED_OUT) else None,
+        error_count=p.error_count if kind is Event.UNREACHABLE else None,
         # when polling started failing: for unreachable, and (from before) for recovered
-        "outage_since": (
+        outage_since=(
             p.error_since
             if kind is Event.UNREACHABLE
             else watch.progress.error_since
@@ -56,12 +57,12 @@ def event_payload(
             else None
         ),
         # the last change of state or progress: a stalled job has not moved since
-        "last_change_at": p.last_change_at,
-        "created_at": p.created_at,
-        "started_at": p.started_at,
-        "ended_at": p.ended_at,
-        "at": now,
-    }
+        last_change_at=p.last_change_at,
+        created_at=p.created_at,
+        started_at=p.started_at,
+        ended_at=p.ended_at,
+        at=now,
+    ).to_json()
 
 
 class PollEngine(Engine):

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, SecretStr
@@ -43,11 +42,11 @@ def pieces(secret: str) -> set[str]:
     return {p for p in found | encoded if len(p) >= MIN_SECRET}
 
 
-def secrets_of(value: Any) -> tuple[str, ...]:
+def secrets_of(value: object) -> tuple[str, ...]:
     """Every secret (`SecretStr`) held anywhere in a config model, as `pieces`, longest first."""
     found: set[str] = set()
 
-    def walk(item: Any) -> None:
+    def walk(item: object) -> None:
         if isinstance(item, SecretStr):
             found.update(pieces(item.get_secret_value()))
         elif isinstance(item, BaseModel):
@@ -72,7 +71,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def scrub_value(value: Any, secrets: Sequence[str]) -> Any:
+def scrub_value(value: object, secrets: Sequence[str]) -> object:
     """A JSON-like value with `scrub` applied to every string in it, keys included."""
     if isinstance(value, str):
         return scrub(value, secrets)
@@ -89,12 +88,12 @@ def _finder(secrets: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
     return re.compile("|".join(map(re.escape, secrets))).search
 
 
-def holds(value: Any, secrets: tuple[str, ...]) -> bool:
+def holds(value: object, secrets: tuple[str, ...]) -> bool:
     """Whether any string in a JSON-like value (keys included) contains one of `secrets`."""
     return _holds(value, _finder(secrets))
 
 
-def _holds(value: Any, find: Callable[[str], re.Match[str] | None]) -> bool:
+def _holds(value: object, find: Callable[[str], re.Match[str] | None]) -> bool:
     if isinstance(value, str):
         return find(value) is not None
     if isinstance(value, Mapping):
@@ -121,7 +120,9 @@ def scrub_outcome(outcome: PollOutcome, secrets: tuple[str, ...]) -> PollOutcome
         return dataclasses.replace(
             outcome,
             remote_status=scrub(outcome.remote_status, secrets),
-            details=scrub_value(outcome.details, secrets),
+            details={
+                scrub(k, secrets): scrub_value(v, secrets) for k, v in outcome.details.items()
+            },
         )
     return outcome
 

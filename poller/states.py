@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from poller.errors import BACKING_OFF
 from poller.models import (
+    MAX_WAIT,
     TERMINAL_STATES,
     Event,
     Policy,
@@ -25,8 +26,6 @@ from poller.models import (
     record,
 )
 
-#: No wait, whatever Retry-After says, is longer than this: a hostile header cannot park a watch.
-MAX_WAIT = 3600.0
 #: How many 404s in a row it takes before a job counts as missing (and can be unreachable).
 NOT_FOUND_AFTER = 3
 #: Error backoff never waits less than this, so a tiny interval cannot hammer a failing API.

@@ -7,7 +7,6 @@ the notifications read numbers and write durations the same way.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 #: The longest span `format_duration` spells out when rounding (100 years); a longer one comes
 #: from bad data.
@@ -17,7 +16,7 @@ MAX_SPAN = 100 * 365 * 86400
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
-def number(value: Any, *, strings: bool = True) -> float | None:
+def number(value: object, *, strings: bool = True) -> float | None:
     """A finite float from a JSON number, or None for anything else; never raises.
 
     A numeric string (``" 42.5 "``) counts as a number unless `strings` is False: the sources
@@ -40,7 +39,7 @@ def number(value: Any, *, strings: bool = True) -> float | None:
     return result if math.isfinite(result) else None
 
 
-def count(value: Any, *, strings: bool = True, maximum: float | None = None) -> int | None:
+def count(value: object, *, strings: bool = True, maximum: float | None = None) -> int | None:
     """A whole count from 0 up to `maximum` (if given) read by `number`, or None."""
     result = number(value, strings=strings)
     if result is None or result < 0 or (maximum is not None and result > maximum):

@@ -43,6 +43,11 @@ def arrived(w: DeliveryWorld, path: str, job: str) -> list[dict[str, object]]:
     return [m for m in w.messages(path) if f"/{job}" in str(m["message"])]
 
 
+def failed_sends(w: DeliveryWorld) -> str:
+    """What the services answered to every failed send, as logged ("delivery failed")."""
+    return " ".join(str(e.get("error")) for e in w.logs() if e.get("event") == "delivery failed")
+
+
 class TestChannelOutage:
     """A channel answers 500, then refuses, then hangs; the daemon restarts meanwhile."""
 
@@ -71,6 +76,7 @@ class TestChannelOutage:
 
         w.sink.fail("/broken", status=500, times=None)
         healthy_gets("o1", fail_job(w, "o1"))
+        eventually(lambda: "error=500" in failed_sends(w), what="the broken channel's 500")
 
         w.sink.clear_faults()
         w.sink.fail("/broken", mode="refuse", times=None)
@@ -97,9 +103,9 @@ class TestChannelOutage:
         assert len(w.messages("/healthy")) == 4
         assert max(latencies) < 1.5, latencies
 
-        failures = [e for e in w.logs() if e.get("event") == "delivery failed"]
-        errors = " ".join(str(e.get("error")) for e in failures)
+        errors = failed_sends(w)
         assert "error=500" in errors and "connection error" in errors.lower()
+        failures = [e for e in w.logs() if e.get("event") == "delivery failed"]
         assert all(e.get("channel") == "broken" for e in failures)
 
 

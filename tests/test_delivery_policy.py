@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from poller.config import DeliveryConfig
 from poller.delivery_policy import (
-    MAX_RETRY_AFTER,
     MISSING_CHANNEL_RECHECK,
     ChannelState,
     Hold,
@@ -26,7 +25,7 @@ from poller.delivery_policy import (
     retry_wait,
     should_pause,
 )
-from poller.models import Delivery, DeliveryOutcome, Event
+from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, Event
 
 T0 = 1_000_000.0
 
@@ -188,16 +187,16 @@ class TestRetries:
         self, rules: Settings, attempts: int, rand: Callable[[], float], retry_after: float | None
     ) -> None:
         """Between half and the whole of retry_initial doubling per attempt up to retry_max,
-        and at least a Retry-After (believed up to MAX_RETRY_AFTER)."""
+        and at least a Retry-After (believed up to MAX_WAIT)."""
         now = T0 + 0.5  # younger than any give_up_after (at least 1 s)
         outcome = failed(delivery(1, T0, attempts), "boom", retry_after, rules, now, rand)
         assert outcome.retry_at is not None and not outcome.sent
         wait = outcome.retry_at - now
         step = min(rules.retry_initial * 2.0 ** min(attempts, 30), rules.retry_max)
-        low = max(step / 2, min(retry_after or 0.0, MAX_RETRY_AFTER))
-        high = max(step, min(retry_after or 0.0, MAX_RETRY_AFTER))
+        low = max(step / 2, min(retry_after or 0.0, MAX_WAIT))
+        high = max(step, min(retry_after or 0.0, MAX_WAIT))
         assert low - 1e-6 <= wait <= high + 1e-6
-        assert rules.retry_initial / 2 - 1e-6 <= wait <= max(rules.retry_max, MAX_RETRY_AFTER)
+        assert rules.retry_initial / 2 - 1e-6 <= wait <= max(rules.retry_max, MAX_WAIT)
 
     def test_jitter_spreads_retries(self) -> None:
         """Different random draws give different waits for the same failure."""

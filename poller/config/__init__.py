@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.document import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT, Document
@@ -67,7 +67,7 @@ from poller.config.models import (
     TemplateConfig,
 )
 from poller.config.paths import KeyPath
-from poller.config.problems import Checker, describe_error, final_problems, unknown_key
+from poller.config.problems import Checker, adapter, describe_error, final_problems, unknown_key
 from poller.errors import ConfigError
 from poller.models import text_problem
 from poller.sources.base import source_types, source_union
@@ -106,14 +106,6 @@ __all__ = [
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-
-_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
-
-
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
-    if annotation not in _ADAPTERS:
-        _ADAPTERS[annotation] = TypeAdapter(annotation)
-    return _ADAPTERS[annotation]
 
 
 def load_config(
@@ -211,9 +203,15 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         return None
 
 
-def _validate(checker: Checker, annotation: object, value: object, prefix: KeyPath) -> Any:
+@overload
+def _validate(
+    checker: Checker, annotation: type[_Model], value: object, prefix: KeyPath
+) -> _Model | None: ...
+@overload
+def _validate(checker: Checker, annotation: object, value: object, prefix: KeyPath) -> object: ...
+def _validate(checker: Checker, annotation: object, value: object, prefix: KeyPath) -> object:
     """`value` validated as `annotation`, or None with its problems recorded."""
-    return checker.validate(_adapter(annotation), value, prefix, annotation)
+    return checker.validate(adapter(annotation), value, prefix, annotation)
 
 
 def _mapping(

@@ -9,12 +9,14 @@ gets every other part checked), or on a model built directly (`Config`).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from poller.config.fields import as_text
 from poller.config.paths import KeyPath
 from poller.sources.base import registered, source_type
 from poller.units import format_duration
+
+_Kind = TypeVar("_Kind")
 
 if TYPE_CHECKING:
     from poller.config.models import JobConfig, PollingDefaults, PollingOverrides, SourceConfig
@@ -54,7 +56,7 @@ def reference_problems(
     check, so its jobs are not checked against it.
     """
 
-    def section(name: str, kind: type) -> Any:
+    def section(name: str, kind: type[_Kind]) -> _Kind:
         value = data.get(name)
         return value if isinstance(value, kind) else kind()
 

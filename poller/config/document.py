@@ -239,7 +239,7 @@ class Document:
             self.read_problems = len(self.problems)
         return True
 
-    def _build(self, node: Node, path: KeyPath) -> Any:
+    def _build(self, node: Node, path: KeyPath) -> object:
         self._nodes += 1
         if self._nodes > _MAX_NODES or id(node) in self._active:
             raise _TooBig
@@ -248,7 +248,7 @@ class Document:
             if isinstance(node, MappingNode):
                 return self._mapping(node, path)
             if isinstance(node, SequenceNode):
-                items = []
+                items: list[object] = []
                 for index, item in enumerate(node.value):
                     self.lines[(*path, index)] = item.start_mark.line + 1
                     items.append(self._build(item, (*path, index)))
@@ -289,7 +289,7 @@ class Document:
                 merged.discard(key)
         return result if _is_data(path) else self._read_files(result, path)
 
-    def _scalar(self, node: Node, path: KeyPath) -> Any:
+    def _scalar(self, node: Node, path: KeyPath) -> object:
         assert self._loader is not None
         try:
             value = self._loader.construct_object(node, deep=True)

@@ -22,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
-    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -62,6 +61,7 @@ from poller.config.fields import (
     watch_part,
 )
 from poller.config.paths import Pattern, as_written, format_path
+from poller.config.problems import adapter
 from poller.models import Event, Policy, State, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
 from poller.sources.base import SourceType, lazy_build, register, source_types, source_union
@@ -215,7 +215,7 @@ class HttpSource(SourceConfig):
 
     @field_validator("body")
     @classmethod
-    def _check_body(cls, value: Any, info: ValidationInfo) -> Any:
+    def _check_body(cls, value: object, info: ValidationInfo) -> object:
         if value is None:
             return None
         if info.data.get("method") == "GET":
@@ -285,12 +285,7 @@ def _one_source(value: object) -> object:
     """A source's mapping validated as its registered type's model (a model passes as is)."""
     if isinstance(value, SourceConfig):
         return value
-    return _source_adapter(source_union()).validate_python(value)
-
-
-@functools.lru_cache(maxsize=8)
-def _source_adapter(union: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(union)
+    return adapter(source_union()).validate_python(value)
 
 
 #: A source of any registered type, in a `Config`. The union is read from the registry when a

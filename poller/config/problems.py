@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from poller.config.document import Document
 from poller.config.fields import ShownValueError, control_character
@@ -20,8 +21,28 @@ from poller.errors import Problem
 from poller.notify import TemplateProblem
 from poller.sources.base import source_types, source_union
 
+T = TypeVar("T")
+#: the kind of a top-level section (dict, list)
+_Kind = TypeVar("_Kind")
 
-def _step(annotation: Any, part: str | int) -> Any:
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+
+
+@overload
+def adapter(annotation: type[T]) -> TypeAdapter[T]: ...
+@overload
+def adapter(annotation: object) -> TypeAdapter[Any]: ...
+# Any: an annotation is a type form (``Annotated[...]``, a union), which `TypeAdapter` takes and
+# no other type than Any names for mypy until PEP 747's ``TypeForm``
+def adapter(annotation: Any) -> TypeAdapter[Any]:
+    """The one `TypeAdapter` of `annotation` (building one costs far more than validating)."""
+    found = _ADAPTERS.get(annotation)
+    if found is None:
+        found = _ADAPTERS[annotation] = TypeAdapter(annotation)
+    return found
+
+
+def _step(annotation: object, part: str | int) -> object:
     """The type found at `part` inside a value of type `annotation` (pydantic's loc steps)."""
     annotation = bare_type(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -43,7 +64,7 @@ def _step(annotation: Any, part: str | int) -> Any:
     return None
 
 
-def _expected_keys(root: Any, loc: Sequence[str | int]) -> list[str] | None:
+def _expected_keys(root: object, loc: Sequence[str | int]) -> list[str] | None:
     annotation = root
     for part in loc[:-1]:
         annotation = _step(annotation, part)
@@ -109,7 +130,7 @@ def _with_value(message: str, shown: str | None) -> str:
     return f"{message}; got {shown}"
 
 
-def describe_error(error: Mapping[str, Any], root: Any) -> str:
+def describe_error(error: ErrorDetails, root: object) -> str:
     """What was expected, in words, from pydantic's error; its input is never used."""
     kind = error["type"]
     loc = error["loc"]
@@ -163,7 +184,9 @@ class Checker:
     def __init__(self, document: Document) -> None:
         self.doc = document
 
-    def validate(self, adapter: TypeAdapter[Any], value: Any, prefix: KeyPath, root: Any) -> Any:
+    def validate(
+        self, adapter: TypeAdapter[T], value: object, prefix: KeyPath, root: object
+    ) -> T | None:
         """The validated value, or None after recording each of pydantic's errors."""
         try:
             return adapter.validate_python(value)
@@ -187,7 +210,7 @@ class Checker:
             self.doc.problem((*prefix, *loc), message)
         return None
 
-    def section(self, data: Mapping[str, Any], key: str, kind: type, hint: str) -> Any:
+    def section(self, data: Mapping[str, object], key: str, kind: type[_Kind], hint: str) -> _Kind:
         """The top-level `key` if it is a `kind` (absent: an empty one); else `hint` is
         recorded and an empty one returned, so that the rest is still checked."""
         value = data.get(key)

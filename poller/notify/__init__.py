@@ -13,12 +13,12 @@ imports `text`, `templates` imports `render` and `text`, `apprise` imports `text
 
 from __future__ import annotations
 
+from poller.events import MAX_COUNT
 from poller.notify.apprise import MAX_ANSWER_BYTES, Notifier, mask_url, quiet_apprise
 from poller.notify.render import (
     DETAILED_DIGEST,
     GROUPS,
     MARKERS,
-    MAX_COUNT,
     VERBS,
     event_facts,
     minimal_message,

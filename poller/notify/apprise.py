@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import apprise
@@ -29,6 +29,9 @@ from poller.errors import NotifyError
 from poller.models import EVENT_SEVERITY, Event
 from poller.notify.text import Format, one_line
 
+if TYPE_CHECKING:
+    import requests
+
 #: The HTTP answers (status, Retry-After) seen during the send running in this context.
 _ANSWERS: contextvars.ContextVar[list[tuple[int, str | None]] | None] = contextvars.ContextVar(
     "poller_http_answers", default=None
@@ -36,7 +39,7 @@ _ANSWERS: contextvars.ContextVar[list[tuple[int, str | None]] | None] = contextv
 _hook_installed = False
 
 
-def _record_answer(response: Any, *args: Any, **kwargs: Any) -> None:
+def _record_answer(response: requests.Response, *args: object, **kwargs: object) -> None:
     answers = _ANSWERS.get()
     if answers is not None:
         answers.append((int(response.status_code), response.headers.get("Retry-After")))
@@ -48,7 +51,7 @@ MAX_ANSWER_BYTES = 1 << 20
 _ANSWER_CHUNK = 64 * 1024
 
 
-def _read_capped(response: Any) -> None:
+def _read_capped(response: requests.Response) -> None:
     """Read a channel's answer now, at most `MAX_ANSWER_BYTES` of it once decoded.
 
     ``requests`` would read it whole after the hooks, expanding any gzip bomb a channel sends
@@ -305,7 +308,7 @@ def _retry_after(answers: Sequence[tuple[int, str | None]]) -> float | None:
     return max(waits) if waits else None
 
 
-def _answer(result: Any, answers: Sequence[tuple[int, str | None]]) -> str:
+def _answer(result: object, answers: Sequence[tuple[int, str | None]]) -> str:
     """A one-line account of what each service answered; URLs are Apprise's masked ones."""
     parts = []
     for outcome in getattr(result, "results", ()):

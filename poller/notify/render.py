@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from poller.events import MAX_COUNT, EventPayload
 from poller.models import EVENT_SEVERITY, Event
 from poller.notify.text import (
     MAX_BODY,
@@ -79,17 +80,13 @@ MAX_DIGEST_LINE = 200
 #: A digest of this many events or fewer shows each in full.
 DETAILED_DIGEST = 3
 
-#: The largest count a message shows; a bigger "row count" from an API is not a real one and is
-#: left out (a 400-digit integer cannot even be turned into a float).
-MAX_COUNT = 10**15
 
-
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     """A number from a stored payload: JSON numbers only (what the source read), never raises."""
     return number(value, strings=False)
 
 
-def _count(value: Any) -> int | None:
+def _count(value: object) -> int | None:
     """A whole count from 0 to `MAX_COUNT` in a stored payload, or None."""
     return count(value, strings=False, maximum=MAX_COUNT)
 
@@ -103,13 +100,13 @@ def _when(ts: float | None) -> str:
         return ""
 
 
-def _text_or_none(value: Any, limit: int = MAX_FIELD) -> str | None:
+def _text_or_none(value: object, limit: int = MAX_FIELD) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return one_line(value, limit)
 
 
-def _output_text(output: Any) -> str | None:
+def _output_text(output: object) -> str | None:
     """A job's output (any JSON) as text for a message, cut to `MAX_OUTPUT`."""
     if output is None or output == "" or output == {} or output == []:
         return None
@@ -156,16 +153,16 @@ def _rows_summary(counts: Mapping[str, int | None]) -> str | None:
     return None
 
 
-def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
+def event_facts(kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
     """Everything a message may show about one event, cleaned: the variables of templates.
 
-    `payload` is the event's stored snapshot (`polling.event_payload`); any of it may be
+    `payload` is the event's stored snapshot (`EventPayload.to_json`); any of it may be
     missing or of the wrong type (it came from a remote API), and nothing here raises for it.
     """
-    raw_details = payload.get("details")
-    details: Mapping[str, Any] = raw_details if isinstance(raw_details, Mapping) else {}
-    key = one_line(payload.get("key") or "?", 300)
-    job_name = _text_or_none(payload.get("name"), 200)
+    event = EventPayload.from_json(payload)
+    details = event.details
+    key = one_line(event.key or "?", 300)
+    job_name = _text_or_none(event.name, 200)
     counts = {
         "total": _count(details.get("total_rows")),
         "processed": _count(details.get("processed_rows")),
@@ -173,10 +170,8 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
         "failed": _count(details.get("failure_count")),
     }
     failed_rows, failed_rows_total = _failed_rows(details)
-    progress = _number(payload.get("progress"))
-    tags = payload.get("tags")
-    url = details.get("url") if isinstance(details.get("url"), str) else None
-    at = _number(payload.get("at"))
+    progress = event.progress
+    url = details.get("url")
     return {
         "event": kind.value,
         "marker": MARKERS[kind],
@@ -185,13 +180,13 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
         "name": job_name or key,
         "job_name": job_name,
         "key": key,
-        "source": _text_or_none(payload.get("source"), 100),
-        "site": _text_or_none(payload.get("site"), 100),
-        "job_id": _text_or_none(payload.get("job_id"), 200),
-        "tags": [one_line(t, 50) for t in tags] if isinstance(tags, list) else [],
-        "state": _text_or_none(payload.get("state"), 40),
-        "previous_state": _text_or_none(payload.get("previous_state"), 40),
-        "remote_status": _text_or_none(payload.get("remote_status"), 60),
+        "source": _text_or_none(event.source, 100),
+        "site": _text_or_none(event.site, 100),
+        "job_id": _text_or_none(event.job_id, 200),
+        "tags": [one_line(t, 50) for t in event.tags],
+        "state": _text_or_none(event.state, 40),
+        "previous_state": _text_or_none(event.previous_state, 40),
+        "remote_status": _text_or_none(event.remote_status, 60),
         "progress": min(100.0, max(0.0, progress)) if progress is not None else None,
         "counts": counts,
         "rows": _rows_summary(counts),
@@ -200,21 +195,20 @@ def event_facts(kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
         "failed_rows_total": failed_rows_total,
         "failed_rows_error": _text_or_none(details.get("failed_rows_error"), 300),
         "output": _output_text(details.get("output")),
-        "error": _text_or_none(payload.get("error")),
-        "error_count": _count(payload.get("error_count")),
-        **_times(kind, payload, details, at),
-        "url": clean(url, 1000) if url else None,
-        "at": _when(at) or None,
+        "error": _text_or_none(event.error),
+        "error_count": event.error_count,
+        **_times(kind, event),
+        "url": clean(url, 1000) if isinstance(url, str) and url else None,
+        "at": _when(event.at) or None,
     }
 
 
-def _times(
-    kind: Event, payload: Mapping[str, Any], details: Mapping[str, Any], at: float | None
-) -> dict[str, Any]:
+def _times(kind: Event, event: EventPayload) -> dict[str, Any]:
     """The facts about when: start and end (the API's own times first), how long the job took
     or has been stalled, since when it made no progress, and how long polling failed."""
-    started_at = _number(details.get("remote_created_at")) or _number(payload.get("started_at"))
-    ended_at = _number(details.get("remote_completed_at")) or _number(payload.get("ended_at"))
+    details, at = event.details, event.at
+    started_at = _number(details.get("remote_created_at")) or event.started_at
+    ended_at = _number(details.get("remote_completed_at")) or event.ended_at
     if kind in (Event.STARTED, Event.STALLED, Event.UNREACHABLE, Event.RECOVERED):
         ended_at = None  # these come while the job runs: it has not ended
     if ended_at is not None and started_at is not None:
@@ -223,8 +217,8 @@ def _times(
         duration = max(0.0, at - started_at)
     else:
         duration = None
-    stalled_since = _number(payload.get("last_change_at")) if kind is Event.STALLED else None
-    outage_since = _number(payload.get("outage_since"))
+    stalled_since = event.last_change_at if kind is Event.STALLED else None
+    outage_since = event.outage_since
     return {
         "started_at": started_at,
         "ended_at": ended_at,
@@ -339,13 +333,13 @@ def _blocks(facts: Mapping[str, Any], fmt: Format, field: Callable[[str, str], s
     return lines
 
 
-def render(kind: Event, payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str, str]:
+def render(kind: Event, payload: Mapping[str, object], fmt: Format = "text") -> tuple[str, str]:
     """poller's own title and body for one event, from its stored payload."""
     facts = event_facts(kind, payload)
     return _title(kind, facts), cut("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
 
 
-def minimal_message(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
+def minimal_message(kind: Event, payload: Mapping[str, object]) -> tuple[str, str]:
     """A title and body that name only the job and the event, for when even poller's own text
     cannot be written from the event's data. Never raises."""
     try:
@@ -361,7 +355,7 @@ def minimal_message(kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def render_safely(
-    kind: Event, payload: Mapping[str, Any], fmt: Format = "text"
+    kind: Event, payload: Mapping[str, object], fmt: Format = "text"
 ) -> tuple[tuple[str, str], str | None]:
     """poller's own message, else `minimal_message`; and why the own one failed (or None).
 

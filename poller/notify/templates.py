@@ -14,17 +14,22 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.exceptions
 import jinja2.meta
 import jinja2.nodes
+import jinja2.runtime
 import jinja2.sandbox
 
-from poller.models import Event
+from poller.models import Event, JsonValue
 from poller.notify.render import MARKERS, event_facts, render
 from poller.notify.text import MAX_BODY, MAX_TITLE, Format, cut, md_escape, one_line
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 #: The variables a template may use, with what they hold (README lists the same).
 TEMPLATE_VARIABLES: Mapping[str, str] = {
@@ -95,7 +100,7 @@ class TemplateLimit(jinja2.exceptions.SecurityError):
     """A template exceeded its time, output or memory limit, or asked for a huge value."""
 
 
-def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+def _check_arguments(args: Iterable[object], kwargs: Mapping[str, object]) -> None:
     for value in (*args, *kwargs.values()):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_ARGUMENT:
             raise TemplateLimit(f"argument too large ({_MAX_ARGUMENT} at most)")
@@ -107,7 +112,7 @@ def _limited_filter(func: Callable[..., Any]) -> Callable[..., Any]:
     """`func` (a Jinja filter) refusing huge arguments; the filtered value itself is free."""
 
     @functools.wraps(func)  # keeps Jinja's pass_context/pass_environment marks
-    def limited(*args: Any, **kwargs: Any) -> Any:
+    def limited(*args: object, **kwargs: object) -> object:
         skip = 2 if getattr(func, "jinja_pass_arg", None) is not None else 1
         if func.__name__ == "do_format":  # the filtered value is the format string
             _check_arguments(args[skip - 1 : skip], {})
@@ -127,11 +132,13 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset(["*", "**", "%"])
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:  # Any: jinja2.Environment's many options
         super().__init__(**options)
         self.filters = {name: _limited_filter(f) for name, f in self.filters.items()}
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: object, right: object
+    ) -> object:
         if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
             raise jinja2.exceptions.SecurityError("exponent too large")
         if operator == "*":
@@ -144,19 +151,19 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def call(
         __self,
-        __context: Any,
-        __obj: Any,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
+        __context: jinja2.runtime.Context,
+        __obj: object,
+        *args: object,
+        **kwargs: object,
+    ) -> object:
         _check_arguments(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+    def wrap_str_format(self, value: object) -> Callable[..., str] | None:
         # what ``"...".format`` and ``format_map`` become in the sandbox: check the string too
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            _check_arguments((value.__self__,), {})
+        if wrapped is not None:  # `value` is then a bound ``str.format``: its string is __self__
+            _check_arguments((getattr(value, "__self__", None),), {})
         return wrapped
 
 
@@ -173,7 +180,7 @@ def render_limited(template: jinja2.Template, variables: Mapping[str, Any]) -> s
     memory_limit = _max_rss() + _MAX_RENDER_MEMORY
     state = {"lines": 0}
 
-    def on_line(frame: Any, event: str, arg: Any) -> Any:
+    def on_line(frame: FrameType, event: str, arg: object) -> TraceFunction:
         state["lines"] += 1
         if time.monotonic() > deadline:
             raise TemplateLimit(f"took longer than {TEMPLATE_TIME_LIMIT:g}s")
@@ -199,7 +206,7 @@ def render_limited(template: jinja2.Template, variables: Mapping[str, Any]) -> s
     return "".join(parts)
 
 
-def _suspended_line(template: jinja2.Template, chunks: Any) -> int | None:
+def _suspended_line(template: jinja2.Template, chunks: object) -> int | None:
     """The template line a suspended render is at (where it wrote its last output)."""
     line = None
     try:
@@ -223,7 +230,7 @@ def _max_rss() -> int:
         return 0
 
 
-def _finalize(value: Any) -> Any:
+def _finalize(value: object) -> object:
     # an absent value prints as nothing, not "None"
     return "" if value is None else value
 
@@ -238,7 +245,7 @@ _ENV = _Sandbox(
 )
 
 
-def _escape_deep(value: Any) -> Any:
+def _escape_deep(value: object) -> object:
     if isinstance(value, str):
         return md_escape(value)
     if isinstance(value, list):
@@ -256,15 +263,19 @@ class MessageTemplate:
     body: jinja2.Template | None
     format: Format = "text"
 
-    def context(self, kind: Event, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def context(self, kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
         """The template variables for one event (Markdown-escaped for a Markdown template)."""
         facts = event_facts(kind, payload)
         title, body = render(kind, payload, self.format)
-        variables = _escape_deep(facts) if self.format == "markdown" else dict(facts)
+        variables = (
+            {key: _escape_deep(value) for key, value in facts.items()}
+            if self.format == "markdown"
+            else dict(facts)
+        )
         variables["title"], variables["body"] = title, body
         return variables
 
-    def render(self, kind: Event, payload: Mapping[str, Any]) -> tuple[str, str]:
+    def render(self, kind: Event, payload: Mapping[str, object]) -> tuple[str, str]:
         """Title and body for one event; raises what the template raises."""
         variables = self.context(kind, payload)
         title, body = variables["title"], variables["body"]
@@ -277,7 +288,7 @@ class MessageTemplate:
 
 
 #: Events the templates are tried on at load time, so that an error shows up then.
-SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, Any]], ...] = (
+SAMPLE_EVENTS: tuple[tuple[Event, Mapping[str, JsonValue]], ...] = (
     (
         Event.FAILED,
         {

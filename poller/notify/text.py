@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 #: How a message body is written: plain text, or Markdown (which Apprise turns into HTML for
 #: email and into each chat service's own markup).
@@ -32,7 +32,7 @@ _MENTION = re.compile(
 _MARKDOWN_ACTIVE = re.compile(r"([\\<\[\]])")
 
 
-def clean(text: Any, limit: int = MAX_FIELD) -> str:
+def clean(text: object, limit: int = MAX_FIELD) -> str:
     """Text from a remote API or a user made safe for any channel.
 
     Mass, user and role mentions are defused (Slack, Discord, Teams, Matrix): a zero-width
@@ -46,7 +46,7 @@ def clean(text: Any, limit: int = MAX_FIELD) -> str:
     return cut(value, limit)
 
 
-def one_line(text: Any, limit: int = 200) -> str:
+def one_line(text: object, limit: int = 200) -> str:
     """`clean`, on one line: a title or field can then not start a mail header or a paragraph."""
     return clean(" ".join(str(text).split()), limit)
 

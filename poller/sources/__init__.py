@@ -15,7 +15,6 @@ daemon read the registry.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from aiohttp.abc import AbstractResolver
 
@@ -23,6 +22,7 @@ from poller.sources.base import (
     Build,
     Discoverer,
     Source,
+    SourceSettings,
     SourceType,
     read_outcome,
     registered,
@@ -34,6 +34,7 @@ __all__ = [
     "SOURCES",
     "Discoverer",
     "Source",
+    "SourceSettings",
     "SourceType",
     "answer_cap",
     "answer_memory",
@@ -76,14 +77,17 @@ def answer_cap(type_name: str) -> int:
     return MAX_BODY_BYTES if cap is None else cap
 
 
-def answer_memory(sources: Mapping[str, Any]) -> int:
+def answer_memory(sources: Mapping[str, SourceSettings]) -> int:
     """The most answer bytes the daemon can hold at once (decoded, before parsing): each
     polled source's cap times its ``max_concurrency`` (its requests in flight), summed."""
     return sum(answer_cap(s.type) * s.max_concurrency for s in sources.values())
 
 
 def build_source(
-    config: Any, resolver: AbstractResolver | None = None, *, max_pause: float = MAX_PAUSE
+    config: SourceSettings,
+    resolver: AbstractResolver | None = None,
+    *,
+    max_pause: float = MAX_PAUSE,
 ) -> Source:
     """The adapter for one configured source (a config of a registered type).
 

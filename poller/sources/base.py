@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar, Union, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar, Union, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +30,26 @@ if TYPE_CHECKING:
     from poller.sources.client import SourceHealth
 
 A = TypeVar("A")
+#: the config entry a `Discoverer` lists jobs for (Immuta's: a `config.JobConfig`)
+J_contra = TypeVar("J_contra", contravariant=True)
+
+
+class SourceSettings(Protocol):
+    """What the registry and the daemon read of any source's config (a `config.SourceConfig`).
+
+    A protocol, because this module sits below the config and cannot import it; an adapter
+    takes its own type's model (`RulerSource`, ...), which has these and more.
+    """
+
+    @property
+    def type(self) -> str:
+        """The source type's registered name."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests in flight to this source at once."""
+        ...
 
 
 @runtime_checkable
@@ -46,10 +66,10 @@ class Source(Protocol):
 
 
 @runtime_checkable
-class Discoverer(Protocol):
+class Discoverer(Protocol[J_contra]):
     """An adapter that can list the jobs a config entry names without ids (bulks, searches)."""
 
-    async def discover(self, job: Any) -> list[str]:
+    async def discover(self, job: J_contra) -> list[str]:
         """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
         ...
 
@@ -78,7 +98,7 @@ class Build(Protocol):
 
     def __call__(
         self,
-        config: Any,
+        config: SourceSettings,
         resolver: AbstractResolver | None,
         health: SourceHealth | None = None,
     ) -> Source:
@@ -94,7 +114,9 @@ def lazy_build(target: str) -> Build:
     module_name, _, class_name = target.partition(":")
 
     def build(
-        config: Any, resolver: AbstractResolver | None, health: SourceHealth | None = None
+        config: SourceSettings,
+        resolver: AbstractResolver | None,
+        health: SourceHealth | None = None,
     ) -> Source:
         adapter_class = getattr(importlib.import_module(module_name), class_name)
         adapter: Source = adapter_class(config, resolver=resolver, health=health)
@@ -134,7 +156,7 @@ class SourceType:
 #: The registered source types by name, in registration order (the built-in ones are
 #: registered by `poller.config.models`, next to their models).
 _REGISTRY: dict[str, SourceType] = {}
-_UNIONS: dict[tuple[str, ...], Any] = {}
+_UNIONS: dict[tuple[str, ...], object] = {}
 
 
 def register(kind: SourceType) -> SourceType:
@@ -165,11 +187,11 @@ def registered() -> Mapping[str, SourceType]:
     return _REGISTRY.copy()
 
 
-def source_union() -> Any:
+def source_union() -> object:
     """The pydantic annotation of one source config of any registered type, told apart by its
     ``type``; the same object for as long as the registry does not change."""
     names = source_types()
-    union = _UNIONS.get(names)
+    union: object = _UNIONS.get(names)
     if union is None:
         models = tuple(kind.model for kind in _REGISTRY.values())
         # a discriminated union needs two members; with one it is that model alone

@@ -37,12 +37,11 @@ import yarl
 from aiolimiter import AsyncLimiter
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
+from poller.models import MAX_WAIT, JsonValue
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: No server may park a whole source for longer than this with one Retry-After.
-MAX_RETRY_AFTER = 3600.0
 #: The longest pause of a whole source (`SourceHealth`) after failed probes; a shorter
 #: ``max_interval`` of the source bounds it further.
 MAX_PAUSE = 300.0
@@ -217,7 +216,7 @@ class SourceHealth:
                 self._open(now)
         # else: a request sent before the breaker opened; its failure is no news
         if error.retry_after is not None:
-            self.open_until = max(self.open_until, now + min(error.retry_after, MAX_RETRY_AFTER))
+            self.open_until = max(self.open_until, now + min(error.retry_after, MAX_WAIT))
 
     def probe_ended(self, probe: int) -> None:
         """Probe number `probe` ended, maybe without an outcome (cancelled, or a failure that
@@ -312,11 +311,11 @@ class Requester:
         url: str,
         *,
         params: Mapping[str, str] | None = None,
-        body: Any = None,
+        body: JsonValue = None,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
         partial: bool = False,
-    ) -> Any:
+    ) -> object:
         """Send one request and return its decoded JSON body, or raise a `SourceError`.
 
         With `partial` (an answer about many jobs), values that cannot be read are replaced
@@ -359,10 +358,10 @@ class Requester:
         method: str,
         url: str,
         params: Mapping[str, str] | None,
-        body: Any,
+        body: JsonValue,
         headers: Mapping[str, str] | None,
         partial: bool,
-    ) -> Any:
+    ) -> object:
         session = self._session or self._open()
         async with session.request(
             method,
@@ -501,7 +500,7 @@ _DEEP_MARK = "-0.0E-271828182"
 _STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
-def load_json(raw: bytes | bytearray, *, partial: bool = False) -> Any:
+def load_json(raw: bytes | bytearray, *, partial: bool = False) -> object:
     """A decoded JSON answer; raises `PermanentSourceError` (``bad_answer``) if it is not one.
 
     Python's parser refuses some valid JSON: integers of more than 4,300 digits (ValueError)

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
-from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
 from poller.sources.client import Requester, SourceHealth, path_segment
 
 if TYPE_CHECKING:  # the adapter reads its config; only app.py builds one
+    from jmespath.parser import ParsedResult
+
     from poller.config import HttpExpressions, HttpSource
 
 __all__ = ["HttpAdapter", "parse_answer", "render_body", "render_url"]
@@ -43,7 +45,7 @@ def render_url(template: str, job: JobRef) -> str:
     return template.format(**{k: path_segment(v) for k, v in _fields(job).items()})
 
 
-def render_body(template: Any, job: JobRef) -> Any:
+def render_body(template: JsonValue, job: JobRef) -> JsonValue:
     """The JSON body of one job: every string leaf of the template filled with its fields."""
     fields = _fields(job)
     if isinstance(template, str):
@@ -55,7 +57,7 @@ def render_body(template: Any, job: JobRef) -> Any:
     return template
 
 
-def _search(expression: Any, body: Any) -> Any:
+def _search(expression: ParsedResult, body: object) -> object:
     try:
         return expression.search(body)
     except Exception:
@@ -64,7 +66,7 @@ def _search(expression: Any, body: Any) -> Any:
         return None
 
 
-def _remote_value(value: Any) -> str | None:
+def _remote_value(value: object) -> str | None:
     """The remote state as text: strings as they are, numbers and booleans as JSON spells them."""
     if isinstance(value, str):
         return value.strip()[:256] or None
@@ -77,7 +79,7 @@ def _remote_value(value: Any) -> str | None:
     return None
 
 
-def _detail(value: Any) -> Any:
+def _detail(value: object) -> bool | int | float | str | None:
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -86,7 +88,7 @@ def _detail(value: Any) -> Any:
 
 
 def parse_answer(
-    body: Any, expressions: HttpExpressions, states: Mapping[str, State]
+    body: object, expressions: HttpExpressions, states: Mapping[str, State]
 ) -> PollResult:
     """Read one answer; raise `PermanentSourceError` if its state cannot be found.
 
@@ -157,5 +159,5 @@ class HttpAdapter:
             return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
         return read_outcome(self._parse, answer)
 
-    def _parse(self, answer: Any) -> PollResult:
+    def _parse(self, answer: object) -> PollResult:
         return parse_answer(answer, self.expressions, self.states)

@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from aiohttp.abc import AbstractResolver
 
-from poller.config import ImmutaSource
+from poller.config import ImmutaSource, JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
@@ -84,7 +84,7 @@ def _wait_value(seconds: float) -> int | float:
     return int(seconds) if float(seconds).is_integer() else round(seconds, 3)
 
 
-def parse_job(entry: Any) -> PollResult:
+def parse_job(entry: object) -> PollResult:
     """One job of a statuses answer; raise `PermanentSourceError` if it has no state.
 
     A bare string is taken for the state. An object needs ``state`` (or ``status``) as a
@@ -129,11 +129,11 @@ def parse_job(entry: Any) -> PollResult:
     )
 
 
-def _keyed(body: Any, job_ids: Sequence[str]) -> dict[str, Any] | None:
+def _keyed(body: object, job_ids: Sequence[str]) -> dict[str, object] | None:
     """The answer as a mapping of job id to entry, unwrapped and re-keyed where needed."""
     for _ in range(3):
         if isinstance(body, list):
-            keyed: dict[str, Any] = {}
+            keyed: dict[str, object] = {}
             for item in body:
                 job_id = lenient.identifier(lenient.first(lenient.fields(item), _ID_KEYS))
                 if job_id is not None:
@@ -150,7 +150,7 @@ def _keyed(body: Any, job_ids: Sequence[str]) -> dict[str, Any] | None:
     return None
 
 
-def parse_statuses(body: Any, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
+def parse_statuses(body: object, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
     """One outcome per requested job id from a statuses answer; never raises.
 
     The answer is an object keyed by job id (a list of jobs with ids, or either wrapped in
@@ -179,15 +179,15 @@ def parse_statuses(body: Any, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
     return outcomes
 
 
-def parse_page(body: Any) -> tuple[list[str], Any]:
+def parse_page(body: object) -> tuple[list[str], object]:
     """The job ids of one page of a job listing, and its ``next`` marker.
 
     The marker is what ``next`` said, or `_NO_MARKER` if the answer has none. Raises
     `PermanentSourceError` if the answer is not a page of jobs.
     """
     if isinstance(body, list):
-        items: Any = body
-        marker: Any = _NO_MARKER
+        items: object = body
+        marker: object = _NO_MARKER
     else:
         found = lenient.fields(body)
         if not found:
@@ -280,7 +280,7 @@ class ImmutaAdapter:
 
     # -- discovery ---------------------------------------------------------------------
 
-    async def discover(self, job: Any) -> list[str]:
+    async def discover(self, job: JobConfig) -> list[str]:
         """The ids of the jobs a config entry's ``bulk`` or ``search`` finds, every page of them.
 
         Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.
@@ -333,7 +333,7 @@ class ImmutaAdapter:
         return list(found)[:MAX_DISCOVERED]
 
     def _next_page(
-        self, marker: Any, offset: int, got: int, largest: int
+        self, marker: object, offset: int, got: int, largest: int
     ) -> tuple[str | None, str | None, int] | None:
         """Where the next page is, from a ``next`` marker: (url, token, offset), or None.
 

@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from poller.sources.client import Unreadable
 
@@ -27,7 +26,7 @@ MAX_TEXT = 2000
 _MILLISECONDS_FROM = 1e11
 
 
-def text(value: Any, limit: int = MAX_TEXT) -> str | None:
+def text(value: object, limit: int = MAX_TEXT) -> str | None:
     """A string of at most `limit` characters; objects and lists as compact JSON."""
     if value is None:
         return None
@@ -51,7 +50,7 @@ def shorten(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: max(0, limit - 1)] + "…"
 
 
-def identifier(value: Any) -> str | None:
+def identifier(value: object) -> str | None:
     """A job id from a string or a whole number (ids are never floats, booleans or empty)."""
     if isinstance(value, bool):
         return None
@@ -62,7 +61,7 @@ def identifier(value: Any) -> str | None:
     return None
 
 
-def parse_time(value: Any) -> float | None:
+def parse_time(value: object) -> float | None:
     """Epoch seconds from an ISO-8601 date (naive means UTC), an HTTP date or an epoch number.
 
     Epoch numbers may be seconds or milliseconds (told apart by size).
@@ -96,14 +95,14 @@ def _parse_date(text: str) -> float | None:
         return None
 
 
-def fields(value: Any) -> dict[str, Any]:
+def fields(value: object) -> dict[str, object]:
     """A JSON object's members with lower-cased names ({} for anything that is not one)."""
     if not isinstance(value, dict):
         return {}
     return {str(k).lower(): v for k, v in value.items()}
 
 
-def first(found: Mapping[str, Any], names: Iterable[str]) -> Any:
+def first(found: Mapping[str, object], names: Iterable[str]) -> object:
     """The value of the first of `names` (lower-case) that `found` has and is not null."""
     for name in names:
         value = found.get(name)
@@ -112,13 +111,13 @@ def first(found: Mapping[str, Any], names: Iterable[str]) -> Any:
     return None
 
 
-def unreadable(value: Any) -> str | None:
+def unreadable(value: object) -> str | None:
     """Why `value` cannot be read, if a partly read answer put an `Unreadable` anywhere in it.
 
     The adapters ask this of each entry of an answer about many jobs: such an entry is a
     ``bad_answer`` for its job alone. Iterative, so that no nesting can exhaust the stack.
     """
-    stack = [value]
+    stack: list[object] = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):

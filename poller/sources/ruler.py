@@ -84,7 +84,7 @@ _LIST_KEYS = ("jobs", "data", "items", "results", "batchjobs")
 _FAILURE_KEYS = ("failures", "rows", "data", "items", "errors", "results")
 
 
-def parse_status(body: Any) -> PollResult:
+def parse_status(body: object) -> PollResult:
     """Read a Ruler status answer; raise `PermanentSourceError` if it is not one."""
     if not isinstance(body, dict):
         raise PermanentSourceError("bad_answer", "answer is not a JSON object")
@@ -134,7 +134,7 @@ class ListEntry:
     job_type: str | None = None
 
 
-def _items(body: Any, keys: Sequence[str]) -> list[Any] | None:
+def _items(body: object, keys: Sequence[str]) -> list[object] | None:
     """The list in an answer: the answer itself, or under one of `keys` (at most two deep)."""
     for _ in range(3):
         if isinstance(body, list):
@@ -147,7 +147,7 @@ def _items(body: Any, keys: Sequence[str]) -> list[Any] | None:
     return None
 
 
-def parse_job_list(body: Any) -> dict[str, ListEntry]:
+def parse_job_list(body: object) -> dict[str, ListEntry]:
     """Read a site's job list, by job id; raise `PermanentSourceError` if it is not one.
 
     Entries without an id or a status, or that cannot be read, are skipped: their jobs are
@@ -167,7 +167,7 @@ def parse_job_list(body: Any) -> dict[str, ListEntry]:
     return entries
 
 
-def _list_entry(item: Any) -> ListEntry | None:
+def _list_entry(item: object) -> ListEntry | None:
     if lenient.unreadable(item) is not None:
         return None
     found = lenient.fields(item)
@@ -185,7 +185,7 @@ def _list_entry(item: Any) -> ListEntry | None:
     )
 
 
-def parse_failures(body: Any, limit: int = MAX_FAILED_ROWS) -> list[dict[str, Any]]:
+def parse_failures(body: object, limit: int = MAX_FAILED_ROWS) -> list[dict[str, Any]]:
     """The first `limit` failing rows as ``{"row": n, "message": "..."}``.
 
     Raises `PermanentSourceError` if the answer is not a list of rows. Rows without a message,
@@ -207,7 +207,7 @@ def parse_failures(body: Any, limit: int = MAX_FAILED_ROWS) -> list[dict[str, An
     return rows
 
 
-def _failure_row(item: Any) -> dict[str, Any] | None:
+def _failure_row(item: object) -> dict[str, Any] | None:
     if lenient.unreadable(item) is not None:
         return None
     found = lenient.fields(item)

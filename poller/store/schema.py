@@ -6,8 +6,6 @@ on SQLite and PostgreSQL. JSON columns hold what the job APIs answered (never a 
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -44,7 +42,7 @@ class CleanText(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         """The value to send: NULs replaced."""
         if isinstance(value, str) and "\x00" in value:
             return value.replace("\x00", "\ufffd")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from poller.models import JsonValue
 from poller.testing.server import (
     HttpServer,
     Request,
@@ -142,7 +143,7 @@ class ImmutaSim(HttpServer):
         state: str = "created",
         job_type: str = "policyUpdate",
         bulk_id: str | None = None,
-        output: Any = None,
+        output: JsonValue = None,
         created: datetime | None = None,
     ) -> dict[str, Any]:
         """Create (or replace) a job; returns its document. `created` defaults to now."""
@@ -157,7 +158,7 @@ class ImmutaSim(HttpServer):
             self._jobs[job_id] = job
             return job.doc()
 
-    def set_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
+    def set_job(self, job_id: str, **fields: object) -> dict[str, Any]:
         """Change a job now; returns its document.
 
         Fields: state, output, job_type, bulk_id, retry_count, and `extra` (merged over the
@@ -286,14 +287,17 @@ class ImmutaSim(HttpServer):
             body = None
         with self._lock:
             self._bodies.append(body)
-        if not isinstance(body, dict) or not isinstance(body.get("jobIds"), list):
+        if not isinstance(body, dict) or not isinstance(job_ids := body.get("jobIds"), list):
             return Response(400, {"message": "body must be an object with jobIds"})
-        ids = [str(i) for i in body["jobIds"]]
+        ids = [str(i) for i in job_ids]
         if len(ids) > self.max_ids:
             return Response(400, {"message": f"at most {self.max_ids} jobIds per request"})
         wait, interval = body.get("wait", 0), body.get("pollInterval", 1)
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in (wait, interval)
+        if (
+            not isinstance(wait, int | float)
+            or not isinstance(interval, int | float)
+            or isinstance(wait, bool)
+            or isinstance(interval, bool)
         ):
             return Response(400, {"message": "wait and pollInterval must be numbers"})
         loop = asyncio.get_running_loop()

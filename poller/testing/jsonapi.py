@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from poller.models import JsonValue
 from poller.testing.server import (
     HttpServer,
     Request,
@@ -14,7 +15,7 @@ from poller.testing.server import (
 )
 
 
-def _default_shape(job: Mapping[str, Any]) -> Any:
+def _default_shape(job: Mapping[str, Any]) -> JsonValue:
     return {"data": dict(job)}
 
 
@@ -31,7 +32,7 @@ class JsonJobSim(HttpServer):
         self,
         token: str = "test-token",
         *,
-        shape: Callable[[Mapping[str, Any]], Any] = _default_shape,
+        shape: Callable[[Mapping[str, Any]], JsonValue] = _default_shape,
         host: str = "127.0.0.1",
         port: int = 0,
         prefix: str = "/v2",
@@ -41,13 +42,13 @@ class JsonJobSim(HttpServer):
         self.shape = shape
         self._jobs: dict[str, dict[str, Any]] = {}
 
-    def add_job(self, job_id: str, **fields: Any) -> Any:
+    def add_job(self, job_id: str, **fields: JsonValue) -> JsonValue:
         """Create (or replace) a job with these fields; returns its answer."""
         with self._lock:
             self._jobs[job_id] = {"id": job_id, **fields}
             return self.shape(self._jobs[job_id])
 
-    def set_job(self, job_id: str, **fields: Any) -> Any:
+    def set_job(self, job_id: str, **fields: JsonValue) -> JsonValue:
         """Change some fields of a job; returns its answer."""
         with self._lock:
             if job_id not in self._jobs:
@@ -55,7 +56,7 @@ class JsonJobSim(HttpServer):
             self._jobs[job_id].update(fields)
             return self.shape(self._jobs[job_id])
 
-    def job(self, job_id: str) -> Any:
+    def job(self, job_id: str) -> JsonValue:
         """The job's current answer."""
         with self._lock:
             return self.shape(self._jobs[job_id])

@@ -167,7 +167,7 @@ class RulerSim(HttpServer):
             self._jobs[site, job_id] = job
             return job.status_doc()
 
-    def set_job(self, site: str, job_id: str, **fields: Any) -> dict[str, Any]:
+    def set_job(self, site: str, job_id: str, **fields: object) -> dict[str, Any]:
         """Change a job now; returns its status document.
 
         Fields: status, processed_rows, success_count, failure_count, failure_reason,

@@ -27,6 +27,8 @@ from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from poller.models import JsonValue
+
 __all__ = [
     "Delivery",
     "Fault",
@@ -83,9 +85,10 @@ class Request:
     #: the request target as sent (path and query, not decoded); faults match on this
     target: str = ""
 
-    def json(self) -> Any:
+    def json(self) -> JsonValue:
         """The body decoded as JSON (raises `ValueError` if it is not)."""
-        return json.loads(self.body)
+        value: JsonValue = json.loads(self.body)
+        return value
 
 
 @dataclass(slots=True)
@@ -126,7 +129,7 @@ class Fault:
     hits: int = 0
 
 
-def _encode_body(body: Any) -> tuple[bytes, str]:
+def _encode_body(body: object) -> tuple[bytes, str]:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), "application/octet-stream"
     if isinstance(body, str):
@@ -257,7 +260,7 @@ class HttpServer:
         path_contains: str = "",
         *,
         status: int = 500,
-        body: Any = None,
+        body: object = None,
         headers: Mapping[str, str] | None = None,
         times: int | None = 1,
         mode: FaultMode = "status",
@@ -531,8 +534,14 @@ class _Server(web.Server):
     """aiohttp's low-level server, with `_Connection` for each connection, and a callback
     for each connection accepted (aiohttp calls this factory once per connection)."""
 
-    def __init__(self, *args: Any, on_connection: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        on_connection: Callable[[], None],
+        **kwargs: Any,  # Any: aiohttp's server options, passed on as aiohttp types them
+    ) -> None:
+        super().__init__(handler, **kwargs)
         self._on_connection = on_connection
 
     def __call__(self) -> RequestHandler:
