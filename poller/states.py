@@ -121,6 +121,11 @@ def decide(
 def _on_result(
     watch: WatchProgress, result: PollResult, policy: Policy, now: float
 ) -> tuple[WatchProgress, Transition | None, tuple[Event, ...], float]:
+    """Apply a readable answer: new progress, transition, events and the wait before the next poll.
+
+    The transition and stall rules live in their own helpers; they return plain values (no
+    tuples), so splitting them out allocates nothing more on this every-poll path.
+    """
     events: list[Event] = []
     if watch.unreachable:
         events.append(Event.RECOVERED)
@@ -131,15 +136,7 @@ def _on_result(
     progress_changed = result.progress is not None and result.progress != watch.progress
     changed = state_changed or raw_changed or progress_changed
 
-    transition = None
-    if state_changed or (new_state == State.UNKNOWN and raw_changed):
-        transition = Transition(
-            from_state=watch.state,
-            to_state=new_state,
-            remote_status=result.remote_status,
-            progress=result.progress,
-            at=now,
-        )
+    transition = _result_transition(watch, result, new_state, state_changed, raw_changed, now)
 
     started_at = watch.started_at
     if new_state == State.RUNNING and started_at is None:
@@ -152,12 +149,7 @@ def _on_result(
 
     stalled = watch.stalled and not changed
     last_change_at = now if changed or watch.last_change_at is None else watch.last_change_at
-    if (
-        not terminal
-        and new_state == State.RUNNING
-        and not stalled
-        and now - last_change_at >= policy.stall_after
-    ):
+    if _starts_stall(new_state, terminal, stalled, last_change_at, policy, now):
         stalled = True
         events.append(Event.STALLED)
 
@@ -180,6 +172,51 @@ def _on_result(
         active=not terminal,
     )
     return progress, transition, tuple(events), progress.wait or policy.interval
+
+
+def _result_transition(
+    watch: WatchProgress,
+    result: PollResult,
+    new_state: State,
+    state_changed: bool,
+    raw_changed: bool,
+    now: float,
+) -> Transition | None:
+    """The transition a readable answer records, or None if it records none.
+
+    A change of state is a transition; so is a new raw status while the state stays UNKNOWN,
+    because then the raw status is the only thing that tells the user the job moved.
+    """
+    if not (state_changed or (new_state == State.UNKNOWN and raw_changed)):
+        return None
+    return Transition(
+        from_state=watch.state,
+        to_state=new_state,
+        remote_status=result.remote_status,
+        progress=result.progress,
+        at=now,
+    )
+
+
+def _starts_stall(
+    new_state: State,
+    terminal: bool,
+    stalled: bool,
+    last_change_at: float,
+    policy: Policy,
+    now: float,
+) -> bool:
+    """Whether this answer newly stalls the watch: RUNNING, unchanged for `stall_after`.
+
+    Only a job that is running can stall (a queued one is waiting, a finished one is done),
+    and a watch already stalled is not reported again until it changes.
+    """
+    return (
+        not terminal
+        and new_state == State.RUNNING
+        and not stalled
+        and now - last_change_at >= policy.stall_after
+    )
 
 
 def _on_failure(
