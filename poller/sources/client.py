@@ -604,11 +604,37 @@ def _salvage_float(digits: str) -> float | Unreadable:
 
 def _transport_error(exc: BaseException) -> SourceError:
     """Categorise a transport failure, without the URL (which may carry a secret)."""
+    chain = _cause_chain(exc)
+    # The order of these checks is the categorisation: a name that cannot be resolved or a TLS
+    # failure anywhere in the chain wins over the generic connection error that wraps it.
+    error = _resolution_or_tls_error(exc, chain)
+    if error is not None:
+        return error
+    if isinstance(exc, aiohttp.InvalidURL):
+        # its text is the URL itself, which may carry a secret
+        return PermanentSourceError("config", "the URL is not a valid http(s) URL")
+    error = _connection_error(exc, chain)
+    if error is not None:
+        return error
+    return TransientSourceError("network", f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, outermost first, at most 8 deep.
+
+    aiohttp wraps the OS error that says why (a resolver or TLS failure) in its own exceptions,
+    sometimes only as `os_error`; the bound stops a cyclic chain from looping.
+    """
     chain: list[BaseException] = []
     cause: BaseException | None = exc
     while cause is not None and len(chain) < 8:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__ or getattr(cause, "os_error", None)
+    return chain
+
+
+def _resolution_or_tls_error(exc: BaseException, chain: list[BaseException]) -> SourceError | None:
+    """The error for a host name that cannot be resolved or a TLS failure, else None."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError) or any(
         isinstance(c, socket.gaierror) for c in chain
     ):
@@ -618,9 +644,11 @@ def _transport_error(exc: BaseException) -> SourceError:
         reason = next((r for r in reasons if r), None)
         # Never retried without verification: a TLS failure stays a failure.
         return PermanentSourceError("tls", f"TLS error: {reason or 'TLS handshake failed'}")
-    if isinstance(exc, aiohttp.InvalidURL):
-        # its text is the URL itself, which may carry a secret
-        return PermanentSourceError("config", "the URL is not a valid http(s) URL")
+    return None
+
+
+def _connection_error(exc: BaseException, chain: list[BaseException]) -> SourceError | None:
+    """The error for a connection that failed or dropped, else None."""
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return TransientSourceError("network", f"connection dropped: {_first_line(exc)}")
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -630,7 +658,7 @@ def _transport_error(exc: BaseException) -> SourceError:
         return TransientSourceError("network", f"connection failed: {why}")
     if any(isinstance(c, ConnectionError) for c in chain):
         return TransientSourceError("network", f"connection dropped: {_first_line(chain[-1])}")
-    return TransientSourceError("network", f"{type(exc).__name__}: {_first_line(exc)}")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
