@@ -262,7 +262,18 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             )
         )
         return
+    # One `now` for every row, so all the "ago" columns are measured from the same instant.
     now = time.time()
+    out = _console()
+    if watches:
+        out.print(_watches_table(watches, now))
+    else:
+        out.print("no watches yet: add jobs to the config or run `poller add`")
+    _print_undelivered(out, deliveries, pending, given_up, now)
+
+
+def _watches_table(watches: Sequence[Watch], now: float) -> Table:
+    """The `status` table: one row per watch, every cell `plain` text."""
     table = Table(box=None, pad_edge=False)
     for column in ("KEY", "NAME", "STATE", "PROGRESS", "LAST POLL", "NEXT POLL", "LAST ERROR"):
         table.add_column(column, overflow="fold")
@@ -277,16 +288,27 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
                     _state_label(w),
                     f"{p.progress:.0f}%" if p.progress is not None else "-",
                     _ago(w.last_poll_at, now),
+                    # An inactive watch is not polled again: its stored next poll means nothing.
                     _ago(w.next_poll_at, now) if p.active else "-",
                     (p.last_error or "")[:80],
                 )
             )
         )
-    out = _console()
-    if watches:
-        out.print(table)
-    else:
-        out.print("no watches yet: add jobs to the config or run `poller add`")
+    return table
+
+
+def _print_undelivered(
+    out: Console,
+    deliveries: Mapping[str, int],
+    pending: Sequence[Undelivered],
+    given_up: Sequence[Undelivered],
+    now: float,
+) -> None:
+    """Print the delivery totals, then a table each of still-retried and given-up deliveries.
+
+    `pending` and `given_up` are the newest `STATUS_LIST_LIMIT` of each; the totals in
+    `deliveries` say when more exist than are shown.
+    """
     pending_count = deliveries.get("pending", 0)
     given_up_count = deliveries.get("given_up", 0)
     if pending_count or given_up_count:
@@ -299,24 +321,29 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             continue
         more = f", newest {len(entries)} shown" if total > len(entries) else ""
         out.print(f"\n{title} ({total}{more}):")
-        table = Table(box=None, pad_edge=False)
-        for column in ("KEY", "EVENT", "CHANNEL", "SINCE", "ATTEMPTS", "LAST ERROR"):
-            table.add_column(column, overflow="fold")
-        for e in entries:
-            table.add_row(
-                *(
-                    plain(value)
-                    for value in (
-                        e.key,
-                        e.event,
-                        e.channel,
-                        _ago(e.created_at, now),
-                        str(e.attempts),
-                        (e.last_error or "")[:240],
-                    )
+        out.print(_undelivered_table(entries, now))
+
+
+def _undelivered_table(entries: Sequence[Undelivered], now: float) -> Table:
+    """One row per undelivered notification: key, event, channel, age, attempts, last error."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("KEY", "EVENT", "CHANNEL", "SINCE", "ATTEMPTS", "LAST ERROR"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            *(
+                plain(value)
+                for value in (
+                    e.key,
+                    e.event,
+                    e.channel,
+                    _ago(e.created_at, now),
+                    str(e.attempts),
+                    (e.last_error or "")[:240],
                 )
             )
-        out.print(table)
+        )
+    return table
 
 
 @app.command()

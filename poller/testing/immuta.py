@@ -90,6 +90,26 @@ def _parse_iso(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _search_matches(
+    job: _ImmutaJob,
+    types: set[str],
+    states: set[str],
+    start: datetime | None,
+    end: datetime | None,
+) -> bool:
+    """Whether `job` passes a ``/jobs/search`` query's filters.
+
+    An empty `types` or `states` set, or a missing date, means that filter was not given
+    and lets every job through; values in the sets are already lower-cased.
+    """
+    return not (
+        (types and job.job_type.lower() not in types)
+        or (states and job.state.lower() not in states)
+        or (start is not None and job.created < start)
+        or (end is not None and job.created > end)
+    )
+
+
 class ImmutaSim(HttpServer):
     """The Immuta jobs API under ``{base_url}`` = ``http://127.0.0.1:PORT/api``.
 
@@ -318,6 +338,35 @@ class ImmutaSim(HttpServer):
             await asyncio.sleep(pause if deadline is None else min(pause, deadline - now))
 
     def _listing(self, request: Request, kind: str) -> Response:
+        parsed = self._listing_window(request)
+        if isinstance(parsed, Response):
+            return parsed
+        offset, size, start, end = parsed
+        bulk = request.query.get("bulkId")
+        types = {t.lower() for t in _values(request, "jobType")}
+        states = {s.lower() for s in _values(request, "state")}
+        with self._lock:
+            matching = []
+            for job in sorted(self._jobs.values(), key=lambda j: (j.created, j.job_id)):
+                # Every job advances, listed or not, so any listing moves every job's script on.
+                self._advance(job)
+                if kind == "jobs" and bulk is not None and job.bulk_id != bulk:
+                    continue
+                if kind == "search" and not _search_matches(job, types, states, start, end):
+                    continue
+                matching.append(job.summary())
+        page = matching[offset : offset + size]
+        answer: dict[str, Any] = {"jobs": page}
+        self._set_next(answer, request, offset, size, more=offset + size < len(matching))
+        return Response(200, answer)
+
+    def _listing_window(
+        self, request: Request
+    ) -> tuple[int, int, datetime | None, datetime | None] | Response:
+        """A listing's ``(offset, size, startDate, endDate)``, or the 400 `Response` for bad ones.
+
+        ``size`` is capped at `max_page_size`, as the real API caps it, rather than refused.
+        """
         try:
             offset = int(request.query.get("offset", "0"))
             size = min(self.max_page_size, int(request.query.get("size", "20")))
@@ -327,30 +376,19 @@ class ImmutaSim(HttpServer):
             return Response(400, {"message": "bad offset, size or date"})
         if offset < 0 or size < 1:
             return Response(400, {"message": "bad offset or size"})
-        bulk = request.query.get("bulkId")
-        types = {t.lower() for t in _values(request, "jobType")}
-        states = {s.lower() for s in _values(request, "state")}
-        with self._lock:
-            matching = []
-            for job in sorted(self._jobs.values(), key=lambda j: (j.created, j.job_id)):
-                self._advance(job)
-                if kind == "jobs" and bulk is not None and job.bulk_id != bulk:
-                    continue
-                if kind == "search" and (
-                    (types and job.job_type.lower() not in types)
-                    or (states and job.state.lower() not in states)
-                    or (start is not None and job.created < start)
-                    or (end is not None and job.created > end)
-                ):
-                    continue
-                matching.append(job.summary())
-        page = matching[offset : offset + size]
-        answer: dict[str, Any] = {"jobs": page}
-        more = offset + size < len(matching)
+        return offset, size, start, end
+
+    def _set_next(
+        self, answer: dict[str, Any], request: Request, offset: int, size: int, *, more: bool
+    ) -> None:
+        """Put the next-page pointer in `answer` in this simulator's `next_style`.
+
+        ``"absent"`` leaves ``next`` out altogether, so clients must cope with no pointer.
+        """
         if self.next_style == "offset":
             answer["next"] = offset + size if more else None
         elif self.next_style == "url":
+            # Keep every other parameter as the client sent it; only the offset moves on.
             query = [(k, v) for k, v in parse_qsl(urlsplit(request.target).query) if k != "offset"]
             query.append(("offset", str(offset + size)))
             answer["next"] = f"{request.path}?{urlencode(query)}" if more else None
-        return Response(200, answer)
