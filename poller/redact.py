@@ -88,12 +88,8 @@ def _finder(secrets: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
     return re.compile("|".join(map(re.escape, secrets))).search
 
 
-def holds(value: object, secrets: tuple[str, ...]) -> bool:
-    """Whether any string in a JSON-like value (keys included) contains one of `secrets`."""
-    return _holds(value, _finder(secrets))
-
-
 def _holds(value: object, find: Callable[[str], re.Match[str] | None]) -> bool:
+    """Whether any string in a JSON-like value (keys included) is matched by `find`."""
     if isinstance(value, str):
         return find(value) is not None
     if isinstance(value, Mapping):
