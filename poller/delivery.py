@@ -18,6 +18,13 @@ The outbox guarantees (README "Delivery"):
 The decisions (storm control, retries, pauses, giving up) are pure functions in
 `delivery_policy`; this module does the I/O around them.
 
+Leases: a channel's task claims its due rows (`Outbox.claim_deliveries`), renews their leases
+only when it may have lost them (`_renew_if_in_doubt`), and ends each row with one of two
+moves: finish (`_finish`: an attempt is recorded) or release (`_release`: given back untried,
+due again at a given time). Whatever is not sent is released: while new events wait for
+others or a storm waits for its window (`Hold`), while a channel is failing (`pause`), while it
+is missing from the config (`keep_for_missing_channel`), at a stop, and after a failed round.
+
 Storm control (``delivery.digest``): a lone event for a quiet channel goes out at once; events
 that come together, or follow a message within ``wait``, wait ``wait`` for others to join them.
 When more than ``threshold`` events would reach a channel within ``window``, the ones due go
@@ -31,8 +38,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Unpack
+from collections.abc import Mapping, Sequence
 
 from poller import delivery_policy as policy
 from poller.config import DeliveryConfig
@@ -41,7 +47,7 @@ from poller.errors import NotifyError
 from poller.logs import Logger
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
-from poller.service import DbThread, Engine, EngineOptions, Runtime, run_loop
+from poller.service import Engine, Runtime, failure_wait, run_loop
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
@@ -68,14 +74,8 @@ def channel_renames(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str,
 class DeliveryEngine(Engine):
     """Sends due outbox rows: one task per channel, each channel's messages in order."""
 
-    def __init__(
-        self,
-        db: DbThread,
-        runtime: Callable[[], Runtime],
-        owner: str,
-        **options: Unpack[EngineOptions],
-    ) -> None:
-        super().__init__(db, runtime, owner, **options)
+    def _setup(self) -> None:
+        """The channels' state: tasks, storm holds, what was sent, when leases were known."""
         #: messages that went out (a digest counts once) and the deliveries they covered
         self.sent = 0
         self.delivered = 0
@@ -114,7 +114,7 @@ class DeliveryEngine(Engine):
                 self.log,
             )
         finally:
-            await self._finish(max(0.5, self.tuning.stop_grace / 2 - 1.0))
+            await self._drain(max(0.5, self.tuning.stop_grace / 2 - 1.0))
 
     async def _step(self) -> float | None:
         await self.dispatch()
@@ -171,7 +171,8 @@ class DeliveryEngine(Engine):
         candidates = [t for t in (due, *held.values()) if t is not None]
         return min(candidates) if candidates else None
 
-    async def _finish(self, grace: float) -> None:
+    async def _drain(self, grace: float) -> None:
+        """Let the sends in flight finish within `grace` seconds; cancel the rest."""
         tasks = set(self._busy.values())
         if not tasks:
             return
@@ -206,13 +207,13 @@ class DeliveryEngine(Engine):
                     return
         except Exception as exc:
             # Most often the database went away. The leases this process holds are renewed
-            # while it runs, so what this round claimed must be given back explicitly.
+            # while it runs, so what this round claimed must be released explicitly.
             self.log.error(
                 "delivery failed; retrying",
                 channel=channel,
                 error=f"{type(exc).__name__}: {one_line(str(exc), 300)}",
             )
-            await self._give_back([d.id for d in claimed])
+            await self._release([d.id for d in claimed], until_answered=True)
 
     async def _round(
         self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
@@ -235,21 +236,60 @@ class DeliveryEngine(Engine):
             case _:
                 return await self._send_each(runtime, channel, claimed, settings)
 
-    async def _give_back(self, ids: Sequence[int]) -> None:
-        """Return leased rows to the queue, retrying (with backoff) until the database answers."""
+    async def _hold(
+        self, channel: str, claimed: Sequence[Delivery], until: float, *, log: bool = True
+    ) -> None:
+        """Carry out the policy's `Hold`: release `claimed` until `until`, when the channel
+        may send again."""
+        self._held[channel] = until
+        await self._release([d.id for d in claimed], until)
+        if log:
+            self.log.info(
+                "deliveries held for a digest",
+                channel=channel,
+                count=len(claimed),
+                send_in=round(until - self.clock(), 1),
+            )
+
+    # -- lease moves (claiming is in `_serve`) ----------------------------------------------
+
+    async def _release(
+        self,
+        ids: Sequence[int],
+        until: float | None = None,
+        note: str | None = None,
+        *,
+        until_answered: bool = False,
+    ) -> None:
+        """Give leased deliveries back untried, due again at `until` (None: at once), with
+        `note` as their `last_error` if given (`Outbox.release_deliveries`).
+
+        `until_answered` retries (with backoff) until the database answers or the engine
+        stops: for a round that failed, whose rows nothing else would release.
+        """
         failures = 0
         while ids:
             try:
-                await self.db.call(self.db.store.defer_deliveries, self.owner, ids, self.clock())
+                due = self.clock() if until is None else until
+                await self.db.call(self.db.store.release_deliveries, self.owner, ids, due, note)
                 return
             except Exception:
+                if not until_answered:
+                    raise
                 failures += 1
                 if self._stopping.is_set():
                     return  # the next start releases every lease of a crashed predecessor
-                await asyncio.sleep(min(30.0, 2.0 ** min(failures - 1, 5)))
+                await asyncio.sleep(failure_wait(failures))
 
-    async def _still_held(self, channel: str, claimed: Sequence[Delivery]) -> list[Delivery]:
-        """What of `claimed` this process still holds, asking the database only when in doubt.
+    async def _finish(self, outcomes: Sequence[DeliveryOutcome], now: float | None = None) -> None:
+        """Record attempts (sent, retried, given up) and end their leases, at `now` (None: the
+        clock) (`Outbox.finish_deliveries`)."""
+        now = self.clock() if now is None else now
+        await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
+
+    async def _renew_if_in_doubt(self, channel: str, claimed: Sequence[Delivery]) -> list[Delivery]:
+        """What of `claimed` this process still holds, renewing the leases (and asking the
+        database) only when in doubt.
 
         Leases are renewed every third of their length while the process runs. If more time
         than that went by since the lease was last known (the process was frozen: SIGSTOP, a
@@ -260,7 +300,7 @@ class DeliveryEngine(Engine):
         if now - self._lease_known.get(channel, now) < self.tuning.lease / 3:
             return list(claimed)
         held = await self.db.call(
-            self.db.store.keep_deliveries,
+            self.db.store.renew_deliveries,
             self.owner,
             [d.id for d in claimed],
             now + self.tuning.lease,
@@ -273,21 +313,6 @@ class DeliveryEngine(Engine):
                 count=len(claimed) - len(held),
             )
         return [d for d in claimed if d.id in held]
-
-    async def _hold(
-        self, channel: str, claimed: Sequence[Delivery], until: float, *, log: bool = True
-    ) -> None:
-        self._held[channel] = until
-        await self.db.call(
-            self.db.store.defer_deliveries, self.owner, [d.id for d in claimed], until
-        )
-        if log:
-            self.log.info(
-                "deliveries held for a digest",
-                channel=channel,
-                count=len(claimed),
-                send_in=round(until - self.clock(), 1),
-            )
 
     async def _message(
         self, runtime: Runtime, channel: str, delivery: Delivery
@@ -337,20 +362,15 @@ class DeliveryEngine(Engine):
     ) -> bool:
         """Send deliveries one by one, each recorded as soon as it is answered.
 
-        Returns False when the channel is failing (the rest was deferred to its retry).
+        Returns False when the channel is failing (the rest was released until its retry).
         """
         failures = 0
         pending = list(claimed)
         while pending:
             if self._stopping.is_set():
-                await self.db.call(
-                    self.db.store.defer_deliveries,
-                    self.owner,
-                    [d.id for d in pending],
-                    self.clock(),
-                )
+                await self._release([d.id for d in pending])
                 return False
-            pending = await self._still_held(channel, pending)
+            pending = await self._renew_if_in_doubt(channel, pending)
             if not pending:
                 break
             delivery = pending.pop(0)
@@ -377,12 +397,7 @@ class DeliveryEngine(Engine):
                 error = NotifyError(channel, outcome.error or "")
             else:
                 now = self.clock()
-                await self.db.call(
-                    self.db.store.finish_deliveries,
-                    self.owner,
-                    [DeliveryOutcome(delivery.id, sent=True)],
-                    now,
-                )
+                await self._finish([DeliveryOutcome(delivery.id, sent=True)], now)
                 self._note_sent(channel, now, 1)
                 self.sent += 1
                 self.delivered += 1
@@ -390,7 +405,7 @@ class DeliveryEngine(Engine):
                 log.info("delivered", attempts=delivery.attempts + 1, answer=answer)
                 continue
             # Recorded at once: a crash then repeats nothing and loses nothing.
-            await self.db.call(self.db.store.finish_deliveries, self.owner, [outcome], self.clock())
+            await self._finish([outcome])
             self._log_failure(log, delivery, outcome)
             failures += 1
             if policy.should_pause(failures, error.retry_after, len(pending)):
@@ -406,7 +421,7 @@ class DeliveryEngine(Engine):
         settings: DeliveryConfig,
     ) -> bool:
         """Send the claimed deliveries as one message; True if it went out."""
-        claimed = await self._still_held(channel, claimed)
+        claimed = await self._renew_if_in_doubt(channel, claimed)
         if not claimed:
             return True
         fmt = runtime.notifier.format_for(channel)
@@ -437,7 +452,7 @@ class DeliveryEngine(Engine):
                 claimed, error, retry_after, settings, self.clock(), self.rand
             )
             # one attempt for all of them, recorded together
-            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, self.clock())
+            await self._finish(outcomes)
             log = self.log.bind(channel=channel)
             retrying = [o for o in outcomes if o.retry_at is not None]
             if retrying:
@@ -453,12 +468,7 @@ class DeliveryEngine(Engine):
             return False
         now = self.clock()
         # All of them in one transaction, only now that the digest went out.
-        await self.db.call(
-            self.db.store.finish_deliveries,
-            self.owner,
-            [DeliveryOutcome(d.id, sent=True) for d in claimed],
-            now,
-        )
+        await self._finish([DeliveryOutcome(d.id, sent=True) for d in claimed], now)
         self._note_sent(channel, now, len(claimed))
         self.sent += 1
         self.delivered += len(claimed)
@@ -478,39 +488,28 @@ class DeliveryEngine(Engine):
         failed: DeliveryOutcome,
         settings: DeliveryConfig,
     ) -> None:
-        """The channel is failing: the rest waits for its retry; overdue ones are given up."""
+        """The channel is failing: the rest is released until its retry; overdue ones are
+        given up."""
         now = self.clock()
         paused = policy.pause(rest, failed, settings, now, self.rand)
-        if paused.given_up:
-            outcomes = [outcome for _delivery, outcome in paused.given_up]
-            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
-            for delivery, outcome in paused.given_up:
-                self._log_failure(self._bind(channel, delivery), delivery, outcome)
-        waiting = [d.id for d in paused.waiting]
-        await self.db.call(self.db.store.defer_deliveries, self.owner, waiting, paused.until)
+        await self._give_up(channel, paused.given_up, now)
+        await self._release([d.id for d in paused.waiting], paused.until)
 
     async def _keep_for_missing_channel(
         self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
     ) -> None:
         """`channel` is not in the config in force (removed, or renamed on another replica that
-        reloaded first): its deliveries are kept, not given up, and look for it again every
-        `delivery_policy.MISSING_CHANNEL_RECHECK`; only those older than `give_up_after` are
-        given up."""
+        reloaded first): its deliveries are kept, not given up. They are released, noted
+        `MISSING_CHANNEL`, and look for it again every `delivery_policy.MISSING_CHANNEL_RECHECK`;
+        only those older than `give_up_after` are given up."""
         now = self.clock()
         keep = policy.keep_for_missing_channel(channel, claimed, settings, now)
-        if keep.given_up:
-            outcomes = [outcome for _delivery, outcome in keep.given_up]
-            await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
-            for delivery, outcome in keep.given_up:
-                self._log_failure(self._bind(channel, delivery), delivery, outcome)
+        await self._give_up(channel, keep.given_up, now)
         if keep.kept and keep.until is not None:
             until = keep.until
-            ids = [d.id for d in keep.kept]
-            await self.db.call(
-                self.db.store.defer_deliveries, self.owner, ids, until, MISSING_CHANNEL
-            )
+            await self._release([d.id for d in keep.kept], until, MISSING_CHANNEL)
             # A reload may have renamed them to a channel of the config in force while this
-            # ran (after they were claimed, before they were deferred): due again at once.
+            # ran (after they were claimed, before they were released): due again at once.
             await self.db.call(
                 self.db.store.follow_channels,
                 {},
@@ -543,6 +542,19 @@ class DeliveryEngine(Engine):
         self.wakeup.set()
 
     # -- bookkeeping ----------------------------------------------------------------------
+
+    async def _give_up(
+        self,
+        channel: str,
+        given_up: Sequence[tuple[Delivery, DeliveryOutcome]],
+        now: float,
+    ) -> None:
+        """Finish the deliveries a policy gave up untried, and log each one."""
+        if not given_up:
+            return
+        await self._finish([outcome for _delivery, outcome in given_up], now)
+        for delivery, outcome in given_up:
+            self._log_failure(self._bind(channel, delivery), delivery, outcome)
 
     def _failed(
         self,

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Unpack
 
 from poller.config import Config
 from poller.events import EventPayload
 from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
-from poller.service import DbThread, Engine, EngineOptions, Runtime, error_line, run_loop
+from poller.service import Engine, Runtime, error_line, run_loop
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
 
@@ -75,14 +74,8 @@ class PollEngine(Engine):
     claim for every watch or two that comes due.
     """
 
-    def __init__(
-        self,
-        db: DbThread,
-        runtime: Callable[[], Runtime],
-        owner: str,
-        **options: Unpack[EngineOptions],
-    ) -> None:
-        super().__init__(db, runtime, owner, **options)
+    def _setup(self) -> None:
+        """The dispatcher's state: what is in flight, what waits for a group commit."""
         #: called after a group commit queued deliveries (the app wakes the delivery engine)
         self.on_deliveries: Callable[[], None] = lambda: None
         #: watches claimed and not yet written back

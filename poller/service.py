@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import NotRequired, ParamSpec, TypedDict, TypeVar
+from typing import ParamSpec, TypeVar
 
 from poller.config import Config
 from poller.logs import Logger
@@ -94,17 +94,12 @@ async def nap(wakeup: asyncio.Event, due: float | None, now: float, longest: flo
         await asyncio.wait_for(wakeup.wait(), timeout=max(wait, 0.005))
 
 
-class EngineOptions(TypedDict):
-    """`Engine`'s keyword arguments, so that the engines built on it take them typed."""
-
-    log: Logger
-    tuning: NotRequired[Tuning | None]
-    clock: NotRequired[Callable[[], float]]
-    rand: NotRequired[Callable[[], float]]
-
-
 class Engine:
-    """What the polling and delivery engines are both built from."""
+    """What the polling and delivery engines are both built from.
+
+    An engine adds its own state in `_setup`, which the constructor calls last, so that the
+    engines take exactly these arguments without repeating them.
+    """
 
     def __init__(
         self,
@@ -126,6 +121,10 @@ class Engine:
         self.log = log
         #: set to make the engine look for work now instead of at its next due time
         self.wakeup = asyncio.Event()
+        self._setup()
+
+    def _setup(self) -> None:
+        """Set up the engine's own state (an engine overrides this; the base has none)."""
 
 
 async def run_loop(

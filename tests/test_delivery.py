@@ -336,31 +336,31 @@ class TestOutboxQueries:
         assert store.ready_channels(T0 + 10, wait=100) == ["slack"]
         assert store.next_delivery_ready_at(100.0) == T0 + 10
 
-    def test_claims_one_channel_in_order_and_defers_untried(self, store: Store) -> None:
-        """A channel's claim leaves other channels alone; deferring counts no attempt."""
+    def test_claims_one_channel_in_order_and_releases_untried(self, store: Store) -> None:
+        """A channel's claim leaves other channels alone; releasing counts no attempt."""
         queue(store, "a", ("slack", "mail"))
         queue(store, "b", ("slack",))
         claimed = store.claim_deliveries("me", T0, 10, 30, channel="slack")
         assert [d.payload["key"] for d in claimed] == ["ruler-prod/s1/a", "ruler-prod/s1/b"]
         assert store.ready_channels(T0, wait=0) == ["mail"]
         assert store.next_delivery_ready_at(0.0, exclude=["mail"], now=T0) is None
-        assert store.defer_deliveries("other", [d.id for d in claimed], T0 + 50) == 0
-        assert store.defer_deliveries("me", [d.id for d in claimed], T0 + 50) == 2
+        assert store.release_deliveries("other", [d.id for d in claimed], T0 + 50) == 0
+        assert store.release_deliveries("me", [d.id for d in claimed], T0 + 50) == 2
         again = store.claim_deliveries("me", T0 + 50, 1, 30, channel="slack")
         assert [(d.payload["key"], d.attempts) for d in again] == [("ruler-prod/s1/a", 0)]
 
-    def test_keep_answers_only_for_rows_still_held(self, store: Store) -> None:
-        """After a lease ran out and another owner took the rows, keeping them returns none."""
+    def test_renew_answers_only_for_rows_still_held(self, store: Store) -> None:
+        """After a lease ran out and another owner took the rows, renewing them returns none."""
         queue(store, "a", ("slack",))
         queue(store, "b", ("slack",))
         a, b = store.claim_deliveries("frozen", T0, 10, 30, channel="slack")
-        assert store.keep_deliveries("frozen", [a.id, b.id], T0 + 60) == {a.id, b.id}
+        assert store.renew_deliveries("frozen", [a.id, b.id], T0 + 60) == {a.id, b.id}
         assert store.claim_deliveries("other", T0 + 59, 10, 30, channel="slack") == []
         (taken,) = store.claim_deliveries("other", T0 + 61, 1, 30, channel="slack")
         assert taken.id == a.id
         store.finish_deliveries("other", [DeliveryOutcome(a.id, True)], T0 + 62)
-        assert store.keep_deliveries("frozen", [a.id, b.id], T0 + 90) == {b.id}
-        assert store.keep_deliveries("other", [a.id, b.id], T0 + 90) == set()
+        assert store.renew_deliveries("frozen", [a.id, b.id], T0 + 90) == {b.id}
+        assert store.renew_deliveries("other", [a.id, b.id], T0 + 90) == set()
 
     def test_sent_times_and_undelivered(self, store: Store) -> None:
         """What was sent when; what is pending or given up, per watch and newest first."""

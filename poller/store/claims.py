@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from poller.models import EventRecord, Transition, Watch, WatchProgress, record
 from poller.store.db import Database
 from poller.store.rows import WATCH_COLUMNS, watch_from_row
-from poller.store.schema import deliveries, events, transitions, watches
+from poller.store.schema import deliveries, events, lease_free, transitions, watches
 
 
 @record
@@ -53,7 +53,7 @@ class Claims(Database):
             return conn.execute(
                 sa.select(sa.func.min(watches.c.next_poll_at)).where(
                     watches.c.active,
-                    sa.or_(watches.c.lease_until.is_(None), watches.c.lease_until < now),
+                    lease_free(watches, now),
                 )
             ).scalar()
 
@@ -245,6 +245,7 @@ _POSTGRES_QUIET = sa.text(
 # included) and floats travel with 17 digits, so that nothing changes on the way; the new
 # lease is what the claim sets.
 
+#: due and free (`schema.lease_free`, written out: these statements are text)
 _DUE = (
     "active = TRUE AND next_poll_at <= :due AND (lease_until IS NULL OR lease_until < :now)"
     " ORDER BY next_poll_at LIMIT :limit"

@@ -1,5 +1,16 @@
-"""The outbox: the deliveries a write-back queued, as the delivery engine claims, sends,
-defers and finishes them, and as `poller status` reports the ones not sent."""
+"""The outbox: the deliveries a write-back queued, as the delivery engine leases and sends
+them, and as `poller status` reports the ones not sent.
+
+A delivery's lease moves in four ways, one method each (the delivery engine's words too):
+
+- claim (`claim_deliveries`): lease due rows of a channel to this process;
+- renew (`renew_deliveries`): extend the lease on rows it still holds, and learn which;
+- release (`release_deliveries`): give rows back untried, due again at a given time (now,
+  the end of a digest wait, a failing channel's retry, a missing channel's next look);
+- finish (`finish_deliveries`): record an attempt (sent, retried later, or given up).
+
+The whole process's leases, watches included, are renewed and released by `claims.Claims`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from poller.models import Delivery, DeliveryOutcome, Event
 from poller.store.db import IN_CHUNK, Database
-from poller.store.schema import deliveries, events, watches
+from poller.store.schema import deliveries, events, lease_free, watches
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,21 @@ class Undelivered:
     last_error: str | None
 
 
+#: deliveries with their event (its kind, its payload), and with the watch it is about
+_WITH_EVENT = deliveries.join(events, events.c.id == deliveries.c.event_id)
+_WITH_WATCH = _WITH_EVENT.join(watches, watches.c.id == events.c.watch_id)
+#: what both a claim (`Delivery`) and `poller status` (`Undelivered`) read of a delivery
+_LISTED = (
+    deliveries.c.id,
+    deliveries.c.channel,
+    deliveries.c.attempts,
+    deliveries.c.created_at,
+    events.c.kind,
+)
+
+
 class Outbox(Database):
-    """The deliveries table: claimed per channel, finished, deferred, kept, reported."""
+    """The deliveries table: claimed, renewed, released and finished per channel; reported."""
 
     def next_delivery_at(self) -> float | None:
         """When the earliest pending delivery is due."""
@@ -42,6 +66,131 @@ class Outbox(Database):
                     deliveries.c.status == "pending"
                 )
             ).scalar()
+
+    # -- the outbox, one channel at a time (delivery engine, status) -------------------------
+
+    def ready_channels(self, now: float, wait: float) -> list[str]:
+        """Channels with a delivery ready to go: due, not leased, and either a retry or a first
+        attempt that has waited `wait` seconds for others to join it (digests)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.channel)
+                    .where(
+                        deliveries.c.status == "pending",
+                        deliveries.c.next_attempt_at <= now,
+                        lease_free(deliveries, now),
+                        sa.or_(deliveries.c.attempts > 0, deliveries.c.created_at <= now - wait),
+                    )
+                    .distinct()
+                ).scalars()
+            )
+
+    def next_delivery_ready_at(
+        self, wait: float, exclude: Sequence[str] = (), now: float | None = None
+    ) -> float | None:
+        """When the earliest delivery not leased (at `now`) and not for `exclude` is ready."""
+        first_ready = sa.case(
+            (deliveries.c.attempts > 0, deliveries.c.next_attempt_at),
+            (
+                deliveries.c.next_attempt_at > deliveries.c.created_at + wait,
+                deliveries.c.next_attempt_at,
+            ),
+            else_=deliveries.c.created_at + wait,
+        )
+        query = sa.select(sa.func.min(first_ready)).where(deliveries.c.status == "pending")
+        if now is not None:
+            query = query.where(lease_free(deliveries, now))
+        if exclude:
+            query = query.where(deliveries.c.channel.not_in(list(exclude)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def claim_deliveries(
+        self, owner: str, now: float, limit: int, lease: float, channel: str | None = None
+    ) -> list[Delivery]:
+        """Lease up to `limit` due deliveries (of one channel, if given) to `owner`, oldest
+        first."""
+        due = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.channel == channel if channel is not None else sa.true(),
+                deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at <= now,
+                lease_free(deliveries, now),
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as conn:
+            ids = (
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + lease)
+                    .returning(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            rows = conn.execute(
+                sa.select(*_LISTED, events.c.payload)
+                .select_from(_WITH_EVENT)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            ).all()
+        return [
+            Delivery(
+                id=row.id,
+                channel=row.channel,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                kind=Event(row.kind),
+                payload=row.payload,
+            )
+            for row in rows
+        ]
+
+    def renew_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
+        """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
+
+        A process that was frozen past its lease (SIGSTOP, a VM pause) asks this before it
+        sends what it claimed: another replica may have taken the rows over and sent them.
+        """
+        if not ids:
+            return set()
+        with self._write() as conn:
+            return set(
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.id.in_(list(ids)),
+                        deliveries.c.lease_owner == owner,
+                        deliveries.c.status == "pending",
+                    )
+                    .values(lease_until=until)
+                    .returning(deliveries.c.id)
+                ).scalars()
+            )
+
+    def release_deliveries(
+        self, owner: str, ids: Sequence[int], until: float, note: str | None = None
+    ) -> int:
+        """Give `owner`'s leased deliveries back untried, due again at `until` (no attempt is
+        counted); `note`, if given, becomes their `last_error` (what `poller status` shows).
+        Returns how many rows `owner` still held."""
+        if not ids:
+            return 0
+        noted = {} if note is None else {"last_error": note}
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None, **noted)
+            ).rowcount
 
     def finish_deliveries(self, owner: str, outcomes: Sequence[DeliveryOutcome], now: float) -> int:
         """Record delivery attempts; returns how many rows this owner still held.
@@ -72,122 +221,11 @@ class Outbox(Database):
                 done += result.rowcount
         return done
 
-    # -- the outbox, one channel at a time (delivery engine, status) -------------------------
-
-    def ready_channels(self, now: float, wait: float) -> list[str]:
-        """Channels with a delivery ready to go: due, not leased, and either a retry or a first
-        attempt that has waited `wait` seconds for others to join it (digests)."""
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    sa.select(deliveries.c.channel)
-                    .where(
-                        deliveries.c.status == "pending",
-                        deliveries.c.next_attempt_at <= now,
-                        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-                        sa.or_(deliveries.c.attempts > 0, deliveries.c.created_at <= now - wait),
-                    )
-                    .distinct()
-                ).scalars()
-            )
-
-    def next_delivery_ready_at(
-        self, wait: float, exclude: Sequence[str] = (), now: float | None = None
-    ) -> float | None:
-        """When the earliest delivery not leased (at `now`) and not for `exclude` is ready."""
-        first_ready = sa.case(
-            (deliveries.c.attempts > 0, deliveries.c.next_attempt_at),
-            (
-                deliveries.c.next_attempt_at > deliveries.c.created_at + wait,
-                deliveries.c.next_attempt_at,
-            ),
-            else_=deliveries.c.created_at + wait,
-        )
-        query = sa.select(sa.func.min(first_ready)).where(deliveries.c.status == "pending")
-        if now is not None:
-            query = query.where(
-                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
-            )
-        if exclude:
-            query = query.where(deliveries.c.channel.not_in(list(exclude)))
-        with self.engine.connect() as conn:
-            return conn.execute(query).scalar()
-
-    def claim_deliveries(
-        self, owner: str, now: float, limit: int, lease: float, channel: str | None = None
-    ) -> list[Delivery]:
-        """Lease up to `limit` due deliveries (of one channel, if given) to `owner`, oldest
-        first."""
-        due = (
-            sa.select(deliveries.c.id)
-            .where(
-                deliveries.c.channel == channel if channel is not None else sa.true(),
-                deliveries.c.status == "pending",
-                deliveries.c.next_attempt_at <= now,
-                sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-            )
-            .order_by(deliveries.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        with self._write() as conn:
-            ids = (
-                conn.execute(
-                    sa.update(deliveries)
-                    .where(deliveries.c.id.in_(due.scalar_subquery()))
-                    .values(lease_owner=owner, lease_until=now + lease)
-                    .returning(deliveries.c.id)
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            rows = conn.execute(
-                sa.select(
-                    deliveries.c.id,
-                    deliveries.c.channel,
-                    deliveries.c.attempts,
-                    deliveries.c.created_at,
-                    events.c.kind,
-                    events.c.payload,
-                )
-                .join(events, events.c.id == deliveries.c.event_id)
-                .where(deliveries.c.id.in_(ids))
-                .order_by(deliveries.c.id)
-            ).all()
-        return [
-            Delivery(
-                id=row.id,
-                channel=row.channel,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                kind=Event(row.kind),
-                payload=row.payload,
-            )
-            for row in rows
-        ]
-
-    def defer_deliveries(
-        self, owner: str, ids: Sequence[int], until: float, note: str | None = None
-    ) -> int:
-        """Give back leased deliveries untried, due again at `until` (no attempt is counted);
-        `note`, if given, becomes their `last_error` (what `poller status` shows)."""
-        if not ids:
-            return 0
-        noted = {} if note is None else {"last_error": note}
-        with self._write() as conn:
-            return conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.id.in_(list(ids)), deliveries.c.lease_owner == owner)
-                .values(next_attempt_at=until, lease_owner=None, lease_until=None, **noted)
-            ).rowcount
-
     def follow_channels(
         self, renamed: Mapping[str, str], present: Sequence[str], note: str, now: float
     ) -> tuple[int, int]:
         """After a reload or at start: pending deliveries of each renamed channel (old name ->
-        new name) move to the new name, and those deferred with `note` (their channel was
+        new name) move to the new name, and those released with `note` (their channel was
         missing) whose channel is in `present` are due at once. Returns (moved, due again)."""
 
         def follow(conn: Connection) -> tuple[int, int]:
@@ -214,28 +252,6 @@ class Outbox(Database):
         # replicas reloading together update the same rows: a deadlock is run again
         return self._retrying(follow)
 
-    def keep_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
-        """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
-
-        A process that was frozen past its lease (SIGSTOP, a VM pause) asks this before it
-        sends what it claimed: another replica may have taken the rows over and sent them.
-        """
-        if not ids:
-            return set()
-        with self._write() as conn:
-            return set(
-                conn.execute(
-                    sa.update(deliveries)
-                    .where(
-                        deliveries.c.id.in_(list(ids)),
-                        deliveries.c.lease_owner == owner,
-                        deliveries.c.status == "pending",
-                    )
-                    .values(lease_until=until)
-                    .returning(deliveries.c.id)
-                ).scalars()
-            )
-
     def sent_times(self, channel: str, since: float) -> list[float]:
         """When each delivery to `channel` sent since `since` went out (a digest's share one)."""
         with self.engine.connect() as conn:
@@ -256,18 +272,13 @@ class Outbox(Database):
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    deliveries.c.id,
-                    deliveries.c.channel,
-                    deliveries.c.attempts,
-                    deliveries.c.created_at,
+                    *_LISTED,
                     deliveries.c.next_attempt_at,
                     deliveries.c.last_error,
-                    events.c.kind,
                     watches.c.key,
                     watches.c.name,
                 )
-                .join(events, events.c.id == deliveries.c.event_id)
-                .join(watches, watches.c.id == events.c.watch_id)
+                .select_from(_WITH_WATCH)
                 .where(deliveries.c.status == status)
                 .order_by(deliveries.c.id.desc())
                 .limit(limit)
@@ -293,9 +304,7 @@ class Outbox(Database):
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(watches.c.key, deliveries.c.status, sa.func.count())
-                .select_from(deliveries)
-                .join(events, events.c.id == deliveries.c.event_id)
-                .join(watches, watches.c.id == events.c.watch_id)
+                .select_from(_WITH_WATCH)
                 .where(deliveries.c.status.in_(("pending", "given_up")))
                 .group_by(watches.c.key, deliveries.c.status)
             ).all()

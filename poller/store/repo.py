@@ -9,7 +9,8 @@ engine, the schema revision, the daemon lock and the write transactions):
 - `watches.Watches`: registering watches (add, config sync, discovery, removal) and the
   reports on them;
 - `claims.Claims`: leasing due watches and writing their polls back (fenced group commits);
-- `outbox.Outbox`: the deliveries, as the delivery engine claims, sends and defers them.
+- `outbox.Outbox`: the deliveries, as the delivery engine claims, renews, releases and
+  finishes them (one lease verb each).
 
 The names other modules import from here (`Store`, `WriteBack`, `safe_url`, ...) stay here.
 """

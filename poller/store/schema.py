@@ -19,8 +19,10 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    or_,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
 
 from poller.models import MAX_LENGTH
 
@@ -139,3 +141,9 @@ deliveries = Table(
 )
 Index("ix_deliveries_due", deliveries.c.status, deliveries.c.next_attempt_at)
 Index("ix_deliveries_event", deliveries.c.event_id)
+
+
+def lease_free(table: Table, now: float) -> ColumnElement[bool]:
+    """Rows of `table` (watches or deliveries) that no lease holds at `now`: never leased,
+    released, or leased by a process that stopped renewing before `now`."""
+    return or_(table.c.lease_until.is_(None), table.c.lease_until < now)
