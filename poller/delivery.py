@@ -47,7 +47,7 @@ from poller.errors import NotifyError
 from poller.logs import Logger
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
-from poller.service import Engine, Runtime, failure_wait, run_loop
+from poller.service import Engine, Runtime, failure_wait
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
@@ -104,15 +104,7 @@ class DeliveryEngine(Engine):
         """Deliver until `stopping` is set; then let sends in flight finish briefly."""
         self._stopping = stopping
         try:
-            await run_loop(
-                "delivery",
-                self._step,
-                self.wakeup,
-                stopping,
-                self.clock,
-                self.tuning.idle_wait,
-                self.log,
-            )
+            await self._run_steps("delivery", stopping)
         finally:
             await self._drain(max(0.5, self.tuning.stop_grace / 2 - 1.0))
 

@@ -18,7 +18,7 @@ from poller.events import EventPayload
 from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
-from poller.service import Engine, Runtime, error_line, run_loop
+from poller.service import Engine, Runtime, error_line
 from poller.states import Decision, decide
 from poller.store.repo import WriteBack
 
@@ -96,15 +96,7 @@ class PollEngine(Engine):
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Dispatch until `stopping` is set."""
-        await run_loop(
-            "dispatch",
-            self._step,
-            self.wakeup,
-            stopping,
-            self.clock,
-            self.tuning.idle_wait,
-            self.log,
-        )
+        await self._run_steps("dispatch", stopping)
 
     async def _step(self) -> float | None:
         tuning = self.tuning

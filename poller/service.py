@@ -126,6 +126,16 @@ class Engine:
     def _setup(self) -> None:
         """Set up the engine's own state (an engine overrides this; the base has none)."""
 
+    async def _step(self) -> float | None:
+        """One round of the engine's work; returns when the next one is due (None: idle)."""
+        raise NotImplementedError
+
+    async def _run_steps(self, name: str, stopping: asyncio.Event) -> None:
+        """Run `_step` until `stopping` is set, as the engine's only timer (`run_loop`)."""
+        await run_loop(
+            name, self._step, self.wakeup, stopping, self.clock, self.tuning.idle_wait, self.log
+        )
+
 
 async def run_loop(
     name: str,

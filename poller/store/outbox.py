@@ -46,13 +46,13 @@ class Undelivered:
 _WITH_EVENT = deliveries.join(events, events.c.id == deliveries.c.event_id)
 _WITH_WATCH = _WITH_EVENT.join(watches, watches.c.id == events.c.watch_id)
 #: what both a claim (`Delivery`) and `poller status` (`Undelivered`) read of a delivery
-_LISTED = (
-    deliveries.c.id,
-    deliveries.c.channel,
-    deliveries.c.attempts,
-    deliveries.c.created_at,
-    events.c.kind,
-)
+#: under the same names; each also reads its event's kind (an `Event`, or text to show)
+_LISTED = (deliveries.c.id, deliveries.c.channel, deliveries.c.attempts, deliveries.c.created_at)
+
+
+def _listed(row: sa.Row[*tuple[Any, ...]]) -> dict[str, Any]:
+    """The `_LISTED` fields of a row, by name."""
+    return {column.name: getattr(row, column.name) for column in _LISTED}
 
 
 class Outbox(Database):
@@ -137,22 +137,12 @@ class Outbox(Database):
             if not ids:
                 return []
             rows = conn.execute(
-                sa.select(*_LISTED, events.c.payload)
+                sa.select(*_LISTED, events.c.kind, events.c.payload)
                 .select_from(_WITH_EVENT)
                 .where(deliveries.c.id.in_(ids))
                 .order_by(deliveries.c.id)
             ).all()
-        return [
-            Delivery(
-                id=row.id,
-                channel=row.channel,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                kind=Event(row.kind),
-                payload=row.payload,
-            )
-            for row in rows
-        ]
+        return [Delivery(**_listed(row), kind=Event(row.kind), payload=row.payload) for row in rows]
 
     def renew_deliveries(self, owner: str, ids: Sequence[int], until: float) -> set[int]:
         """Extend `owner`'s lease on these deliveries to `until`; returns the ids it still held.
@@ -273,6 +263,7 @@ class Outbox(Database):
             rows = conn.execute(
                 sa.select(
                     *_LISTED,
+                    events.c.kind,
                     deliveries.c.next_attempt_at,
                     deliveries.c.last_error,
                     watches.c.key,
@@ -285,14 +276,11 @@ class Outbox(Database):
             ).all()
         return [
             Undelivered(
-                id=row.id,
+                **_listed(row),
                 key=row.key,
                 name=row.name,
                 event=row.kind,
-                channel=row.channel,
                 status=status,
-                attempts=row.attempts,
-                created_at=row.created_at,
                 next_attempt_at=row.next_attempt_at if status == "pending" else None,
                 last_error=row.last_error,
             )
