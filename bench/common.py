@@ -551,25 +551,33 @@ class DbCalls:
     """Counts the daemon's database calls by store method, and the watches polled per claim.
 
     It listens to SQLAlchemy's public pool event ``checkout`` on the daemon's engine (poller's
-    objects are not touched): every `Store` method takes one connection from the pool per
-    call, and the call stack names the method (the outermost `Store` frame, the one the
-    daemon's database thread called). A listener per checkout costs nothing measurable.
+    objects are not touched): every store method takes one connection from the pool per
+    call, and the call stack names the method (the outermost frame of a method of the
+    store's classes, the one the daemon's database thread called). A listener per checkout
+    costs nothing measurable.
+
+    The store's methods live on the classes `Store` is made of (``Claims.claim_due``,
+    ``Watches.add_watch``, ...), so frames are matched by every class in its MRO, not by the
+    name ``Store`` alone (which matched nothing once the store was split, and showed 0 calls).
     """
 
     def __init__(self, daemon: Any) -> None:
         """Listen on `daemon`'s engine (the daemon must be running)."""
         import sqlalchemy as sa
 
+        store = daemon.polls.db.store
         self.calls: Counter[str] = Counter()
         self.daemon = daemon
-        sa.event.listen(daemon.polls.db.store.engine, "checkout", self._checked_out)
+        self._classes = frozenset(cls.__qualname__ for cls in type(store).__mro__)
+        sa.event.listen(store.engine, "checkout", self._checked_out)
 
     def _checked_out(self, *_args: Any) -> None:
         """Count one call of the store method that is taking this connection."""
         name = "other"
         frame = inspect.currentframe()
         while frame is not None:
-            if frame.f_code.co_qualname.startswith("Store."):
+            owner, _, _ = frame.f_code.co_qualname.partition(".")
+            if owner in self._classes and frame.f_code.co_qualname != owner:
                 name = frame.f_code.co_name
             frame = frame.f_back
         self.calls[name] += 1
@@ -583,11 +591,15 @@ class DbCalls:
 def per_poll_calls(before: dict[str, int], after: dict[str, int], polls: int) -> str:
     """Database calls per poll between two snapshots, and the mean watches per claim."""
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    claims = max(1, delta.get("claim_due", 0))
+    claims = delta.get("claim_due", 0)
     shown = ", ".join(
         f"{k} {delta.get(k, 0) / max(1, polls):.3g}"
         for k in ("claim_due", "next_due_at", "write_back")
     )
+    # no claim counted means the counting failed (the daemon polls only what it claims): say
+    # so rather than divide every poll by one claim
+    if not claims:
+        return f"{shown}; no claims counted"
     return f"{shown}; {delta.get('claimed', 0) / claims:.1f} watches/claim"
 
 

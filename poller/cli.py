@@ -87,17 +87,14 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _ago(ts: float | None, now: float) -> str:
+    """`ts` relative to `now` for a table cell (``5m 3s ago``, ``in 40s``); ``-`` without one.
+
+    Spans are written as the notifications write them (`format_duration`, rounded).
+    """
     if ts is None:
         return "-"
     delta = ts - now
-    span = abs(delta)
-    text = (
-        f"{span:.0f}s"
-        if span < 90
-        else f"{span / 60:.0f}m"
-        if span < 5400
-        else f"{span / 3600:.1f}h"
-    )
+    text = format_duration(abs(delta), rounded=True)
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 

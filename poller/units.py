@@ -1,7 +1,8 @@
-"""Numbers and durations: the one reader of numbers from JSON and the one duration formatter.
+"""Numbers, durations and lengths: the one reader of numbers from JSON, the one duration
+formatter and the one cutter of long text.
 
-This is the lowest layer (it imports nothing from poller), so that the config, the sources and
-the notifications read numbers and write durations the same way.
+This is the lowest layer (it imports nothing from poller), so that the config, the sources, the
+notifications and the command line read numbers, write durations and cut text the same way.
 """
 
 from __future__ import annotations
@@ -85,3 +86,12 @@ def _rounded(seconds: float) -> str:
                 parts.append(f"{following}{_UNITS[index + 1][0]}")
             break
     return " ".join(parts) or "0s"
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked with an ellipsis when cut.
+
+    The ellipsis takes the last place, so a cut text is `limit` characters long (one, the
+    ellipsis alone, for a `limit` below one).
+    """
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"

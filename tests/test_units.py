@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poller.units import MAX_SPAN, count, format_duration, number
+from poller.units import MAX_SPAN, count, format_duration, number, shorten
 
 SIZES = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 ORDER = "dhms"
@@ -48,6 +48,32 @@ class TestRoundedDuration:
         assert format_duration(303, rounded=True) == "5m 3s"
         assert format_duration(40, rounded=True) == "40s"
         assert format_duration(3605, rounded=True) == "1h"
+
+    def test_status_spans(self) -> None:
+        """The ages `poller status` shows: whole seconds, a fraction of one is dropped."""
+        assert format_duration(5400, rounded=True) == "1h 30m"
+        assert format_duration(0.6, rounded=True) == "0s"
+        assert format_duration(89.9, rounded=True) == "1m 29s"
+
+
+class TestShorten:
+    """`shorten`: the one cutter of long text (source fields, message fields and bodies)."""
+
+    @given(st.text(), st.integers(min_value=1, max_value=50))
+    def test_fits_and_keeps_the_start(self, text: str, limit: int) -> None:
+        """Text that fits is unchanged; longer text is its start and an ellipsis, `limit` long."""
+        result = shorten(text, limit)
+        if len(text) <= limit:
+            assert result == text
+        else:
+            assert len(result) == limit and result.endswith("…")
+            assert text.startswith(result[:-1])
+
+    def test_examples(self) -> None:
+        """The ellipsis takes the last place; a limit below one leaves it alone."""
+        assert shorten("abcdef", 4) == "abc…"
+        assert shorten("abcd", 4) == "abcd"
+        assert shorten("abc", 0) == "…"
 
 
 class TestNumbers:

@@ -22,12 +22,11 @@ from poller.notify.text import (
     MAX_TITLE,
     Format,
     clean,
-    cut,
     fenced,
     md_escape,
     one_line,
 )
-from poller.units import count, format_duration, number
+from poller.units import count, format_duration, number, shorten
 
 #: A short marker per outcome, so a glance at a channel tells good from bad.
 MARKERS: Mapping[Event, str] = {
@@ -336,7 +335,7 @@ def _blocks(facts: Mapping[str, Any], fmt: Format, field: Callable[[str, str], s
 def render(kind: Event, payload: Mapping[str, object], fmt: Format = "text") -> tuple[str, str]:
     """poller's own title and body for one event, from its stored payload."""
     facts = event_facts(kind, payload)
-    return _title(kind, facts), cut("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
+    return _title(kind, facts), shorten("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
 
 
 def minimal_message(kind: Event, payload: Mapping[str, object]) -> tuple[str, str]:
@@ -409,7 +408,7 @@ def render_digest(
             part_title, part_body = render(kind, payload, fmt)
             parts.append(f"**{md_escape(part_title)}**" if fmt == "markdown" else part_title)
             parts.append(part_body + "\n")
-        return one_line(title, MAX_TITLE), cut("\n".join(parts).strip(), MAX_BODY), severity
+        return one_line(title, MAX_TITLE), shorten("\n".join(parts).strip(), MAX_BODY), severity
 
     esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
     lines: list[str] = []
@@ -447,7 +446,7 @@ def render_digest_safely(
         if len(items) > max_jobs:
             lines.append(f"… and {len(items) - max_jobs} more; see `poller history`.")
         title = f"{MARKERS[worst]} {len(items)} job events"
-        body = cut("\n".join(lines), MAX_BODY)
+        body = shorten("\n".join(lines), MAX_BODY)
         return (title, body, EVENT_SEVERITY[worst]), _describe(exc)
 
 

@@ -26,7 +26,8 @@ import jinja2.sandbox
 
 from poller.models import Event, JsonValue
 from poller.notify.render import MARKERS, event_facts, render
-from poller.notify.text import MAX_BODY, MAX_TITLE, Format, cut, md_escape, one_line
+from poller.notify.text import MAX_BODY, MAX_TITLE, Format, md_escape, one_line
+from poller.units import shorten
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
@@ -283,7 +284,7 @@ class MessageTemplate:
             # one line, whatever the template does: a title may become a mail Subject header
             title = one_line(render_limited(self.title, variables), MAX_TITLE)
         if self.body is not None:
-            body = cut(render_limited(self.body, variables).strip(), MAX_BODY)
+            body = shorten(render_limited(self.body, variables).strip(), MAX_BODY)
         return title or one_line(f"{MARKERS[kind]} {variables['name']}", MAX_TITLE), body
 
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
+from poller.units import shorten
+
 #: How a message body is written: plain text, or Markdown (which Apprise turns into HTML for
 #: email and into each chat service's own markup).
 Format = Literal["text", "markdown"]
@@ -43,7 +45,7 @@ def clean(text: object, limit: int = MAX_FIELD) -> str:
     value = _MENTION.sub(
         lambda m: m.group(0).replace("@", "@\u200b").replace("<!", "<\u200b!"), value
     )
-    return cut(value, limit)
+    return shorten(value, limit)
 
 
 def one_line(text: object, limit: int = 200) -> str:
@@ -64,8 +66,3 @@ def fenced(lines: Iterable[str]) -> str:
     """A Markdown code block whose content cannot close it early."""
     body = "\n".join(line.replace("```", "`\u200b`\u200b`") for line in lines)
     return f"```\n{body}\n```"
-
-
-def cut(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, marked with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 
 from poller.sources.client import Unreadable
 
-# the one number reader, shared with the notifications; the adapters call it `lenient.number`
+# the one number reader and text cutter, shared with the notifications; the adapters call them
+# `lenient.number` and `lenient.shorten`
 from poller.units import count as count
 from poller.units import number as number
+from poller.units import shorten as shorten
 
 #: Longest text kept from a remote field, so a hostile answer cannot bloat rows or messages.
 MAX_TEXT = 2000
@@ -43,11 +45,6 @@ def text(value: object, limit: int = MAX_TEXT) -> str | None:
     else:
         result = str(value)
     return shorten(result, limit)
-
-
-def shorten(value: str, limit: int) -> str:
-    """`value` cut to `limit` characters, marked with an ellipsis when cut."""
-    return value if len(value) <= limit else value[: max(0, limit - 1)] + "…"
 
 
 def identifier(value: object) -> str | None:

@@ -9,6 +9,8 @@ and the benchmarks. It is not used by the daemon itself.
 - `immuta`: `ImmutaSim`, the Immuta jobs API.
 - `jsonapi`: `JsonJobSim`, a generic JSON job-status API for the ``http`` source type.
 - `webhook`: `WebhookSink`, a receiver for Apprise ``json://`` notifications.
+- `script`: `Script`, the timed field changes the Ruler and Immuta simulators apply to a job
+  when it is read (their ``script_job``).
 
 Every public method of the simulators is thread-safe: a test on the main thread may drive a
 server that runs on a `SimThread`. A server can also run on the caller's own loop

@@ -8,11 +8,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from poller.models import JsonValue
+from poller.testing.script import Script, ordered_steps
 from poller.testing.server import (
     HttpServer,
     Request,
@@ -39,9 +40,7 @@ class _ImmutaJob:
     started: datetime | None = None
     completed: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    script: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
-    script_start: float = 0.0
-    script_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+    script: Script = field(default_factory=Script)
 
     @property
     def terminal(self) -> bool:
@@ -198,17 +197,13 @@ class ImmutaSim(HttpServer):
         Steps apply lazily when the job is read, long-polls included. A missing job is created
         with the `add_job` defaults. A new script replaces the old one.
         """
-        ordered = sorted(((float(at), dict(fields)) for at, fields in steps), key=lambda s: s[0])
-        for _, fields in ordered:
-            _check_immuta_fields(fields)
+        ordered = ordered_steps(steps, _check_immuta_fields)
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 job = _ImmutaJob(job_id=job_id, job_type="policyUpdate", created=datetime.now(UTC))
                 self._jobs[job_id] = job
-            job.script = deque(ordered)
-            job.script_start = self._clock()
-            job.script_wall = datetime.now(UTC)
+            job.script = Script(ordered, self._clock())
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job's current document, as the statuses endpoint would answer it."""
@@ -237,12 +232,8 @@ class ImmutaSim(HttpServer):
             raise KeyError(f"no Immuta job {job_id}") from None
 
     def _advance(self, job: _ImmutaJob) -> None:
-        if not job.script:
-            return
-        elapsed = self._clock() - job.script_start
-        while job.script and job.script[0][0] <= elapsed:
-            at, fields = job.script.popleft()
-            self._apply(job, fields, job.script_wall + timedelta(seconds=at))
+        for fields, when in job.script.due(self._clock):
+            self._apply(job, fields, when)
 
     @staticmethod
     def _apply(job: _ImmutaJob, fields: Mapping[str, Any], when: datetime) -> None:

@@ -4,12 +4,12 @@ that tests add, change or script on a clock."""
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from poller.testing.script import Script, ordered_steps
 from poller.testing.server import (
     HttpServer,
     Request,
@@ -49,9 +49,7 @@ class _RulerJob:
     failures: list[dict[str, Any]] | None = None
     completed: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    script: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
-    script_start: float = 0.0
-    script_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+    script: Script = field(default_factory=Script)
 
     @property
     def terminal(self) -> bool:
@@ -194,9 +192,7 @@ class RulerSim(HttpServer):
         runs in the background; a step's completedDateTime is its scheduled time. A missing
         job is created with the `add_job` defaults. A new script replaces the old one.
         """
-        ordered = sorted(((float(at), dict(fields)) for at, fields in steps), key=lambda s: s[0])
-        for _, fields in ordered:
-            _check_fields(fields)
+        ordered = ordered_steps(steps, _check_fields)
         with self._lock:
             job = self._jobs.get((site, job_id))
             if job is None:
@@ -208,9 +204,7 @@ class RulerSim(HttpServer):
                     created=datetime.now(UTC),
                 )
                 self._jobs[site, job_id] = job
-            job.script = deque(ordered)
-            job.script_start = self._clock()
-            job.script_wall = datetime.now(UTC)
+            job.script = Script(ordered, self._clock())
 
     def job(self, site: str, job_id: str) -> dict[str, Any]:
         """The job's current status document, as the status endpoint would answer it."""
@@ -233,12 +227,8 @@ class RulerSim(HttpServer):
             raise KeyError(f"no Ruler job {site}/{job_id}") from None
 
     def _advance(self, job: _RulerJob) -> None:
-        if not job.script:
-            return
-        elapsed = self._clock() - job.script_start
-        while job.script and job.script[0][0] <= elapsed:
-            at, fields = job.script.popleft()
-            self._apply(job, fields, job.script_wall + timedelta(seconds=at))
+        for fields, when in job.script.due(self._clock):
+            self._apply(job, fields, when)
 
     @staticmethod
     def _apply(job: _RulerJob, fields: Mapping[str, Any], when: datetime) -> None:
