@@ -13,8 +13,8 @@ import poller.config
 import poller.config.models
 from poller.config import Config, load_config
 from poller.config import crosschecks as crosschecks_module
-from poller.config.fields import Name, Written
-from poller.config.paths import as_written
+from poller.settings.fields import Name, Written
+from poller.settings.paths import as_written
 
 CONFIG = """\
 sources:
