@@ -91,7 +91,7 @@ def parse_answer(
 ) -> PollResult:
     """Read one answer; raise `PermanentSourceError` if its state cannot be found.
 
-    `states` is keyed by lower-cased remote values (`config.HttpSource.states`).
+    `states` is keyed by lower-cased remote values (`HttpSource.states`).
     """
     found = _search(expressions.state, body)
     if found is None:
