@@ -177,9 +177,9 @@ async def child_cpu_requester(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def child_cpu_adapter(spec: dict[str, Any]) -> dict[str, Any]:
     """poller's Ruler adapter alone: `poll` on groups of jobs, as the dispatcher hands them."""
-    from poller.config import RulerSource
     from poller.models import JobRef
-    from poller.sources.ruler import RulerAdapter
+    from poller.sources.ruler import RulerSource
+    from poller.sources.ruler.adapter import RulerAdapter
 
     n = spec["watches"]
     adapter = RulerAdapter(

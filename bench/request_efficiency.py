@@ -33,11 +33,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from poller.config import ImmutaSource, RulerSource
 from poller.models import TERMINAL_STATES, JobRef, PollResult
 from poller.sources import Source
-from poller.sources.immuta import ImmutaAdapter
-from poller.sources.ruler import RulerAdapter
+from poller.sources.immuta import ImmutaSource
+from poller.sources.immuta.adapter import ImmutaAdapter
+from poller.sources.ruler import RulerSource
+from poller.sources.ruler.adapter import RulerAdapter
 from poller.testing import HttpServer, ImmutaSim, RulerSim
 
 HOUR = 3600.0

@@ -124,21 +124,16 @@ _SAID = {"job_id": "id"}
 _NO_SLASH = frozenset({"source", "site"})
 
 
-def text_problem(part: str, value: str) -> str | None:
-    """Why `value` cannot be the `part` (a `MAX_LENGTH` key) of a watch, or None if it can.
+def line_problem(value: str) -> str | None:
+    """Why `value` is not one non-empty line of text, or None if it is.
 
-    The one rule for ids, sites, names, tags and source and channel names, wherever they come
-    from: not empty (nor only blanks), at most `MAX_LENGTH[part]` characters, one line of
-    text (no control character, no lone surrogate such as a command-line byte that is not
-    UTF-8, which no database driver can encode), and no ``/`` in a source name or a site id.
+    The one check of every name, id, tag and filter a config or a command gives (there is one
+    wording for it, wherever it runs): not empty (nor only blanks), no control character, no
+    lone surrogate (such as a command-line byte that is not UTF-8, which no database driver
+    can encode).
     """
     if not value.strip():
         return "must not be empty"
-    limit = MAX_LENGTH[part]
-    if len(value) > limit:
-        return f"is {len(value)} characters long; at most {limit} are allowed"
-    if part in _NO_SLASH and "/" in value:
-        return "must not contain '/' (keys join their parts with it)"
     if not value.isprintable():  # the rare case: find out which character, and why
         for char in value:
             kind = unicodedata.category(char)
@@ -147,6 +142,23 @@ def text_problem(part: str, value: str) -> str | None:
             if kind == "Cs":
                 return "is not valid UTF-8 text"
     return None
+
+
+def text_problem(part: str, value: str) -> str | None:
+    """Why `value` cannot be the `part` (a `MAX_LENGTH` key) of a watch, or None if it can.
+
+    The one rule for ids, sites, names, tags and source and channel names, wherever they come
+    from: one line of text (`line_problem`), at most `MAX_LENGTH[part]` characters, and no
+    ``/`` in a source name or a site id.
+    """
+    if not value.strip():
+        return "must not be empty"
+    limit = MAX_LENGTH[part]
+    if len(value) > limit:
+        return f"is {len(value)} characters long; at most {limit} are allowed"
+    if part in _NO_SLASH and "/" in value:
+        return "must not contain '/' (keys join their parts with it)"
+    return line_problem(value)
 
 
 @dataclass(frozen=True)

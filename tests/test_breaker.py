@@ -21,11 +21,13 @@ import pytest
 from pydantic import SecretStr
 from world import AnyAnswer, eventually
 
-from poller.config import HttpSource, ImmutaSource, RulerSource
 from poller.errors import TransientSourceError
 from poller.models import JobRef, Policy, PollFailure, WatchProgress
 from poller.sources import SOURCES, build_source
 from poller.sources.client import Requester, SourceHealth
+from poller.sources.http import HttpSource
+from poller.sources.immuta import ImmutaSource
+from poller.sources.ruler import RulerSource
 from poller.states import decide
 from poller.testing import JsonJobSim, SimThread, WebhookSink
 

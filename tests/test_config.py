@@ -15,14 +15,10 @@ from pydantic import SecretStr, ValidationError
 from poller.config import (
     Config,
     DeliveryConfig,
-    HttpSource,
-    ImmutaSource,
     JobConfig,
     PollingDefaults,
     PollingOverrides,
     Rule,
-    RulerSource,
-    SearchSpec,
     default_database_url,
     format_duration,
     load_config,
@@ -32,6 +28,9 @@ from poller.config import (
 )
 from poller.errors import ConfigError
 from poller.models import Event, Policy, State
+from poller.sources.http import HttpSource
+from poller.sources.immuta import ImmutaSource, SearchSpec
+from poller.sources.ruler import RulerSource
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,9 @@ import poller.config
 import poller.config.models
 from poller.config import Config, load_config
 from poller.config import crosschecks as crosschecks_module
-from poller.config.fields import Name, Written
-from poller.config.paths import as_written
+from poller.errors import ConfigError
+from poller.settings.fields import Name, Written
+from poller.settings.paths import as_written
 
 CONFIG = """\
 sources:
@@ -89,3 +90,18 @@ def test_the_config_keeps_ids_and_tags_as_written() -> None:
     # a database URL or a channel URL given as a number stays a number: "expected a string"
     assert not any(place[0] in ("database", "polling") for place in places)
     assert ("channels", str) not in places
+
+
+def test_a_name_and_a_watch_part_are_checked_in_the_same_words(tmp_path: Path) -> None:
+    """A rule's channel name and a job's name go through one check (`models.line_problem`)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        CONFIG.replace("notify: ops", 'notify: "o\\u0007ps"').replace(
+            "id: 17}", 'id: 17, name: "n\\u0007ame"}'
+        )
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    wording = "holds a control character (U+0007); it is one line of text"
+    assert f"rules[0].notify[0]: {wording}" in str(raised.value)
+    assert f"jobs[1].name: {wording}" in str(raised.value)

@@ -28,7 +28,7 @@ from poller.discovery import (
 )
 from poller.models import WatchSpec
 from poller.sources import Source
-from poller.sources.immuta import ImmutaAdapter
+from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.store.repo import Store
 from poller.testing import ImmutaSim, SimThread, WebhookSink
 

@@ -18,12 +18,15 @@ import pytest
 from pydantic import SecretStr
 from world import SITE, World, eventually, job_yaml
 
-from poller.config import HttpSource, ImmutaSource, JobConfig, RulerSource
+from poller.config import JobConfig
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import Source, lenient
-from poller.sources.http import HttpAdapter
-from poller.sources.immuta import ImmutaAdapter
-from poller.sources.ruler import RulerAdapter
+from poller.sources.http import HttpSource
+from poller.sources.http.adapter import HttpAdapter
+from poller.sources.immuta import ImmutaSource
+from poller.sources.immuta.adapter import ImmutaAdapter
+from poller.sources.ruler import RulerSource
+from poller.sources.ruler.adapter import RulerAdapter
 from poller.testing import HttpServer, ImmutaSim, JsonJobSim, RulerSim, SimThread
 
 TOKEN = "hostile-token-4711"

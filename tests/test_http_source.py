@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from world import AnyAnswer, eventually
 
-from poller.config import HttpSource
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources.http import HttpAdapter, parse_answer, render_body, render_url
+from poller.sources.http import HttpSource
+from poller.sources.http.adapter import HttpAdapter, parse_answer, render_body, render_url
 from poller.testing import JsonJobSim, SimThread, WebhookSink
 
 TOKEN = "warehouse-token-8899"

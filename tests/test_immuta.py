@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from world import AnyAnswer
 
-from poller.config import ImmutaSource, JobConfig, SearchSpec
+from poller.config import JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources.immuta import (
+from poller.sources.immuta import ImmutaSource, SearchSpec
+from poller.sources.immuta.adapter import (
     IMMUTA_STATES,
     MAX_OUTPUT,
     ImmutaAdapter,

@@ -23,12 +23,13 @@ from structlog.testing import capture_logs
 from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
-from poller.config import RulerSource, load_config
+from poller.config import load_config
 from poller.errors import TransientSourceError
 from poller.models import JobRef
 from poller.service import Tuning
 from poller.sources.client import Requester, SourceHealth, path_segment
-from poller.sources.ruler import RulerAdapter
+from poller.sources.ruler import RulerSource
+from poller.sources.ruler.adapter import RulerAdapter
 from poller.store.repo import Store
 from poller.testing import RulerSim, SimThread
 

@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from world import AnyAnswer
 
-from poller.config import SOURCE_TYPES, HttpSource, ImmutaSource, RulerSource
+from poller.config import SOURCE_TYPES
 from poller.errors import PermanentSourceError
 from poller.models import JobRef, PollFailure, PollResult, State
 from poller.sources import SOURCES, Discoverer, Source
 from poller.sources.client import parse_retry_after
-from poller.sources.ruler import (
+from poller.sources.http import HttpSource
+from poller.sources.immuta import ImmutaSource
+from poller.sources.ruler import RulerSource
+from poller.sources.ruler.adapter import (
     LIST_REUSE,
     RULER_STATES,
     ListEntry,

@@ -15,11 +15,13 @@ value that came from the environment or from an ``x_file`` is masked in every pr
 is raised. Every file the config names is read only if it is a regular file, up to a limit
 (`VALUE_FILE_LIMIT`, `CONFIG_FILE_LIMIT`).
 
-One room per job: `fields` (the field types and the durations, rates and URLs they read),
-`models` (the pydantic models), `crosschecks` (what one part says about another), `document`
-(the YAML read with its lines, ``${VAR}`` and ``x_file``), `problems` (pydantic's errors in
-words), `paths` (key paths and the places kept as written) and, here, the orchestration of a
-load and the names the rest of poller imports.
+One room per job: `models` (the pydantic models of the config's parts), `crosschecks` (what
+one part says about another), `document` (the YAML read with its lines, ``${VAR}`` and
+``x_file``), `problems` (pydantic's errors in words) and, here, the orchestration of a load
+and the names the rest of poller imports. The building blocks of the models (field types, key
+paths, polling timings) are in `poller.settings`; each source type's model is in its own
+package of `poller.sources`, which this package imports so that the built-in types are
+registered.
 """
 
 from __future__ import annotations
@@ -32,15 +34,6 @@ from pydantic import BaseModel, ValidationError
 
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.document import CONFIG_FILE_LIMIT, VALUE_FILE_LIMIT, Document
-from poller.config.fields import (
-    TEMPLATE_FIELDS,
-    ChannelUrl,
-    DatabaseUrl,
-    default_database_url,
-    parse_duration,
-    parse_rate,
-    resolve_database_url,
-)
 from poller.config.models import (
     CROSS_CHECKED,
     LOG_LEVELS,
@@ -52,24 +45,26 @@ from poller.config.models import (
     Config,
     DeliveryConfig,
     DigestConfig,
-    HttpExpressions,
-    HttpSource,
-    ImmutaSource,
     JobConfig,
     LogConfig,
-    PollingDefaults,
-    PollingOverrides,
     ReplicasConfig,
     Rule,
-    RulerSource,
-    SearchSpec,
-    SourceConfig,
     TemplateConfig,
 )
-from poller.config.paths import KeyPath
 from poller.config.problems import Checker, adapter, describe_error, final_problems, unknown_key
 from poller.errors import ConfigError
 from poller.models import text_problem
+from poller.settings.fields import (
+    TEMPLATE_FIELDS,
+    ChannelUrl,
+    DatabaseUrl,
+    default_database_url,
+    parse_duration,
+    parse_rate,
+    resolve_database_url,
+)
+from poller.settings.paths import KeyPath
+from poller.settings.polling import PollingDefaults, PollingOverrides
 from poller.sources.base import source_types, source_union
 from poller.units import format_duration
 
@@ -83,18 +78,12 @@ __all__ = [
     "Config",
     "DeliveryConfig",
     "DigestConfig",
-    "HttpExpressions",
-    "HttpSource",
-    "ImmutaSource",
     "JobConfig",
     "LogConfig",
     "PollingDefaults",
     "PollingOverrides",
     "ReplicasConfig",
     "Rule",
-    "RulerSource",
-    "SearchSpec",
-    "SourceConfig",
     "TemplateConfig",
     "default_database_url",
     "format_duration",

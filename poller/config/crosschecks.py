@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from poller.config.fields import as_text
-from poller.config.paths import KeyPath
+from poller.settings.fields import as_text
+from poller.settings.paths import KeyPath
 from poller.sources.base import registered, source_type
 from poller.units import format_duration
 
 _Kind = TypeVar("_Kind")
 
 if TYPE_CHECKING:
-    from poller.config.models import JobConfig, PollingDefaults, PollingOverrides, SourceConfig
+    from poller.config.models import JobConfig
+    from poller.settings.polling import PollingDefaults, PollingOverrides
+    from poller.sources.base import SourceConfig
 
 
 def _choices(what: str, known: Iterable[str]) -> str:

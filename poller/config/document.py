@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from poller.config.fields import control_character
-from poller.config.paths import KeyPath, Pattern
+from poller.settings.fields import control_character
+from poller.settings.paths import KeyPath, Pattern
 
 if TYPE_CHECKING:
     from poller.notify import TemplateProblem

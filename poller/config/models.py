@@ -3,8 +3,9 @@
 `load_config` builds them from a file; they may also be built directly (tests, ``poller add``)
 and validate the same way, only without line numbers.
 
-The source models of the built-in types are registered here as source types
-(`poller.sources.base`): a config's sources are validated against every registered type.
+A config's sources are validated against every registered source type (`poller.sources`,
+whose packages hold each built-in type's model and register it); the other parts' models
+are here.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
-from jmespath.parser import ParsedResult
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationInfo,
@@ -28,43 +26,32 @@ from pydantic import (
 )
 
 from poller.config.crosschecks import policy_problems, reference_problems
-from poller.config.fields import (
-    Backoff,
+from poller.config.problems import adapter
+from poller.models import Event, Policy, key_problem, watch_key
+from poller.notify import MessageTemplate, check_template, compile_template
+from poller.settings.fields import (
     ChannelUrl,
     Count,
     DatabaseUrl,
     Duration,
-    HeaderValue,
-    HttpUrl,
-    JmesPath,
-    Name,
     NonEmptyNames,
-    OptionalBackoff,
-    OptionalDuration,
     OptionalNames,
-    OptionalPositiveDuration,
     PositiveDuration,
-    Rate,
-    ShownValueError,
-    TargetState,
     Text,
-    Token,
     Written,
     as_text,
-    body_fields,
-    compile_jmespath,
     default_database_url,
-    http_url,
     one_or_many,
     resolve_database_url,
-    template_fields,
     watch_part,
 )
-from poller.config.paths import Pattern, as_written, format_path
-from poller.config.problems import adapter
-from poller.models import Event, Policy, State, key_problem, watch_key
-from poller.notify import MessageTemplate, check_template, compile_template
-from poller.sources.base import SourceType, lazy_build, register, source_types, source_union
+from poller.settings.paths import Pattern, as_written, format_path
+from poller.settings.polling import Frozen, PollingDefaults, PollingOverrides
+
+# importing the sources package registers the built-in source types (one package each)
+from poller.sources import SourceConfig
+from poller.sources.base import source_types, source_union
+from poller.sources.immuta import SearchSpec
 from poller.units import format_duration
 
 #: The validation context key that tells `Config` its parts were cross-checked already
@@ -72,207 +59,6 @@ from poller.units import format_duration
 #: run once per load.
 CROSS_CHECKED = "cross_checked"
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _check_interval_order(interval: float | None, max_interval: float | None) -> None:
-    if interval is not None and max_interval is not None and max_interval < interval:
-        raise ValueError(
-            f"must be at least interval ({format_duration(interval)}), "
-            f"not {format_duration(max_interval)}"
-        )
-
-
-class PollingDefaults(_Frozen):
-    """Polling timings for every watch (README "Config reference"); durations in seconds."""
-
-    interval: PositiveDuration = 30.0
-    backoff: Backoff = 1.5
-    max_interval: PositiveDuration = 600.0
-    timeout: PositiveDuration = 86400.0
-    stall_after: PositiveDuration = 7200.0
-    error_after: Duration = 900.0
-
-    @field_validator("max_interval")
-    @classmethod
-    def _max_after_interval(cls, value: float, info: ValidationInfo) -> float:
-        _check_interval_order(info.data.get("interval"), value)
-        return value
-
-
-class PollingOverrides(_Frozen):
-    """A source's or a job's changes to `PollingDefaults`; None keeps the value from above."""
-
-    interval: OptionalPositiveDuration = None
-    backoff: OptionalBackoff = None
-    max_interval: OptionalPositiveDuration = None
-    timeout: OptionalPositiveDuration = None
-    stall_after: OptionalPositiveDuration = None
-    error_after: OptionalDuration = None
-
-    @field_validator("max_interval")
-    @classmethod
-    def _max_after_interval(cls, value: float | None, info: ValidationInfo) -> float | None:
-        _check_interval_order(info.data.get("interval"), value)
-        return value
-
-    def as_dict(self) -> dict[str, float]:
-        """The timings that are set, by `poller.models.Policy` field name."""
-        return {name: value for name, value in self if value is not None}
-
-
-class SourceConfig(_Frozen):
-    """What every source has: limits on the requests poller sends it and polling overrides.
-
-    ``rate_limit`` is in requests per second (None: no limit); ``request_timeout`` is the
-    overall deadline of one request, in seconds.
-    """
-
-    if TYPE_CHECKING:
-        # each source type's model sets it, as ``Literal[its name]`` (`sources.base`)
-        type: str
-
-    max_concurrency: Annotated[Count, Field(ge=1)] = 8
-    rate_limit: Rate = None
-    request_timeout: PositiveDuration = 30.0
-    polling: PollingOverrides = Field(default_factory=PollingOverrides)
-
-
-class RulerSource(SourceConfig):
-    """The Ruler batch API. From ``list_threshold`` watched jobs of one site on, poller polls
-    the site's job list instead of each job."""
-
-    #: A site's job list grows with its jobs (~100 bytes each): a bigger cap on one answer
-    #: (decoded) than one status needs.
-    ANSWER_CAP: ClassVar[int] = 8 << 20
-
-    type: Literal["ruler"] = "ruler"
-    base_url: HttpUrl = "https://rest.rulerapi.com/v1"
-    token: Token
-    list_threshold: Annotated[Count, Field(ge=1)] = 2
-
-
-class ImmutaSource(SourceConfig):
-    """The Immuta jobs API. ``long_poll`` (seconds, None: off) lets one statuses request wait
-    for jobs to end; ``discovery_interval`` is how often bulks and searches are listed again."""
-
-    type: Literal["immuta"] = "immuta"
-    base_url: HttpUrl
-    token: Token
-    batch_size: Annotated[Count, Field(ge=1, le=1000)] = 100
-    long_poll: OptionalDuration = None
-    discovery_interval: PositiveDuration = 60.0
-
-    @field_validator("long_poll")
-    @classmethod
-    def _long_poll_within_request(cls, value: float | None, info: ValidationInfo) -> float | None:
-        if not value:
-            # 0 disables long polling just as leaving it out does
-            return None
-        deadline = info.data.get("request_timeout")
-        if deadline is not None and value >= deadline:
-            raise ShownValueError(
-                f"must be shorter than request_timeout ({format_duration(deadline)}), "
-                "the deadline of the request that waits"
-            )
-        return value
-
-
-class HttpExpressions(NamedTuple):
-    """The compiled JMESPath expressions of an `HttpSource`."""
-
-    state: ParsedResult
-    progress: ParsedResult | None
-    detail: Mapping[str, ParsedResult]
-
-
-class HttpSource(SourceConfig):
-    """Any JSON job-status endpoint, described by templates and JMESPath expressions.
-
-    ``url`` and the string leaves of ``body`` are ``str.format`` templates over
-    `TEMPLATE_FIELDS` (``{{``/``}}`` for literal braces). ``states`` maps remote values,
-    lower-cased (compare ``str(value).lower()``), to poller's states. `compiled` gives the
-    JMESPath expressions ready to search a body with (compiled once per process).
-    """
-
-    type: Literal["http"] = "http"
-    method: Literal["GET", "POST"] = "GET"
-    headers: dict[str, HeaderValue] = Field(default_factory=dict)
-    # body comes before url so that the url's check can see whether the body names {id}
-    body: Any = None
-    url: Written
-    state: JmesPath
-    progress: JmesPath | None = None
-    detail: dict[str, JmesPath] = Field(default_factory=dict)
-    states: dict[str, TargetState]
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper_method(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("body")
-    @classmethod
-    def _check_body(cls, value: object, info: ValidationInfo) -> object:
-        if value is None:
-            return None
-        if info.data.get("method") == "GET":
-            raise ValueError("a body needs method: POST")
-        body_fields(value)
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        http_url(value)
-        names = template_fields(value)
-        if "id" not in names and "body" in info.data:
-            body = info.data["body"]
-            if body is None or "id" not in body_fields(body):
-                raise ValueError("must name {id} (or the body must)")
-        return value
-
-    @field_validator("states")
-    @classmethod
-    def _lower_states(cls, value: dict[str, State]) -> dict[str, State]:
-        if not value:
-            raise ValueError("must map at least one remote state to a poller state")
-        lowered: dict[str, State] = {}
-        for remote, state in value.items():
-            key = remote.lower()
-            if lowered.get(key, state) is not state:
-                raise ValueError("two remote states that differ only in case map differently")
-            lowered[key] = state
-        return lowered
-
-    def compiled(self) -> HttpExpressions:
-        """The ``state``, ``progress`` and ``detail`` expressions, compiled."""
-        return HttpExpressions(
-            state=compile_jmespath(self.state),
-            progress=compile_jmespath(self.progress) if self.progress is not None else None,
-            detail={name: compile_jmespath(expr) for name, expr in self.detail.items()},
-        )
-
-
-# The built-in source types, declared once (`poller.sources.base`): their adapters are
-# imported when a source is built, not when a config is loaded.
-register(
-    SourceType(
-        "ruler",
-        RulerSource,
-        lazy_build("poller.sources.ruler:RulerAdapter"),
-        needs_site=True,
-        answer_cap=RulerSource.ANSWER_CAP,
-    )
-)
-register(
-    SourceType(
-        "immuta", ImmutaSource, lazy_build("poller.sources.immuta:ImmutaAdapter"), discovers=True
-    )
-)
-register(SourceType("http", HttpSource, lazy_build("poller.sources.http:HttpAdapter")))
 
 #: The built-in source types' names (`sources.base.source_types()` has those registered since).
 SOURCE_TYPES = source_types()
@@ -293,7 +79,7 @@ def _one_source(value: object) -> object:
 RegisteredSource = Annotated[SerializeAsAny[SourceConfig], BeforeValidator(_one_source)]
 
 
-class TemplateConfig(_Frozen):
+class TemplateConfig(Frozen):
     """A message template: Jinja2 (sandboxed) `title` and/or `body` over the documented
     variables (`notify.TEMPLATE_VARIABLES`); what it leaves out is poller's own text.
 
@@ -332,14 +118,14 @@ def _compiled_template(title: str | None, body: str | None, fmt: str) -> Message
     return compile_template(title, body, "markdown" if fmt == "markdown" else "text")
 
 
-class ChannelConfig(_Frozen):
+class ChannelConfig(Frozen):
     """A channel written as a mapping: its Apprise URL and a message template for it."""
 
     url: ChannelUrl
     template: TemplateConfig | None = None
 
 
-class DigestConfig(_Frozen):
+class DigestConfig(Frozen):
     """Storm control: many events for one channel go out as one digest message.
 
     A lone event for a quiet channel goes out at once; events that come together, or follow a
@@ -356,7 +142,7 @@ class DigestConfig(_Frozen):
     max_jobs: Annotated[Count, Field(ge=1)] = 200
 
 
-class DeliveryConfig(_Frozen):
+class DeliveryConfig(Frozen):
     """How notifications are sent: per-send timeout, retries and storm control; in seconds.
 
     A failed send is retried after ``retry_initial``, doubling (with jitter) up to
@@ -383,7 +169,7 @@ class DeliveryConfig(_Frozen):
         return value
 
 
-class Rule(_Frozen):
+class Rule(Frozen):
     """Which events go to which channels, optionally only for some sources or tags, and
     optionally with a message template for them."""
 
@@ -402,16 +188,7 @@ class Rule(_Frozen):
         return self.tags is None or not set(self.tags).isdisjoint(tags)
 
 
-class SearchSpec(_Frozen):
-    """The filters of an Immuta job search; every job it finds is watched."""
-
-    jobType: OptionalNames = None  # the API's names
-    state: OptionalNames = None
-    startDate: Name | None = None
-    endDate: Name | None = None
-
-
-class JobConfig(_Frozen):
+class JobConfig(Frozen):
     """A job listed in the config: one job (``id``), an Immuta bulk or an Immuta search."""
 
     source: Annotated[Written, watch_part("source")]
@@ -439,7 +216,7 @@ class JobConfig(_Frozen):
         return watch_key(self.source, self.id, self.site) if self.id is not None else None
 
 
-class ReplicasConfig(_Frozen):
+class ReplicasConfig(Frozen):
     """How processes sharing one database hand work to each other (PostgreSQL replicas).
 
     A claim on a watch or a delivery lasts ``lease`` unless its process renews it (every third
@@ -458,14 +235,14 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
-class LogConfig(_Frozen):
+class LogConfig(Frozen):
     """Log level and format (``auto``: JSON lines unless stdout is a terminal)."""
 
     level: Annotated[LogLevel, BeforeValidator(_log_level)] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Frozen):
+class Config(Frozen):
     """A whole config, validated; `load_config` builds it from a file.
 
     Every field is a top-level key of the file (`TOP_LEVEL_KEYS`) but those in

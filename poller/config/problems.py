@@ -15,10 +15,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from poller.config.document import Document
-from poller.config.fields import ShownValueError, control_character
-from poller.config.paths import KeyPath, bare_type, format_path
 from poller.errors import Problem
 from poller.notify import TemplateProblem
+from poller.settings.fields import ShownValueError, control_character
+from poller.settings.paths import KeyPath, bare_type, format_path
 from poller.sources.base import source_types, source_union
 
 T = TypeVar("T")

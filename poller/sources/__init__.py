@@ -1,4 +1,5 @@
-"""Source adapters: one module per job API, each a type registered in `poller.sources.base`.
+"""Source types: one package per job API (its config model, its adapter and its registration
+in `poller.sources.base`), and the daemon's way to build an adapter for a configured source.
 
 An adapter turns a batch of watched jobs into one outcome per job. It may answer them with one
 request each or with one request for many (where the API allows); either way it never raises
@@ -7,9 +8,10 @@ for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concer
 An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
 `poller.discovery` asks it which jobs a config entry stands for.
 
-Adding a source type: its config model (a `config.SourceConfig` subclass) and its adapter,
-and one `base.register(SourceType(...))`; the config, the cross-checks, the CLI and the
-daemon read the registry.
+Adding a source type: a package ``poller/sources/<type>/`` with its config model
+(``config.py``, a `SourceConfig` subclass), its adapter (``adapter.py``) and, in its
+``__init__.py``, one `base.register(SourceType(...))`; and one import line below. The
+config, the cross-checks, the CLI and the daemon read the registry.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from poller.sources.base import (
     Build,
     Discoverer,
     Source,
-    SourceSettings,
+    SourceConfig,
     SourceType,
     read_outcome,
     registered,
@@ -30,11 +32,20 @@ from poller.sources.base import (
 )
 from poller.sources.client import MAX_BODY_BYTES, MAX_PAUSE, SourceHealth
 
+# The built-in source types, in the order they register (the order `SOURCE_TYPES` lists and
+# messages name them in). Each package imports its config model; its adapter is imported at
+# the first build. A new type is one more line here.
+# isort: off
+from poller.sources import ruler as ruler
+from poller.sources import immuta as immuta
+from poller.sources import http as http
+# isort: on
+
 __all__ = [
     "SOURCES",
     "Discoverer",
     "Source",
-    "SourceSettings",
+    "SourceConfig",
     "SourceType",
     "answer_cap",
     "answer_memory",
@@ -77,14 +88,14 @@ def answer_cap(type_name: str) -> int:
     return MAX_BODY_BYTES if cap is None else cap
 
 
-def answer_memory(sources: Mapping[str, SourceSettings]) -> int:
+def answer_memory(sources: Mapping[str, SourceConfig]) -> int:
     """The most answer bytes the daemon can hold at once (decoded, before parsing): each
     polled source's cap times its ``max_concurrency`` (its requests in flight), summed."""
     return sum(answer_cap(s.type) * s.max_concurrency for s in sources.values())
 
 
 def build_source(
-    config: SourceSettings,
+    config: SourceConfig,
     resolver: AbstractResolver | None = None,
     *,
     max_pause: float = MAX_PAUSE,

@@ -1,15 +1,16 @@
 """What a source type is, and the one registry of them.
 
 A source type is declared once, as a `SourceType`: its name (the config's ``type``), its
-pydantic config model, how to build its adapter, and what its jobs take (a ``site``; bulks and
-searches). Everything else that used to list the types by hand reads this registry: the
-config's source union and its list of type names, the cross-checks of a job's keys, the CLI's
-``--site`` check and the daemon's factory.
+pydantic config model (a `SourceConfig` subclass), how to build its adapter, and what its jobs
+take (a ``site``; bulks and searches). Everything else that used to list the types by hand
+reads this registry: the config's source union and its list of type names, the cross-checks of
+a job's keys, the CLI's ``--site`` check and the daemon's factory.
 
-This module is low on purpose: `poller.config` imports it to derive its source union, so it
-imports neither the config nor any adapter. A type's `build` imports its adapter's module
-when it is called (`lazy_build`), which keeps the HTTP stack out of a config load and the
-import graph free of cycles.
+This module is low on purpose: `poller.config` imports it to derive its source union and each
+type's package imports it to register itself, so it imports neither the config, nor a type's
+package, nor any adapter (only the building blocks of `poller.settings`). A type's `build`
+imports its adapter's module when it is called (`lazy_build`), which keeps the import graph
+free of cycles.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar, Union, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from poller.errors import SourceError
 from poller.models import JobRef, PollFailure, PollOutcome
+from poller.settings.fields import Count, PositiveDuration, Rate
+from poller.settings.polling import Frozen, PollingOverrides
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractResolver
@@ -30,26 +33,27 @@ if TYPE_CHECKING:
     from poller.sources.client import SourceHealth
 
 A = TypeVar("A")
-#: the config entry a `Discoverer` lists jobs for (Immuta's: a `config.JobConfig`)
+#: the config entry a `Discoverer` lists jobs for (a `config.JobConfig`)
 J_contra = TypeVar("J_contra", contravariant=True)
 
 
-class SourceSettings(Protocol):
-    """What the registry and the daemon read of any source's config (a `config.SourceConfig`).
+class SourceConfig(Frozen):
+    """What every source has: limits on the requests poller sends it and polling overrides.
 
-    A protocol, because this module sits below the config and cannot import it; an adapter
-    takes its own type's model (`RulerSource`, ...), which has these and more.
+    The base of every source type's config model (`SourceType.model`), which adds its own
+    settings and a ``type`` field typed ``Literal[its name]``. ``rate_limit`` is in requests
+    per second (None: no limit); ``request_timeout`` is the overall deadline of one request,
+    in seconds.
     """
 
-    @property
-    def type(self) -> str:
-        """The source type's registered name."""
-        ...
+    if TYPE_CHECKING:
+        # each source type's model sets it, as ``Literal[its name]``
+        type: str
 
-    @property
-    def max_concurrency(self) -> int:
-        """The most requests in flight to this source at once."""
-        ...
+    max_concurrency: Annotated[Count, Field(ge=1)] = 8
+    rate_limit: Rate = None
+    request_timeout: PositiveDuration = 30.0
+    polling: PollingOverrides = Field(default_factory=PollingOverrides)
 
 
 @runtime_checkable
@@ -98,7 +102,7 @@ class Build(Protocol):
 
     def __call__(
         self,
-        config: SourceSettings,
+        config: SourceConfig,
         resolver: AbstractResolver | None,
         health: SourceHealth | None = None,
     ) -> Source:
@@ -114,7 +118,7 @@ def lazy_build(target: str) -> Build:
     module_name, _, class_name = target.partition(":")
 
     def build(
-        config: SourceSettings,
+        config: SourceConfig,
         resolver: AbstractResolver | None,
         health: SourceHealth | None = None,
     ) -> Source:
@@ -129,7 +133,7 @@ def lazy_build(target: str) -> Build:
 class SourceType:
     """One source type: everything poller needs to know about it, in one place.
 
-    `model` is its config model: a `config.SourceConfig` subclass whose ``type`` field is
+    `model` is its config model: a `SourceConfig` subclass whose ``type`` field is
     ``Literal[name]``. `needs_site`: its jobs are named by a site and an id (``site`` is
     required for a job with an id, and refused by every other type). `discovers`: it lists
     the jobs of ``bulk`` and ``search`` entries (its adapter is a `Discoverer`).
@@ -138,7 +142,7 @@ class SourceType:
     """
 
     name: str
-    model: type[BaseModel]
+    model: type[SourceConfig]
     build: Build
     needs_site: bool = False
     discovers: bool = False
@@ -153,8 +157,9 @@ class SourceType:
         return True
 
 
-#: The registered source types by name, in registration order (the built-in ones are
-#: registered by `poller.config.models`, next to their models).
+#: The registered source types by name, in registration order (the built-in ones register
+#: themselves in their packages, ``poller/sources/<type>/__init__.py``, which
+#: `poller.sources` imports).
 _REGISTRY: dict[str, SourceType] = {}
 _UNIONS: dict[tuple[str, ...], object] = {}
 

@@ -21,24 +21,41 @@ states Immuta documents as terminal make a job terminal. ``output`` is kept, tru
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from aiohttp.abc import AbstractResolver
 
-from poller.config import ImmutaSource, JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
 from poller.sources.client import Requester, SourceHealth
+from poller.sources.immuta.config import ImmutaSource, SearchSpec
 
 __all__ = [
     "IMMUTA_STATES",
     "ImmutaAdapter",
+    "Listing",
     "parse_job",
     "parse_page",
     "parse_statuses",
 ]
+
+
+class Listing(Protocol):
+    """What discovery reads of a config's job entry (a `config.JobConfig`): its bulk or its
+    search. A protocol, so that this package needs nothing above `poller.sources`."""
+
+    @property
+    def bulk(self) -> str | None:
+        """The id of the bulk whose jobs are listed, or None."""
+        ...
+
+    @property
+    def search(self) -> SearchSpec | None:
+        """The filters of the search whose jobs are listed, or None."""
+        ...
+
 
 #: Immuta's job states and poller's states (the README's state table).
 IMMUTA_STATES: Mapping[str, State] = {
@@ -280,7 +297,7 @@ class ImmutaAdapter:
 
     # -- discovery ---------------------------------------------------------------------
 
-    async def discover(self, job: JobConfig) -> list[str]:
+    async def discover(self, job: Listing) -> list[str]:
         """The ids of the jobs a config entry's ``bulk`` or ``search`` finds, every page of them.
 
         Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.

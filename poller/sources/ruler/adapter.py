@@ -34,12 +34,12 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver
 
-from poller.config import RulerSource
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.lenient import MAX_TEXT, parse_time
+from poller.sources.ruler.config import RulerSource
 
 __all__ = [
     "MAX_TEXT",

@@ -25,9 +25,9 @@ from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from sqlalchemy.engine.url import make_url
 
-from poller.config.paths import AS_WRITTEN
-from poller.models import Event, State, text_problem
+from poller.models import Event, State, line_problem, text_problem
 from poller.notify import quiet_apprise
+from poller.settings.paths import AS_WRITTEN
 
 #: The fields an http source's url and body templates may name.
 TEMPLATE_FIELDS = ("id", "site", "source", "key")
@@ -224,13 +224,12 @@ def as_text(value: object) -> object:
     return value
 
 
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    found = control_character(value)
-    if found is not None:
-        # a name or an id ends up in titles, keys and the database (PostgreSQL refuses NUL)
-        raise ValueError(f"holds a control character ({found[1]}); a name is one line of text")
+def _one_line_name(value: str) -> str:
+    # a name ends up in titles, keys and the database (PostgreSQL refuses NUL): the same
+    # check, in the same words, as a watch's parts (`watch_part`)
+    problem = line_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -416,8 +415,8 @@ HttpUrl = Annotated[Written, AfterValidator(http_url)]
 JmesPath = Annotated[Written, AfterValidator(_check_jmespath)]
 TargetState = Annotated[State, BeforeValidator(_target_state)]
 ChannelUrl = Annotated[SecretStr, AfterValidator(_apprise_url)]
-Name = Annotated[Written, AfterValidator(_non_empty)]
-Text = Annotated[Written, BeforeValidator(as_text), AfterValidator(_non_empty)]
+Name = Annotated[Written, AfterValidator(_one_line_name)]
+Text = Annotated[Written, BeforeValidator(as_text), AfterValidator(_one_line_name)]
 Names = Annotated[tuple[Name, ...], BeforeValidator(one_or_many)]
 NonEmptyNames = Annotated[tuple[Name, ...], BeforeValidator(one_or_many), Field(min_length=1)]
 OptionalNames = Annotated[

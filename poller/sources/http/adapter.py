@@ -1,4 +1,4 @@
-"""Any JSON job-status endpoint, described in the config (`config.HttpSource`).
+"""Any JSON job-status endpoint, described in the config (`HttpSource`).
 
 One request per job: the ``url`` template (and the string leaves of the optional JSON ``body``
 template) are filled with the job's fields (`config.TEMPLATE_FIELDS`: ``id``, ``site``,
@@ -24,11 +24,10 @@ from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
 from poller.sources.client import Requester, SourceHealth, path_segment
+from poller.sources.http.config import HttpExpressions, HttpSource
 
-if TYPE_CHECKING:  # the adapter reads its config; only app.py builds one
+if TYPE_CHECKING:
     from jmespath.parser import ParsedResult
-
-    from poller.config import HttpExpressions, HttpSource
 
 __all__ = ["HttpAdapter", "parse_answer", "render_body", "render_url"]
 
@@ -92,7 +91,7 @@ def parse_answer(
 ) -> PollResult:
     """Read one answer; raise `PermanentSourceError` if its state cannot be found.
 
-    `states` is keyed by lower-cased remote values (`config.HttpSource.states`).
+    `states` is keyed by lower-cased remote values (`HttpSource.states`).
     """
     found = _search(expressions.state, body)
     if found is None:

@@ -1,0 +1,13 @@
+"""The http source type (``type: http``, any JSON job-status endpoint): its config model
+(`config`), its adapter (`adapter`, imported at the first build) and, here, its registration."""
+
+from __future__ import annotations
+
+from poller.sources.base import SourceType, lazy_build, register
+from poller.sources.http.config import HttpExpressions, HttpSource
+
+__all__ = ["HTTP", "HttpExpressions", "HttpSource"]
+
+HTTP = register(
+    SourceType("http", HttpSource, lazy_build("poller.sources.http.adapter:HttpAdapter"))
+)

@@ -1,0 +1,57 @@
+"""The config of an Immuta source, and the filters of an Immuta job search (a job entry's
+``search``, which only this type takes)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from poller.settings.fields import (
+    Count,
+    HttpUrl,
+    Name,
+    OptionalDuration,
+    OptionalNames,
+    PositiveDuration,
+    ShownValueError,
+    Token,
+)
+from poller.settings.polling import Frozen
+from poller.sources.base import SourceConfig
+from poller.units import format_duration
+
+
+class ImmutaSource(SourceConfig):
+    """The Immuta jobs API. ``long_poll`` (seconds, None: off) lets one statuses request wait
+    for jobs to end; ``discovery_interval`` is how often bulks and searches are listed again."""
+
+    type: Literal["immuta"] = "immuta"
+    base_url: HttpUrl
+    token: Token
+    batch_size: Annotated[Count, Field(ge=1, le=1000)] = 100
+    long_poll: OptionalDuration = None
+    discovery_interval: PositiveDuration = 60.0
+
+    @field_validator("long_poll")
+    @classmethod
+    def _long_poll_within_request(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if not value:
+            # 0 disables long polling just as leaving it out does
+            return None
+        deadline = info.data.get("request_timeout")
+        if deadline is not None and value >= deadline:
+            raise ShownValueError(
+                f"must be shorter than request_timeout ({format_duration(deadline)}), "
+                "the deadline of the request that waits"
+            )
+        return value
+
+
+class SearchSpec(Frozen):
+    """The filters of an Immuta job search; every job it finds is watched."""
+
+    jobType: OptionalNames = None  # the API's names
+    state: OptionalNames = None
+    startDate: Name | None = None
+    endDate: Name | None = None
