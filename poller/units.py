@@ -1,5 +1,5 @@
 """Numbers, durations and lengths: the one reader of numbers from JSON, the one duration
-formatter and the one cutter of long text.
+formatter, the one reader of ``Retry-After`` and the one cutter of long text.
 
 This is the lowest layer (it imports nothing from poller), so that the config, the sources, the
 notifications and the command line read numbers, write durations and cut text the same way.
@@ -7,6 +7,7 @@ notifications and the command line read numbers, write durations and cut text th
 
 from __future__ import annotations
 
+import email.utils
 import math
 
 #: The longest span `format_duration` spells out when rounding (100 years); a longer one comes
@@ -95,3 +96,19 @@ def shorten(text: str, limit: int) -> str:
     ellipsis alone, for a `limit` below one).
     """
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)

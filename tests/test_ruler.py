@@ -20,7 +20,6 @@ from poller.config import SOURCE_TYPES
 from poller.errors import PermanentSourceError
 from poller.models import JobRef, PollFailure, PollResult, State
 from poller.sources import SOURCES, Discoverer, Source
-from poller.sources.client import parse_retry_after
 from poller.sources.http import HttpSource
 from poller.sources.immuta import ImmutaSource
 from poller.sources.ruler import RulerSource
@@ -35,6 +34,7 @@ from poller.sources.ruler.adapter import (
     parse_time,
 )
 from poller.testing import RulerSim, SimThread
+from poller.units import parse_retry_after
 
 SITE = "4f2a"
 

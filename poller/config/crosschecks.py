@@ -9,7 +9,7 @@ gets every other part checked), or on a model built directly (`Config`).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from poller.settings.fields import as_text
 from poller.settings.paths import KeyPath
@@ -19,9 +19,23 @@ from poller.units import format_duration
 _Kind = TypeVar("_Kind")
 
 if TYPE_CHECKING:
-    from poller.config.models import JobConfig
     from poller.settings.polling import PollingDefaults, PollingOverrides
     from poller.sources.base import SourceConfig
+
+
+class _PolledJob(Protocol):
+    """What `policy_problems` reads of a job (a `config.JobConfig`, which sits above this
+    module: the models call these checks)."""
+
+    @property
+    def source(self) -> str:
+        """The job's source name."""
+        ...
+
+    @property
+    def polling(self) -> PollingOverrides:
+        """The job's own polling overrides."""
+        ...
 
 
 def _choices(what: str, known: Iterable[str]) -> str:
@@ -156,7 +170,7 @@ def _identity(job: Mapping[str, Any], source: str) -> tuple[str | None, ...] | N
 def policy_problems(
     polling: PollingDefaults | None,
     sources: Mapping[str, SourceConfig],
-    jobs: Sequence[tuple[int, JobConfig]],
+    jobs: Sequence[tuple[int, _PolledJob]],
 ) -> list[tuple[KeyPath, str]]:
     """max_interval below interval once a source's or a job's overrides are merged."""
     if polling is None:

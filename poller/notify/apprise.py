@@ -28,6 +28,7 @@ from poller import redact
 from poller.errors import NotifyError
 from poller.models import EVENT_SEVERITY, Event
 from poller.notify.text import Format, one_line
+from poller.units import parse_retry_after
 
 if TYPE_CHECKING:
     import requests
@@ -296,10 +297,6 @@ class Notifier:
 
 
 def _retry_after(answers: Sequence[tuple[int, str | None]]) -> float | None:
-    # imported here: the HTTP stack of the sources is heavy, and CLI commands that only read the
-    # config should not load it
-    from poller.sources.client import parse_retry_after
-
     waits = [
         wait
         for status, header in answers

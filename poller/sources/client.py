@@ -17,7 +17,6 @@ than the 2x budget the daemon has against bare aiohttp for a whole poll.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from aiolimiter import AsyncLimiter
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
 from poller.models import MAX_WAIT, JsonValue
+from poller.units import parse_retry_after
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,22 +58,6 @@ ACCEPT_ENCODING = "gzip, deflate"
 #: Most bytes one decompression step may produce: a compressed answer is expanded in steps of
 #: this size, so it never holds much more than its cap even when a step passes the cap.
 _DECODE_STEP = 64 * 1024
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _status_error(status: int, headers: Mapping[str, str], now: float) -> SourceError:
