@@ -20,15 +20,15 @@ from functools import partial
 from aiohttp.abc import AbstractResolver
 
 from poller.config import Config, load_config
-from poller.delivery import DeliveryEngine
-from poller.discovery import Discovery, discovery_interval
+from poller.engine.delivery import DeliveryEngine
+from poller.engine.discovery import Discovery, discovery_interval
+from poller.engine.polling import PollEngine
+from poller.engine.runtime import DbThread, Runtime, Tuning, error_line
+from poller.engine.scheduling import Duties
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
 from poller.notify import Notifier
-from poller.polling import PollEngine
-from poller.scheduling import Duties
-from poller.service import DbThread, Runtime, Tuning, error_line
 from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier

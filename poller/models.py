@@ -1,7 +1,7 @@
 """Plain data shared by every layer: states, events, watches, poll outcomes and policies.
 
 Nothing here does I/O; all times are UNIX epoch seconds (floats) so that the pure decisions in
-`states.py` and the store agree on one clock representation on SQLite and PostgreSQL alike.
+`rules.polling` and the store agree on one clock representation on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from poller.config import Config
 from poller.models import Event, JobRef, PollFailure, State, WatchProgress, WatchSpec
 from poller.redact import scrub_outcome, secrets_of
+from poller.rules.polling import decide
 from poller.sources import build_source
-from poller.states import decide
 from poller.terminal import plain, printable
 
 EXIT_SUCCEEDED, EXIT_ENDED_OTHERWISE, EXIT_TIMED_OUT = 0, 1, 3

@@ -23,12 +23,12 @@ from world import AnyAnswer, eventually
 
 from poller.errors import TransientSourceError
 from poller.models import JobRef, Policy, PollFailure, WatchProgress
+from poller.rules.polling import decide
 from poller.sources import SOURCES, build_source
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.http import HttpSource
 from poller.sources.immuta import ImmutaSource
 from poller.sources.ruler import RulerSource
-from poller.states import decide
 from poller.testing import JsonJobSim, SimThread, WebhookSink
 
 TOKEN = "breaker-token"
@@ -292,7 +292,7 @@ POLICY = Policy(interval=5.0, backoff=1.5, max_interval=5.0, error_after=900.0)
 
 
 class TestPostponedWatches:
-    """The watches one pause holds are spread over the next interval (`states.decide`)."""
+    """The watches one pause holds are spread over the next interval (`rules.polling.decide`)."""
 
     @pytest.mark.parametrize(
         "failure",

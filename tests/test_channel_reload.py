@@ -87,7 +87,7 @@ class TestChannelReload:
 
 def test_channel_renames_match_by_url() -> None:
     """A channel gone from the config follows a name with its URL, preferring a new name."""
-    from poller.delivery import channel_renames
+    from poller.engine.delivery import channel_renames
 
     old = {"a": "json://x", "b": "json://y", "c": "json://z"}
     new = {"b": "json://x", "d": "json://x", "e": "json://y", "c": "json://other"}

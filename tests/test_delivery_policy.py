@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.config import DeliveryConfig
-from poller.delivery_policy import (
+from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, Event
+from poller.rules.delivery import (
     MISSING_CHANNEL_RECHECK,
     ChannelState,
     Hold,
@@ -25,7 +26,6 @@ from poller.delivery_policy import (
     retry_wait,
     should_pause,
 )
-from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, Event
 
 T0 = 1_000_000.0
 

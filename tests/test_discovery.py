@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from world import eventually
 
 from poller.config import Config, load_config
-from poller.discovery import (
+from poller.engine.discovery import (
     DEFAULT_INTERVAL,
     Discovery,
     DiscoveryReport,

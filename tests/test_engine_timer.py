@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from conftest import PG_ADMIN_URL
 from world import SITE, World, eventually, job_yaml
 
-from poller.service import failure_wait, run_loop
+from poller.engine.runtime import failure_wait, run_loop
 
 
 class Recorder:

@@ -24,9 +24,9 @@ from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import load_config
+from poller.engine.runtime import Tuning
 from poller.errors import TransientSourceError
 from poller.models import JobRef
-from poller.service import Tuning
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.ruler import RulerSource
 from poller.sources.ruler.adapter import RulerAdapter

@@ -15,8 +15,8 @@ from world import SITE, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import load_config
+from poller.engine.runtime import Tuning
 from poller.logs import configure
-from poller.service import Tuning
 
 
 def canary(kind: str) -> str:

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from poller.app import Daemon
 from poller.cli import app
 from poller.config import SOURCE_TYPES, load_config
+from poller.engine.runtime import Tuning
 from poller.errors import ConfigError
 from poller.models import JobRef, PollOutcome, PollResult, State
-from poller.service import Tuning
 from poller.settings.fields import HttpUrl
 from poller.sources import SOURCES, Source, SourceConfig, read_outcome
 from poller.sources.base import SourceType, register, source_types, unregister

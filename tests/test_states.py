@@ -17,7 +17,7 @@ from poller.models import (
     State,
     WatchProgress,
 )
-from poller.states import decide, delivery_wait, error_wait, next_quiet_wait
+from poller.rules.polling import decide, delivery_wait, error_wait, next_quiet_wait
 
 POLICY = Policy(
     interval=30, backoff=2, max_interval=600, timeout=86400, stall_after=3600, error_after=900

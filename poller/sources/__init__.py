@@ -6,7 +6,7 @@ request each or with one request for many (where the API allows); either way it 
 for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concerns.
 
 An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
-`poller.discovery` asks it which jobs a config entry stands for.
+`poller.engine.discovery` asks it which jobs a config entry stands for.
 
 Adding a source type: a package ``poller/sources/<type>/`` with its config model
 (``config.py``, a `SourceConfig` subclass), its adapter (``adapter.py``) and, in its

@@ -163,7 +163,7 @@ class SourceHealth:
             wait = f"asked again in {math.ceil(left)}s"
             raise self._fast_failure(f"the source is paused; {wait}", left)
         if self.probe:
-            # retry_after 0: the watch comes back within its interval (`states.decide`)
+            # retry_after 0: the watch comes back within its interval (`rules.polling.decide`)
             raise self._fast_failure("the source is paused; one request checks it is back", 0.0)
 
     def admit(self) -> int:

@@ -1,6 +1,6 @@
 """The repository: every read and write poller makes, in synchronous SQLAlchemy Core.
 
-One `Store` per process. The daemon calls it from a single writer thread (see `service.py`),
+One `Store` per process. The daemon calls it from a single writer thread (see `engine/runtime.py`),
 so SQLite sees one writer; CLI commands call it directly.
 
 `Store` is one class composed of the store's rooms, each a mixin over `db.Database` (the

@@ -1,6 +1,6 @@
 """The pure delivery policy: what to do with what was claimed for one channel.
 
-Like `states.decide` for polls, these functions take typed records in (the channel's state,
+Like `rules.polling.decide` for polls, these functions take typed records in (the channel's state,
 the claimed outbox rows, the delivery settings, the time and a random source for jitter) and
 return a decision; they do no I/O. `delivery.DeliveryEngine` does the database round trips
 and the sends around them. The rules they encode (README "Delivery"):
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, record
-from poller.states import delivery_wait
+from poller.rules.polling import delivery_wait
 
 #: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
 FAILURES_BEFORE_PAUSE = 2

@@ -16,7 +16,7 @@ The outbox guarantees (README "Delivery"):
   still failing ``give_up_after`` after its event is given up and logged as an error.
 
 The decisions (storm control, retries, pauses, giving up) are pure functions in
-`delivery_policy`; this module does the I/O around them.
+`rules.delivery`; this module does the I/O around them.
 
 Leases: a channel's task claims its due rows (`Outbox.claim_deliveries`), renews their leases
 only when it may have lost them (`_renew_if_in_doubt`), and ends each row with one of two
@@ -40,14 +40,14 @@ import functools
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from poller import delivery_policy as policy
 from poller.config import DeliveryConfig
-from poller.delivery_policy import ChannelState, Hold, SendDigest
+from poller.engine.runtime import Engine, Runtime, failure_wait
 from poller.errors import NotifyError
 from poller.logs import Logger
 from poller.models import Delivery, DeliveryOutcome
 from poller.notify import Format, one_line, render_digest_safely, render_safely
-from poller.service import Engine, Runtime, failure_wait
+from poller.rules import delivery as policy
+from poller.rules.delivery import ChannelState, Hold, SendDigest
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
@@ -492,7 +492,7 @@ class DeliveryEngine(Engine):
     ) -> None:
         """`channel` is not in the config in force (removed, or renamed on another replica that
         reloaded first): its deliveries are kept, not given up. They are released, noted
-        `MISSING_CHANNEL`, and look for it again every `delivery_policy.MISSING_CHANNEL_RECHECK`;
+        `MISSING_CHANNEL`, and look for it again every `rules.delivery.MISSING_CHANNEL_RECHECK`;
         only those older than `give_up_after` are given up."""
         now = self.clock()
         keep = policy.keep_for_missing_channel(channel, claimed, settings, now)

@@ -1,7 +1,7 @@
 """Polling: claim due watches, poll them through their adapters, write results back.
 
 Data flow (docs/design.md): due watches are claimed from the database with a lease, polled through
-their source adapter, run through the pure `states.decide`, and written back together with
+their source adapter, run through the pure `rules.polling.decide`, and written back together with
 their transition, events and one outbox row per channel in one transaction (a group commit of
 many polls).
 """
@@ -14,12 +14,12 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 from poller.config import Config
+from poller.engine.runtime import Engine, Runtime, error_line
 from poller.events import EventPayload
 from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
-from poller.service import Engine, Runtime, error_line
-from poller.states import Decision, decide
+from poller.rules.polling import Decision, decide
 from poller.store.repo import WriteBack
 
 #: failed group commits in a row after which results are written one at a time (`flush`)

@@ -2,7 +2,7 @@
 
 APScheduler does not hold one job per watch (the database is the schedule, see docs/design.md):
 it runs a handful of duties such as discovery, lease renewal and watchdog pings. The polling and
-delivery engines are not among them: each is its own timer (`service.run_loop`), so that a
+delivery engines are not among them: each is its own timer (`runtime.run_loop`), so that a
 second timer cannot shorten their backoff.
 """
 
