@@ -27,6 +27,7 @@ from poller.config import load_config
 from poller.engine.runtime import Tuning
 from poller.errors import TransientSourceError
 from poller.models import JobRef
+from poller.sources.auth import bearer
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.ruler import RulerSource
 from poller.sources.ruler.adapter import RulerAdapter
@@ -172,7 +173,7 @@ class TestSourceBackoff:
             sim.fail("", status=502, times=None)
 
             async def go() -> int:
-                req = Requester(headers={"Authorization": "Bearer t"}, max_concurrency=4)
+                req = Requester(auth=bearer("t"), max_concurrency=4)
                 errors = 0
                 try:
                     for _ in range(200):
@@ -195,7 +196,7 @@ class TestSourceBackoff:
             sim.fail("", status=429, retry_after=1)
 
             async def go() -> list[str]:
-                req = Requester(headers={"Authorization": "Bearer t"})
+                req = Requester(auth=bearer("t"))
                 kinds = []
                 try:
                     for _ in range(3):

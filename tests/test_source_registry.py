@@ -27,6 +27,7 @@ from poller.errors import ConfigError
 from poller.models import JobRef, PollOutcome, PollResult, State
 from poller.settings.fields import HttpUrl
 from poller.sources import SOURCES, Source, SourceConfig, read_outcome
+from poller.sources.auth import bearer
 from poller.sources.base import SourceType, register, source_types, unregister
 from poller.sources.client import Requester, SourceHealth
 from poller.store.repo import Store
@@ -55,7 +56,7 @@ class ToyAdapter:
     ) -> None:
         self.base_url = config.base_url.rstrip("/")
         self.requester = Requester(
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            auth=bearer(TOKEN),
             max_concurrency=config.max_concurrency,
             resolver=resolver,
             health=health,

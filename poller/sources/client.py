@@ -1,17 +1,16 @@
-"""HTTP for the source adapters: one long-lived client per source, polite and bounded.
+"""HTTP for the source adapters: one long-lived httpx client per source, polite and bounded.
 
-`Requester` wraps an `aiohttp.ClientSession` with what every job API call needs: a per-source
-concurrency cap and rate limit, an overall deadline per request (a per-read timeout would let a
-server that drips a byte a second stall a poll), a cap on the body size after decoding (gzip and
-deflate are decoded here, not by aiohttp, so that a small compressed answer cannot expand past
-the cap), and one translation of everything that can go wrong into `TransientSourceError` or
-`PermanentSourceError`. Only this module knows about the HTTP library.
+`Requester` sends every job-API request through an `httpx.AsyncClient` (over poller's own
+`AiohttpTransport`, `transport.py`) with what every call needs: a per-source concurrency cap
+and rate limit, a circuit breaker (`SourceHealth`), an overall deadline per request (a
+per-read timeout would let a server that drips a byte a second stall a poll), and one
+translation of everything that can go wrong into `TransientSourceError` or
+`PermanentSourceError`. The body cap and its decoding are the transport's.
 
-Why aiohttp and not the httpx API (the project asked for httpx): measured in the same run
-(`bench/daemon.py`, README "Performance"), a GET + JSON costs about 70 µs of CPU with bare
-aiohttp and about 190 µs with httpx's API over the same aiohttp pool (`httpx-aiohttp`); request
-building, cookie extraction and the response wrappers are the difference. That alone is more
-than the 2x budget the daemon has against bare aiohttp for a whole poll.
+httpx costs CPU per request (README "Performance" has the figures), so the hot path takes its
+cheap roads: requests are built whole (`build_request`, `whole_url`: no URL merging, no body
+encoding for a GET) and sent with `client.send`; the client keeps no cookies; the transport
+hands back the body already read.
 """
 
 from __future__ import annotations
@@ -19,24 +18,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import re
-import socket
-import ssl
 import time
-import zlib
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import aiohttp
 import aiohttp.abc
-import yarl
+import httpx
 from aiolimiter import AsyncLimiter
+from httpx import _urlparse
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
 from poller.models import MAX_WAIT, JsonValue
+from poller.sources.transport import AiohttpTransport, NameNotResolved, TLSFailed
 from poller.units import parse_retry_after
 
 T = TypeVar("T")
@@ -47,17 +43,6 @@ R = TypeVar("R")
 MAX_PAUSE = 300.0
 #: Job-status answers are small; anything bigger is not one and is not read to the end.
 MAX_BODY_BYTES = 1 << 20
-
-#: aiohttp's own timers are off: `Requester` puts one overall deadline on each request.
-_NO_TIMEOUTS = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
-_READ_CHUNK = 64 * 1024
-
-#: The content codings poller decodes, and so the only ones it says it accepts. aiohttp's own
-#: decoding is off: it would expand a whole answer before the cap could be checked.
-ACCEPT_ENCODING = "gzip, deflate"
-#: Most bytes one decompression step may produce: a compressed answer is expanded in steps of
-#: this size, so it never holds much more than its cap even when a step passes the cap.
-_DECODE_STEP = 64 * 1024
 
 
 def _status_error(status: int, headers: Mapping[str, str], now: float) -> SourceError:
@@ -84,24 +69,62 @@ def path_segment(text: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
-#: What `_request_url` leaves as it is: the URL's delimiters and existing percent-escapes.
-_URL_SAFE = "%/:?#[]@!$&'()*+,;="
-#: A URL that `quote(url, safe=_URL_SAFE)` would leave as it is.
-_URL_AS_IS = re.compile(r"[A-Za-z0-9_.~\-%/:?#\[\]@!$&'()*+,;=]*")
+#: A URL that `whole_url` can take apart without httpx's parser: http(s), a lower-case host
+#: name or IPv4 address, an optional port, and a path and query of characters that httpx keeps
+#: as they are. The path has no dot-segment (httpx would resolve it) and no fragment.
+_PLAIN_URL = re.compile(
+    r"(https?)://"
+    r"((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))"
+    r"(?::([1-9][0-9]{0,4}))?"
+    r"((?:/(?!\.\.?(?:[/?]|$))(?:[A-Za-z0-9_.~!$&'()*+,;=:@-]|%[0-9A-F]{2})*)*)"
+    r"(?:\?((?:[A-Za-z0-9_.~!$&'()*+,;=:@/?-]|%[0-9A-F]{2})*))?"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _request_url(url: str) -> yarl.URL:
-    """`url` for aiohttp with its percent-escapes kept as they are. yarl decodes ``%2E%2E`` and
-    resolves it like ``..`` unless a URL is marked encoded, which would undo `path_segment`;
-    so what a URL cannot hold as it is (spaces, other non-ASCII) is quoted here instead."""
-    if _URL_AS_IS.fullmatch(url):  # the usual case, and one C call to know it
-        return yarl.URL(url, encoded=True)
-    if not url.isascii():
-        scheme, netloc = urlsplit(url)[:2]
-        if not netloc.isascii():
-            # a host name is IDNA-encoded, not percent-encoded: yarl does that part
-            url = str(yarl.URL(f"{scheme}://{netloc}")) + url[len(scheme) + 3 + len(netloc) :]
-    return yarl.URL(quote(url, safe=_URL_SAFE), encoded=True)
+def whole_url(url: str) -> httpx.URL:
+    """`url` as an `httpx.URL`, equal to ``httpx.URL(url)``.
+
+    A plain URL (`_PLAIN_URL`, which is what job APIs use) is taken apart here with one
+    regular expression: httpx's own parser, written in Python, was about a third of the cost
+    of building a request. Anything else goes through httpx. `_PLAIN_OK` checks at import
+    that this httpx keeps URLs where this module puts them; if not, every URL goes through
+    httpx.
+    """
+    match = _PLAIN_URL.fullmatch(url) if _PLAIN_OK else None
+    if match is None:
+        return httpx.URL(url)
+    scheme, host, port, path, query = match.groups()
+    number = int(port) if port else None
+    if number is not None and (number > 65535 or number == _DEFAULT_PORTS[scheme]):
+        return httpx.URL(url)  # httpx refuses the one and drops the other
+    parts = _urlparse.ParseResult(scheme, "", host, number, path, query, None)
+    made = httpx.URL.__new__(httpx.URL)
+    made._uri_reference = parts
+    return made
+
+
+def _plain_url_works() -> bool:
+    """Whether `whole_url`'s shortcut gives what httpx gives, on this version of httpx."""
+    try:
+        sample = "https://api.example.com:8443/v1/jobs/a%2Fb?x=1&y=%20"
+        parts = _urlparse.ParseResult(
+            "https", "", "api.example.com", 8443, "/v1/jobs/a%2Fb", "x=1&y=%20", None
+        )
+        made = httpx.URL.__new__(httpx.URL)
+        made._uri_reference = parts
+        return (
+            made == httpx.URL(sample)
+            and str(made) == sample
+            and made.raw_path == b"/v1/jobs/a%2Fb?x=1&y=%20"
+        )
+    except Exception:  # any change in httpx's internals: take the slow path
+        return False
+
+
+_PLAIN_OK = _plain_url_works()
 
 
 class SourceHealth:
@@ -220,56 +243,39 @@ class SourceHealth:
 class Requester:
     """One source's HTTP client: limits, deadline, capped body, errors translated.
 
-    The session is made on first use, inside the running event loop (aiohttp binds its pool to
-    the loop). Cookies are neither kept nor sent, redirects are not followed, proxies from the
-    environment are not used, and certificates are always verified.
+    Every request goes through one `httpx.AsyncClient` over an `AiohttpTransport` (or the
+    transport given, `httpx.MockTransport` in adapter tests), with the source's `auth`. The
+    transport reads and decodes the body within `max_body`; cookies are neither kept nor sent,
+    redirects are not followed, proxies from the environment are not used, and certificates
+    are always verified.
     """
 
     def __init__(
         self,
         *,
-        headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | None = None,
         max_concurrency: int = 8,
         rate_limit: float | None = None,
         deadline: float = 30.0,
         max_body: int = MAX_BODY_BYTES,
         health: SourceHealth | None = None,
         resolver: aiohttp.abc.AbstractResolver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.deadline = deadline
         self.max_body = max_body
         self.health = health or SourceHealth()
-        self._headers = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
         self._max_concurrency = max_concurrency
-        self._resolver = resolver
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_concurrency,
-            limit_per_host=0,
-            ttl_dns_cache=60,
-            resolver=self._resolver,
-            ssl=True,  # verify certificates; there is no option to turn that off
+        transport = transport or AiohttpTransport(
+            max_connections=max_concurrency, max_body=max_body, resolver=resolver
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=_NO_TIMEOUTS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            raise_for_status=False,
-            auto_decompress=False,  # `read_body` decodes, within the cap
-        )
-        return self._session
+        self.client = http_client(transport, auth)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self.client.aclose()
 
     async def each(self, fn: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
         """`fn(item)` for every item, at most `max_concurrency` at a time; results in order.
@@ -306,6 +312,11 @@ class Requester:
         by `Unreadable` instead of failing the whole answer (see `load_json`).
         """
         self.health.check()
+        try:
+            request = build_request(method, url, params=params, body=body, headers=headers)
+        except httpx.InvalidURL:
+            # its text may hold the URL, which may carry a secret
+            raise PermanentSourceError("config", "the URL is not a valid http(s) URL") from None
         async with self._semaphore:
             if self._limiter is not None:
                 await self._limiter.acquire()
@@ -315,7 +326,8 @@ class Requester:
             limit = deadline or self.deadline
             try:
                 async with asyncio.timeout(limit):
-                    answer = await self._send(method, url, params, body, headers, partial)
+                    response = await self.client.send(request)
+                answer = _answer_json(response, partial)
             except SourceError as exc:
                 if exc.transient:
                     self.health.failed(exc, probe=probe)
@@ -326,7 +338,7 @@ class Requester:
                 timeout = TransientSourceError("timeout", f"no complete answer within {limit:g}s")
                 self.health.failed(timeout, probe=probe)
                 raise timeout from None
-            except (aiohttp.ClientError, OSError) as exc:
+            except httpx.HTTPError as exc:
                 error = _transport_error(exc)
                 if error.transient:
                     self.health.failed(error, probe=probe)
@@ -337,124 +349,96 @@ class Requester:
             self.health.succeeded()
             return answer
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        params: Mapping[str, str] | None,
-        body: JsonValue,
-        headers: Mapping[str, str] | None,
-        partial: bool,
-    ) -> object:
-        session = self._session or self._open()
-        async with session.request(
+
+def _answer_json(response: httpx.Response, partial: bool) -> object:
+    """The JSON of a successful answer, or the `SourceError` its status says."""
+    status = response.status_code
+    if status >= 400 or status in (204, 304):
+        raise _status_error(status, response.headers, time.time())
+    if 300 <= status < 400:
+        raise PermanentSourceError("http", f"HTTP {status} redirect")
+    return load_json(response.content, partial=partial)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: job APIs are called with credentials, not sessions,
+    and reading the cookies of every answer costs about a tenth of a request's CPU."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keep nothing."""
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        """Send nothing."""
+
+
+class _Client(httpx.AsyncClient):
+    """`httpx.AsyncClient` with `_NoCookies` for a jar, whatever it is given."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """The jar that keeps nothing."""
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        pass  # the client sets its jar when it is made; it stays `_NO_COOKIES`
+
+
+_NO_COOKIES = _NoCookies()
+
+
+def http_client(
+    transport: httpx.AsyncBaseTransport, auth: httpx.Auth | None = None
+) -> httpx.AsyncClient:
+    """The `httpx.AsyncClient` of one source: its `transport` and `auth`, no cookies, no
+    redirects, no proxies from the environment, no timers (the `Requester` has one deadline
+    per request)."""
+    return _Client(
+        transport=transport,
+        auth=auth,
+        follow_redirects=False,
+        trust_env=False,
+        timeout=None,
+    )
+
+
+#: No timers in httpx: the `Requester` puts one overall deadline on each request.
+_NO_TIMEOUT = httpx.Timeout(None).as_dict()
+_NO_BODY = httpx.ByteStream(b"")
+
+
+def build_request(
+    method: str,
+    url: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    body: JsonValue = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.Request:
+    """An `httpx.Request` for a job API, built without URL merging (the URL is whole).
+
+    Raises `httpx.InvalidURL` for a URL that is not one.
+    """
+    if params is not None or body is not None:
+        return httpx.Request(
             method,
-            _request_url(url),
+            whole_url(url),
             params=params,
             json=body,
             headers=headers,
-            allow_redirects=False,
-        ) as response:
-            status = response.status
-            if status >= 400 or status in (204, 304):
-                raise _status_error(status, response.headers, time.time())
-            if 300 <= status < 400:
-                raise PermanentSourceError("http", f"HTTP {status} redirect")
-            raw = await self._read(response)
-        return load_json(raw, partial=partial)
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes | bytearray:
-        """The decoded body, refused once it grows past `max_body` (read no further than that)."""
-        coding = response.headers.get("Content-Encoding")
-        length = response.content_length
-        if length is not None and length > self.max_body:
-            # even an encoded body of that size is not a job-status answer
-            raise _too_big(self.max_body)
-        if length is not None and not coding:
-            return await response.read()  # the common case: small, plain, and of known size
-        return await read_body(response.content.iter_chunked(_READ_CHUNK), coding, self.max_body)
-
-
-def _too_big(cap: int) -> PermanentSourceError:
-    return PermanentSourceError("bad_answer", f"answer too big: more than {cap} bytes")
-
-
-class _Inflater:
-    """Decodes a gzip or deflate body piece by piece, never past a given size."""
-
-    def __init__(self, coding: str) -> None:
-        self.coding = coding
-        self.started = False
-        self._wbits = 16 + zlib.MAX_WBITS  # gzip
-        self._zlib = zlib.decompressobj(self._wbits)
-
-    def feed(self, data: bytes, out: bytearray, cap: int) -> None:
-        """Append what `data` decodes to onto `out`; raise as soon as `out` passes `cap`."""
-        if not self.started and data:
-            self.started = True
-            if self.coding == "deflate":
-                # RFC 9110's deflate is zlib-wrapped; some servers send it raw (as aiohttp
-                # allows): the low nibble of a zlib header's first byte is 8
-                self._wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
-                self._zlib = zlib.decompressobj(self._wbits)
-        while data:
-            # max_length bounds what one step can produce: a bomb is stopped one step past
-            # the cap, never expanded whole
-            out += self._zlib.decompress(data, min(cap - len(out) + 1, _DECODE_STEP))
-            if len(out) > cap:
-                raise _too_big(cap)
-            data = self._zlib.unconsumed_tail
-            if not data and self._zlib.eof and self._zlib.unused_data:
-                # another gzip member follows (bounded: every member costs input bytes)
-                data = self._zlib.unused_data
-                self._zlib = zlib.decompressobj(self._wbits)
-
-    def finish(self) -> None:
-        """Raise if the body ended in the middle of its compressed stream."""
-        if self.started and not self._zlib.eof:
-            raise PermanentSourceError("bad_answer", f"answer is truncated ({self.coding})")
-
-
-def _inflater(content_encoding: str | None) -> _Inflater | None:
-    """The decoder for a ``Content-Encoding`` (None: the body is as it is)."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    if not codings:
-        return None
-    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
-        return _Inflater("deflate" if codings[0] == "deflate" else "gzip")
-    shown = ", ".join(codings)[:100]
-    raise PermanentSourceError("bad_answer", f"answer has an unsupported encoding: {shown}")
-
-
-async def read_body(
-    chunks: AsyncIterable[bytes], content_encoding: str | None, cap: int
-) -> bytearray:
-    """An answer's body from its raw `chunks`, decoded as its ``Content-Encoding`` says.
-
-    Raises `PermanentSourceError` (``bad_answer``) as soon as the body, decoded or as received,
-    passes `cap` bytes (nothing further is read or expanded), for an encoding other than
-    gzip or deflate, and for a compressed stream that is corrupt or cut short. So an answer
-    never costs much more memory than `cap`, however well it compresses.
-    """
-    inflater = _inflater(content_encoding)
-    body = bytearray()
-    received = 0
-    try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > cap:
-                raise _too_big(cap)
-            if inflater is None:
-                body += chunk
-            else:
-                inflater.feed(chunk, body, cap)
-        if inflater is not None:
-            inflater.finish()
-    except zlib.error:
-        coding = inflater.coding if inflater else "?"
-        raise PermanentSourceError("bad_answer", f"answer is not valid {coding}") from None
-    return body
+            extensions={"timeout": _NO_TIMEOUT},
+        )
+    # no body: the empty stream spares httpx's body encoding and its default headers (the
+    # transport sends Host and Content-Length as the body needs)
+    request = httpx.Request(
+        method,
+        whole_url(url),
+        headers=headers,
+        extensions={"timeout": _NO_TIMEOUT},
+        stream=_NO_BODY,
+    )
+    request.read()
+    return request
 
 
 class Unreadable:
@@ -586,65 +570,17 @@ def _salvage_float(digits: str) -> float | Unreadable:
     return _TOO_DEEP if digits == _DEEP_MARK else float(digits)
 
 
-def _transport_error(exc: BaseException) -> SourceError:
-    """Categorise a transport failure, without the URL (which may carry a secret)."""
-    chain = _cause_chain(exc)
-    # The order of these checks is the categorisation: a name that cannot be resolved or a TLS
-    # failure anywhere in the chain wins over the generic connection error that wraps it.
-    error = _resolution_or_tls_error(exc, chain)
-    if error is not None:
-        return error
-    if isinstance(exc, aiohttp.InvalidURL):
-        # its text is the URL itself, which may carry a secret
+def _transport_error(exc: httpx.HTTPError) -> SourceError:
+    """Categorise a transport failure; the transport's text says why without the URL."""
+    if isinstance(exc, NameNotResolved):
+        return TransientSourceError("dns", str(exc))
+    if isinstance(exc, TLSFailed):
+        return PermanentSourceError("tls", str(exc))
+    if isinstance(exc, httpx.UnsupportedProtocol):
         return PermanentSourceError("config", "the URL is not a valid http(s) URL")
-    error = _connection_error(exc, chain)
-    if error is not None:
-        return error
-    return TransientSourceError("network", f"{type(exc).__name__}: {_first_line(exc)}")
-
-
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and what caused it, outermost first, at most 8 deep.
-
-    aiohttp wraps the OS error that says why (a resolver or TLS failure) in its own exceptions,
-    sometimes only as `os_error`; the bound stops a cyclic chain from looping.
-    """
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__ or getattr(cause, "os_error", None)
-    return chain
-
-
-def _resolution_or_tls_error(exc: BaseException, chain: list[BaseException]) -> SourceError | None:
-    """The error for a host name that cannot be resolved or a TLS failure, else None."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError) or any(
-        isinstance(c, socket.gaierror) for c in chain
-    ):
-        return TransientSourceError("dns", "the host name cannot be resolved")
-    if any(isinstance(c, ssl.SSLError | aiohttp.ClientSSLError) for c in chain):
-        reasons = (getattr(c, "reason", None) for c in chain if isinstance(c, ssl.SSLError))
-        reason = next((r for r in reasons if r), None)
-        # Never retried without verification: a TLS failure stays a failure.
-        return PermanentSourceError("tls", f"TLS error: {reason or 'TLS handshake failed'}")
-    return None
-
-
-def _connection_error(exc: BaseException, chain: list[BaseException]) -> SourceError | None:
-    """The error for a connection that failed or dropped, else None."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return TransientSourceError("network", f"connection dropped: {_first_line(exc)}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # asyncio's text ("Connect call failed (host, port)") does not say why; the errno does
-        code = exc.os_error.errno
-        why = os.strerror(code).lower() if code else _first_line(exc.os_error)
-        return TransientSourceError("network", f"connection failed: {why}")
-    if any(isinstance(c, ConnectionError) for c in chain):
-        return TransientSourceError("network", f"connection dropped: {_first_line(chain[-1])}")
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (getattr(exc, "strerror", None) or str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, httpx.DecodingError):
+        return PermanentSourceError("bad_answer", str(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientSourceError("timeout", "no complete answer in time")
+    text = str(exc).strip()
+    return TransientSourceError("network", text.splitlines()[0] if text else type(exc).__name__)

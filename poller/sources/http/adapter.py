@@ -18,11 +18,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import httpx
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.auth import StaticHeaders
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.http.config import HttpExpressions, HttpSource
 
@@ -122,16 +124,20 @@ class HttpAdapter:
         *,
         resolver: AbstractResolver | None = None,
         health: SourceHealth | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
         self.expressions: HttpExpressions = config.compiled()
         self.states: Mapping[str, State] = dict(config.states)
         self.requester = Requester(
-            headers={name: value.get_secret_value() for name, value in config.headers.items()},
+            auth=StaticHeaders(
+                {name: value.get_secret_value() for name, value in config.headers.items()}
+            ),
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
             resolver=resolver,
+            transport=transport,
             health=health,
         )
 

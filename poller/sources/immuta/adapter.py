@@ -24,11 +24,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
+import httpx
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.auth import StaticHeaders
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.immuta.config import ImmutaSource, SearchSpec
 
@@ -235,6 +237,7 @@ class ImmutaAdapter:
         *,
         resolver: AbstractResolver | None = None,
         health: SourceHealth | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.batch_size = config.batch_size
@@ -249,11 +252,12 @@ class ImmutaAdapter:
         )
         self.requester = Requester(
             # Immuta takes the API key as it is, without a scheme
-            headers={"Authorization": config.token.get_secret_value()},
+            auth=StaticHeaders({"Authorization": config.token.get_secret_value()}),
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=self._poll_deadline,
             resolver=resolver,
+            transport=transport,
             health=health,
         )
 

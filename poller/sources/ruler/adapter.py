@@ -32,11 +32,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
 from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import lenient, read_outcome
+from poller.sources.auth import bearer
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.lenient import MAX_TEXT, parse_time
 from poller.sources.ruler.config import RulerSource
@@ -269,17 +271,19 @@ class RulerAdapter:
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
         health: SourceHealth | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = str(config.base_url).rstrip("/")
         self.list_threshold = config.list_threshold
         # wall-clock seconds: compared with `JobRef.last_polled`, the database's poll times
         self.clock = clock
         self.requester = Requester(
-            headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
+            auth=bearer(config.token.get_secret_value()),
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
             resolver=resolver,
+            transport=transport,
             max_body=MAX_BODY_BYTES,
             health=health,
         )
