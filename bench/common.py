@@ -234,18 +234,25 @@ def control(control_url: str, what: str, body: Any = None, timeout: float = 120.
 # -- child processes ------------------------------------------------------------------------
 
 
-def run_child(name: str, spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
-    """Run ``bench/daemon.py --child name`` with `spec`; returns the result it wrote."""
+def run_child(
+    name: str, spec: dict[str, Any], workdir: Path, timeout: float, root: Path = ROOT
+) -> dict[str, Any]:
+    """Run ``bench/daemon.py --child name`` with `spec`; returns the result it wrote.
+
+    `root` is the tree whose ``bench/daemon.py`` (and so whose poller) runs: another
+    checkout, for a baseline measured in the same run (`baseline_tree`).
+    """
     out = workdir / f"{name}-{secrets.token_hex(3)}.json"
     log = out.with_suffix(".log")
     spec = {**spec, "out": str(out)}
+    script = root / DAEMON_SCRIPT.relative_to(ROOT)
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, str(DAEMON_SCRIPT), "--child", name, "--spec", json.dumps(spec)],
+            [sys.executable, str(script), "--child", name, "--spec", json.dumps(spec)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=ROOT,
+            cwd=root,
         )
         try:
             code = proc.wait(timeout)
@@ -257,6 +264,22 @@ def run_child(name: str, spec: dict[str, Any], workdir: Path, timeout: float) ->
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"child {name} failed (exit {code}):\n{tail}")
     return dict(json.loads(out.read_text()))
+
+
+def baseline_tree(ref: str, workdir: Path) -> Path:
+    """The repository's files at `ref` (a commit, tag or branch), unpacked under `workdir`,
+    so that the code before a change runs beside it in the same run. Its bench script puts
+    its own tree first on the path, so its children import its poller, not this one."""
+    tree = workdir / f"baseline-{ref.replace('/', '_')}"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    return tree
 
 
 class Children:

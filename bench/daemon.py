@@ -71,8 +71,23 @@ def child_main(name: str, spec_text: str) -> None:
     fn = CHILDREN[name]
     result = fn(spec)
     if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+        with child_runner(spec.get("loop", "asyncio")) as runner:
+            result = runner.run(result)
     Path(spec["out"]).write_text(json.dumps(result))
+
+
+def child_runner(loop: str) -> asyncio.Runner:
+    """The event loop a child runs on: ``asyncio`` (the default loop, as a plain script
+    runs), ``uvloop``, or ``shipped``: the loop and process set-up of `poller run`."""
+    if loop == "shipped":
+        from poller.app import runner
+
+        return runner()
+    if loop == "uvloop":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
 
 
 def machine() -> str:
@@ -94,6 +109,16 @@ def main() -> None:
     size.add_argument("--full", action="store_true", help="the default: the sizes of the targets")
     parser.add_argument("--only", choices=["cpu", "scale", "latency", "replicas"], action="append")
     parser.add_argument("--profile", action="store_true", help="cProfile the daemon (cpu part)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="cpu part: also run the daemon of this git commit or branch in every round",
+    )
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="cpu part: also run the daemon on the default asyncio loop and on uvloop",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -109,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="poller-bench-") as tmp, Sim() as sim:
         work = Path(tmp)
         if "cpu" in parts:
-            cpu.part_cpu(sim, sizes, work, report, args.profile)
+            cpu.part_cpu(sim, sizes, work, report, args.profile, args.baseline, args.loops)
         if "scale" in parts:
             scale.part_scale(sim, sizes, work, report)
         if "latency" in parts:

@@ -163,13 +163,14 @@ def _state_label(watch: Watch) -> str:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the daemon in the foreground (what systemd starts)."""
-    from poller.app import Daemon
+    from poller.app import Daemon, runner
     from poller.logs import configure, get_logger
 
     cfg = _config(config)
     configure(os.environ.get("POLLER_LOG_LEVEL") or cfg.log.level, cfg.log.format)
     try:
-        code = asyncio.run(Daemon(cfg).run())
+        with runner() as loop:
+            code = loop.run(Daemon(cfg).run())
     except PollerError as exc:
         get_logger().error("cannot start", error=str(exc))
         raise typer.Exit(1) from None
