@@ -99,7 +99,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     root.setLevel(LEVELS.get(level, logging.INFO))
     # Third-party chatter stays out unless it is a problem; their debug lines can carry URLs.
     # urllib3 (under Apprise's requests) logs each request's path, a webhook's token included.
-    for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal", "urllib3"):
+    # httpx logs every request's URL at info; a job URL may hold a key in its query.
+    for noisy in ("aiohttp", "apscheduler", "sqlalchemy", "alembic", "tzlocal", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Apprise's logger is set where Apprise is used (`poller.notify.apprise`): its records are
     # kept for each send's answer and never printed, whatever the level here.

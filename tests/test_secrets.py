@@ -11,12 +11,13 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-from world import SITE, LoopbackResolver, World, eventually
+from world import SITE, AnyAnswer, LoopbackResolver, World, eventually
 
 from poller.app import Daemon
 from poller.config import load_config
 from poller.engine.runtime import Tuning
 from poller.logs import configure
+from poller.sources.client import Requester
 
 
 def canary(kind: str) -> str:
@@ -154,3 +155,24 @@ class TestCanaries:
         assert leaks(out, [token]) == []
         for path in tmp_path.glob("poller.db*"):
             assert leaks(path.read_bytes(), [token]) == []
+
+
+def test_the_http_library_does_not_log_urls(
+    any_answer: AnyAnswer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job URL may carry a key in its query (``?api_key=...``), which poller cannot know for
+    a secret: httpx's own log line per request (at info) must not print it, even at debug."""
+    key = canary("urlkey")
+    any_answer.status, any_answer.body = 200, b'{"state": "DONE"}'
+    configure("debug", "json")
+
+    async def go() -> object:
+        requester = Requester()
+        try:
+            return await requester.json("GET", f"{any_answer.base_url}/jobs/1?api_key={key}")
+        finally:
+            await requester.aclose()
+
+    assert asyncio.run(go()) == {"state": "DONE"}
+    out = capsys.readouterr().out
+    assert key not in out and "HTTP Request" not in out
