@@ -1,15 +1,18 @@
 """The ``cpu`` part of the daemon benchmark; run it with
 ``.venv/bin/python bench/daemon.py --only cpu`` (its children run through that script too).
 
-CPU per poll, all-in, of `poller.app.Daemon` on a temporary SQLite database
-(4,000 watches at 1 s, more than it can poll, so it runs saturated; one job per Ruler site
-so each poll is one ``/status`` request), against a bare aiohttp GET + JSON loop with the
-same concurrency over the same endpoint (target <= 2.0x). The two alternate for three
-rounds; the ratio is the median of the rounds' ratios. A ladder in between shows where
-the CPU goes: poller's `Requester` alone, then the Ruler adapter alone. The naive design,
-one APScheduler 3.x interval job per watch doing an httpx GET over httpx's own transport,
-runs with 500 watches at 1 s (a load it keeps up with) and 1,000 (one it does not; with
-4,000 its loop stops answering for minutes).
+CPU per poll, all-in, of `poller.app.Daemon` as `poller run` runs it (`poller.app.runner`) on
+a temporary SQLite database (4,000 watches at 1 s, more than it can poll, so it runs
+saturated; one job per Ruler site so each poll is one ``/status`` request), against a bare
+aiohttp GET + JSON loop with the same concurrency over the same endpoint, on the default
+asyncio loop (target <= 2.5x). They alternate for three rounds; the ratio is the median of
+the rounds' ratios. ``--baseline REF`` adds the daemon of another commit to every round (the
+ratio before a change, measured beside it); ``--loops`` adds this daemon on the default loop
+and collector, and on uvloop when it is installed. A ladder shows where the CPU goes:
+poller's httpx transport alone, httpx's client over it, the `Requester`, then the Ruler
+adapter. The naive design, one APScheduler 3.x interval job per watch doing an httpx GET
+over httpx's own transport, runs with 500 watches at 1 s (a load it keeps up with) and
+1,000 (one it does not; with 4,000 its loop stops answering for minutes).
 """
 
 from __future__ import annotations

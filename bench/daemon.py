@@ -1,6 +1,7 @@
 """Benchmark: the whole daemon (claim, HTTP, parse, decide, write back, notify), end to end.
 
-Run: `.venv/bin/python bench/daemon.py [--quick | --full] [--only cpu|scale|latency|replicas]`
+Run: `.venv/bin/python bench/daemon.py [--quick | --full] [--only cpu|scale|latency|replicas]
+[--baseline REF] [--loops]`
 
 The simulated Ruler API and the loopback webhook run in their own process
 (`bench/simserver.py`); every measured daemon, baseline and replica runs in a fresh process
@@ -11,8 +12,9 @@ the daemon without patching it (public attributes, SQLAlchemy's events). Figures
 as one table, with their targets and PASS/MISS:
 
 1. ``cpu`` (`bench/cpu.py`): CPU per poll of the saturated daemon against a bare aiohttp
-   GET + JSON loop (target <= 2.0x), with a ladder of where the CPU goes and the naive
-   APScheduler design.
+   GET + JSON loop (target <= 2.5x), with a ladder of where the CPU goes and the naive
+   APScheduler design; ``--baseline REF`` runs another commit's daemon in the same rounds,
+   ``--loops`` the default collector and uvloop.
 2. ``scale`` (`bench/scale.py`): 100,000 watches at 60 s: polls due against polls made,
    event-loop lag, schedule lateness, RSS, start-up and database calls per poll.
 3. ``latency`` (`bench/latency.py`): remote change to webhook arrival, p50/p99 (target p99
