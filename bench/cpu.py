@@ -18,6 +18,7 @@ over httpx's own transport, runs with 500 watches at 1 s (a load it keeps up wit
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import logging
@@ -67,6 +68,25 @@ async def measured(
     return {"polls": polls1 - polls0, "cpu": cpu1 - cpu0, "wall": wall1 - wall0}
 
 
+class CollectorTime:
+    """The CPU time the garbage collector takes from now until `stop`."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._began
+
+    def stop(self) -> None:
+        """Stop counting."""
+        gc.callbacks.remove(self._note)
+
+
 async def child_cpu_daemon(spec: dict[str, Any]) -> dict[str, Any]:
     """The daemon on SQLite, saturated: CPU per poll over a window after one full round."""
     quiet_logs()
@@ -89,6 +109,7 @@ async def child_cpu_daemon(spec: dict[str, Any]) -> dict[str, Any]:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        collector = CollectorTime()
         polls0, cpu0, wall0, threads0 = (
             daemon.polls.polls,
             time.process_time(),
@@ -96,6 +117,7 @@ async def child_cpu_daemon(spec: dict[str, Any]) -> dict[str, Any]:
             thread_cpu(),
         )
         await asyncio.sleep(spec["window"])
+        collector.stop()
         polls1, cpu1, wall1, threads1 = (
             daemon.polls.polls,
             time.process_time(),
@@ -125,6 +147,7 @@ async def child_cpu_daemon(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": {k: threads1.get(k, 0.0) - threads0.get(k, 0.0) for k in threads1},
         "db_calls": per_poll_calls(calls0, calls1, polls),
         "idle": idle,
+        "collector": collector.seconds,
         "profile": profile,
     }
 
@@ -422,6 +445,12 @@ def part_cpu(
         "  time with no poll in flight (saturated)",
         f"{results['daemon']['idle'] * 100:.0f}%",
     )
+
+    def collector(key: str) -> str:
+        shares = [r[key].get("collector", 0.0) / r[key]["cpu"] * 100 for r in rounds]
+        return ", ".join(f"{v:.0f}%" for v in shares)
+
+    report.add("cpu", "  of its CPU, in the garbage collector (rounds)", collector("daemon"))
     report.add(
         "cpu",
         "bare aiohttp GET+JSON CPU/request, default loop (median)",
@@ -453,6 +482,11 @@ def part_cpu(
             "cpu", f"  daemon / {baseline} (rounds: {each(change)})", f"{median(change):.2f}x"
         )
     if loops:
+        report.add(
+            "cpu",
+            "  with the default collector: in the collector (rounds)",
+            collector("on asyncio"),
+        )
         tuned = ratios("daemon", "on asyncio")
         what = f"  daemon as shipped / with the default collector (rounds: {each(tuned)})"
         report.add("cpu", what, f"{median(tuned):.2f}x")
