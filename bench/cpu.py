@@ -366,6 +366,8 @@ def part_cpu(
         "interval": sizes.cpu_interval,
         "window": sizes.cpu_window,
         "profile": profile,
+        # the baselines and the ladder run as a plain script does; the daemon as shipped
+        "loop": "asyncio",
     }
     budget = sizes.cpu_window + CHILD_TIMEOUT_SLACK
     before_root = baseline_tree(baseline, work) if baseline else None

@@ -73,14 +73,15 @@ def child_main(name: str, spec_text: str) -> None:
     fn = CHILDREN[name]
     result = fn(spec)
     if asyncio.iscoroutine(result):
-        with child_runner(spec.get("loop", "asyncio")) as runner:
+        with child_runner(spec.get("loop", "shipped")) as runner:
             result = runner.run(result)
     Path(spec["out"]).write_text(json.dumps(result))
 
 
 def child_runner(loop: str) -> asyncio.Runner:
-    """The event loop a child runs on: ``asyncio`` (the default loop, as a plain script
-    runs), ``uvloop``, or ``shipped``: the loop and process set-up of `poller run`."""
+    """The event loop a child runs on: ``shipped`` (the default: the loop and process set-up
+    of `poller run`), ``asyncio`` (the default loop and collector, as a plain script runs),
+    or ``uvloop``."""
     if loop == "shipped":
         from poller.app import runner
 
