@@ -1,7 +1,7 @@
 """The `poller` command line (the only module that prints).
 
 Exit codes: 0 ok; 1 runtime failure; 2 bad config or usage, with the reason on stderr;
-`wait` adds 3 for a job that timed out.
+`wait` adds 3 for a job that timed out and 4 for one that could not be watched.
 """
 
 from __future__ import annotations
@@ -488,24 +488,100 @@ def remove(
     print(printable(f"stopped watching {key}"))
 
 
+#: The longest `--timeout` a wait takes: a year is beyond any job; more is a typo.
+MAX_WAIT_TIMEOUT = 365 * 86400.0
+
+
+def _duration_option(option: str, value: str, maximum: float) -> float:
+    """A positive duration from the command line, at most `maximum`; exit 2 otherwise."""
+    from poller.settings.fields import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        _fail(f"{option}: {exc}", 2)
+    if not 0 < seconds <= maximum:
+        _fail(
+            f"{option}: must be more than 0s and at most {format_duration(maximum)}, "
+            f"not {format_duration(seconds, rounded=True)}",
+            2,
+        )
+    return seconds
+
+
 @app.command()
 def wait(
     source: Annotated[str, typer.Argument(help="A source name from the config.")],
     job_id: Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")],
     site: Annotated[str | None, typer.Option("--site", help="Site id (ruler).")] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            help="Give up after this long, e.g. 90s, 30m, 2h (default: the config's "
+            "polling.timeout).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the result as one JSON document (progress goes to stderr)."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Poll one job in the foreground with a progress bar; exit 0 succeeded, 1 other end,
-    3 timed out."""
-    from poller.waiting import wait_for_job
+    """Poll one job in the foreground until it ends, then summarise how it ended.
+
+    Exit 0 succeeded, 1 ended otherwise, 3 timed out, 4 could not be watched (credentials
+    refused, job not found, source unreachable for error_after; the reason on stderr).
+    """
+    from poller.models import Watch
+    from poller.waiting import EXIT_UNWATCHABLE, display_for, summary, wait_for_job
 
     cfg = _config(config)
     spec = _spec(cfg, source, job_id, site, None, ())
+    limit = None if timeout is None else _duration_option("--timeout", timeout, MAX_WAIT_TIMEOUT)
+    # a bar only where a person watches it and stdout holds nothing else; with --json the
+    # progress lines go to stderr so that stdout is the JSON document alone
+    live = sys.stdout.isatty() and not as_json
+    display = display_for(spec.key, _console(), sys.stderr if as_json else sys.stdout, live)
     try:
-        code = asyncio.run(wait_for_job(cfg, spec, _console()))
+        result = asyncio.run(wait_for_job(cfg, spec, display, limit))
     except PollerError as exc:
+        display.close()
         _fail(str(exc), 1)
-    raise typer.Exit(code)
+    except KeyboardInterrupt:
+        display.close()
+        _fail(f"interrupted; {spec.key} was not waited for to its end", 130)
+    display.close()
+    if as_json:
+        watch = Watch(
+            id=0,
+            key=spec.key,
+            source=spec.source,
+            job_id=spec.job_id,
+            site=spec.site,
+            name=None,
+            tags=(),
+            origin="wait",
+            overrides={},
+            progress=result.progress,
+            next_poll_at=None,
+            last_poll_at=result.polled_at,
+            removed_at=None,
+            version=0,
+        )
+        document = watch_json(watch) | {"exit_code": result.code, "waited": result.waited}
+        print(json.dumps(document, indent=2))
+    else:
+        limit = limit or cfg.policy_for(spec.source).timeout
+        for line in summary(spec, result, limit):
+            print(printable(line), flush=True)
+    if result.code == EXIT_UNWATCHABLE:
+        print(printable(f"poller: could not watch {spec.key}: {result.reason}"), file=sys.stderr)
+    raise typer.Exit(result.code)
 
 
 @app.command("notify-test")
