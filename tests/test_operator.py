@@ -200,6 +200,43 @@ class TestAddAgain:
         watch = keys(config)[key]
         assert (watch["name"], watch["tags"]) == ("Weekly", ["etl", "ops"])
 
+    def test_again_rearms_an_ended_watch_from_its_last_state(self, world: World) -> None:
+        """`add` of an ended watch leaves it ended and says how to watch it again; `add
+        --again` does: a re-run job is a transition from the old end, a `started` and a new
+        end, each notified; a job still as it ended ends the watch again without a message."""
+        world.ruler.add_job(SITE, "r1", status="complete")
+        daemon = world.start()
+        key = f"ruler-prod/{SITE}/r1"
+        add = ["add", "ruler-prod", "r1", "--site", SITE]
+        world.cli(*add)
+        eventually(lambda: not world.status()[key]["active"], what="the first end")
+        assert len(world.messages("success")) == 1
+
+        plain = world.cli(*add)
+        assert plain.stdout == (
+            f"already watching {key} (it has ended; `poller add --again` watches it again)\n"
+        )
+        assert not world.status()[key]["active"]
+
+        world.ruler.set_job(SITE, "r1", status="processing", processed_rows=10)
+        again = world.cli(*add, "--again")
+        assert again.stdout == f"watching {key} again from its last state (succeeded)\n"
+        eventually(lambda: world.status()[key]["state"] == "running", what="the re-run seen")
+        world.ruler.set_job(SITE, "r1", status="complete", processed_rows=100)
+        eventually(lambda: not world.status()[key]["active"], what="the second end")
+        titles = [m["title"] for m in world.sink.wait_for(3, 10)]
+        assert sum("started" in t for t in titles) == 1, titles
+        assert sum("succeeded" in t for t in titles) == 2, titles
+        history = json.loads(world.cli("history", key, "--json").stdout)["history"]
+        moves = [(h["from"], h["to"]) for h in history if h["kind"] == "transition"]
+        assert moves[-2:] == [("succeeded", "running"), ("running", "succeeded")], moves
+
+        # still ended as it was: armed again, it ends again at its next poll, without a word
+        world.cli(*add, "--again")
+        eventually(lambda: not world.status()[key]["active"], what="ended again")
+        assert world.stop(daemon) == 0
+        assert len(world.sink.messages) == 3
+
     def test_store_add_keeps_what_is_known_on_both_databases(self, db_url: str) -> None:
         """`Store.add` on an existing watch: labels and origin kept unless given, each change
         reported, a removed watch re-activated."""
