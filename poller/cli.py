@@ -589,12 +589,16 @@ def remove(
 
 #: The longest `--timeout` a wait takes: a year is beyond any job; more is a typo.
 MAX_WAIT_TIMEOUT = 365 * 86400.0
+#: The longest text a duration option is read from (``1d 23h 59m 59.999s`` is 17).
+MAX_DURATION_TEXT = 64
 
 
 def _duration_option(option: str, value: str, maximum: float) -> float:
     """A positive duration from the command line, at most `maximum`; exit 2 otherwise."""
     from poller.settings.fields import parse_duration
 
+    if len(value) > MAX_DURATION_TEXT:
+        _fail(f"{option}: expected a duration like 30s, 5m, 2h, not {len(value)} characters", 2)
     try:
         seconds = parse_duration(value)
     except ValueError as exc:

@@ -38,8 +38,8 @@ COLOURS = {"success": "green", "warning": "yellow", "failure": "red", "info": "c
 MIN_SPEED, MAX_SPEED = 0.1, 10.0
 #: Seconds the daemon is given to start before the scripted jobs move.
 STARTUP = 1.0
-#: `--notify` URLs one demo takes.
-MAX_NOTIFY = 10
+#: `--notify` URLs one demo takes, and the longest one.
+MAX_NOTIFY, MAX_URL = 10, 4096
 #: The channel the demo's own receiver is; `--notify` URLs are ``extra-1``, ``extra-2``...
 OWN_CHANNEL = "console"
 
@@ -52,6 +52,9 @@ def notify_problems(urls: list[str]) -> list[str]:
     problems = []
     check = TypeAdapter(ChannelUrl)
     for number, url in enumerate(urls, 1):
+        if len(url) > MAX_URL:
+            problems.append(f"--notify URL #{number}: longer than {MAX_URL} characters")
+            continue
         try:
             check.validate_python(url)
         except ValidationError as exc:

@@ -351,6 +351,7 @@ class TestDemo:
             (["--notify", "nonsense-s3cret"], "poller: --notify URL #1: not an Apprise URL"),
             (["--notify", "json://h/x", "--notify", ""], "poller: --notify URL #2: must not be"),
             (["--notify", "json://h/x"] * 11, "poller: --notify: at most 10 URLs, not 11"),
+            (["--notify", "json://h/" + "x" * 5000], "#1: longer than 4096 characters"),
             (["--speed", "0"], "poller: --speed: must be from 0.1 to 10, not 0"),
             (["--speed", "-2"], "poller: --speed: must be from 0.1 to 10, not -2"),
             (["--speed", "nan"], "poller: --speed: must be from 0.1 to 10, not nan"),

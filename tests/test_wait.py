@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -173,6 +174,18 @@ class TestPiped:
         assert "] lake/j1 succeeded\n" in rest
         assert "%" not in first + rest
 
+    def test_interrupt_says_so_without_a_traceback(self, tmp_path: Path, ruler: RulerSim) -> None:
+        """Ctrl-C (SIGINT) while waiting: exit 130, one line on stderr."""
+        add_job(ruler, "w1", status="processing", total_rows=100, processed_rows=5)
+        config = write_config(tmp_path, ruler)
+        with piped(config, "wait", "ruler-prod", "w1", "--site", SITE) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline().endswith(f"] {KEY} running 5%\n")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+            err = proc.stderr.read()
+        assert err == f"poller: interrupted; {KEY} was not waited for to its end\n"
+
 
 class TestCannotBeWatched:
     """Exit 4, with the reason on stderr, when no retry will show the job."""
@@ -191,8 +204,9 @@ class TestCannotBeWatched:
         assert result.stdout.count("poll error: auth") == 1
 
     def test_job_not_found_after_the_usual_retries(self, tmp_path: Path, ruler: RulerSim) -> None:
-        """Three 404s in a row, as the daemon counts them, then exit 4."""
-        config = write_config(tmp_path, ruler, polling=", error_after: 0s")
+        """Three 404s in a row, as the daemon counts them, then exit 4 (not after
+        `error_after`, 15 minutes here)."""
+        config = write_config(tmp_path, ruler, polling=", error_after: 15m")
         result = poller(config, "wait", "ruler-prod", "gone", "--site", SITE)
         assert result.returncode == 4, result.stdout + result.stderr
         assert "not_found: HTTP 404: job not found (3 in a row)" in result.stderr
@@ -230,6 +244,7 @@ class TestOptions:
             ("400d", "at most 365d"),
             ("1e400", "expected a finite duration"),
             ("", "expected a duration like 30s"),
+            ("1s" * 100, "not 200 characters"),
         ],
     )
     def test_bad_timeout_is_a_usage_error(
