@@ -676,7 +676,7 @@ def wait(
             removed_at=None,
             version=0,
         )
-        document = watch_json(watch) | {"exit_code": result.code, "waited": result.waited}
+        document = watch_json(watch) | {"exit_code": result.code, "waited": round(result.waited, 3)}
         print(json.dumps(document, indent=2))
     else:
         limit = limit or cfg.policy_for(spec.source).timeout

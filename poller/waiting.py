@@ -237,6 +237,8 @@ async def wait_for_job(
             decision = decide(watch, outcome, policy, now, random.random())
             before, watch = watch, decision.progress
             if watch.progress is not None and watch.progress != before.progress:
+                if samples and watch.progress < samples[-1][1]:
+                    samples = []  # a job started over: its old pace says nothing
                 samples = [*samples, (now, watch.progress)][-_SAMPLES:]
             running = watch.state == State.RUNNING
             left = estimate_left(samples, now) if running else None

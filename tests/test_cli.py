@@ -87,14 +87,16 @@ class TestCheck:
             "dead: json://127.0.0.1:9/nothing", "dead: json://127.0.0.1:9/nothing?method=PUT"
         )
         path.write_text(
-            text + "  - {source: lake, bulk: b-7}\n"
+            text + "  - {source: ruler-prod, site: s1, id: j2, polling: {timeout: 20ms}}\n"
+            "  - {source: lake, bulk: b-7}\n"
             "  - {source: lake, search: {jobType: [policyUpdate, dataSync], state: failed}}\n"
         )
         r = poller("check", "-c", str(path))
         assert r.returncode == 0, r.stderr
         assert (
-            "would watch 1 job, 1 bulk and 1 search:\n"
+            "would watch 2 jobs, 1 bulk and 1 search:\n"
             "  ruler-prod/s1/j1  First\n"
+            "  ruler-prod/s1/j2\n"
             "  every job of bulk b-7 on lake\n"
             "  jobs found by a search on lake (jobType policyUpdate, dataSync; state failed)\n"
         ) in r.stdout
@@ -105,6 +107,8 @@ class TestCheck:
             "poller: warning: channel dead is not used by any rule: nothing will be sent to it\n"
             "poller: warning: polling: timeout 0.05s is shorter than interval 0.1s: a watch "
             "times out before its second poll\n"
+            "poller: warning: jobs[1].polling: timeout 0.02s is shorter than interval 0.1s: a "
+            "watch times out before its second poll\n"
         )
 
     def test_bad_config_exits_2_with_every_problem_and_place(self, tmp_path: Path) -> None:
