@@ -11,14 +11,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from world import SITE, DaemonWorld, World, eventually, job_yaml
 
-from poller.models import WatchSpec
-from poller.store.repo import Store
+from poller.models import State, WatchSpec
+from poller.store.repo import Store, WriteBack
 from poller.testing import ImmutaSim, JsonJobSim, RulerSim, SimThread, WebhookSink
 
 LONG_ID = "x" * 257
@@ -256,6 +257,38 @@ class TestAddAgain:
             again = store.add(WatchSpec("im", "j1", name="B", tags=("x", "y")), 4.0)
             assert again.reactivated and again.watch.progress.active
             assert again.changes == {"name": ("A", "B"), "tags": (("x",), ("x", "y"))}
+        finally:
+            store.close()
+
+    def test_store_add_again_on_both_databases(self, db_url: str) -> None:
+        """`Store.add(again=True)` arms an ended watch from its last state with a fresh
+        timeout; without it, or on an active watch, nothing changes."""
+        store = Store(db_url)
+        store.migrate()
+        try:
+            store.add(WatchSpec("im", "j1", name="A"), 1.0)
+            (watch,) = store.claim_due("me", 2.0, 10, 30)
+            ended = replace(
+                watch.progress,
+                state=State.SUCCEEDED,
+                remote_status="completed",
+                progress=100.0,
+                started_at=1.5,
+                ended_at=2.0,
+                active=False,
+            )
+            store.write_back(
+                "me", [WriteBack(watch=watch, progress=ended, next_poll_at=None, polled_at=2.0)]
+            )
+            plain = store.add(WatchSpec("im", "j1"), 3.0)
+            assert not plain.rearmed and not plain.watch.progress.active
+            again = store.add(WatchSpec("im", "j1"), 4.0, again=True)
+            p = again.watch.progress
+            assert again.rearmed and p.active and again.watch.next_poll_at == 4.0
+            assert (p.state, p.remote_status, p.progress) == (State.SUCCEEDED, "completed", 100.0)
+            assert (p.created_at, p.started_at, p.ended_at) == (4.0, None, None)
+            assert again.watch.name == "A"
+            assert not store.add(WatchSpec("im", "j1"), 5.0, again=True).rearmed
         finally:
             store.close()
 
