@@ -215,7 +215,11 @@ def run(config: ConfigOption = None) -> None:
 
 @app.command(short_help="Validate the config and say what it would watch.")
 def check(config: ConfigOption = None) -> None:
-    """Validate the config and say what it would watch; exit 2 on any problem."""
+    """Validate the config and say what it would watch; exit 2 on any problem.
+
+    A channel no rule uses and a timeout shorter than the interval are warned about on
+    stderr, without failing.
+    """
     from poller.app import config_watch_specs
     from poller.notify import Notifier
 

@@ -11,7 +11,7 @@ import pty
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -288,42 +288,71 @@ class TestOptions:
         assert "poller: could not watch" in result.stderr
 
 
+def in_terminal(
+    config: Path, *args: str, when: tuple[str, Callable[[], object]] | None = None
+) -> tuple[int, str]:
+    """`poller` run in a pseudo-terminal: its exit code and everything it drew. `when` is
+    (text, action): the action runs once, as soon as the text has been drawn."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: poller, its stdout the terminal
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "poller", *args],
+            _env() | {"POLLER_CONFIG": str(config), "TERM": "xterm", "COLUMNS": "100"},
+        )
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if when is not None and when[0].encode() in seen:
+            when[1]()
+            when = None
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen.decode()
+
+
 class TestTerminal:
     """On a terminal: a live bar, then the summary."""
 
     def test_bar_then_summary_in_a_pseudo_terminal(self, tmp_path: Path, ruler: RulerSim) -> None:
-        ruler.script_job(
-            SITE,
-            "w1",
-            [
-                (0.0, {"status": "processing", "total_rows": 100, "processed_rows": 40}),
-                (1.0, {"status": "complete", "processed_rows": 100}),
-            ],
-        )
+        """A drawn bar with the API's percentage, then the summary."""
+        add_job(ruler, "w1", status="processing", total_rows=100, processed_rows=40)
         config = write_config(tmp_path, ruler)
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: poller, its stdout the terminal
-            os.execve(
-                sys.executable,
-                [sys.executable, "-m", "poller", "wait", "ruler-prod", "w1", "--site", SITE],
-                _env() | {"POLLER_CONFIG": str(config), "TERM": "xterm", "COLUMNS": "100"},
-            )
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-        text = seen.decode()
-        assert os.waitstatus_to_exitcode(status) == 0, text
+        code, text = in_terminal(
+            config,
+            "wait",
+            "ruler-prod",
+            "w1",
+            "--site",
+            SITE,
+            when=(" 40%", lambda: ruler.set_job(SITE, "w1", status="complete", processed_rows=100)),
+        )
+        assert code == 0, text
         assert "━" in text and "\x1b[" in text  # a drawn bar
         assert f"{KEY} running" in text and " 40%" in text
         assert f"{KEY}: succeeded (remote status complete)" in text
+
+    def test_no_percentage_where_the_api_gives_none(self, tmp_path: Path, ruler: RulerSim) -> None:
+        """An Immuta job has no progress: the bar pulses, and no percentage is drawn."""
+        sim = ImmutaSim("im-key")
+        with SimThread(sim):
+            sim.add_job("j1", state="active")
+            config = write_config(
+                tmp_path,
+                ruler,
+                extra=f'  lake: {{type: immuta, base_url: "{sim.base_url}", token: im-key}}',
+            )
+            done = ("lake/j1 running", lambda: sim.set_job("j1", state="completed"))
+            code, text = in_terminal(config, "wait", "lake", "j1", when=done)
+        assert code == 0, text
+        assert "lake/j1 running" in text and "━" in text
+        assert "%" not in text and "lake/j1: succeeded" in text
 
 
 class TestEstimate:
