@@ -80,7 +80,21 @@ def add_job(ruler: RulerSim, job_id: str, **fields: object) -> None:
     ruler.set_job(SITE, job_id, **fields)
 
 
-def write_config(tmp: Path, ruler: RulerSim, polling: str = "", extra: str = "") -> Path:
+@pytest.fixture
+def immuta() -> Iterator[ImmutaSim]:
+    """A simulated Immuta API with one running job, ``j1``; its API gives no progress."""
+    sim = ImmutaSim("im-key")
+    with SimThread(sim):
+        sim.add_job("j1", state="active")
+        yield sim
+
+
+def write_config(
+    tmp: Path, ruler: RulerSim, polling: str = "", immuta: ImmutaSim | None = None
+) -> Path:
+    extra = (
+        f'  lake: {{type: immuta, base_url: "{immuta.base_url}", token: im-key}}' if immuta else ""
+    )
     path = tmp / "config.yaml"
     path.write_text(f"""
 database: sqlite:///{tmp}/poller.db
@@ -146,30 +160,24 @@ class TestPiped:
         assert "  waited " in summary and "the job took " in summary
         assert result.stderr == ""
 
-    def test_unknown_status_and_no_progress(self, tmp_path: Path, ruler: RulerSim) -> None:
+    def test_unknown_status_and_no_progress(
+        self, tmp_path: Path, ruler: RulerSim, immuta: ImmutaSim
+    ) -> None:
         """A status poller does not know shows as `unknown (STATUS)`; a job whose API gives
         no percentage shows none (not 0%)."""
         add_job(ruler, "w1", status="Reticulating", total_rows=100, processed_rows=40)
-        sim = ImmutaSim("im-key")
-        with SimThread(sim):
-            sim.add_job("j1", state="active")
-            config = write_config(
-                tmp_path,
-                ruler,
-                polling=", timeout: 1s",
-                extra=f'  lake: {{type: immuta, base_url: "{sim.base_url}", token: im-key}}',
-            )
-            odd = poller(config, "wait", "ruler-prod", "w1", "--site", SITE)
-            assert odd.returncode == 3, odd.stdout + odd.stderr
-            assert f"] {KEY} unknown (Reticulating) 40%\n" in odd.stdout
-            assert "last seen: unknown (Reticulating) 40%" in odd.stdout
+        config = write_config(tmp_path, ruler, polling=", timeout: 1s", immuta=immuta)
+        odd = poller(config, "wait", "ruler-prod", "w1", "--site", SITE)
+        assert odd.returncode == 3, odd.stdout + odd.stderr
+        assert f"] {KEY} unknown (Reticulating) 40%\n" in odd.stdout
+        assert "last seen: unknown (Reticulating) 40%" in odd.stdout
 
-            with piped(config, "wait", "lake", "j1") as proc:
-                assert proc.stdout is not None
-                first = proc.stdout.readline()
-                sim.set_job("j1", state="completed")
-                rest = proc.stdout.read()
-                assert proc.wait(timeout=30) == 0
+        with piped(config, "wait", "lake", "j1") as proc:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            immuta.set_job("j1", state="completed")
+            rest = proc.stdout.read()
+            assert proc.wait(timeout=30) == 0
         assert first.endswith("] lake/j1 running\n"), first
         assert "] lake/j1 succeeded\n" in rest
         assert "%" not in first + rest
@@ -338,18 +346,13 @@ class TestTerminal:
         assert f"{KEY} running" in text and " 40%" in text
         assert f"{KEY}: succeeded (remote status complete)" in text
 
-    def test_no_percentage_where_the_api_gives_none(self, tmp_path: Path, ruler: RulerSim) -> None:
+    def test_no_percentage_where_the_api_gives_none(
+        self, tmp_path: Path, ruler: RulerSim, immuta: ImmutaSim
+    ) -> None:
         """An Immuta job has no progress: the bar pulses, and no percentage is drawn."""
-        sim = ImmutaSim("im-key")
-        with SimThread(sim):
-            sim.add_job("j1", state="active")
-            config = write_config(
-                tmp_path,
-                ruler,
-                extra=f'  lake: {{type: immuta, base_url: "{sim.base_url}", token: im-key}}',
-            )
-            done = ("lake/j1 running", lambda: sim.set_job("j1", state="completed"))
-            code, text = in_terminal(config, "wait", "lake", "j1", when=done)
+        config = write_config(tmp_path, ruler, immuta=immuta)
+        done = ("lake/j1 running", lambda: immuta.set_job("j1", state="completed"))
+        code, text = in_terminal(config, "wait", "lake", "j1", when=done)
         assert code == 0, text
         assert "lake/j1 running" in text and "━" in text
         assert "%" not in text and "lake/j1: succeeded" in text
