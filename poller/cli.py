@@ -1,13 +1,14 @@
 """The `poller` command line (the only module that prints).
 
 Exit codes: 0 ok; 1 runtime failure; 2 bad config or usage, with the reason on stderr;
-`wait` adds 3 for a job that timed out.
+`wait` adds 3 for a job that timed out and 4 for one that could not be watched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -26,10 +27,14 @@ from poller.store.repo import Store, Undelivered, safe_url
 from poller.terminal import plain, printable
 
 app = typer.Typer(
-    add_completion=False,
+    # `poller --install-completion` / `--show-completion` (bash, zsh, fish, PowerShell)
+    add_completion=True,
     no_args_is_help=True,
     help="Watch long-running batch jobs on remote APIs and notify through Apprise.",
     pretty_exceptions_enable=False,
+    # Click's plain help: rich markup read "[default: ...]" in a help text as a tag and ate it
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 ConfigOption = Annotated[
@@ -37,11 +42,19 @@ ConfigOption = Annotated[
     typer.Option(
         "-c",
         "--config",
+        metavar="PATH",
         help="Config file [default: $POLLER_CONFIG, else /etc/poller/config.yaml].",
         show_default=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+SourceArgument = Annotated[
+    str, typer.Argument(metavar="SOURCE", help="A source name from the config.")
+]
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")]
+SiteOption = Annotated[
+    str | None, typer.Option("--site", metavar="SITE", help="Site id (ruler sources).")
+]
 
 DEFAULT_CONFIG = "/etc/poller/config.yaml"
 #: Undelivered notifications `status` lists (newest first); the counts cover them all.
@@ -54,6 +67,30 @@ def _console() -> Console:
     return Console(
         highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200
     )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from poller import __version__
+
+        print(f"poller {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print poller's version and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Watch long-running batch jobs on remote APIs and notify through Apprise."""
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -177,9 +214,13 @@ def run(config: ConfigOption = None) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Validate the config and say what it would watch.")
 def check(config: ConfigOption = None) -> None:
-    """Validate the config and say what it would watch; exit 2 on any problem."""
+    """Validate the config and say what it would watch; exit 2 on any problem.
+
+    A channel no rule uses and a timeout shorter than the interval are warned about on
+    stderr, without failing.
+    """
     from poller.app import config_watch_specs
     from poller.notify import Notifier
 
@@ -196,7 +237,7 @@ def check(config: ConfigOption = None) -> None:
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
         note = "  (own template)" if name in cfg.channel_templates else ""
-        say(f"channel {name}: {', '.join(notifier.describe(name))}{note}")
+        say(f"channel {name}: {', '.join(notifier.describe(name, defaults=False))}{note}")
     for i, rule in enumerate(cfg.rules):
         scope = []
         if rule.sources:
@@ -224,17 +265,62 @@ def check(config: ConfigOption = None) -> None:
     else:
         say("digests: off")
     specs = config_watch_specs(cfg)
-    say(f"would watch {len(specs)} job(s):")
+    bulks = [job for job in cfg.jobs if job.bulk is not None]
+    searches = [(job.source, job.search) for job in cfg.jobs if job.search is not None]
+    counts = [_counted(len(specs), "job", "jobs")]
+    counts += [_counted(len(bulks), "bulk", "bulks")] if bulks else []
+    counts += [_counted(len(searches), "search", "searches")] if searches else []
+    said = counts[0] if len(counts) == 1 else f"{', '.join(counts[:-1])} and {counts[-1]}"
+    say(f"would watch {said}:")
     for spec in specs:
         say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
-    for job in cfg.jobs:
-        if job.bulk is not None:
-            say(f"  every job of bulk {job.bulk} on {job.source}")
-        elif job.search is not None:
-            say(f"  jobs found by a search on {job.source}")
+    for job in bulks:
+        say(f"  every job of bulk {job.bulk} on {job.source}")
+    for on, search in searches:
+        filters = "; ".join(
+            f"{name} {', '.join(value) if isinstance(value, tuple | list) else value}"
+            for name, value in search.model_dump(exclude_none=True).items()
+        )
+        say(f"  jobs found by a search on {on}" + (f" ({filters})" if filters else ""))
+    for warning in _check_warnings(cfg):
+        print(f"poller: warning: {printable(warning)}", file=sys.stderr)
 
 
-@app.command()
+def _counted(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def _check_warnings(cfg: Config) -> list[str]:
+    """What `check` warns about without failing: a channel that no rule sends to, and a
+    `timeout` shorter than `interval` (a watch would time out before its second poll).
+
+    A source's or a job's timings are checked where they set `interval` or `timeout`, so one
+    mistake in the top-level `polling` is said once.
+    """
+    used = {channel for rule in cfg.rules for channel in rule.notify}
+    warnings = [
+        f"channel {name} is not used by any rule: nothing will be sent to it"
+        for name in cfg.channels
+        if name not in used
+    ]
+    places = [("polling", cfg.policy_for(""))]
+    for name, source in cfg.sources.items():
+        if {"interval", "timeout"} & source.polling.as_dict().keys():
+            places.append((f"sources.{name}.polling", cfg.policy_for(name)))
+    for index, job in enumerate(cfg.jobs):
+        overrides = job.polling.as_dict()
+        if {"interval", "timeout"} & overrides.keys():
+            places.append((f"jobs[{index}].polling", cfg.policy_for(job.source, overrides)))
+    for where, policy in places:
+        if policy.timeout < policy.interval:
+            warnings.append(
+                f"{where}: timeout {format_duration(policy.timeout)} is shorter than interval "
+                f"{format_duration(policy.interval)}: a watch times out before its second poll"
+            )
+    return warnings
+
+
+@app.command(short_help="Every watch: state, progress, polls, last error.")
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show every watch: key, name, state, progress, last and next poll, last error."""
     cfg = _config(config)
@@ -344,9 +430,11 @@ def _undelivered_table(entries: Sequence[Undelivered], now: float) -> Table:
     return table
 
 
-@app.command()
+@app.command(short_help="One watch's transitions and events, oldest first.")
 def history(
-    key: Annotated[str, typer.Argument(help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")],
+    key: Annotated[
+        str, typer.Argument(metavar="KEY", help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")
+    ],
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -428,19 +516,31 @@ def _labels_said(changes: Mapping[str, tuple[Any, Any]]) -> str:
     return said
 
 
-@app.command()
+@app.command(short_help="Start watching a job (the daemon sees it within seconds).")
 def add(
-    source: Annotated[str, typer.Argument(help="A source name from the config.")],
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")],
-    site: Annotated[str | None, typer.Option("--site", help="Site id (ruler).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="A label for humans.")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
+    source: SourceArgument,
+    job_id: IdArgument,
+    site: SiteOption = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="A label for humans.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="A tag (repeatable).")
+    ] = None,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again",
+            help="Watch an ended job again from its last state (a resumed or re-run job).",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Start watching a job; the running daemon picks it up within seconds.
 
     A job already watched keeps its name and tags unless `--name` or `--tag` are given; what
-    changed is said. A job of the config is labelled in the config, not here.
+    changed is said. A job of the config is labelled in the config, not here. A watch that
+    has ended stays ended unless `--again` is given.
     """
     cfg = _config(config)
     spec = _spec(cfg, source, job_id, site, name, tag or [])
@@ -450,23 +550,26 @@ def add(
         _fail(f"{spec.key} is {listed}: change its name and tags there, then reload", 2)
     store = _store(cfg)
     try:
-        added = store.add(spec, time.time())
+        added = store.add(spec, time.time(), again=again)
     finally:
         store.close()
     watch = added.watch
     if added.created:
-        said = "watching"
+        said = f"watching {watch.key}"
     elif added.reactivated:
-        said = "watching again (it had been removed)"
+        said = f"watching {watch.key} again (it had been removed)"
+    elif added.rearmed:
+        said = f"watching {watch.key} again from its last state ({_state_label(watch)})"
     else:
-        said = "already watching"
-    said += f" {watch.key}" + ("" if watch.progress.active else " (it has ended)")
+        said = f"already watching {watch.key}"
+        if not watch.progress.active:
+            said += " (it has ended; `poller add --again` watches it again)"
     print(printable(said + _labels_said(added.changes)))
 
 
 @app.command()
 def remove(
-    key: Annotated[str, typer.Argument(help="The watch key.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The watch key.")],
     config: ConfigOption = None,
 ) -> None:
     """Stop watching a job (its history stays). A job the config lists is removed there."""
@@ -489,29 +592,111 @@ def remove(
     print(printable(f"stopped watching {key}"))
 
 
-@app.command()
+#: The longest `--timeout` a wait takes: a year is beyond any job; more is a typo.
+MAX_WAIT_TIMEOUT = 365 * 86400.0
+#: The longest text a duration option is read from (``1d 23h 59m 59.999s`` is 17).
+MAX_DURATION_TEXT = 64
+
+
+def _duration_option(option: str, value: str, maximum: float) -> float:
+    """A positive duration from the command line, at most `maximum`; exit 2 otherwise."""
+    from poller.settings.fields import parse_duration
+
+    if len(value) > MAX_DURATION_TEXT:
+        _fail(f"{option}: expected a duration like 30s, 5m, 2h, not {len(value)} characters", 2)
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        _fail(f"{option}: {exc}", 2)
+    if not 0 < seconds <= maximum:
+        _fail(
+            f"{option}: must be more than 0s and at most {format_duration(maximum)}, "
+            f"not {format_duration(seconds, rounded=True)}",
+            2,
+        )
+    return seconds
+
+
+@app.command(short_help="Poll one job until it ends; the exit code says how.")
 def wait(
-    source: Annotated[str, typer.Argument(help="A source name from the config.")],
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")],
-    site: Annotated[str | None, typer.Option("--site", help="Site id (ruler).")] = None,
+    source: SourceArgument,
+    job_id: IdArgument,
+    site: SiteOption = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            help="Give up after this long, e.g. 90s, 30m, 2h (default: the config's "
+            "polling.timeout).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the result as one JSON document (progress goes to stderr)."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Poll one job in the foreground with a progress bar; exit 0 succeeded, 1 other end,
-    3 timed out."""
-    from poller.waiting import wait_for_job
+    """Poll one job in the foreground until it ends, then summarise how it ended.
+
+    Exit 0 succeeded, 1 ended otherwise, 3 timed out, 4 could not be watched (credentials
+    refused, job not found, source unreachable for error_after; the reason on stderr).
+    """
+    from poller.models import Watch
+    from poller.waiting import EXIT_UNWATCHABLE, display_for, summary, wait_for_job
 
     cfg = _config(config)
     spec = _spec(cfg, source, job_id, site, None, ())
+    limit = None if timeout is None else _duration_option("--timeout", timeout, MAX_WAIT_TIMEOUT)
+    # a bar only where a person watches it and stdout holds nothing else; with --json the
+    # progress lines go to stderr so that stdout is the JSON document alone
+    live = sys.stdout.isatty() and not as_json
+    display = display_for(spec.key, _console(), sys.stderr if as_json else sys.stdout, live)
     try:
-        code = asyncio.run(wait_for_job(cfg, spec, _console()))
+        result = asyncio.run(wait_for_job(cfg, spec, display, limit))
     except PollerError as exc:
+        display.close()
         _fail(str(exc), 1)
-    raise typer.Exit(code)
+    except KeyboardInterrupt:
+        display.close()
+        _fail(f"interrupted; {spec.key} was not waited for to its end", 130)
+    display.close()
+    if as_json:
+        watch = Watch(
+            id=0,
+            key=spec.key,
+            source=spec.source,
+            job_id=spec.job_id,
+            site=spec.site,
+            name=None,
+            tags=(),
+            origin="wait",
+            overrides={},
+            progress=result.progress,
+            next_poll_at=None,
+            last_poll_at=result.polled_at,
+            removed_at=None,
+            version=0,
+        )
+        document = watch_json(watch) | {"exit_code": result.code, "waited": round(result.waited, 3)}
+        print(json.dumps(document, indent=2))
+    else:
+        limit = limit or cfg.policy_for(spec.source).timeout
+        for line in summary(spec, result, limit):
+            print(printable(line), flush=True)
+    if result.code == EXIT_UNWATCHABLE:
+        print(printable(f"poller: could not watch {spec.key}: {result.reason}"), file=sys.stderr)
+    raise typer.Exit(result.code)
 
 
-@app.command("notify-test")
+@app.command("notify-test", short_help="Send a test message through one or every channel.")
 def notify_test(
-    channel: Annotated[str | None, typer.Argument(help="One channel (default: all).")] = None,
+    channel: Annotated[
+        str | None, typer.Argument(metavar="CHANNEL", help="One channel (default: all).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Send a test message through one or every channel and show what each service answered
@@ -523,7 +708,8 @@ def notify_test(
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     names = [channel] if channel else list(notifier.names)
     if channel and channel not in notifier.names:
-        _fail(f"no channel {channel} in the config", 2)
+        known = ", ".join(notifier.names) or "none"
+        _fail(f"no channel {channel} in the config (channels: {known})", 2)
     if not names:
         _fail("the config has no channels", 2)
 
@@ -557,18 +743,31 @@ def notify_test(
     raise typer.Exit(1 if asyncio.run(send_all()) else 0)
 
 
-@app.command()
+@app.command(short_help="A self-contained demo: simulated API, real daemon.")
 def demo(
     notify: Annotated[
         list[str] | None,
-        typer.Option("--notify", help="Also send to this Apprise URL (repeatable)."),
+        typer.Option("--notify", metavar="URL", help="Also send to this Apprise URL (repeatable)."),
     ] = None,
-    speed: Annotated[float, typer.Option(help="Time factor; 2 runs twice as fast.")] = 1.0,
+    speed: Annotated[
+        float, typer.Option(metavar="X", help="Time factor from 0.1 to 10; 2 runs twice as fast.")
+    ] = 1.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the daemon's log as well.")
+    ] = False,
 ) -> None:
     """Run a self-contained demo: a simulated Ruler API, the real daemon, notifications here."""
-    from poller.demo import run_demo
+    from poller.demo import MAX_SPEED, MIN_SPEED, notify_problems, run_demo
 
-    raise typer.Exit(run_demo(list(notify or []), speed, _console()))
+    if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
+        _fail(f"--speed: must be from {MIN_SPEED:g} to {MAX_SPEED:g}, not {speed:g}", 2)
+    urls = list(notify or [])
+    problems = notify_problems(urls)
+    for problem in problems:
+        print(f"poller: {printable(problem)}", file=sys.stderr)
+    if problems:
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(urls, speed, _console(), verbose=verbose))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,7 +72,10 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     ]
     renderer: Processor
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        # colours only on a terminal: `log.format: console` into a pipe or a file stays text
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
     final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]

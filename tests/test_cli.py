@@ -75,6 +75,42 @@ class TestCheck:
         assert "rule 0: failed -> hook" in r.stdout
         assert "cli-token" not in r.stdout
 
+    def test_counts_bulks_and_searches_and_warns_without_failing(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """Bulks and searches are in the count and listed with their filters; an unused
+        channel and a timeout shorter than the interval are warnings on stderr, exit 0; a
+        channel URL shows the parameters its user wrote, not Apprise's defaults."""
+        ruler, sink = sims
+        path = write_config(tmp_path, ruler, sink, polling="  timeout: 50ms")
+        text = path.read_text().replace(
+            "dead: json://127.0.0.1:9/nothing", "dead: json://127.0.0.1:9/nothing?method=PUT"
+        )
+        path.write_text(
+            text + "  - {source: ruler-prod, site: s1, id: j2, polling: {timeout: 20ms}}\n"
+            "  - {source: lake, bulk: b-7}\n"
+            "  - {source: lake, search: {jobType: [policyUpdate, dataSync], state: failed}}\n"
+        )
+        r = poller("check", "-c", str(path))
+        assert r.returncode == 0, r.stderr
+        assert (
+            "would watch 2 jobs, 1 bulk and 1 search:\n"
+            "  ruler-prod/s1/j1  First\n"
+            "  ruler-prod/s1/j2\n"
+            "  every job of bulk b-7 on lake\n"
+            "  jobs found by a search on lake (jobType policyUpdate, dataSync; state failed)\n"
+        ) in r.stdout
+        assert f"channel hook: json://127.0.0.1:{sink.port}/hook\n" in r.stdout
+        assert "channel dead: json://127.0.0.1:9/nothing?method=PUT\n" in r.stdout
+        assert "overflow=" not in r.stdout and "retry=" not in r.stdout
+        assert r.stderr == (
+            "poller: warning: channel dead is not used by any rule: nothing will be sent to it\n"
+            "poller: warning: polling: timeout 0.05s is shorter than interval 0.1s: a watch "
+            "times out before its second poll\n"
+            "poller: warning: jobs[1].polling: timeout 0.02s is shorter than interval 0.1s: a "
+            "watch times out before its second poll\n"
+        )
+
     def test_bad_config_exits_2_with_every_problem_and_place(self, tmp_path: Path) -> None:
         """Each problem has file:line and key path; no traceback; exit 2."""
         path = tmp_path / "bad.yaml"
@@ -110,6 +146,47 @@ class TestCheck:
         """An unknown command or option is a usage error."""
         assert poller("frobnicate").returncode == 2
         assert poller("status", "--bogus").returncode == 2
+
+
+class TestEveryCommand:
+    """What every command has: a version, short and long help, completion."""
+
+    def test_version(self) -> None:
+        """`--version` and `-V` print the version and exit 0."""
+        from poller import __version__
+
+        for flag in ("--version", "-V"):
+            r = poller(flag)
+            assert (r.returncode, r.stdout, r.stderr) == (0, f"poller {__version__}\n", "")
+
+    def test_h_is_help_and_the_config_default_shows(self) -> None:
+        """`-h` is `--help`, on the top level and on each command; the `-c` help shows its
+        default in full (rich markup once ate ``[default: ...]``)."""
+        top = poller("-h")
+        assert top.returncode == 0 and top.stdout == poller("--help").stdout
+        assert "-V, --version" in top.stdout and "--install-completion" in top.stdout
+        for command in ("run", "check", "status", "history", "add", "remove", "wait", "demo"):
+            r = poller(command, "-h")
+            assert r.returncode == 0, (command, r.stderr)
+            assert r.stdout == poller(command, "--help").stdout
+            if command != "demo":
+                text = " ".join(r.stdout.split())
+                assert (
+                    "-c, --config PATH Config file [default: $POLLER_CONFIG, else "
+                    "/etc/poller/config.yaml]." in text
+                ), r.stdout
+        wait_help = " ".join(poller("wait", "-h").stdout.split())
+        assert "--timeout DURATION" in wait_help and "4 could not be watched" in wait_help
+
+    def test_shell_completion(self) -> None:
+        """The completion script is printed, and completing with it offers commands and
+        options."""
+        script = poller("--show-completion", "bash")
+        assert script.returncode == 0 and "_POLLER_COMPLETE=complete_bash" in script.stdout
+        words = {"_POLLER_COMPLETE": "complete_bash", "COMP_WORDS": "poller wa", "COMP_CWORD": "1"}
+        assert poller(env=words).stdout.split() == ["wait"]
+        options = words | {"COMP_WORDS": "poller wait --ti", "COMP_CWORD": "2"}
+        assert poller(env=options).stdout.split() == ["--timeout"]
 
 
 class TestWait:
@@ -158,7 +235,15 @@ class TestNotifyTest:
         assert sink.wait_for(1, 5)[0]["title"] == "poller test message"
         r = poller("notify-test", "hook", "-c", str(path))
         assert r.returncode == 0
-        assert poller("notify-test", "nope", "-c", str(path)).returncode == 2
+
+    def test_unknown_channel_lists_the_channels(
+        self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
+    ) -> None:
+        """A channel the config does not have: exit 2, and the ones it has."""
+        path = write_config(tmp_path, *sims)
+        r = poller("notify-test", "nope", "-c", str(path))
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr == "poller: no channel nope in the config (channels: hook, dead)\n"
 
     def test_secrets_are_masked_in_every_answer(
         self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
@@ -229,7 +314,8 @@ class TestDemo:
     """`poller demo` shows the whole loop."""
 
     def test_demo_runs_to_the_end(self) -> None:
-        """Every scripted outcome is notified and the demo exits 0."""
+        """Every scripted outcome is notified and the demo exits 0. Piped, the output is the
+        notifications and the result: no log lines, no escape codes."""
         r = poller("demo", "--speed", "4", timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         for title in (
@@ -239,4 +325,52 @@ class TestDemo:
             "2019 backfill succeeded",
         ):
             assert title in r.stdout
-        assert "0 pending" in r.stdout
+        assert "notifications delivered, 0 pending." in r.stdout
+        # a notification a line of its own: what is printed is the messages and the result
+        assert r.stdout.count("📣") == int(
+            r.stdout.split(" notifications delivered")[0].split()[-1]
+        )
+        assert "\x1b" not in r.stdout + r.stderr
+        assert "[info" not in r.stdout and "polled" not in r.stdout and r.stderr == ""
+
+    def test_verbose_shows_the_log_without_colour_in_a_pipe(self) -> None:
+        """`--verbose`: the daemon's console log as well, still as plain text."""
+        r = poller("demo", "--speed", "10", "--verbose", timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "[info" in r.stdout and "Ledger sync failed" in r.stdout
+        assert "\x1b" not in r.stdout + r.stderr
+
+    def test_a_notify_url_that_refuses_is_named_at_the_end(self) -> None:
+        """A `--notify` service that refuses the messages: the demo still ends (it does not
+        wait through the retries), names the URL by its place with the answer, exit 1."""
+        r = poller("demo", "--speed", "10", "--notify", "json://127.0.0.1:9/x", timeout=120)
+        assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+        assert (
+            "Your --notify URL #1 did not take the messages: json://127.0.0.1:9/x failure: "
+            "A Connection error"
+        ) in r.stdout
+        assert "notifications delivered, 0 pending." in r.stdout
+        assert "Traceback" not in r.stdout + r.stderr
+
+    @pytest.mark.parametrize(
+        ("args", "said"),
+        [
+            (["--notify", "nonsense-s3cret"], "poller: --notify URL #1: not an Apprise URL"),
+            (["--notify", "json://h/x", "--notify", ""], "poller: --notify URL #2: must not be"),
+            (["--notify", "json://h/x"] * 11, "poller: --notify: at most 10 URLs, not 11"),
+            (["--notify", "json://h/" + "x" * 5000], "#1: longer than 4096 characters"),
+            (["--speed", "0"], "poller: --speed: must be from 0.1 to 10, not 0"),
+            (["--speed", "-2"], "poller: --speed: must be from 0.1 to 10, not -2"),
+            (["--speed", "nan"], "poller: --speed: must be from 0.1 to 10, not nan"),
+            (["--speed", "inf"], "poller: --speed: must be from 0.1 to 10, not inf"),
+            (["--speed", "11"], "poller: --speed: must be from 0.1 to 10, not 11"),
+            (["--speed", "fast"], "Invalid value for '--speed'"),
+        ],
+    )
+    def test_the_users_mistakes_are_said_before_it_starts(self, args: list[str], said: str) -> None:
+        """A `--notify` URL Apprise cannot read (never quoted: it may hold secrets) or a
+        `--speed` out of bounds: exit 2 with the reason, no traceback, nothing started."""
+        r = poller("demo", *args)
+        assert r.returncode == 2, r.stdout[-2000:]
+        assert said in r.stderr and "Traceback" not in r.stderr
+        assert "s3cret" not in r.stderr and r.stdout == ""

@@ -11,14 +11,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from world import SITE, DaemonWorld, World, eventually, job_yaml
 
-from poller.models import WatchSpec
-from poller.store.repo import Store
+from poller.models import State, WatchSpec
+from poller.store.repo import Store, WriteBack
 from poller.testing import ImmutaSim, JsonJobSim, RulerSim, SimThread, WebhookSink
 
 LONG_ID = "x" * 257
@@ -200,6 +201,43 @@ class TestAddAgain:
         watch = keys(config)[key]
         assert (watch["name"], watch["tags"]) == ("Weekly", ["etl", "ops"])
 
+    def test_again_rearms_an_ended_watch_from_its_last_state(self, world: World) -> None:
+        """`add` of an ended watch leaves it ended and says how to watch it again; `add
+        --again` does: a re-run job is a transition from the old end, a `started` and a new
+        end, each notified; a job still as it ended ends the watch again without a message."""
+        world.ruler.add_job(SITE, "r1", status="complete")
+        daemon = world.start()
+        key = f"ruler-prod/{SITE}/r1"
+        add = ["add", "ruler-prod", "r1", "--site", SITE]
+        world.cli(*add)
+        eventually(lambda: not world.status()[key]["active"], what="the first end")
+        assert len(world.messages("success")) == 1
+
+        plain = world.cli(*add)
+        assert plain.stdout == (
+            f"already watching {key} (it has ended; `poller add --again` watches it again)\n"
+        )
+        assert not world.status()[key]["active"]
+
+        world.ruler.set_job(SITE, "r1", status="processing", processed_rows=10)
+        again = world.cli(*add, "--again")
+        assert again.stdout == f"watching {key} again from its last state (succeeded)\n"
+        eventually(lambda: world.status()[key]["state"] == "running", what="the re-run seen")
+        world.ruler.set_job(SITE, "r1", status="complete", processed_rows=100)
+        eventually(lambda: not world.status()[key]["active"], what="the second end")
+        titles = [m["title"] for m in world.sink.wait_for(3, 10)]
+        assert sum("started" in t for t in titles) == 1, titles
+        assert sum("succeeded" in t for t in titles) == 2, titles
+        history = json.loads(world.cli("history", key, "--json").stdout)["history"]
+        moves = [(h["from"], h["to"]) for h in history if h["kind"] == "transition"]
+        assert moves[-2:] == [("succeeded", "running"), ("running", "succeeded")], moves
+
+        # still ended as it was: armed again, it ends again at its next poll, without a word
+        world.cli(*add, "--again")
+        eventually(lambda: not world.status()[key]["active"], what="ended again")
+        assert world.stop(daemon) == 0
+        assert len(world.sink.messages) == 3
+
     def test_store_add_keeps_what_is_known_on_both_databases(self, db_url: str) -> None:
         """`Store.add` on an existing watch: labels and origin kept unless given, each change
         reported, a removed watch re-activated."""
@@ -219,6 +257,38 @@ class TestAddAgain:
             again = store.add(WatchSpec("im", "j1", name="B", tags=("x", "y")), 4.0)
             assert again.reactivated and again.watch.progress.active
             assert again.changes == {"name": ("A", "B"), "tags": (("x",), ("x", "y"))}
+        finally:
+            store.close()
+
+    def test_store_add_again_on_both_databases(self, db_url: str) -> None:
+        """`Store.add(again=True)` arms an ended watch from its last state with a fresh
+        timeout; without it, or on an active watch, nothing changes."""
+        store = Store(db_url)
+        store.migrate()
+        try:
+            store.add(WatchSpec("im", "j1", name="A"), 1.0)
+            (watch,) = store.claim_due("me", 2.0, 10, 30)
+            ended = replace(
+                watch.progress,
+                state=State.SUCCEEDED,
+                remote_status="completed",
+                progress=100.0,
+                started_at=1.5,
+                ended_at=2.0,
+                active=False,
+            )
+            store.write_back(
+                "me", [WriteBack(watch=watch, progress=ended, next_poll_at=None, polled_at=2.0)]
+            )
+            plain = store.add(WatchSpec("im", "j1"), 3.0)
+            assert not plain.rearmed and not plain.watch.progress.active
+            again = store.add(WatchSpec("im", "j1"), 4.0, again=True)
+            p = again.watch.progress
+            assert again.rearmed and p.active and again.watch.next_poll_at == 4.0
+            assert (p.state, p.remote_status, p.progress) == (State.SUCCEEDED, "completed", 100.0)
+            assert (p.created_at, p.started_at, p.ended_at) == (4.0, None, None)
+            assert again.watch.name == "A"
+            assert not store.add(WatchSpec("im", "j1"), 5.0, again=True).rearmed
         finally:
             store.close()
 

@@ -173,6 +173,23 @@ def mask_url(url: str) -> str:
     return f"{masked}?{'&'.join(pairs)}"
 
 
+def _query_keys(url: str) -> frozenset[str]:
+    """The query keys of every URL in a channel's text, decoded and lower-cased."""
+    return frozenset(
+        unquote(pair.partition("=")[0]).lower()
+        for part in re.split(r"[\s,]+", url)
+        for pair in part.partition("?")[2].split("&")
+        if pair
+    )
+
+
+def _only_written(url: str, written: frozenset[str]) -> str:
+    """`url` with only the query parameters whose keys are in `written`."""
+    head, _, query = url.partition("?")
+    kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]).lower() in written]
+    return f"{head}?{'&'.join(kept)}" if kept else head
+
+
 def _secret_parts(url: str, masked: str) -> list[str]:
     """The pieces of a channel URL that its masked form hides (tokens, passwords...), and
     their decoded and URL-encoded forms."""
@@ -196,7 +213,10 @@ class Notifier:
         self._channels: dict[str, apprise.Apprise] = {}
         self._secrets: dict[str, list[str]] = {}
         self._socket_timeout: dict[str, float] = {}
+        #: the query keys each channel's URL was written with (keys name settings, not secrets)
+        self._written: dict[str, frozenset[str]] = {}
         for name, url in channels.items():
+            self._written[name] = _query_keys(url)
             obj = apprise.Apprise()
             obj.add(url)
             self._channels[name] = obj
@@ -210,12 +230,19 @@ class Notifier:
         """The configured channel names."""
         return tuple(self._channels)
 
-    def describe(self, channel: str) -> list[str]:
-        """The channel's service URLs with secrets masked."""
-        return [
+    def describe(self, channel: str, *, defaults: bool = True) -> list[str]:
+        """The channel's service URLs with secrets masked.
+
+        Without `defaults`, a URL keeps only the query parameters its user wrote: Apprise adds
+        its own defaults (``overflow=upstream&retry=0&wait=0.5...``) to every URL it prints.
+        """
+        urls = [
             mask_url(str(service.url(privacy=True)))  # type: ignore[no-untyped-call]
             for service in self._channels[channel]
         ]
+        if defaults:
+            return urls
+        return [_only_written(url, self._written.get(channel, frozenset())) for url in urls]
 
     def format_for(self, channel: str) -> Format:
         """Markdown if every service of the channel prefers Markdown or HTML, else text."""

@@ -37,6 +37,8 @@ class Added:
     created: bool
     reactivated: bool = False
     changes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    #: an ended watch armed again (`add(..., again=True)`)
+    rearmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,13 @@ class Watches(Database):
         added = self.add(spec, now)
         return added.watch, added.created
 
-    def add(self, spec: WatchSpec, now: float) -> Added:
+    def add(self, spec: WatchSpec, now: float, *, again: bool = False) -> Added:
         """Start watching a job (`poller add`), and say what that changed.
 
         A key that exists keeps everything known about it (origin, polling overrides, and its
         name and tags unless `spec` gives a name or tags), and is re-activated if it was
-        removed before it ended.
+        removed before it ended. With `again`, a watch that has ended (or timed out) is armed
+        again from its last state (`_rearming`): a resumed or re-run job is watched anew.
         """
         with self._write() as conn:
             select = sa.select(*WATCH_COLUMNS).where(watches.c.key == spec.key)
@@ -95,8 +98,11 @@ class Watches(Database):
             if "tags" in values:
                 values["tags"] = list(spec.tags)
             reactivated = row.removed_at is not None and row.ended_at is None
+            rearmed = again and not reactivated and not (row.active and row.removed_at is None)
             if reactivated:
                 values.update(_reactivation(now))
+            elif rearmed:
+                values.update(_rearming(now))
             if values:
                 conn.execute(
                     sa.update(watches)
@@ -104,7 +110,7 @@ class Watches(Database):
                     .values(version=watches.c.version + 1, **values)
                 )
                 row = conn.execute(select).one()
-        return Added(watch_from_row(row), False, reactivated, changes)
+        return Added(watch_from_row(row), False, reactivated, changes, rearmed)
 
     def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
         """Start watching each spec whose key has no watch yet (a removed one counts); the keys
@@ -288,6 +294,26 @@ def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
 def _reactivation(now: float) -> dict[str, Any]:
     """A watch removed before its job ended starts again, with a fresh timeout."""
     return {"active": True, "removed_at": None, "created_at": now, "next_poll_at": now}
+
+
+def _rearming(now: float) -> dict[str, Any]:
+    """An ended watch polled again from its last state, with a fresh timeout.
+
+    The state, status, progress and details stay, so the next poll compares with them: a job
+    still ended as it was ends the watch again without an event, and a re-run job is a
+    transition (and `started` again, since `started_at` is cleared) and then a new end.
+    """
+    return _reactivation(now) | {
+        "ended_at": None,
+        "started_at": None,
+        "wait": None,
+        "last_change_at": None,
+        "error_since": None,
+        "error_count": 0,
+        "last_error": None,
+        "unreachable": False,
+        "stalled": False,
+    }
 
 
 def _upsert_watch(conn: Connection, insert_new: sa.Insert, spec: WatchSpec, now: float) -> bool:
