@@ -212,6 +212,7 @@ class TestValidConfig:
         assert set(config.channel_templates) == {"oncall"}
         assert config.rules[0].template is not None
         assert config.rules[0].template.format == "markdown"
+        assert config.http.listen == "127.0.0.1:9180"
 
     def test_empty_file_is_an_empty_config(self, tmp_path: Path) -> None:
         """An empty file is valid: no sources, no jobs, every default (the database is
