@@ -4,6 +4,7 @@ loopback Ruler API and delivers to a loopback webhook, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -16,16 +17,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from world import SITE, World, eventually, job_yaml
 
 import poller
-from poller.config import load_config
+from poller.app import open_store
+from poller.config import Config, load_config
+from poller.engine.runtime import DbThread
+from poller.engine.stats import POLL_BUCKETS, Stats, Timings
 from poller.errors import ConfigError
+from poller.store.repo import Store
+from poller.web import DatabaseReads, DatabaseUnavailable
 
 #: A job the loopback Ruler API does not know: every poll of it is a 404 (``not_found``).
 MISSING = "never-there"
@@ -301,6 +310,19 @@ class TestStart:
         assert "Traceback" not in said
         assert not (world.tmp / "poller.db").exists()
 
+    def test_a_new_address_takes_a_restart(self, world: World) -> None:
+        """A reload with another ``http.listen`` says so and keeps serving where it was."""
+        port, other = free_port(), free_port()
+        listening(world, port, "")
+        daemon = world.start()
+        listening(world, other, job_yaml("j1"))
+        daemon.send_signal(signal.SIGHUP)
+        eventually(lambda: "a new http.listen takes a restart" in world.log.read_text())
+        eventually(lambda: '"reloaded"' in world.log.read_text(), what="the rest reloaded")
+        assert get(port, "/readyz")[0] == 200
+        assert answers(other, "/healthz") is None
+        assert world.stop(daemon) == 0
+
     def test_off_without_the_key(self, world: World) -> None:
         """Without ``http.listen`` nothing listens (several daemons on one host never fight
         over a port)."""
@@ -346,3 +368,77 @@ class TestStart:
         with pytest.raises(ConfigError) as refused:
             load_config(config, environ={})
         assert f"{config}:3: http.tls: unknown key" in str(refused.value)
+
+
+@dataclass
+class Bare:
+    """The least a daemon shows the listener (`web.DaemonView`), around a real database
+    thread: for what is easier to see from inside than over HTTP."""
+
+    config: Config
+    db: DbThread
+    owner: str = "test-replica"
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: Stats = field(default_factory=Stats)
+
+    def clock(self) -> float:
+        return time.time()
+
+    def database(self) -> DbThread | None:
+        return self.db
+
+
+class TestDatabaseReads:
+    """The listener's database reads are bounded and shared."""
+
+    def test_a_busy_database_thread_holds_one_read_of_each_kind(self, tmp_path: Path) -> None:
+        """While the database thread is busy, twenty requests for the same read wait for one
+        read, each gives up at the deadline, and the read runs once when the thread is free."""
+        config_file = tmp_path / "config.yaml"
+        config_file.write_text("sources: {}\n")
+        config = load_config(config_file, environ={})
+        store = open_store(config, daemon=True)
+        db = DbThread(store)
+        runs: list[float] = []
+
+        def counted(store: Store) -> int:
+            runs.append(time.monotonic())
+            store.ping()
+            return len(runs)
+
+        async def scenario() -> list[BaseException | int]:
+            reads = DatabaseReads(Bare(config, db), deadline=0.3)
+            busy = asyncio.ensure_future(db.call(time.sleep, 1.0))  # a slow group commit
+            answers = await asyncio.gather(
+                *(reads.read("ping", counted) for _ in range(20)), return_exceptions=True
+            )
+            await busy
+            await asyncio.sleep(0.2)  # the one queued read runs now
+            answers.append(await reads.read("ping", counted))
+            await reads.close()
+            return answers
+
+        try:
+            answers = asyncio.run(scenario())
+        finally:
+            db.close()
+            store.close()
+        assert all(isinstance(a, DatabaseUnavailable) for a in answers[:20]), answers
+        assert "did not answer within 0.3s" in str(answers[0])
+        assert len(runs) == 2 and answers[20] == 2
+
+
+class TestTimings:
+    """The in-memory histogram Prometheus reads."""
+
+    @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))
+    def test_cumulative_buckets(self, values: list[float]) -> None:
+        """Each bucket counts the observations at or below its bound; +Inf counts them all."""
+        timings = Timings(POLL_BUCKETS)
+        for seconds in values:
+            timings.observe(seconds)
+        for bound, count in timings.cumulative():
+            assert count == sum(1 for v in values if v <= bound)
+        assert timings.count == len(values)
+        assert timings.total == pytest.approx(sum(values))
