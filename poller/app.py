@@ -14,7 +14,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 from typing import TypeVar
 
@@ -138,6 +138,11 @@ class Daemon:
         """The runtime in force (replaced on reload)."""
         assert self._runtime is not None
         return self._runtime
+
+    def adapters(self) -> Mapping[str, Source]:
+        """The source adapters in force (none before the start); the listener reads their
+        breakers."""
+        return self._runtime.sources if self._runtime is not None else {}
 
     def database(self) -> DbThread | None:
         """The database thread while the database is open (the listener reads through it)."""

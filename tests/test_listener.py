@@ -150,6 +150,53 @@ class TestEndpoints:
             assert all(secret_or_id not in label for label in labels), secret_or_id
         assert world.stop(daemon) == 0
 
+    def test_failing_channel_and_failing_source(self, any_world: World) -> None:
+        """A channel that refuses: its failed attempts, its pending delivery and how old it
+        is. An API that fails every request: its polls by error kind and its breaker open,
+        then closed once the API is back."""
+        world, port = any_world, free_port()
+        world.sink.answer(500)
+        world.ruler.add_job(SITE, "j1", status="processing")
+        listening(world, port, job_yaml("j1"))
+        world.start()
+        text = eventually(
+            lambda: (
+                (s := scrape(port))
+                and (value(s, "poller_delivery_failures_total", channel="hook") or 0) >= 1
+                and s
+            ),
+            what="a failed delivery attempt",
+        )
+        assert value(text, "poller_deliveries_pending", channel="hook") == 1
+        assert (value(text, "poller_delivery_oldest_pending_age_seconds", channel="hook") or 0) > 0
+        assert value(text, "poller_deliveries_sent_total", channel="hook") == 0
+
+        world.ruler.fail("", status=500, times=None)
+        text = eventually(
+            lambda: (
+                (s := scrape(port))
+                and value(s, "poller_source_breaker_open", source="ruler-prod") == 1
+                and s
+            ),
+            what="the breaker open",
+        )
+        counted = {
+            outcome: value(text, "poller_polls_total", source="ruler-prod", outcome=outcome)
+            for outcome in ("ok", "server_error")
+        }
+        assert all(counted.values()), counted
+        world.ruler.clear_faults()
+        world.sink.answer()
+        eventually(
+            lambda: value(scrape(port), "poller_source_breaker_open", source="ruler-prod") == 0,
+            what="the breaker closed",
+        )
+        eventually(
+            lambda: value(scrape(port), "poller_deliveries_sent_total", channel="hook") == 1,
+            timeout=30,
+            what="the delivery retried and sent",
+        )
+
     def test_promtool_accepts_the_scrape(self, world: World) -> None:
         """`promtool check metrics` (Debian's prometheus package) finds nothing to say."""
         promtool = shutil.which("promtool")
@@ -387,6 +434,9 @@ class Bare:
 
     def database(self) -> DbThread | None:
         return self.db
+
+    def adapters(self) -> dict[str, object]:
+        return {}
 
 
 class TestDatabaseReads:

@@ -71,7 +71,8 @@ class Stats:
     polls: dict[tuple[str, str], int] = field(default_factory=dict)
     #: per source, how long the adapter call that answered each poll took
     poll_seconds: dict[str, Timings] = field(default_factory=dict)
-    #: per source, whether its latest polls were held back by its breaker (``backing_off``)
+    #: per source, whether its latest polls were held back by its breaker (``backing_off``):
+    #: what ``/metrics`` shows of a source whose adapter has no breaker it can read
     held_back: dict[str, bool] = field(default_factory=dict)
     #: events recorded (committed) by kind
     events: dict[str, int] = field(default_factory=dict)

@@ -80,6 +80,22 @@ def _counter(
     return family
 
 
+def breaker_open(adapter: object) -> bool | None:
+    """Whether `adapter`'s breaker is open (or half-open: its pause is over, but no answer
+    has closed it yet); None if it has none to read.
+
+    Every built-in adapter's HTTP client carries its source's breaker as
+    ``adapter.requester.health`` (`sources.client.SourceHealth`, whose ``open_until`` is 0.0
+    while closed); it is read by name, so that an adapter without one is simply left to its
+    polls' outcomes.
+    """
+    health = getattr(getattr(adapter, "requester", None), "health", None)
+    open_until = getattr(health, "open_until", None)
+    if isinstance(open_until, int | float) and not isinstance(open_until, bool):
+        return open_until > 0
+    return None
+
+
 class StatsCollector:
     """The custom collector: the daemon's numbers as metric families, made at scrape time.
 
@@ -139,12 +155,16 @@ class StatsCollector:
 
         breaker = GaugeMetricFamily(
             "poller_source_breaker_open",
-            "1 while a source's breaker holds its polls back (its latest polls failed fast "
-            "with backing_off after repeated failures), else 0.",
+            "1 from the moment a source's breaker opens (repeated failures, or a Retry-After) "
+            "until an answer from its API closes it, else 0.",
             labels=["source"],
         )
+        adapters = daemon.adapters()
         for source in sorted({*sources, *stats.held_back}):
-            breaker.add_metric([source], 1 if stats.held_back.get(source) else 0)
+            is_open = breaker_open(adapters.get(source))
+            if is_open is None:  # no breaker to read: its polls say whether it held them back
+                is_open = stats.held_back.get(source, False)
+            breaker.add_metric([source], 1 if is_open else 0)
         yield breaker
 
         yield _counter(

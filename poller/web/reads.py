@@ -11,7 +11,7 @@ read of each kind, however often the endpoints are asked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.engine.url import make_url
@@ -20,6 +20,7 @@ from poller.config import Config
 from poller.engine.runtime import DbThread, error_line
 from poller.engine.stats import Stats
 from poller.redact import pieces, scrub, scrub_logged
+from poller.sources import Source
 from poller.store.repo import Store
 from poller.units import format_duration
 
@@ -49,6 +50,10 @@ class DaemonView(Protocol):
 
     def database(self) -> DbThread | None:
         """The database thread, or None while the database is not open (yet, or any more)."""
+        ...
+
+    def adapters(self) -> Mapping[str, Source]:
+        """The source adapters in force, by source name (none before the start)."""
         ...
 
 
