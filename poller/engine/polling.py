@@ -23,7 +23,7 @@ from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, Po
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
 from poller.rules.polling import Decision, decide
-from poller.store.repo import WriteBack
+from poller.store.repo import WriteBack, WriteReport
 
 #: failed group commits in a row after which results are written one at a time (`flush`)
 PROBE_AFTER = 2
@@ -330,15 +330,14 @@ class PollEngine(Engine):
             size = 1 if probe else self.tuning.max_batch
             batch = self._pending[:size]
             del self._pending[:size]
-            started = time.perf_counter()
             try:
-                report = await self.db.call(self.db.store.write_back, self.owner, batch)
+                report, took = await self.db.call(self._write_back_timed, batch)
             except Exception as exc:
                 if probe and await self._release_unwritable(batch[0], exc):
                     continue
                 self._pending[:0] = batch
                 raise
-            self.stats.group_commits.observe(time.perf_counter() - started)
+            self.stats.group_commits.observe(took)
             self._count_events(batch, report.fenced)
             probe = False
             if report.fenced:
@@ -347,6 +346,13 @@ class PollEngine(Engine):
                 )
             if report.deliveries:
                 self.on_deliveries()
+
+    def _write_back_timed(self, batch: list[WriteBack]) -> tuple[WriteReport, float]:
+        """`Store.write_back` of `batch` and how long it took, in the database thread (the
+        time it waited for the thread is not the commit's)."""
+        started = time.perf_counter()
+        report = self.db.store.write_back(self.owner, batch)
+        return report, time.perf_counter() - started
 
     def _count_events(self, written: list[WriteBack], fenced: list[str]) -> None:
         """Count the events a group commit recorded (a fenced result recorded none)."""
