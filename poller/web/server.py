@@ -4,9 +4,10 @@ The route table is the endpoints each part of the listener offers (`Probes`, `Me
 a new page or API is one more object with a ``routes()`` that reads the daemon through
 `DaemonView` and the database through the shared `DatabaseReads`.
 
-What bounds it: aiohttp's own limits on a request line and headers (8 KiB each), a 64 KiB
-body at most (no endpoint takes one), every database read bounded by `DatabaseReads`, and
-handlers that do nothing slow on the loop. It has no TLS and no authentication: it listens on
+What bounds it: aiohttp's own limits on a request line and headers (8 KiB each, 128
+headers), a 64 KiB body at most (no endpoint takes one), a connection that sends nothing for
+`IDLE_TIMEOUT` closed, every database read bounded by `DatabaseReads`, and handlers that do
+nothing slow on the loop. It has no TLS and no authentication: it listens on
 loopback unless told otherwise, and a reverse proxy in front of it serves other hosts
 (README "HTTP endpoints").
 """
@@ -30,6 +31,9 @@ from poller.web.reads import DaemonView, DatabaseReads
 MAX_BODY = 64 * 1024
 #: How long a stop waits for requests being answered.
 SHUTDOWN_GRACE = 1.0
+#: A connection that sends nothing (idle between requests, or a request left half-sent) is
+#: closed after this many seconds, so that slow or idle clients cannot hold sockets forever.
+IDLE_TIMEOUT = 15.0
 
 
 async def _harden(request: web.Request, response: web.StreamResponse) -> None:
@@ -59,7 +63,11 @@ class Listener:
         be bound (taken, not this host's, not allowed), with nothing left open."""
         host, port = split_address(self.address)
         runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            keepalive_timeout=IDLE_TIMEOUT,
         )
         await runner.setup()
         try:
