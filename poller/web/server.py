@@ -1,8 +1,8 @@
 """The listener: one aiohttp.web server on the daemon's event loop, at ``http.listen``.
 
-The route table is the endpoints each part of the listener offers (`Probes`, `Metrics`);
-a new page or API is one more object with a ``routes()`` that reads the daemon through
-`DaemonView` and the database through the shared `DatabaseReads`.
+The route table is the endpoints each part of the listener offers (`PARTS`: `Probes`,
+`Metrics`); a new page or API is one more class with a ``routes()`` that reads the daemon
+through `DaemonView` and the database through the shared `DatabaseReads`.
 
 What bounds it: aiohttp's own limits on a request line and headers (8 KiB each, 128
 headers), a 64 KiB body at most (no endpoint takes one), a connection that sends nothing for
@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -26,6 +28,19 @@ from poller.settings.fields import split_address
 from poller.web.metrics import Metrics
 from poller.web.probes import Probes
 from poller.web.reads import DaemonView, DatabaseReads
+
+
+class Part(Protocol):
+    """A part of the listener: some endpoints, over the daemon and its shared reads."""
+
+    def routes(self) -> list[web.RouteDef]:
+        """Its endpoints, for the route table."""
+        ...
+
+
+#: The route table's parts, each made with the daemon and the shared database reads: a new
+#: page or API is one more class here.
+PARTS: tuple[Callable[[DaemonView, DatabaseReads], Part], ...] = (Probes, Metrics)
 
 #: The largest request body read (no endpoint takes one yet).
 MAX_BODY = 64 * 1024
@@ -51,9 +66,8 @@ class Listener:
         self.reads = DatabaseReads(daemon)
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.on_response_prepare.append(_harden)
-        self.app.add_routes(
-            [*Probes(daemon, self.reads).routes(), *Metrics(daemon, self.reads).routes()]
-        )
+        parts = [part(daemon, self.reads) for part in PARTS]
+        self.app.add_routes([route for part in parts for route in part.routes()])
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._lag: asyncio.Task[None] | None = None
