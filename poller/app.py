@@ -172,7 +172,9 @@ class Daemon:
             if listener is not None:
                 await listener.close()
 
-    async def _run(self) -> int:
+    def _open_store(self) -> Store:
+        """The daemon's store, locked, migrated and cleared of a crashed predecessor's leases
+        (SQLite)."""
         store = open_store(self.config, daemon=True)
         try:
             if store.is_sqlite:
@@ -180,6 +182,12 @@ class Daemon:
         except PollerError:
             store.close()
             raise
+        return store
+
+    async def _run(self) -> int:
+        # off the loop: a database that is slow to open (locked, migrating, far away) must not
+        # stop the listener from answering /healthz, and /readyz "starting"
+        store = await asyncio.to_thread(self._open_store)
         db = self._db = DbThread(store)
         self._runtime = build_runtime(self.config, self.resolver)
         polls, deliveries = self._engine(PollEngine, db), self._engine(DeliveryEngine, db)

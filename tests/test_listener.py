@@ -321,6 +321,22 @@ class TestReadiness:
         text = eventually(lambda: (s := scrape(port)) and value(s, "poller_database_up") and s)
         assert value(text, "poller_watches", source="ruler-prod", state="running") == 1
 
+    def test_starting_is_not_ready(self, world: World) -> None:
+        """While the daemon cannot open its database yet (another process holds the SQLite
+        file locked), /healthz answers and /readyz is 503 "starting"; then it starts."""
+        port = free_port()
+        listening(world, port, job_yaml("j1"))
+        assert world.stop(world.start()) == 0  # the database exists, at its schema
+        with sqlite_write_lock(world.tmp / "poller.db"):
+            world.start(wait=False)
+            _status, _headers, body = eventually(
+                lambda: (a := answers(port, "/readyz")) and a[0] == 503 and a,
+                what="503 while starting",
+            )
+            assert json.loads(body)["reason"] == "starting"
+            assert get(port, "/healthz")[0] == 200
+        eventually(lambda: get(port, "/readyz")[0] == 200, what="ready once started")
+
     def test_stopping_is_not_ready(self, world: World) -> None:
         """From SIGTERM until the listener closes, /readyz is 503 "stopping"."""
         port = free_port()
