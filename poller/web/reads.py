@@ -81,10 +81,7 @@ class DatabaseReads:
             db = self.daemon.database()
             if db is None:
                 raise DatabaseUnavailable("the database is not open")
-            try:
-                future = asyncio.ensure_future(db.call(fn, db.store))
-            except RuntimeError as exc:  # the thread was shut down: the daemon is stopping
-                raise DatabaseUnavailable(f"the database is closed ({error_line(exc)})") from None
+            future = asyncio.ensure_future(db.call(fn, db.store))
             self._under_way[kind] = future
             future.add_done_callback(lambda done: self._forget(kind, done))
         try:
