@@ -142,6 +142,11 @@ class TestEndpoints:
         assert (value(text, "poller_poll_duration_seconds_count", source="ruler-prod") or 0) >= 3
         assert (value(text, "poller_group_commit_duration_seconds_count") or 0) >= 1
         assert (value(text, "poller_event_loop_lag_seconds_count") or 0) >= 1
+        # the README's table names every metric a scrape has
+        readme = (Path(__file__).parent.parent / "README.md").read_text()
+        for family in text_string_to_metric_families(text):
+            name = family.name + ("_total" if family.type == "counter" else "")
+            assert f"`{name}`" in readme, name
         build = [k for k in samples(text) if k[0] == "poller_build_info"]
         assert build and ("version", poller.__version__) in build[0][1]
         # labels are sources, channels, kinds and states: never a job id or a secret
