@@ -15,8 +15,9 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
+from typing import TypeVar
 
 from aiohttp.abc import AbstractResolver
 
@@ -24,8 +25,9 @@ from poller.config import Config, load_config
 from poller.engine.delivery import DeliveryEngine
 from poller.engine.discovery import Discovery, discovery_interval
 from poller.engine.polling import PollEngine
-from poller.engine.runtime import DbThread, Runtime, Tuning, error_line
+from poller.engine.runtime import DbThread, Engine, Runtime, Tuning, error_line
 from poller.engine.scheduling import Duties
+from poller.engine.stats import Stats
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
@@ -33,8 +35,10 @@ from poller.notify import Notifier
 from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
 from poller.systemd import SystemdNotifier
+from poller.web import start_listener
 
 log = get_logger("poller")
+E = TypeVar("E", bound=Engine)
 
 
 #: The first discovery run holds READY back this long at most (issue 3).
@@ -124,7 +128,10 @@ class Daemon:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        #: what the engines count, for the listener's /metrics
+        self.stats = Stats()
         self._runtime: Runtime | None = None
+        self._db: DbThread | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
 
@@ -132,6 +139,15 @@ class Daemon:
         """The runtime in force (replaced on reload)."""
         assert self._runtime is not None
         return self._runtime
+
+    def adapters(self) -> Mapping[str, Source]:
+        """The source adapters in force (none before the start); the listener reads their
+        breakers."""
+        return self._runtime.sources if self._runtime is not None else {}
+
+    def database(self) -> DbThread | None:
+        """The database thread while the database is open (the listener reads through it)."""
+        return self._db
 
     def stop(self) -> None:
         """Ask the daemon to stop gracefully (what SIGTERM does)."""
@@ -141,7 +157,25 @@ class Daemon:
             self.stopping.set()
 
     async def run(self) -> int:
-        """Run until stopped; returns the exit code."""
+        """Run until stopped; returns the exit code.
+
+        The HTTP listener (``http.listen``) is bound first, so that an address that cannot be
+        bound stops the daemon before it touches the database (`ListenError`); it answers
+        "starting" on /readyz until the daemon is ready and serves until the very end.
+        """
+        address = self.config.http.listen
+        listener = await start_listener(address, self) if address else None
+        if listener is not None:
+            log.info("listening", address=address, ports=listener.ports)
+        try:
+            return await self._run()
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    def _open_store(self) -> Store:
+        """The daemon's store, locked, migrated and cleared of a crashed predecessor's leases
+        (SQLite)."""
         store = open_store(self.config, daemon=True)
         try:
             if store.is_sqlite:
@@ -149,14 +183,15 @@ class Daemon:
         except PollerError:
             store.close()
             raise
-        db = DbThread(store)
+        return store
+
+    async def _run(self) -> int:
+        # off the loop: a database that is slow to open (locked, migrating, far away) must not
+        # stop the listener from answering /healthz, and /readyz "starting"
+        store = await asyncio.to_thread(self._open_store)
+        db = self._db = DbThread(store)
         self._runtime = build_runtime(self.config, self.resolver)
-        polls = PollEngine(
-            db, self.runtime, self.owner, tuning=self.tuning, clock=self.clock, log=log
-        )
-        deliveries = DeliveryEngine(
-            db, self.runtime, self.owner, tuning=self.tuning, clock=self.clock, log=log
-        )
+        polls, deliveries = self._engine(PollEngine, db), self._engine(DeliveryEngine, db)
         polls.on_deliveries = deliveries.wakeup.set
         self.polls, self.deliveries = polls, deliveries
         duties = Duties()
@@ -219,8 +254,21 @@ class Daemon:
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
             await self.runtime().aclose()
+            self._db = None
             db.close()
             store.close()
+
+    def _engine(self, kind: type[E], db: DbThread) -> E:
+        """An engine of `kind` with this daemon's database, config, tuning, clock and counts."""
+        return kind(
+            db,
+            self.runtime,
+            self.owner,
+            tuning=self.tuning,
+            clock=self.clock,
+            log=log,
+            stats=self.stats,
+        )
 
     def _renewer(self, db: DbThread) -> Callable[[], Awaitable[None]]:
         """A duty that keeps this process's leases alive while it works."""
@@ -298,6 +346,11 @@ class Daemon:
         new = await asyncio.to_thread(load_config, self.config.path)
         if new.database != self.config.database:
             log.warning("a new database takes a restart; still using the old one")
+        if new.http.listen != self.config.http.listen:
+            log.warning(
+                "a new http.listen takes a restart; still listening as before",
+                listening=self.config.http.listen,
+            )
         old_config, old = self.config, self.runtime()
         runtime = build_runtime(new, self.resolver)
         self._runtime, self.config = runtime, new

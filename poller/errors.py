@@ -8,6 +8,7 @@
     │   ├── TransientSourceError   timeouts, refused connections, 5xx, 429: worth retrying
     │   └── PermanentSourceError   401/403/404, unreadable answers: retrying will not help soon
     ├── StoreError             the database cannot be opened, migrated or locked
+    ├── ListenError            the HTTP listener cannot bind its address
     └── NotifyError            a channel did not accept a message
 
 Transport trouble is kept apart from what the remote API answered: both become a
@@ -75,6 +76,11 @@ class PermanentSourceError(SourceError):
 
 class StoreError(PollerError):
     """The database cannot be opened, migrated or locked for this process."""
+
+
+class ListenError(PollerError):
+    """The daemon's HTTP listener (``http.listen``) cannot bind its address; the message names
+    the address and the reason (in use, not an address of this host, not allowed)."""
 
 
 class NotifyError(PollerError):

@@ -87,6 +87,14 @@ def world(tmp_path: Path) -> Iterator[World]:
             w.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_world(request: pytest.FixtureRequest, world: World) -> World:
+    """The daemon world on a SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        world.database = str(request.getfixturevalue("pg_url"))
+    return world
+
+
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
     """Tests that configure logging in-process leave the next test a clean slate."""

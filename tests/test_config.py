@@ -212,6 +212,7 @@ class TestValidConfig:
         assert set(config.channel_templates) == {"oncall"}
         assert config.rules[0].template is not None
         assert config.rules[0].template.format == "markdown"
+        assert config.http.listen == "127.0.0.1:9180"
 
     def test_empty_file_is_an_empty_config(self, tmp_path: Path) -> None:
         """An empty file is valid: no sources, no jobs, every default (the database is
@@ -385,7 +386,7 @@ class TestYaml:
         """A file that is a list or a scalar is refused with the keys it should have."""
         assert problems(tmp_path, "- a\n- b\n") == [
             "1: : expected a mapping with the keys database, sources, channels, rules, polling, "
-            "delivery, replicas, jobs, log"
+            "delivery, replicas, jobs, log, http"
         ]
 
     def test_alias_bomb_is_refused(self, tmp_path: Path) -> None:
@@ -755,7 +756,7 @@ OTHER_PROBLEMS = [
         "source: {}\n",
         [
             "1: source: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, replicas, jobs, log (did you mean sources?)"
+            "polling, delivery, replicas, jobs, log, http (did you mean sources?)"
         ],
     ),
     (
@@ -902,7 +903,7 @@ class TestProblems:
             "(seconds, or a number with ms, s, m, h, d); got '1x'",
             "12: log.level: expected one of: debug, info, warning, error; got 'chatty'",
             "13: extra: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, replicas, jobs, log",
+            "polling, delivery, replicas, jobs, log, http",
             "None: POLLER_LOG_LEVEL: expected one of: debug, info, warning, error",
         ]
 

@@ -121,3 +121,25 @@ def test_every_module_imports_first_and_alone() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_only_the_composition_root_imports_the_listener() -> None:
+    """`poller.web` sits above the engine and the store: it reads them, and only `app` (which
+    starts it) imports it, so that nothing the daemon needs depends on the listener."""
+    root = Path(poller.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        module = ".".join(("poller", *path.relative_to(root).with_suffix("").parts))
+        if module.startswith("poller.web"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            if any(name == "poller.web" or name.startswith("poller.web.") for name in names):
+                importers.add(module)
+    assert importers == {"poller.app"}, importers

@@ -23,14 +23,6 @@ DROPPED = "poll result could not be stored; the watch will be polled again"
 FULL = "No space left on device (test)"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_world(request: pytest.FixtureRequest, world: World) -> World:
-    """The daemon world on a SQLite file, or on a fresh PostgreSQL database."""
-    if request.param == "postgresql":
-        world.database = str(request.getfixturevalue("pg_url"))
-    return world
-
-
 class Refusal:
     """Makes the database refuse writes to a table, as a full disk would, until `lift`."""
 

@@ -45,6 +45,7 @@ from poller.config.models import (
     Config,
     DeliveryConfig,
     DigestConfig,
+    HttpConfig,
     JobConfig,
     LogConfig,
     ReplicasConfig,
@@ -78,6 +79,7 @@ __all__ = [
     "Config",
     "DeliveryConfig",
     "DigestConfig",
+    "HttpConfig",
     "JobConfig",
     "LogConfig",
     "PollingDefaults",
@@ -149,6 +151,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         checker, data, "delivery", DeliveryConfig, "expected a mapping of delivery settings"
     )
     replicas = _mapping(checker, data, "replicas", ReplicasConfig, "expected a mapping with lease")
+    http = _mapping(checker, data, "http", HttpConfig, "expected a mapping with listen")
     jobs = _list(checker, data, "jobs", JobConfig, "expected a list of jobs")
     log = _mapping(checker, data, "log", LogConfig, "expected a mapping with level and format")
     log = _environment_level(doc, environ, log)
@@ -158,6 +161,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         polling,
         delivery,
         replicas,
+        http,
         log,
         *sources.values(),
         *channels.values(),
@@ -178,6 +182,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
                 "polling": polling,
                 "delivery": delivery,
                 "replicas": replicas,
+                "http": http,
                 "jobs": tuple(jobs),
                 "log": log,
                 "channel_templates": channel_templates,

@@ -34,6 +34,7 @@ from poller.settings.fields import (
     Count,
     DatabaseUrl,
     Duration,
+    ListenAddress,
     NonEmptyNames,
     OptionalNames,
     PositiveDuration,
@@ -226,6 +227,17 @@ class ReplicasConfig(Frozen):
     lease: PositiveDuration = 30.0
 
 
+class HttpConfig(Frozen):
+    """The daemon's HTTP listener (`poller.web`): ``/healthz``, ``/readyz`` and ``/metrics``.
+
+    ``listen`` is ``host:port`` (``127.0.0.1:9180``); without it there is no listener, so
+    that several daemons on one host never fight over a port. There is no TLS: put a reverse
+    proxy in front of it to reach it from another host (README "HTTP endpoints").
+    """
+
+    listen: ListenAddress | None = None
+
+
 def _log_level(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -263,6 +275,7 @@ class Config(Frozen):
     replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
     jobs: tuple[JobConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     #: templates of the channels written as a mapping with a ``template``
     channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
 

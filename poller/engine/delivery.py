@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 
 from poller.config import DeliveryConfig
 from poller.engine.runtime import Engine, Runtime, failure_wait
+from poller.engine.stats import add
 from poller.errors import NotifyError
 from poller.logs import Logger
 from poller.models import Delivery, DeliveryOutcome
@@ -273,11 +274,28 @@ class DeliveryEngine(Engine):
                     return  # the next start releases every lease of a crashed predecessor
                 await asyncio.sleep(failure_wait(failures))
 
-    async def _finish(self, outcomes: Sequence[DeliveryOutcome], now: float | None = None) -> None:
+    async def _finish(
+        self,
+        channel: str,
+        outcomes: Sequence[DeliveryOutcome],
+        now: float | None = None,
+        *,
+        attempted: bool = True,
+    ) -> None:
         """Record attempts (sent, retried, given up) and end their leases, at `now` (None: the
-        clock) (`Outbox.finish_deliveries`)."""
+        clock) (`Outbox.finish_deliveries`), and count them for `channel`: those not sent as
+        failed attempts unless they were given up untried (not `attempted`)."""
         now = self.clock() if now is None else now
         await self.db.call(self.db.store.finish_deliveries, self.owner, outcomes, now)
+        stats = self.stats
+        for outcome in outcomes:
+            if outcome.sent:
+                add(stats.sent, channel)
+                continue
+            if attempted:
+                add(stats.failed, channel)
+            if outcome.retry_at is None:
+                add(stats.given_up, channel)
 
     async def _renew_if_in_doubt(self, channel: str, claimed: Sequence[Delivery]) -> list[Delivery]:
         """What of `claimed` this process still holds, renewing the leases (and asking the
@@ -389,7 +407,7 @@ class DeliveryEngine(Engine):
                 error = NotifyError(channel, outcome.error or "")
             else:
                 now = self.clock()
-                await self._finish([DeliveryOutcome(delivery.id, sent=True)], now)
+                await self._finish(channel, [DeliveryOutcome(delivery.id, sent=True)], now)
                 self._note_sent(channel, now, 1)
                 self.sent += 1
                 self.delivered += 1
@@ -397,7 +415,7 @@ class DeliveryEngine(Engine):
                 log.info("delivered", attempts=delivery.attempts + 1, answer=answer)
                 continue
             # Recorded at once: a crash then repeats nothing and loses nothing.
-            await self._finish([outcome])
+            await self._finish(channel, [outcome])
             self._log_failure(log, delivery, outcome)
             failures += 1
             if policy.should_pause(failures, error.retry_after, len(pending)):
@@ -444,7 +462,7 @@ class DeliveryEngine(Engine):
                 claimed, error, retry_after, settings, self.clock(), self.rand
             )
             # one attempt for all of them, recorded together
-            await self._finish(outcomes)
+            await self._finish(channel, outcomes)
             log = self.log.bind(channel=channel)
             retrying = [o for o in outcomes if o.retry_at is not None]
             if retrying:
@@ -460,7 +478,7 @@ class DeliveryEngine(Engine):
             return False
         now = self.clock()
         # All of them in one transaction, only now that the digest went out.
-        await self._finish([DeliveryOutcome(d.id, sent=True) for d in claimed], now)
+        await self._finish(channel, [DeliveryOutcome(d.id, sent=True) for d in claimed], now)
         self._note_sent(channel, now, len(claimed))
         self.sent += 1
         self.delivered += len(claimed)
@@ -544,7 +562,9 @@ class DeliveryEngine(Engine):
         """Finish the deliveries a policy gave up untried, and log each one."""
         if not given_up:
             return
-        await self._finish([outcome for _delivery, outcome in given_up], now)
+        await self._finish(
+            channel, [outcome for _delivery, outcome in given_up], now, attempted=False
+        )
         for delivery, outcome in given_up:
             self._log_failure(self._bind(channel, delivery), delivery, outcome)
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 from poller.config import Config
 from poller.engine.runtime import Engine, Runtime, error_line
+from poller.engine.stats import OK, add
+from poller.errors import BACKING_OFF
 from poller.events import EventPayload
 from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, PollOutcome, Watch
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
 from poller.rules.polling import Decision, decide
-from poller.store.repo import WriteBack
+from poller.store.repo import WriteBack, WriteReport
 
 #: failed group commits in a row after which results are written one at a time (`flush`)
 PROBE_AFTER = 2
@@ -142,15 +145,26 @@ class PollEngine(Engine):
             if start_in > 0:
                 await asyncio.sleep(start_in)
             runtime = self.runtime()
+            started = time.perf_counter()
             outcomes = await self._outcomes(runtime, source_name, watches)
+            # each poll took as long as the adapter call that answered it
+            self.stats.poll_timings(source_name).observe(
+                time.perf_counter() - started, len(watches)
+            )
             now = self.clock()
+            polls = self.stats.polls  # counted in a plain dict: this is the hot path
+            held_back = False
             for watch in watches:
                 outcome = outcomes.get(watch.key) or PollFailure(
                     "bad_answer", "the answer did not mention this job"
                 )
+                kind = outcome.kind if isinstance(outcome, PollFailure) else OK
+                polls[source_name, kind] = polls.get((source_name, kind), 0) + 1
+                held_back = held_back or kind == BACKING_OFF
                 item = self._record(runtime, watch, outcome, now)
                 if item is not None:
                     self._queue(item)
+            self.stats.held_back[source_name] = held_back
         except Exception:
             # A bug here must not kill the dispatcher; the leases expire and the watches are
             # polled again.
@@ -317,12 +331,14 @@ class PollEngine(Engine):
             batch = self._pending[:size]
             del self._pending[:size]
             try:
-                report = await self.db.call(self.db.store.write_back, self.owner, batch)
+                report, took = await self.db.call(self._write_back_timed, batch)
             except Exception as exc:
                 if probe and await self._release_unwritable(batch[0], exc):
                     continue
                 self._pending[:0] = batch
                 raise
+            self.stats.group_commits.observe(took)
+            self._count_events(batch, report.fenced)
             probe = False
             if report.fenced:
                 self.log.warning(
@@ -330,6 +346,21 @@ class PollEngine(Engine):
                 )
             if report.deliveries:
                 self.on_deliveries()
+
+    def _write_back_timed(self, batch: list[WriteBack]) -> tuple[WriteReport, float]:
+        """`Store.write_back` of `batch` and how long it took, in the database thread (the
+        time it waited for the thread is not the commit's)."""
+        started = time.perf_counter()
+        report = self.db.store.write_back(self.owner, batch)
+        return report, time.perf_counter() - started
+
+    def _count_events(self, written: list[WriteBack], fenced: list[str]) -> None:
+        """Count the events a group commit recorded (a fenced result recorded none)."""
+        events, stale = self.stats.events, set(fenced)
+        for item in written:
+            if item.events and item.watch.key not in stale:
+                for record in item.events:
+                    add(events, record.kind.value)
 
     async def _release_unwritable(self, item: WriteBack, error: Exception) -> bool:
         """Give back the lease of a watch whose result failed to write on its own; True if the

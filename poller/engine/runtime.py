@@ -18,6 +18,7 @@ from functools import partial
 from typing import ParamSpec, TypeVar
 
 from poller.config import Config
+from poller.engine.stats import Stats
 from poller.logs import Logger
 from poller.notify import Notifier, RuleLike
 from poller.sources import Source
@@ -111,6 +112,7 @@ class Engine:
         tuning: Tuning | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        stats: Stats | None = None,
     ) -> None:
         self.db = db
         self.runtime = runtime
@@ -119,6 +121,8 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.log = log
+        #: what the engine counts as it works (read by the listener's /metrics)
+        self.stats = stats or Stats()
         #: set to make the engine look for work now instead of at its next due time
         self.wakeup = asyncio.Event()
         self._setup()

@@ -1,4 +1,5 @@
-"""The field types of a config and the values they read: durations, rates, database URLs.
+"""The field types of a config and the values they read: durations, rates, database URLs,
+listen addresses.
 
 Each field type is an ``Annotated`` pydantic type whose validator reads what a person writes
 (``5m``, ``300/m``, ``0123`` as text) and says in words what was expected. A `ShownValueError`
@@ -9,6 +10,7 @@ marks a message about a value that is never a secret, so that a problem may quot
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -143,6 +145,48 @@ def resolve_database_url(url: str, config_path: str | os.PathLike[str]) -> str:
     directory = os.path.dirname(os.path.abspath(os.fspath(config_path)))
     absolute = os.path.normpath(os.path.join(directory, database))
     return parsed.set(database=absolute).render_as_string(hide_password=False)
+
+
+# --- listen addresses ------------------------------------------------------------------------
+
+_LISTEN_HINT = (
+    "expected an address to listen on as host:port, like 127.0.0.1:9180, [::1]:9180 "
+    "or localhost:9180"
+)
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """The host and port of a listen address (``127.0.0.1:9180``, ``[::1]:9180``,
+    ``localhost:9180``); ValueError for anything else.
+
+    The host is required: a listener on every interface must be asked for by name
+    (``0.0.0.0:9180``), never by leaving the host out.
+    """
+    host, colon, port_text = value.strip().rpartition(":")
+    if not colon or not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise ShownValueError(_LISTEN_HINT)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ShownValueError("the port must be from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ShownValueError(_LISTEN_HINT) from None
+        return host, port
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if ":" in host or not _HOST_NAME.fullmatch(host):
+            raise ShownValueError(_LISTEN_HINT) from None
+    return host, port
+
+
+def _listen_address(value: str) -> str:
+    split_address(value)
+    return value.strip()
 
 
 # --- one line of text ------------------------------------------------------------------------
@@ -423,3 +467,5 @@ OptionalNames = Annotated[
     tuple[Name, ...] | None, BeforeValidator(one_or_many), Field(min_length=1)
 ]
 DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+#: ``host:port`` for a listener (`split_address`); text as written.
+ListenAddress = Annotated[Written, AfterValidator(_listen_address)]

@@ -10,7 +10,8 @@ engine, the schema revision, the daemon lock and the write transactions):
   reports on them;
 - `claims.Claims`: leasing due watches and writing their polls back (fenced group commits);
 - `outbox.Outbox`: the deliveries, as the delivery engine claims, renews, releases and
-  finishes them (one lease verb each).
+  finishes them (one lease verb each);
+- `gauges.Gauges`: the aggregate reads of monitoring (``/metrics``, ``/readyz``).
 
 The names other modules import from here (`Store`, `WriteBack`, `safe_url`, ...) stay here.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from poller.store.claims import Claims, WriteBack, WriteReport
 from poller.store.db import HEAD_REVISION, MIGRATIONS, safe_url
+from poller.store.gauges import GaugeReading, Gauges
 from poller.store.outbox import Outbox, Undelivered
 from poller.store.watches import Added, HistoryEntry, SyncReport, Watches
 
@@ -26,6 +28,7 @@ __all__ = [
     "HEAD_REVISION",
     "MIGRATIONS",
     "Added",
+    "GaugeReading",
     "HistoryEntry",
     "Store",
     "SyncReport",
@@ -36,5 +39,5 @@ __all__ = [
 ]
 
 
-class Store(Watches, Claims, Outbox):
+class Store(Watches, Claims, Outbox, Gauges):
     """Access to one poller database (SQLite file or PostgreSQL)."""
