@@ -345,7 +345,11 @@ class TestClaimsAndWrites:
     @given(
         times=st.lists(st.floats(0, 4e9) | st.none(), min_size=5, max_size=5),
         progress=st.floats(0, 100) | st.none(),
-        text=st.text(st.characters(blacklist_characters="\x00"), max_size=40),
+        # no lone surrogates: text that no database driver encodes never reaches the store
+        # (answers are cleaned by `load_json`, names and ids refused by `models.text_problem`)
+        text=st.text(
+            st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40
+        ),
         detail=st.dictionaries(
             st.text(max_size=8),
             st.integers()
