@@ -128,8 +128,7 @@ class TestReading:
         eventually(lambda: world.messages("success"), what="the success message")
         status, one = eventually(
             lambda: (
-                (a := call(port, "GET", f"/api/v1/watches/{quote(KEY, safe='')}"))[1]
-                .get("history")
+                (a := call(port, "GET", f"/api/v1/watches/{quote(KEY, safe='')}"))[1].get("history")
                 and any(
                     d["status"] == "sent"
                     for e in a[1]["history"]
@@ -186,9 +185,7 @@ class TestWriting:
         for token in (None, "wrong", TOKEN + "x", ""):
             status, said = call(port, "POST", "/api/v1/watches", job, token=token)
             assert status == 401 and "token" in said["error"], token
-        status, said = call(
-            port, "DELETE", f"/api/v1/watches/{quote(KEY, safe='')}", token="wrong"
-        )
+        status, said = call(port, "DELETE", f"/api/v1/watches/{quote(KEY, safe='')}", token="wrong")
         assert status == 401
         watched = world.status()
         assert set(watched) - {"_deliveries"} == {KEY} and not watched[KEY]["removed"]
@@ -336,3 +333,53 @@ class TestBrowser:
 
         assert problems == []
         assert requests and all(url.startswith(base + "/") for url in requests), requests
+
+
+class TestPaging:
+    """The store's pages of watches: bounded by the limit, every watch once, filters exact."""
+
+    def test_pages_cover_every_watch_once(self, db_url: str) -> None:
+        """1,201 watches in pages of 500 (the most a page may ask), each page's deliveries
+        counted; a tag filter matches whole tags only; state and source filters."""
+        from poller.models import WatchSpec
+        from poller.store.repo import Store, WatchFilter
+
+        store = Store(db_url)
+        try:
+            store.migrate()
+            specs = [
+                WatchSpec(
+                    source="ruler-prod" if n % 3 else "other",
+                    job_id=f"job-{n}",
+                    site=SITE,
+                    tags=("even",) if n % 2 == 0 else ('odd "quoted"', "even-not"),
+                )
+                for n in range(1201)
+            ]
+            assert len(store.add_new_watches(specs, 1000.0)) == 1201
+            store.remove_watch(specs[7].key, 1001.0)
+
+            def every(where: WatchFilter) -> list[str]:
+                keys, after = [], 0
+                while True:
+                    page = store.watch_page(where, after, 500)
+                    assert len(page.watches) <= 500
+                    keys += [w.key for w in page.watches]
+                    if page.next_cursor is None:
+                        assert len(set(keys)) == len(keys)  # none twice
+                        return sorted(keys)
+                    after = page.next_cursor
+
+            def keys(chosen: list[WatchSpec]) -> list[str]:
+                return sorted(s.key for s in chosen)
+
+            assert every(WatchFilter()) == keys(specs)
+            assert every(WatchFilter(tag="even")) == keys(specs[::2])
+            assert every(WatchFilter(tag='odd "quoted"')) == keys(specs[1::2])
+            assert every(WatchFilter(tag="odd")) == []
+            assert every(WatchFilter(source="other")) == keys(specs[::3])
+            assert every(WatchFilter(state="new", source="other", tag="even")) == keys(specs[::6])
+            assert every(WatchFilter(state="removed")) == [specs[7].key]
+            assert every(WatchFilter(state="running")) == []
+        finally:
+            store.close()
