@@ -145,6 +145,11 @@ class TestReading:
         status, html_page = 200, get(port, watch_path(KEY))[2]
         assert "Nightly upload" in html_page and "succeeded" in html_page
         assert "hook" in html_page and "sent after 1 attempt" in html_page
+        assert (
+            'href="../static/style.css"' in html_page
+        )  # links are relative: a proxy's prefix stays
+        typed = get(port, f"/watches/{KEY}")[2]  # the key's "/" as they are
+        assert "Nightly upload" in typed and 'href="../../../static/style.css"' in typed
         assert get(port, watch_path("ruler-prod/nope/x"))[0] == 404
         assert call(port, "GET", "/api/v1/watches/ruler-prod%2Fnope%2Fx")[0] == 404
 

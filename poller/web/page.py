@@ -38,9 +38,10 @@ _STATIC_TYPES = {
 
 
 def watch_path(key: str) -> str:
-    """The page of the watch `key` (every character of the key but letters and digits
-    quoted, ``/`` included, so that no part of a key is read as a path)."""
-    return "/watches/" + quote(key, safe="")
+    """The page of the watch `key`, relative to ``/`` (every character of the key but
+    letters and digits quoted, ``/`` included, so that the page is always one level down and
+    no part of a key is read as a path)."""
+    return "watches/" + quote(key, safe="")
 
 
 def _percent(progress: float | None) -> float | None:
@@ -84,9 +85,14 @@ class StatusPage:
             web.get("/static/{name}", self.file),
         ]
 
-    def _render(self, template: str, status: int = 200, **values: Any) -> web.Response:
+    def _render(
+        self, template: str, status: int = 200, root: str = "", **values: Any
+    ) -> web.Response:
+        """A page; `root` leads from its path back to ``/`` (every link is relative, so that
+        the page works behind a reverse proxy that serves it under a path of its own)."""
         now = time.time()
         body = self.env.get_template(template).render(
+            root=root,
             replica=self.daemon.owner,
             now=now,
             answered_at=iso(now),
@@ -109,9 +115,9 @@ class StatusPage:
         except DatabaseUnavailable as exc:
             return self._render("problem.html", 503, title="database unavailable", problem=str(exc))
         next_link = (
-            "/?" + urlencode(query.link(cursor=page.next_cursor)) if page.next_cursor else None
+            "?" + urlencode(query.link(cursor=page.next_cursor)) if page.next_cursor else None
         )
-        first_link = "/?" + urlencode(query.link()) if query.after else None
+        first_link = "?" + urlencode(query.link()) if query.after else None
         return self._render(
             "index.html",
             title="watches",
@@ -127,17 +133,22 @@ class StatusPage:
     async def one(self, request: web.Request) -> web.Response:
         """One watch: its state, progress and times, and its history."""
         key = request.match_info["key"]
+        # its links lead back up as many levels as its path went down: one for a key whose
+        # "/" are quoted, as the page links it; more for one typed with its "/" as they are
+        up = "../" * (request.rel_url.raw_path.count("/") - 1)
         if len(key) > MAX_LENGTH["key"]:
-            return self._render("problem.html", 404, title="no such watch", problem="no watch")
+            return self._render("problem.html", 404, up, title="no such watch", problem="no watch")
         try:
             view = await self.views.watch(key)
         except DatabaseUnavailable as exc:
-            return self._render("problem.html", 503, title="database unavailable", problem=str(exc))
+            return self._render(
+                "problem.html", 503, "../", title="database unavailable", problem=str(exc)
+            )
         if view is None:
             return self._render(
-                "problem.html", 404, title="no such watch", problem=f"no watch {key}"
+                "problem.html", 404, up, title="no such watch", problem=f"no watch {key}"
             )
-        return self._render("watch.html", title=view.watch.name or key, view=view)
+        return self._render("watch.html", root=up, title=view.watch.name or key, view=view)
 
     async def file(self, request: web.Request) -> web.Response:
         """A static file of the page."""
@@ -145,4 +156,5 @@ class StatusPage:
         if found is None:
             raise web.HTTPNotFound()
         kind, body = found
-        return web.Response(body=body, content_type=kind)
+        # the same for the daemon's whole life: a browser may keep it a while
+        return web.Response(body=body, content_type=kind, headers={"Cache-Control": "max-age=300"})
