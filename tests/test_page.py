@@ -171,6 +171,46 @@ class TestReading:
         assert "No watches" in get(port, "/")[2]
 
 
+class TestSecrets:
+    """No secret reaches the page or the API, and `http.token_file` is read like any secret."""
+
+    def test_a_refusing_channel_with_a_password(self, world: World) -> None:
+        """A channel whose URL holds a password refuses every message: the watch's page and
+        the API show its failed attempts and its answer, never the password nor the source's
+        token."""
+        port, password = free_port(), "pw-9f8e7d6c"
+        world.sink.answer(500)
+        world.ruler.add_job(SITE, "j1", status="processing")
+        serving(world, port, job_yaml("j1"))
+        world.config.write_text(
+            world.config.read_text().replace("json://", f"json://poller:{password}@")
+        )
+        world.start()
+        path = f"/api/v1/watches/{quote(KEY, safe='')}"
+        _status, doc = eventually(
+            lambda: (
+                (a := call(port, "GET", path))[1].get("history")
+                and any(d["last_error"] for e in a[1]["history"] for d in e.get("deliveries", []))
+                and a
+            ),
+            what="a failed attempt recorded",
+        )
+        html = get(port, watch_path(KEY))[2]
+        assert "answer:" in html and "pending after" in html
+        listed = json.dumps(call(port, "GET", "/api/v1/watches")[1])
+        for text in (json.dumps(doc), html, get(port, "/")[2], listed):
+            assert password not in text and world.ruler.token not in text
+
+    def test_token_file_is_one_line(self, world: World, tmp_path: Path) -> None:
+        """A token file of two lines is a config error that names the key, not the token."""
+        token_file = tmp_path / "api-token"
+        token_file.write_text("first-line-secret\nsecond\n")
+        serving(world, free_port(), "", token_file)
+        checked = world.cli("check", check=False)
+        assert checked.returncode == 2 and "token_file" in checked.stderr
+        assert "one line" in checked.stderr and "first-line-secret" not in checked.stderr
+
+
 class TestWriting:
     """``POST`` and ``DELETE /api/v1/watches``, with the token of ``http.token_file``."""
 
