@@ -152,6 +152,11 @@ class TestReading:
         assert "Nightly upload" in typed and 'href="../../../static/style.css"' in typed
         assert get(port, watch_path("ruler-prod/nope/x"))[0] == 404
         assert call(port, "GET", "/api/v1/watches/ruler-prod%2Fnope%2Fx")[0] == 404
+        # a key no database driver can encode (not UTF-8), or too long: no such watch
+        for odd in ("%ED%A0%80", "%00", "x" * 5000):
+            assert get(port, f"/watches/{odd}")[0] == 404, odd
+            assert call(port, "GET", f"/api/v1/watches/{odd}")[0] == 404, odd
+        assert get(port, "/?tag=a%01b")[0] == 400
 
         # without a token the API only reads
         assert call(port, "POST", "/api/v1/watches", {"source": "ruler-prod"})[0] == 404

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from poller.config.adding import Refused, check_labels, check_removal, watch_spec
-from poller.models import MAX_LENGTH, JsonValue, Watch
+from poller.models import MAX_LENGTH, JsonValue, Watch, line_problem
 from poller.store.repo import Added, Store
 from poller.store.shapes import history_json, watch_json
 from poller.web.reads import DaemonView, DatabaseReads, DatabaseUnavailable
@@ -107,7 +107,7 @@ class Api:
     async def one(self, request: web.Request) -> web.Response:
         """One watch and its history (the newest `HISTORY_LIMIT` entries)."""
         key = request.match_info["key"]
-        if len(key) > MAX_LENGTH["key"]:
+        if len(key) > MAX_LENGTH["key"] or line_problem(key):  # no watch has such a key
             return problem(404, "no such watch")
         try:
             view = await self.views.watch(key)
@@ -182,6 +182,8 @@ class Api:
         if refused is not None:
             return refused
         key = request.match_info["key"]
+        if len(key) > MAX_LENGTH["key"] or line_problem(key):
+            return problem(404, "no such watch")
         try:
             check_removal(self.daemon.config, key)
         except Refused as exc:

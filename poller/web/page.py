@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from aiohttp import web
 
-from poller.models import MAX_LENGTH
+from poller.models import MAX_LENGTH, line_problem
 from poller.store.browse import FILTER_STATES
 from poller.store.shapes import ago, iso, state_label
 from poller.web.reads import DaemonView, DatabaseReads, DatabaseUnavailable
@@ -136,7 +136,7 @@ class StatusPage:
         # its links lead back up as many levels as its path went down: one for a key whose
         # "/" are quoted, as the page links it; more for one typed with its "/" as they are
         up = "../" * (request.rel_url.raw_path.count("/") - 1)
-        if len(key) > MAX_LENGTH["key"]:
+        if len(key) > MAX_LENGTH["key"] or line_problem(key):  # no watch has such a key
             return self._render("problem.html", 404, up, title="no such watch", problem="no watch")
         try:
             view = await self.views.watch(key)
