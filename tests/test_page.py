@@ -366,17 +366,21 @@ class TestBrowser:
         if os.environ.get("POLLER_SCREENSHOT"):  # docs/status-page.png is made so
             shutil.copy(tmp_path / "status-page.png", os.environ["POLLER_SCREENSHOT"])
 
-        # the job ends on the API: the page shows it without being reloaded
+        # the job ends on the API: the page shows it without being reloaded, and keeps what
+        # someone is typing into the filters meanwhile
+        page.fill("input[name=tag]", "half-typed")
         world.ruler.set_job(SITE, "j1", status="complete")
         page.locator("tr.watch").first.locator("td.state", has_text="succeeded").wait_for(
             timeout=20_000
         )
         assert page.locator("tr.watch").first.locator("progress").get_attribute("value") == "100.0"
+        assert page.input_value("input[name=tag]") == "half-typed"
 
         # a watch's own page, by its link
         page.get_by_role("link", name=f"ruler-prod/{SITE}/j2").click()
         page.locator("h1.name").wait_for()
         assert page.locator("h1.name").inner_text() == HOSTILE
+        page.screenshot(path=str(tmp_path / "watch-page.png"), full_page=True)
         assert page.locator("script").count() == 1
         page.get_by_role("link", name="every watch").click()
         page.locator("tr.watch").first.wait_for()

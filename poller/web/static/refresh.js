@@ -1,4 +1,5 @@
-// Every few seconds, fetch this page again and swap in its <main> (the page works without this).
+// Every few seconds, fetch this page again and swap in its <main> (the page works without this;
+// the filters stay outside <main>, so that what someone is typing there is kept).
 const every = 1000 * Number(document.body.dataset.refresh || 5);
 async function refresh() {
   const answer = await fetch(location.href, { cache: "no-store" });
