@@ -294,6 +294,10 @@ class TestWriting:
         cli = world.cli("remove", KEY, check=False)
         assert status == 400 and cli.stderr.strip() == f"poller: {said['error']}"
         assert call(port, "DELETE", "/api/v1/watches/ruler-prod%2Fx%2Fy", token=TOKEN)[0] == 404
+        # each change is logged; the token never is
+        log = world.log.read_text()
+        assert "watch added over the API" in log and "watch removed over the API" in log
+        assert TOKEN not in log
 
 
 def _browser_missing() -> str | None:

@@ -20,11 +20,14 @@ from typing import Any
 from aiohttp import web
 
 from poller.config.adding import Refused, check_labels, check_removal, watch_spec
+from poller.logs import get_logger
 from poller.models import MAX_LENGTH, JsonValue, Watch, line_problem
 from poller.store.repo import Added, Store
 from poller.store.shapes import history_json, watch_json
 from poller.web.reads import DaemonView, DatabaseReads, DatabaseUnavailable
 from poller.web.views import HISTORY_LIMIT, BadQuery, Views, parse_query
+
+log = get_logger("poller.web")
 
 PREFIX = "/api/v1"
 #: The largest request body read (the listener's limit; only ``POST /watches`` takes one).
@@ -171,6 +174,8 @@ class Api:
         except DatabaseUnavailable as exc:
             return problem(503, str(exc))
         new = added.created or added.reactivated or added.rearmed
+        # one line per change made over the API, as `poller add` says what it did
+        log.info("watch added over the API", watch=spec.key, new=new, changed=sorted(added.changes))
         return self._answer(
             {"watch": watch_json(added.watch), "changes": _changes(added.changes)},
             status=201 if new else 200,
@@ -197,6 +202,7 @@ class Api:
             return problem(503, str(exc))
         if watch is None:
             return problem(404, f"no watch {key}")
+        log.info("watch removed over the API", watch=key)
         return self._answer({"watch": watch_json(watch)})
 
 
