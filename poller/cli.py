@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -21,9 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from poller.config import Config, format_duration, load_config
+from poller.config.adding import Refused, check_labels, check_removal, watch_spec
 from poller.errors import ConfigError, PollerError
-from poller.models import TERMINAL_STATES, JsonValue, State, Watch, WatchSpec
+from poller.models import Watch, WatchSpec
 from poller.store.repo import Store, Undelivered, safe_url
+from poller.store.shapes import ago as _ago
+from poller.store.shapes import history_json, undelivered_json, watch_json
+from poller.store.shapes import iso as _iso
+from poller.store.shapes import state_label as _state_label
 from poller.terminal import plain, printable
 
 app = typer.Typer(
@@ -117,84 +121,6 @@ def _store(config: Config) -> Store:
         return open_store(config)
     except PollerError as exc:
         _fail(str(exc), 1)
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
-
-
-def _ago(ts: float | None, now: float) -> str:
-    """`ts` relative to `now` for a table cell (``5m 3s ago``, ``in 40s``); ``-`` without one.
-
-    Spans are written as the notifications write them (`format_duration`, rounded).
-    """
-    if ts is None:
-        return "-"
-    delta = ts - now
-    text = format_duration(abs(delta), rounded=True)
-    return f"in {text}" if delta > 0 else f"{text} ago"
-
-
-def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> dict[str, JsonValue]:
-    """The JSON shape of one watch in `status --json`.
-
-    `undelivered` counts the watch's deliveries still ``pending`` and ``given_up``.
-    """
-    p = watch.progress
-    undelivered = undelivered or {}
-    return {
-        "key": watch.key,
-        "name": watch.name,
-        "source": watch.source,
-        "site": watch.site,
-        "job_id": watch.job_id,
-        "tags": list(watch.tags),
-        "state": p.state.value if p.state else None,
-        "remote_status": p.remote_status,
-        "progress": p.progress,
-        "terminal": p.state in TERMINAL_STATES,
-        "active": p.active,
-        "removed": watch.removed_at is not None,
-        "details": dict(p.details),
-        "created_at": _iso(p.created_at),
-        "started_at": _iso(p.started_at),
-        "ended_at": _iso(p.ended_at),
-        "last_poll_at": _iso(watch.last_poll_at),
-        "next_poll_at": _iso(watch.next_poll_at),
-        "error_count": p.error_count,
-        "last_error": p.last_error,
-        "unreachable": p.unreachable,
-        "stalled": p.stalled,
-        "deliveries_pending": undelivered.get("pending", 0),
-        "deliveries_given_up": undelivered.get("given_up", 0),
-    }
-
-
-def undelivered_json(entry: Undelivered) -> dict[str, JsonValue]:
-    """The JSON shape of one undelivered (pending or given-up) notification."""
-    return {
-        "key": entry.key,
-        "name": entry.name,
-        "event": entry.event,
-        "channel": entry.channel,
-        "status": entry.status,
-        "attempts": entry.attempts,
-        "created_at": _iso(entry.created_at),
-        "next_attempt_at": _iso(entry.next_attempt_at),
-        "last_error": entry.last_error,
-    }
-
-
-def _state_label(watch: Watch) -> str:
-    p = watch.progress
-    label = p.state.value if p.state else "new"
-    if p.state == State.UNKNOWN and p.remote_status:
-        label = f"unknown ({p.remote_status})"
-    if watch.removed_at is not None:
-        label += " (removed)"
-    elif not p.active and p.state not in TERMINAL_STATES:
-        label += " (timed out)"
-    return label
 
 
 @app.command()
@@ -452,10 +378,7 @@ def history(
             json.dumps(
                 {
                     "key": key,
-                    "history": [
-                        {"at": _iso(e.at), "kind": e.kind, "what": e.what, **e.detail}
-                        for e in entries
-                    ],
+                    "history": history_json(entries),
                 },
                 indent=2,
             )
@@ -477,33 +400,10 @@ def history(
 def _spec(
     cfg: Config, source: str, job_id: str, site: str | None, name: str | None, tags: Sequence[str]
 ) -> WatchSpec:
-    if source not in cfg.sources:
-        known = ", ".join(cfg.sources) or "none"
-        _fail(f"no source {source} in the config (sources: {known})", 2)
-    from poller.sources.base import registered, source_type
-
-    type_name = cfg.sources[source].type
-    kind = source_type(type_name)
-    # the same rule as the config's cross-check (`SourceType.needs_site`)
-    if kind is not None and kind.needs_site and site is None:
-        _fail(f"--site is required for a {type_name} source", 2)
-    if kind is not None and not kind.needs_site and site is not None:
-        takers = " or ".join(n for n, other in registered().items() if other.needs_site)
-        _fail(f"--site is only for {takers} sources; {source} is {type_name}", 2)
-    spec = WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
-    # the config's rule for the same parts (models.text_problem), checked before any database
-    problems = spec.problems()
-    if problems:
-        _fail(f"cannot watch this job: {'; '.join(problems)}", 2)
-    return spec
-
-
-def _config_job(cfg: Config, key: str) -> str | None:
-    """Where the config lists the job of `key` (``jobs[i] in FILE``), or None."""
-    for index, job in enumerate(cfg.jobs):
-        if job.key == key:
-            return f"jobs[{index}] in {cfg.path}"
-    return None
+    try:
+        return watch_spec(cfg, source, job_id, site, name, tags)
+    except Refused as exc:
+        _fail(str(exc), 2)
 
 
 def _labels_said(changes: Mapping[str, tuple[Any, Any]]) -> str:
@@ -544,10 +444,10 @@ def add(
     """
     cfg = _config(config)
     spec = _spec(cfg, source, job_id, site, name, tag or [])
-    listed = _config_job(cfg, spec.key)
-    if listed is not None and (name is not None or tag):
-        # the next reload would put the config's labels back without a word
-        _fail(f"{spec.key} is {listed}: change its name and tags there, then reload", 2)
+    try:
+        check_labels(cfg, spec.key, name, tag or [])
+    except Refused as exc:
+        _fail(str(exc), 2)
     store = _store(cfg)
     try:
         added = store.add(spec, time.time(), again=again)
@@ -574,14 +474,10 @@ def remove(
 ) -> None:
     """Stop watching a job (its history stays). A job the config lists is removed there."""
     cfg = _config(config)
-    listed = _config_job(cfg, key)
-    if listed is not None:
-        # removing it here would not stick: every reload and restart brings it back
-        _fail(
-            f"{key} is {listed}; remove it from there and reload the daemon "
-            "(systemctl reload poller), or it comes back at the next reload",
-            2,
-        )
+    try:
+        check_removal(cfg, key)
+    except Refused as exc:
+        _fail(str(exc), 2)
     store = _store(cfg)
     try:
         watch = store.remove_watch(key, time.time())

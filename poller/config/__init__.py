@@ -151,7 +151,9 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         checker, data, "delivery", DeliveryConfig, "expected a mapping of delivery settings"
     )
     replicas = _mapping(checker, data, "replicas", ReplicasConfig, "expected a mapping with lease")
-    http = _mapping(checker, data, "http", HttpConfig, "expected a mapping with listen")
+    http = _mapping(
+        checker, data, "http", HttpConfig, "expected a mapping with listen and token_file"
+    )
     jobs = _list(checker, data, "jobs", JobConfig, "expected a list of jobs")
     log = _mapping(checker, data, "log", LogConfig, "expected a mapping with level and format")
     log = _environment_level(doc, environ, log)

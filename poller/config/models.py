@@ -39,6 +39,7 @@ from poller.settings.fields import (
     OptionalNames,
     PositiveDuration,
     Text,
+    Token,
     Written,
     as_text,
     default_database_url,
@@ -228,14 +229,19 @@ class ReplicasConfig(Frozen):
 
 
 class HttpConfig(Frozen):
-    """The daemon's HTTP listener (`poller.web`): ``/healthz``, ``/readyz`` and ``/metrics``.
+    """The daemon's HTTP listener (`poller.web`): ``/healthz``, ``/readyz``, ``/metrics``,
+    the status page and the JSON API.
 
     ``listen`` is ``host:port`` (``127.0.0.1:9180``); without it there is no listener, so
     that several daemons on one host never fight over a port. There is no TLS: put a reverse
     proxy in front of it to reach it from another host (README "HTTP endpoints").
+    ``token`` (written ``token_file``, like every secret) turns on the API's writes
+    (``POST``/``DELETE /api/v1/watches``) for requests that bring it as a Bearer token;
+    without it the API only reads.
     """
 
     listen: ListenAddress | None = None
+    token: Token | None = None
 
 
 def _log_level(value: object) -> object:

@@ -11,13 +11,15 @@ engine, the schema revision, the daemon lock and the write transactions):
 - `claims.Claims`: leasing due watches and writing their polls back (fenced group commits);
 - `outbox.Outbox`: the deliveries, as the delivery engine claims, renews, releases and
   finishes them (one lease verb each);
-- `gauges.Gauges`: the aggregate reads of monitoring (``/metrics``, ``/readyz``).
+- `gauges.Gauges`: the aggregate reads of monitoring (``/metrics``, ``/readyz``);
+- `browse.Browse`: pages of watches, filtered (the status page and the API).
 
 The names other modules import from here (`Store`, `WriteBack`, `safe_url`, ...) stay here.
 """
 
 from __future__ import annotations
 
+from poller.store.browse import Browse, WatchFilter, WatchPage
 from poller.store.claims import Claims, WriteBack, WriteReport
 from poller.store.db import HEAD_REVISION, MIGRATIONS, safe_url
 from poller.store.gauges import GaugeReading, Gauges
@@ -33,11 +35,13 @@ __all__ = [
     "Store",
     "SyncReport",
     "Undelivered",
+    "WatchFilter",
+    "WatchPage",
     "WriteBack",
     "WriteReport",
     "safe_url",
 ]
 
 
-class Store(Watches, Claims, Outbox, Gauges):
+class Store(Watches, Claims, Outbox, Gauges, Browse):
     """Access to one poller database (SQLite file or PostgreSQL)."""

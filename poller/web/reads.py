@@ -5,7 +5,8 @@ queue work without bound. So every database read goes through the daemon's one d
 (`engine.runtime.DbThread`), waits for it at most a deadline, and is shared: while a read of
 one kind is under way (or stuck behind a slow group commit), every request that wants the
 same kind awaits that one instead of queueing another. A stuck database thus holds at most one
-read of each kind, however often the endpoints are asked.
+read of each kind, however often the endpoints are asked, and at most `MAX_UNDER_WAY` reads and
+writes in all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ T = TypeVar("T")
 
 #: How long a request waits for the database thread before it answers without it.
 DATABASE_DEADLINE = 2.0
+#: The most reads of different kinds (a page of watches per filter and cursor, one watch's
+#: history per key) and writes under way at once; one more is refused at once, so that many
+#: different requests cannot pile work up behind a slow database.
+MAX_UNDER_WAY = 8
 
 
 class DaemonView(Protocol):
@@ -69,6 +74,7 @@ class DatabaseReads:
         self.daemon = daemon
         self.deadline = deadline
         self._under_way: dict[str, asyncio.Future[Any]] = {}
+        self._writes = 0
 
     async def read(self, kind: str, fn: Callable[[Store], T]) -> T:
         """`fn(store)` in the database thread, or `DatabaseUnavailable` after the deadline.
@@ -78,12 +84,30 @@ class DatabaseReads:
         """
         future = self._under_way.get(kind)
         if future is None:
-            db = self.daemon.database()
-            if db is None:
-                raise DatabaseUnavailable("the database is not open")
-            future = asyncio.ensure_future(db.call(fn, db.store))
-            self._under_way[kind] = future
-            future.add_done_callback(lambda done: self._forget(kind, done))
+            future = self._start(kind, fn)
+        return await self._wait(future)
+
+    async def write(self, kind: str, fn: Callable[[Store], T]) -> T:
+        """`fn(store)` in the database thread, never shared with another request (a write);
+        `DatabaseUnavailable` after the deadline (the write may still be done: the thread
+        runs it in turn)."""
+        self._writes += 1
+        return await self._wait(self._start(f"{kind} #{self._writes}", fn))
+
+    def _start(self, kind: str, fn: Callable[[Store], T]) -> asyncio.Future[T]:
+        if len(self._under_way) >= MAX_UNDER_WAY:
+            raise DatabaseUnavailable(
+                f"busy: {len(self._under_way)} database reads under way; try again"
+            )
+        db = self.daemon.database()
+        if db is None:
+            raise DatabaseUnavailable("the database is not open")
+        future = asyncio.ensure_future(db.call(fn, db.store))
+        self._under_way[kind] = future
+        future.add_done_callback(lambda done: self._forget(kind, done))
+        return future
+
+    async def _wait(self, future: asyncio.Future[T]) -> T:
         try:
             result: T = await asyncio.wait_for(asyncio.shield(future), timeout=self.deadline)
         except TimeoutError:

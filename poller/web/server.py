@@ -1,15 +1,15 @@
 """The listener: one aiohttp.web server on the daemon's event loop, at ``http.listen``.
 
 The route table is the endpoints each part of the listener offers (`PARTS`: `Probes`,
-`Metrics`); a new page or API is one more class with a ``routes()`` that reads the daemon
-through `DaemonView` and the database through the shared `DatabaseReads`.
+`Metrics`, `StatusPage`, `Api`); a new page or API is one more class with a ``routes()`` that
+reads the daemon through `DaemonView` and the database through the shared `DatabaseReads`.
 
 What bounds it: aiohttp's own limits on a request line and headers (8 KiB each, 128
-headers), a 64 KiB body at most (no endpoint takes one), a connection that sends nothing for
-`IDLE_TIMEOUT` closed, every database read bounded by `DatabaseReads`, and handlers that do
-nothing slow on the loop. It has no TLS and no authentication: it listens on
+headers), a 64 KiB body at most (only the API's ``POST`` takes one; 413 beyond), a
+connection that sends nothing for `IDLE_TIMEOUT` closed, every database read bounded by
+`DatabaseReads`, and handlers that do nothing slow on the loop. It has no TLS: it listens on
 loopback unless told otherwise, and a reverse proxy in front of it serves other hosts
-(README "HTTP endpoints").
+(README "HTTP endpoints"). Only the API's writes ask for a token (`api`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from aiohttp import web
 from poller.engine.stats import watch_loop_lag
 from poller.errors import ListenError
 from poller.settings.fields import split_address
+from poller.web.api import MAX_BODY, Api
 from poller.web.metrics import Metrics
+from poller.web.page import StatusPage
 from poller.web.probes import Probes
 from poller.web.reads import DaemonView, DatabaseReads
 
@@ -40,10 +42,13 @@ class Part(Protocol):
 
 #: The route table's parts, each made with the daemon and the shared database reads: a new
 #: page or API is one more class here.
-PARTS: tuple[Callable[[DaemonView, DatabaseReads], Part], ...] = (Probes, Metrics)
+PARTS: tuple[Callable[[DaemonView, DatabaseReads], Part], ...] = (
+    Probes,
+    Metrics,
+    StatusPage,
+    Api,
+)
 
-#: The largest request body read (no endpoint takes one yet).
-MAX_BODY = 64 * 1024
 #: How long a stop waits for requests being answered.
 SHUTDOWN_GRACE = 1.0
 #: A connection that sends nothing (idle between requests, or a request left half-sent) is
@@ -51,10 +56,23 @@ SHUTDOWN_GRACE = 1.0
 IDLE_TIMEOUT = 15.0
 
 
+#: Every answer's Content-Security-Policy: the page loads its script, style and icon from
+#: the listener itself and nothing else (no inline script or style, no other host, no frame).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 async def _harden(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers on every answer, errors included: never cached, never sniffed as another type."""
+    """Headers on every answer, errors included: never cached, never sniffed as another type,
+    never framed, nothing loaded from elsewhere, no referrer sent on."""
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 class Listener:
