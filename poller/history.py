@@ -67,6 +67,8 @@ def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
             facts = _facts(e.what, e.detail.get("payload") or {})
             if facts.get("reason") or facts.get("rows"):
                 facts_at.setdefault(e.at, facts)
+    # an event at a transition's instant leaves the reason and counts to the transition line
+    said_at = {e.at for e in entries if e.kind == "transition" and e.at in facts_at}
     lines: list[Line] = []
     outage: dict[str, Any] | None = None
     for e in entries:
@@ -108,7 +110,7 @@ def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
             lines[outage["index"]] = _outage_line(outage, e.at)
             outage = None
             continue
-        facts = _facts(e.what, payload)
+        facts = _facts(e.what, payload) if e.at not in said_at else {}
         lines.append(
             Line(
                 at=e.at,

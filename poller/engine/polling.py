@@ -35,9 +35,7 @@ def event_payload(
     """Everything a message about this event may show, as it was when it happened, as stored."""
     p = decision.progress
     previous = watch.progress.state
-    outage = (
-        p if kind is Event.UNREACHABLE else watch.progress if kind is Event.RECOVERED else None
-    )
+    outage = p if kind is Event.UNREACHABLE else watch.progress if kind is Event.RECOVERED else None
     return EventPayload(
         event=kind.value,
         key=watch.key,
