@@ -624,6 +624,8 @@ def _history_json(line: HistoryLine) -> dict[str, JsonValue]:
 def _history_text(line: HistoryLine, watch: Watch) -> str:
     """One history line as `history` prints it."""
     text = f"{_iso(line.at)}  {line.kind:<10}  {line.what}"
+    if line.kind == "transition" and line.detail.get("remote_status"):
+        text += f" (remote {line.detail['remote_status']})"
     if line.kind == "outage":
         recovered = line.detail.get("recovered_at")
         if recovered is not None:

@@ -74,12 +74,11 @@ def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
     for e in entries:
         if e.kind == "transition":
             facts = facts_at.get(e.at, {})
-            remote = e.detail.get("remote_status")
             lines.append(
                 Line(
                     at=e.at,
                     kind="transition",
-                    what=e.what + (f" (remote {remote})" if remote else ""),
+                    what=e.what,
                     reason=facts.get("reason"),
                     rows=facts.get("rows"),
                     detail={k: v for k, v in e.detail.items()},
