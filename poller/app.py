@@ -221,6 +221,12 @@ class Daemon:
             # `idle_wait` apart): a second timer here would defeat their backoff when the
             # database is away.
             duties.every(self.tuning.lease / 3, self._renewer(db), "lease-renewal")
+            duties.every(
+                self.tuning.prune_every,
+                self._pruner(db),
+                "retention",
+                first_in=self.tuning.prune_first,
+            )
             if self.systemd.watchdog_interval:
                 duties.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
             duties.start()
@@ -281,6 +287,30 @@ class Daemon:
                 log.warning("lease renewal failed", error=error_line(exc))
 
         return renew
+
+    def _pruner(self, db: DbThread) -> Callable[[], Awaitable[None]]:
+        """The retention duty: deletes watches ended longer ago than `retention` (the value
+        in force, so a reload that changes it counts; 0 stops pruning)."""
+
+        async def prune() -> None:
+            retention = self.runtime().config.retention
+            if not retention:
+                return
+            try:
+                pruned = await db.call(db.store.prune, self.clock() - retention)
+            except Exception as exc:  # the database may be away; tomorrow's run tries again
+                log.warning("prune failed", error=error_line(exc))
+                return
+            if pruned.watches:
+                log.info(
+                    "pruned",
+                    watches=pruned.watches,
+                    transitions=pruned.transitions,
+                    events=pruned.events,
+                    deliveries=pruned.deliveries,
+                )
+
+        return prune
 
     def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Awaitable[None]]:
         """The discovery duty: lists bulks and searches of the config in force (issue 3)."""

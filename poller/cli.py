@@ -13,22 +13,32 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from poller.config import Config, format_duration, load_config
 from poller.config.adding import Refused, check_labels, check_removal, watch_spec
 from poller.errors import ConfigError, PollerError
-from poller.models import Watch, WatchSpec
-from poller.store.repo import Store, Undelivered, safe_url
+from poller.models import JsonValue, Watch, WatchSpec
+from poller.store.repo import (
+    CONDITIONS,
+    ChannelBacklog,
+    Store,
+    WatchFilter,
+    safe_url,
+)
 from poller.store.shapes import ago as _ago
-from poller.store.shapes import history_json, undelivered_json, watch_json
 from poller.store.shapes import iso as _iso
 from poller.store.shapes import state_label as _state_label
+from poller.store.shapes import undelivered_json, watch_json
 from poller.terminal import plain, printable
+
+if TYPE_CHECKING:
+    from poller.history import Line as HistoryLine
 
 app = typer.Typer(
     # `poller --install-completion` / `--show-completion` (bash, zsh, fish, PowerShell)
@@ -61,16 +71,18 @@ SiteOption = Annotated[
 ]
 
 DEFAULT_CONFIG = "/etc/poller/config.yaml"
+#: The width of tables off a terminal without $COLUMNS: wide enough not to fold a row.
+PIPE_WIDTH = 200
 #: Undelivered notifications `status` lists (newest first); the counts cover them all.
 STATUS_LIST_LIMIT = 20
 
 
 def _console() -> Console:
-    # Off a terminal, a fixed wide width keeps tables unwrapped in pipes and logs. Data is
-    # printed as `plain` text; no markup or emoji codes either way, should a string slip by.
-    return Console(
-        highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200
-    )
+    # Off a terminal, a fixed wide width keeps tables unwrapped in pipes and logs, unless
+    # $COLUMNS says otherwise (as it does for a terminal). Data is printed as `plain` text;
+    # no markup or emoji codes either way, should a string slip by.
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(highlight=False, markup=False, emoji=False, width=None if wide else PIPE_WIDTH)
 
 
 def _show_version(value: bool) -> None:
@@ -246,25 +258,96 @@ def _check_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
-@app.command(short_help="Every watch: state, progress, polls, last error.")
-def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Show every watch: key, name, state, progress, last and next poll, last error."""
+#: Watches `status` shows unless `--limit` or `--all` says otherwise: a screenful, problems
+#: first, however many watches the database holds.
+DEFAULT_STATUS_LIMIT = 50
+#: The largest `--limit` (`--all` has none).
+MAX_STATUS_LIMIT = 1_000_000
+
+
+def _state_option(values: Sequence[str]) -> tuple[str, ...]:
+    """`--state` values as conditions (``timed-out`` is ``timed_out``); exit 2 on another."""
+    states = tuple(v.strip().lower().replace("-", "_") for v in values)
+    unknown = [v for v in states if v not in CONDITIONS]
+    if unknown:
+        _fail(f"--state: no state {unknown[0]!r} (states: {', '.join(CONDITIONS)})", 2)
+    return states
+
+
+@app.command(short_help="The watches, problems first, with counts by state.")
+def status(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    active: Annotated[bool, typer.Option("--active", help="Only watches still polled.")] = False,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            metavar="STATE",
+            help="Only watches in this state (repeatable): a job state, or new, stalled, "
+            "unreachable, timed_out, removed.",
+        ),
+    ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", metavar="SOURCE", help="Only this source's watches (repeatable)."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="TAG", help="Only watches with this tag (repeatable: all)."),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            metavar="N",
+            min=1,
+            max=MAX_STATUS_LIMIT,
+            help=f"Show at most N watches [default: {DEFAULT_STATUS_LIMIT}].",
+            show_default=False,
+        ),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show every matching watch (no limit).")
+    ] = False,
+) -> None:
+    """Show the watches, problems first (unreachable, stalled, failing, failed), then a summary
+    line: how many watches are in each state and how many deliveries are pending.
+
+    At most 50 watches are shown unless --limit or --all says otherwise; the counts cover
+    every watch that matches the filters.
+    """
+    filters = WatchFilter(
+        active=active,
+        states=_state_option(state or ()),
+        sources=tuple(source or ()),
+        tags=tuple(tag or ()),
+    )
+    shown = None if show_all else (limit or DEFAULT_STATUS_LIMIT)
     cfg = _config(config)
     store = _store(cfg)
     try:
-        watches = store.list_watches()
+        counts = store.count_watches(filters)
+        watches = store.list_watches(filters, limit=shown, order="problems")
         deliveries = store.delivery_counts()
-        by_watch = store.undelivered_by_watch()
-        given_up = store.undelivered("given_up", limit=STATUS_LIST_LIMIT)
-        pending = store.undelivered("pending", limit=STATUS_LIST_LIMIT)
+        by_watch = store.undelivered_by_watch([w.key for w in watches])
+        backlog = store.undelivered_by_channel()
+        if as_json:
+            given_up = store.undelivered("given_up", limit=STATUS_LIST_LIMIT)
+            pending = store.undelivered("pending", limit=STATUS_LIST_LIMIT)
     finally:
         store.close()
+    total = sum(counts.values())
     if as_json:
         print(
             json.dumps(
                 {
                     "watches": [watch_json(w, by_watch.get(w.key)) for w in watches],
+                    "matched": total,
+                    "more": total - len(watches),
+                    "counts": {name: counts[name] for name in CONDITIONS if name in counts},
                     "deliveries": deliveries,
+                    "channels": [backlog_json(b) for b in backlog],
                     "given_up": [undelivered_json(e) for e in given_up],
                     "undelivered": [undelivered_json(e) for e in pending],
                 },
@@ -275,88 +358,110 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     # One `now` for every row, so all the "ago" columns are measured from the same instant.
     now = time.time()
     out = _console()
+    filtered = filters != WatchFilter()
     if watches:
-        out.print(_watches_table(watches, now))
+        out.print(_watches_table(watches, now, out.width))
+    elif filtered:
+        out.print("no watches match")
     else:
         out.print("no watches yet: add jobs to the config or run `poller add`")
-    _print_undelivered(out, deliveries, pending, given_up, now)
+    if total > len(watches) and watches:
+        more = total - len(watches)
+        out.print(f"{more} more; use --limit N or --all to see them, or filter them")
+    out.print(plain(_summary_line(total, counts, deliveries)))
+    if backlog:
+        out.print("\nundelivered, by channel:")
+        out.print(_backlog_table(backlog, now))
 
 
-def _watches_table(watches: Sequence[Watch], now: float) -> Table:
-    """The `status` table: one row per watch, every cell `plain` text."""
-    table = Table(box=None, pad_edge=False)
-    for column in ("KEY", "NAME", "STATE", "PROGRESS", "LAST POLL", "NEXT POLL", "LAST ERROR"):
-        table.add_column(column, overflow="fold")
-    for w in watches:
-        p = w.progress
-        table.add_row(
-            *(
-                plain(value)
-                for value in (
-                    w.key,
-                    w.name or "",
-                    _state_label(w),
-                    f"{p.progress:.0f}%" if p.progress is not None else "-",
-                    _ago(w.last_poll_at, now),
-                    # An inactive watch is not polled again: its stored next poll means nothing.
-                    _ago(w.next_poll_at, now) if p.active else "-",
-                    (p.last_error or "")[:80],
-                )
-            )
-        )
-    return table
+def backlog_json(entry: ChannelBacklog) -> dict[str, JsonValue]:
+    """The JSON shape of one channel's undelivered messages in `status --json`."""
+    return {
+        "channel": entry.channel,
+        "pending": entry.pending,
+        "given_up": entry.given_up,
+        "oldest_at": _iso(entry.oldest_at),
+        "last_error": entry.last_error,
+    }
 
 
-def _print_undelivered(
-    out: Console,
-    deliveries: Mapping[str, int],
-    pending: Sequence[Undelivered],
-    given_up: Sequence[Undelivered],
-    now: float,
-) -> None:
-    """Print the delivery totals, then a table each of still-retried and given-up deliveries.
+def _summary_line(total: int, counts: Mapping[str, int], deliveries: Mapping[str, int]) -> str:
+    """``12 watches: 1 unreachable, 2 running, 9 succeeded; deliveries: 3 pending, ...``."""
+    by_state = ", ".join(
+        f"{counts[name]} {name.replace('_', ' ')}" for name in CONDITIONS if counts.get(name)
+    )
+    line = _counted(total, "watch", "watches") + (f": {by_state}" if by_state else "")
+    pending, given_up = deliveries.get("pending", 0), deliveries.get("given_up", 0)
+    line += f"; deliveries: {pending} pending"
+    return line + (f", {given_up} given up" if given_up else "")
 
-    `pending` and `given_up` are the newest `STATUS_LIST_LIMIT` of each; the totals in
-    `deliveries` say when more exist than are shown.
+
+def _watches_table(watches: Sequence[Watch], now: float, width: int) -> Table:
+    """The `status` table: one row per watch, every cell `plain` text.
+
+    A key is never broken (it is what a user copies into `history` or `remove`): its column
+    is as wide as the longest key shown, and the other columns fold or go, least useful
+    first, until the table fits `width`.
     """
-    pending_count = deliveries.get("pending", 0)
-    given_up_count = deliveries.get("given_up", 0)
-    if pending_count or given_up_count:
-        out.print(f"deliveries: {pending_count} pending, {given_up_count} given up")
-    for title, entries, total in (
-        ("undelivered (still retried)", pending, pending_count),
-        ("given up", given_up, given_up_count),
-    ):
-        if not entries:
-            continue
-        more = f", newest {len(entries)} shown" if total > len(entries) else ""
-        out.print(f"\n{title} ({total}{more}):")
-        out.print(_undelivered_table(entries, now))
+    keys = [plain(w.key) for w in watches]
+    key_width = max(k.cell_len for k in keys)
+    rows: list[dict[str, str | Text]] = [
+        {
+            "NAME": plain(w.name or ""),
+            "STATE": plain(_state_label(w)),
+            "PROGRESS": f"{w.progress.progress:.0f}%" if w.progress.progress is not None else "-",
+            "LAST POLL": _ago(w.last_poll_at, now),
+            # An inactive watch is not polled again: its stored next poll means nothing.
+            "NEXT POLL": _ago(w.next_poll_at, now) if w.progress.active else "-",
+            "LAST ERROR": plain((w.progress.last_error or "")[:80]),
+        }
+        for w in watches
+    ]
+    # (column, the narrowest it folds to): dropped from the end while the keys would not fit
+    columns = [
+        ("STATE", 11),
+        ("LAST ERROR", 12),
+        ("PROGRESS", 8),
+        ("NAME", 8),
+        ("LAST POLL", 9),
+        ("NEXT POLL", 9),
+    ]
+    while columns and key_width + sum(w + 2 for _, w in columns) > width:
+        columns.pop()
+    narrowest = dict(columns)
+    order = ("NAME", "STATE", "PROGRESS", "LAST POLL", "NEXT POLL", "LAST ERROR")
+    shown = [c for c in order if c in narrowest]
+    table = Table(box=None, pad_edge=False, collapse_padding=True)
+    table.add_column("KEY", no_wrap=True, min_width=key_width, overflow="ignore")
+    for column in shown:
+        table.add_column(column, overflow="fold", min_width=narrowest[column])
+    for key, row in zip(keys, rows, strict=True):
+        table.add_row(key, *(row[c] for c in shown))
+    return table
 
 
-def _undelivered_table(entries: Sequence[Undelivered], now: float) -> Table:
-    """One row per undelivered notification: key, event, channel, age, attempts, last error."""
+def _backlog_table(backlog: Sequence[ChannelBacklog], now: float) -> Table:
+    """One row per channel with undelivered messages: counts, the oldest, the last error."""
     table = Table(box=None, pad_edge=False)
-    for column in ("KEY", "EVENT", "CHANNEL", "SINCE", "ATTEMPTS", "LAST ERROR"):
+    for column in ("CHANNEL", "PENDING", "GIVEN UP", "OLDEST", "LAST ERROR"):
         table.add_column(column, overflow="fold")
-    for e in entries:
+    for b in backlog:
         table.add_row(
             *(
                 plain(value)
                 for value in (
-                    e.key,
-                    e.event,
-                    e.channel,
-                    _ago(e.created_at, now),
-                    str(e.attempts),
-                    (e.last_error or "")[:240],
+                    b.channel,
+                    str(b.pending),
+                    str(b.given_up),
+                    _ago(b.oldest_at, now),
+                    (b.last_error or "")[:240],
                 )
             )
         )
     return table
 
 
-@app.command(short_help="One watch's transitions and events, oldest first.")
+@app.command(short_help="One watch's transitions, events and outages, oldest first.")
 def history(
     key: Annotated[
         str, typer.Argument(metavar="KEY", help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")
@@ -364,37 +469,107 @@ def history(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one watch's transitions and events, oldest first, with times."""
+    """Show one watch's history, oldest first: each transition with the job's reason and row
+    counts, each event with where it was sent, and each outage on one line (when polling
+    started failing, how many polls failed, the error, when it recovered)."""
+    from poller.history import condense, line_json
+
     cfg = _config(config)
     store = _store(cfg)
     try:
-        entries = store.history(key)
+        watch = store.get_watch(key)
+        entries = store.history(key) if watch is not None else None
     finally:
         store.close()
-    if entries is None:
+    if watch is None or entries is None:
         _fail(f"no watch {key}", 1)
+    lines = condense(entries, watch)
     if as_json:
         print(
             json.dumps(
                 {
                     "key": key,
-                    "history": history_json(entries),
+                    "watch": watch_json(watch),
+                    "history": [line_json(line) for line in lines],
                 },
                 indent=2,
             )
         )
         return
     out = _console()
-    for e in entries:
-        line = f"{_iso(e.at)}  {e.kind:<10}  {e.what}"
-        if e.kind == "transition" and e.detail.get("remote_status"):
-            line += f"  (remote {e.detail['remote_status']})"
-        if e.kind == "event":
-            sent = [f"{d['channel']}: {d['status']}" for d in e.detail.get("deliveries", [])]
-            line += f"  [{', '.join(sent)}]" if sent else "  [no channel]"
-        out.print(plain(line))
-    if not entries:
+    for line in lines:
+        out.print(plain(_history_text(line, watch)))
+    if not lines:
         out.print("nothing has happened yet")
+
+
+def _history_text(line: HistoryLine, watch: Watch) -> str:
+    """One history line as `history` prints it."""
+    text = f"{_iso(line.at)}  {line.kind:<10}  {line.what}"
+    if line.kind == "transition" and line.detail.get("remote_status"):
+        text += f" (remote {line.detail['remote_status']})"
+    if line.kind == "outage":
+        recovered = line.detail.get("recovered_at")
+        if recovered is not None:
+            lasted = format_duration(max(0.0, recovered - line.at), rounded=True)
+            text += f"; recovered {_iso(recovered)} after {lasted}"
+        elif watch.progress.active and watch.progress.error_since is not None:
+            text += "; still failing"
+    if line.reason:
+        text += f"; reason: {line.reason}"
+    if line.rows:
+        text += f"; rows: {line.rows}"
+    if line.kind != "transition":
+        sent = [f"{d['channel']}: {d['status']}" for d in line.deliveries]
+        text += f"  [{', '.join(sent)}]" if sent else "  [no channel]"
+    return text
+
+
+#: The longest `--older-than` (a thousand years): more is a typo.
+MAX_RETENTION = 1000 * 365 * 86400.0
+
+
+@app.command(short_help="Delete watches that ended long ago, with their history.")
+def prune(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete what ended longer ago than this, e.g. 30d, 12h (default: the "
+            "config's retention).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete now what the daemon's daily retention duty would: watches that ended, timed out
+    or were removed longer ago than `retention` (or --older-than), with their transitions,
+    events and deliveries, and say how many of each went.
+
+    A watch with a delivery still pending is kept, and so are a job the config lists and a
+    discovered job (they would be watched again as new).
+    """
+    cfg = _config(config)
+    if older_than is not None:
+        keep = _duration_option("--older-than", older_than, MAX_RETENTION)
+    elif cfg.retention:
+        keep = cfg.retention
+    else:
+        print("retention is 0 (keep for ever): nothing pruned; --older-than prunes anyway")
+        return
+    store = _store(cfg)
+    try:
+        pruned = store.prune(time.time() - keep)
+    finally:
+        store.close()
+    print(
+        f"pruned what ended more than {format_duration(keep, rounded=True)} ago: "
+        f"{_counted(pruned.watches, 'watch', 'watches')}, "
+        f"{_counted(pruned.transitions, 'transition', 'transitions')}, "
+        f"{_counted(pruned.events, 'event', 'events')}, "
+        f"{_counted(pruned.deliveries, 'delivery', 'deliveries')}"
+    )
 
 
 def _spec(

@@ -45,7 +45,7 @@ class EventPayload:
     details: Mapping[str, JsonValue] = field(default_factory=dict)
     #: the last poll error, for unreachable and timed-out events
     error: str | None = None
-    #: failed polls in a row, for unreachable events
+    #: failed polls in a row, for unreachable events (and the outage's, for recovered ones)
     error_count: int | None = None
     #: when polling started failing, for unreachable and recovered events
     outage_since: float | None = None

@@ -82,7 +82,7 @@ polling:
 
     def status(self) -> dict[str, Any]:
         """`poller status --json`."""
-        doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        doc: dict[str, Any] = json.loads(self.cli("status", "--json", "--all").stdout)
         return doc
 
     def logs(self) -> list[dict[str, Any]]:

@@ -299,13 +299,19 @@ class TestStatusDeliveries:
 
         text = poller("status", "-c", str(path)).stdout
         assert "deliveries: 1 pending, 1 given up" in text
-        assert "undelivered (still retried) (1):" in text and "given up (1):" in text
+        assert "undelivered, by channel:" in text
+        channels = {line.split()[0]: line.split()[1:3] for line in text.splitlines()[-2:]}
+        assert channels == {"hook": ["1", "0"], "dead": ["0", "1"]}, text
         assert "[Errno 111] refused" in text  # brackets printed as they are
         doc = json.loads(poller("status", "--json", "-c", str(path)).stdout)
         assert doc["deliveries"] == {"pending": 1, "given_up": 1}
         (given_up,) = doc["given_up"]
         assert given_up["channel"] == "dead" and given_up["last_error"] == error
         assert [u["channel"] for u in doc["undelivered"]] == ["hook"]
+        assert [(c["channel"], c["pending"], c["given_up"]) for c in doc["channels"]] == [
+            ("hook", 1, 0),
+            ("dead", 0, 1),
+        ]
         (w,) = [w for w in doc["watches"] if w["key"] == f"ruler-prod/{SITE}/j9"]
         assert (w["deliveries_pending"], w["deliveries_given_up"]) == (1, 1)
 

@@ -185,7 +185,7 @@ jobs:
 
     def status(self) -> dict[str, Any]:
         """`poller status --json`: the watches by key, and ``_deliveries``."""
-        doc: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        doc: dict[str, Any] = json.loads(self.cli("status", "--json", "--all").stdout)
         return {w["key"]: w for w in doc["watches"]} | {"_deliveries": doc["deliveries"]}
 
     def messages(self, kind: str | None = None) -> list[dict[str, Any]]:

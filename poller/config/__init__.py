@@ -59,6 +59,7 @@ from poller.settings.fields import (
     TEMPLATE_FIELDS,
     ChannelUrl,
     DatabaseUrl,
+    Duration,
     default_database_url,
     parse_duration,
     parse_rate,
@@ -157,6 +158,9 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
     jobs = _list(checker, data, "jobs", JobConfig, "expected a list of jobs")
     log = _mapping(checker, data, "log", LogConfig, "expected a mapping with level and format")
     log = _environment_level(doc, environ, log)
+    retention = data.get("retention")
+    if retention is not None:
+        retention = _validate(checker, Duration, retention, ("retention",))
     _cross_check(doc, data, polling, sources, jobs)
 
     parts = (
@@ -187,6 +191,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
                 "http": http,
                 "jobs": tuple(jobs),
                 "log": log,
+                **({"retention": retention} if retention is not None else {}),
                 "channel_templates": channel_templates,
             },
             # the cross-checks ran above, on the file, with lines

@@ -282,6 +282,8 @@ class Config(Frozen):
     jobs: tuple[JobConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    #: how long an ended watch and its history are kept (README "Retention"); 0 keeps them
+    retention: Duration = 90 * 86400.0
     #: templates of the channels written as a mapping with a ``template``
     channel_templates: dict[str, TemplateConfig] = Field(default_factory=dict)
 

@@ -35,6 +35,7 @@ def event_payload(
     """Everything a message about this event may show, as it was when it happened, as stored."""
     p = decision.progress
     previous = watch.progress.state
+    outage = p if kind is Event.UNREACHABLE else watch.progress if kind is Event.RECOVERED else None
     return EventPayload(
         event=kind.value,
         key=watch.key,
@@ -49,15 +50,10 @@ def event_payload(
         progress=p.progress,
         details=p.details,
         error=p.last_error if kind in (Event.UNREACHABLE, Event.TIMED_OUT) else None,
-        error_count=p.error_count if kind is Event.UNREACHABLE else None,
-        # when polling started failing: for unreachable, and (from before) for recovered
-        outage_since=(
-            p.error_since
-            if kind is Event.UNREACHABLE
-            else watch.progress.error_since
-            if kind is Event.RECOVERED
-            else None
-        ),
+        # failed polls and when they began: so far for unreachable, the whole outage's (from
+        # before) for recovered
+        error_count=outage.error_count if outage is not None else None,
+        outage_since=outage.error_since if outage is not None else None,
         # the last change of state or progress: a stalled job has not moved since
         last_change_at=p.last_change_at,
         created_at=p.created_at,

@@ -81,6 +81,10 @@ class Tuning:
     idle_wait: float = 1.0
     delivery_batch: int = 50
     stop_grace: float = 8.0
+    #: the retention duty (`Store.prune`) runs this long after start-up, then every
+    #: `prune_every`: a daemon restarted daily still prunes, without slowing its start
+    prune_first: float = 60.0
+    prune_every: float = 86400.0
 
 
 def error_line(exc: BaseException) -> str:

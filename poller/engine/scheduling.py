@@ -9,7 +9,7 @@ second timer cannot shorten their backoff.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -25,12 +25,26 @@ class Duties:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
 
-    def every(self, seconds: float, duty: Callable[[], object], name: str) -> None:
-        """Run `duty` every `seconds`, replacing a duty of the same name.
+    def every(
+        self,
+        seconds: float,
+        duty: Callable[[], object],
+        name: str,
+        *,
+        first_in: float | None = None,
+    ) -> None:
+        """Run `duty` every `seconds` (the first time after `first_in` seconds, when given),
+        replacing a duty of the same name.
 
         A coroutine function's coroutine is awaited; what a duty returns is not used."""
+        first = None if first_in is None else datetime.now(UTC) + timedelta(seconds=first_in)
         self._scheduler.add_job(
-            duty, IntervalTrigger(seconds=seconds), id=name, name=name, replace_existing=True
+            duty,
+            IntervalTrigger(seconds=seconds),
+            id=name,
+            name=name,
+            replace_existing=True,
+            **({"next_run_time": first} if first is not None else {}),
         )
 
     def start(self) -> None:

@@ -58,7 +58,7 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "failed_rows_error": "why the failing rows could not be read",
     "output": "the job's output, as text",
     "error": "the poll error (unreachable, timed_out)",
-    "error_count": "failed polls in a row (unreachable)",
+    "error_count": "failed polls in a row (unreachable; the whole outage for recovered)",
     "started": "when the job started (UTC)",
     "ended": "when it ended (UTC)",
     "started_at": "the start as UNIX seconds",

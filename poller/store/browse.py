@@ -26,7 +26,7 @@ FILTER_STATES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class WatchFilter:
+class PageFilter:
     """Which watches a page shows: each given part must match (None: any)."""
 
     state: str | None = None
@@ -53,7 +53,7 @@ _DELIVERY_WATCH = deliveries.join(events, events.c.id == deliveries.c.event_id).
 class Browse(Database):
     """Pages of watches for the listener's status page and API."""
 
-    def watch_page(self, where: WatchFilter, after: int, limit: int) -> WatchPage:
+    def watch_page(self, where: PageFilter, after: int, limit: int) -> WatchPage:
         """The first `limit` watches with an id above `after` that match `where`."""
         query = sa.select(*WATCH_COLUMNS).where(watches.c.id > after)
         if where.source is not None:

@@ -286,17 +286,3 @@ class Outbox(Database):
             )
             for row in rows
         ]
-
-    def undelivered_by_watch(self) -> dict[str, dict[str, int]]:
-        """Pending and given-up deliveries per watch key: ``{key: {status: count}}``."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(watches.c.key, deliveries.c.status, sa.func.count())
-                .select_from(_WITH_WATCH)
-                .where(deliveries.c.status.in_(("pending", "given_up")))
-                .group_by(watches.c.key, deliveries.c.status)
-            ).all()
-        found: dict[str, dict[str, int]] = {}
-        for key, status, count in rows:
-            found.setdefault(key, {})[status] = count
-        return found

@@ -6,8 +6,10 @@ so SQLite sees one writer; CLI commands call it directly.
 `Store` is one class composed of the store's rooms, each a mixin over `db.Database` (the
 engine, the schema revision, the daemon lock and the write transactions):
 
-- `watches.Watches`: registering watches (add, config sync, discovery, removal) and the
-  reports on them;
+- `watches.Watches`: registering watches (add, config sync, discovery, removal);
+- `reports.Reports`: what `poller status` and `history` show (filtered, sorted, limited
+  lists and counts, all in SQL);
+- `retention.Retention`: deleting watches ended longer ago than `retention`;
 - `claims.Claims`: leasing due watches and writing their polls back (fenced group commits);
 - `outbox.Outbox`: the deliveries, as the delivery engine claims, renews, releases and
   finishes them (one lease verb each);
@@ -19,23 +21,37 @@ The names other modules import from here (`Store`, `WriteBack`, `safe_url`, ...)
 
 from __future__ import annotations
 
-from poller.store.browse import Browse, WatchFilter, WatchPage
+from poller.store.browse import Browse, PageFilter, WatchPage
 from poller.store.claims import Claims, WriteBack, WriteReport
 from poller.store.db import HEAD_REVISION, MIGRATIONS, safe_url
 from poller.store.gauges import GaugeReading, Gauges
 from poller.store.outbox import Outbox, Undelivered
-from poller.store.watches import Added, HistoryEntry, SyncReport, Watches
+from poller.store.reports import (
+    CONDITIONS,
+    ChannelBacklog,
+    HistoryEntry,
+    Reports,
+    WatchFilter,
+    WatchOrder,
+)
+from poller.store.retention import Pruned, Retention
+from poller.store.watches import Added, SyncReport, Watches
 
 __all__ = [
+    "CONDITIONS",
     "HEAD_REVISION",
     "MIGRATIONS",
     "Added",
+    "ChannelBacklog",
     "GaugeReading",
     "HistoryEntry",
+    "PageFilter",
+    "Pruned",
     "Store",
     "SyncReport",
     "Undelivered",
     "WatchFilter",
+    "WatchOrder",
     "WatchPage",
     "WriteBack",
     "WriteReport",
@@ -43,5 +59,5 @@ __all__ = [
 ]
 
 
-class Store(Watches, Claims, Outbox, Gauges, Browse):
+class Store(Watches, Reports, Retention, Claims, Outbox, Gauges, Browse):
     """Access to one poller database (SQLite file or PostgreSQL)."""

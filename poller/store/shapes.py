@@ -1,21 +1,28 @@
-"""The JSON shapes of what the store reads, one each: a watch and an undelivered notification
-as ``poller status --json`` prints them, a watch's history as ``poller history --json`` does.
-The API (``/api/v1/``) answers with the same objects."""
+"""The shapes of what the store reads, for people and for JSON: a watch and an undelivered
+notification as ``poller status --json`` prints them (the API, ``/api/v1/``, answers with the
+same objects), times in ISO 8601, and a watch's state label. A watch's history is shaped in
+`poller.history`, which condenses it first."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from poller.models import TERMINAL_STATES, JsonValue, State, Watch
 from poller.store.outbox import Undelivered
-from poller.store.watches import HistoryEntry
 from poller.units import format_duration
 
 
 def iso(ts: float | None) -> str | None:
-    """`ts` (epoch seconds) as an ISO 8601 UTC time (``2026-01-02T03:04:05Z``); None without."""
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+    """`ts` (epoch seconds) in ISO 8601 UTC, ``2026-12-01T11:54:37.5Z``; None without one
+    (or for a time no calendar holds, which a damaged row or an API may give)."""
+    if ts is None or isinstance(ts, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -30,18 +37,15 @@ def ago(ts: float | None, now: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def state_label(watch: Watch) -> str:
-    """A watch's state for people: ``new`` before any answer, the API's own status beside
-    ``unknown``, and whether it was removed or timed out."""
-    p = watch.progress
-    label = p.state.value if p.state else "new"
-    if p.state == State.UNKNOWN and p.remote_status:
-        label = f"unknown ({p.remote_status})"
-    if watch.removed_at is not None:
-        label += " (removed)"
-    elif not p.active and p.state not in TERMINAL_STATES:
-        label += " (timed out)"
-    return label
+def _details_json(details: Mapping[str, Any]) -> dict[str, JsonValue]:
+    """A watch's details for JSON: the API's times (``remote_..._at``, stored as epoch
+    seconds) in ISO 8601 like every other time `--json` prints."""
+    return {
+        name: iso(value)
+        if name.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool)
+        else value
+        for name, value in details.items()
+    }
 
 
 def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> dict[str, JsonValue]:
@@ -64,7 +68,7 @@ def watch_json(watch: Watch, undelivered: Mapping[str, int] | None = None) -> di
         "terminal": p.state in TERMINAL_STATES,
         "active": p.active,
         "removed": watch.removed_at is not None,
-        "details": dict(p.details),
+        "details": _details_json(p.details),
         "created_at": iso(p.created_at),
         "started_at": iso(p.started_at),
         "ended_at": iso(p.ended_at),
@@ -94,7 +98,19 @@ def undelivered_json(entry: Undelivered) -> dict[str, JsonValue]:
     }
 
 
-def history_json(entries: Sequence[HistoryEntry]) -> list[JsonValue]:
-    """A watch's history as `history --json` prints it: one object per transition or event,
-    oldest first, its details (an event's deliveries, with each channel's answer) inline."""
-    return [{"at": iso(e.at), "kind": e.kind, "what": e.what, **e.detail} for e in entries]
+def state_label(watch: Watch) -> str:
+    """The state column: the job's state, or what overrides it first (removed, unreachable,
+    stalled, timed out: the conditions of `store.reports`) with the state in brackets."""
+    p = watch.progress
+    label = p.state.value if p.state else "new"
+    if p.state == State.UNKNOWN and p.remote_status:
+        label = f"unknown ({p.remote_status})"
+    if watch.removed_at is not None:
+        return f"removed ({label})"
+    if p.active and p.unreachable:
+        return f"unreachable ({label})"
+    if p.active and p.stalled:
+        return f"stalled ({label})"
+    if not p.active and p.state not in TERMINAL_STATES:
+        return f"timed out ({label})"
+    return label

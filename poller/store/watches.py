@@ -1,5 +1,5 @@
-"""Registering watches (add, sync with the config, discovery, removal) and the reports on
-them (list, history, counts) that `poller status` and `poller history` show."""
+"""Registering watches: add, sync with the config, discovery, removal (the reports on them
+are `reports.Reports`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from poller.models import Watch, WatchSpec
 from poller.store.db import IN_CHUNK, Database
 from poller.store.rows import WATCH_COLUMNS, watch_from_row
-from poller.store.schema import deliveries, events, transitions, watches
+from poller.store.schema import watches
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,6 @@ class Added:
     changes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     #: an ended watch armed again (`add(..., again=True)`)
     rearmed: bool = False
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One line of a watch's history: a transition or an event, with its deliveries."""
-
-    at: float
-    kind: str  # "transition" | "event"
-    what: str
-    detail: Mapping[str, Any]
 
 
 class Watches(Database):
@@ -186,80 +176,6 @@ class Watches(Database):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*WATCH_COLUMNS).where(watches.c.key == key)).one_or_none()
         return watch_from_row(row) if row is not None else None
-
-    def list_watches(self) -> list[Watch]:
-        """Every watch, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(*WATCH_COLUMNS).order_by(watches.c.id)).all()
-        return [watch_from_row(row) for row in rows]
-
-    def history(self, key: str) -> list[HistoryEntry] | None:
-        """A watch's transitions and events (with their deliveries), oldest first."""
-        with self.engine.connect() as conn:
-            watch_id = conn.execute(
-                sa.select(watches.c.id).where(watches.c.key == key)
-            ).scalar_one_or_none()
-            if watch_id is None:
-                return None
-            entries = [
-                HistoryEntry(
-                    at=row.at,
-                    kind="transition",
-                    what=f"{row.from_state or 'new'} -> {row.to_state}",
-                    detail={
-                        "from": row.from_state,
-                        "to": row.to_state,
-                        "remote_status": row.remote_status,
-                        "progress": row.progress,
-                    },
-                )
-                for row in conn.execute(
-                    sa.select(transitions).where(transitions.c.watch_id == watch_id)
-                )
-            ]
-            delivery_rows = conn.execute(
-                sa.select(
-                    deliveries.c.event_id,
-                    deliveries.c.channel,
-                    deliveries.c.status,
-                    deliveries.c.attempts,
-                    deliveries.c.sent_at,
-                    deliveries.c.last_error,
-                )
-                .join(events, events.c.id == deliveries.c.event_id)
-                .where(events.c.watch_id == watch_id)
-            ).all()
-            by_event: dict[int, list[dict[str, Any]]] = {}
-            for d in delivery_rows:
-                by_event.setdefault(d.event_id, []).append(
-                    {
-                        "channel": d.channel,
-                        "status": d.status,
-                        "attempts": d.attempts,
-                        "sent_at": d.sent_at,
-                        "last_error": d.last_error,
-                    }
-                )
-            for row in conn.execute(sa.select(events).where(events.c.watch_id == watch_id)):
-                entries.append(
-                    HistoryEntry(
-                        at=row.at,
-                        kind="event",
-                        what=row.kind,
-                        detail={"deliveries": by_event.get(row.id, [])},
-                    )
-                )
-        # Transitions sort before the events they caused at the same instant.
-        entries.sort(key=lambda e: (e.at, e.kind != "transition"))
-        return entries
-
-    def delivery_counts(self) -> dict[str, int]:
-        """How many deliveries are pending, sent and given up."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
-            ).all()
-        return {status: count for status, count in rows}
 
 
 def _labels(spec: WatchSpec) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from poller.config.adding import Refused, check_labels, check_removal, watch_spec
+from poller.history import condense, line_json
 from poller.logs import get_logger
 from poller.models import MAX_LENGTH, JsonValue, Watch, line_problem
 from poller.store.repo import Added, Store
-from poller.store.shapes import history_json, watch_json
+from poller.store.shapes import watch_json
 from poller.web.reads import DaemonView, DatabaseReads, DatabaseUnavailable
 from poller.web.views import HISTORY_LIMIT, BadQuery, Views, parse_query
 
@@ -121,7 +122,7 @@ class Api:
         return self._answer(
             {
                 "watch": watch_json(view.watch, view.undelivered),
-                "history": history_json(view.history),
+                "history": [line_json(line) for line in condense(view.history, view.watch)],
                 "history_left_out": view.left_out,
                 "history_limit": HISTORY_LIMIT,
             }

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from poller.models import MAX_LENGTH, Watch, line_problem
-from poller.store.browse import FILTER_STATES, WatchFilter, WatchPage
+from poller.store.browse import FILTER_STATES, PageFilter, WatchPage
 from poller.store.repo import HistoryEntry, Store
 from poller.web.reads import DatabaseReads
 
@@ -34,7 +34,7 @@ class BadQuery(Exception):
 class Query:
     """A page's filter, cursor and size, as the query string gave them."""
 
-    where: WatchFilter
+    where: PageFilter
     after: int
     limit: int
 
@@ -81,7 +81,7 @@ def parse_query(params: Mapping[str, str]) -> Query:
     state = params.get("state") or None
     if state is not None and state not in FILTER_STATES:
         raise BadQuery(f"state must be one of {', '.join(FILTER_STATES)}")
-    where = WatchFilter(
+    where = PageFilter(
         state=state, source=_text(params, "source", "source"), tag=_text(params, "tag", "tag")
     )
     after = _number(params, "cursor", 0, 0, 10**_CURSOR_DIGITS - 1)

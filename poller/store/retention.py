@@ -1,0 +1,95 @@
+"""Retention: watches that ended long ago are deleted with their history (`poller prune`, and
+the daemon's daily duty).
+
+A watch may go when it has not been polled since before the cutoff (it ended, timed out or
+was removed before it) and nothing brings it back or still needs it:
+
+- a watch with a pending delivery stays, so that its message still goes out (a message is
+  never lost to pruning);
+- a watch the config still lists stays: the next reload would add it again as new and
+  notify its end a second time (a removed config watch may go);
+- a discovered watch stays: the bulk or search that found it may still list its job, and
+  discovery would add it again as new (removing its entry from the config, then
+  `poller remove`, does not change that; see README "Retention").
+
+Each batch of watches goes in one transaction with its transitions, events and deliveries,
+and the watches are read again under that transaction (locked on PostgreSQL) so that one
+re-armed meanwhile (`poller add --again`) stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from poller.store.db import IN_CHUNK, Database
+from poller.store.schema import deliveries, events, transitions, watches
+
+
+@dataclass
+class Pruned:
+    """What a prune deleted, table by table."""
+
+    watches: int = 0
+    transitions: int = 0
+    events: int = 0
+    deliveries: int = 0
+
+
+def prunable(before: float) -> ColumnElement[bool]:
+    """Watches that retention lets go at cutoff `before` (module docstring)."""
+    pending = (
+        sa.select(sa.literal(1))
+        .select_from(deliveries.join(events, events.c.id == deliveries.c.event_id))
+        .where(events.c.watch_id == watches.c.id, deliveries.c.status == "pending")
+    )
+    return sa.and_(
+        sa.not_(watches.c.active),
+        sa.or_(watches.c.ended_at.is_not(None), watches.c.removed_at.is_not(None)),
+        sa.or_(watches.c.ended_at.is_(None), watches.c.ended_at < before),
+        sa.or_(watches.c.removed_at.is_(None), watches.c.removed_at < before),
+        sa.or_(watches.c.origin == "cli", watches.c.removed_at.is_not(None)),
+        watches.c.origin != "discovered",
+        sa.not_(sa.exists(pending)),
+    )
+
+
+class Retention(Database):
+    """Deleting what retention no longer keeps."""
+
+    def prune(self, before: float) -> Pruned:
+        """Delete the watches `prunable` at `before`, with their history; what went."""
+        pruned = Pruned()
+        while True:
+            batch = self._retrying(lambda conn: _prune_batch(conn, before, self.is_sqlite))
+            pruned.watches += batch.watches
+            pruned.transitions += batch.transitions
+            pruned.events += batch.events
+            pruned.deliveries += batch.deliveries
+            if batch.watches < IN_CHUNK:
+                return pruned
+
+
+def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
+    """Delete up to `IN_CHUNK` prunable watches and their rows, in this transaction."""
+    query = sa.select(watches.c.id).where(prunable(before)).order_by(watches.c.id).limit(IN_CHUNK)
+    if not sqlite:
+        # rows a re-arm or a removal changes meanwhile wait for this transaction, or are skipped
+        query = query.with_for_update(skip_locked=True)
+    ids = list(conn.execute(query).scalars())
+    if not ids:
+        return Pruned()
+    event_ids = sa.select(events.c.id).where(events.c.watch_id.in_(ids)).scalar_subquery()
+    # children first: SQLite enforces no ON DELETE CASCADE unless told to
+    gone_deliveries = conn.execute(
+        sa.delete(deliveries).where(deliveries.c.event_id.in_(event_ids))
+    ).rowcount
+    gone_events = conn.execute(sa.delete(events).where(events.c.watch_id.in_(ids))).rowcount
+    gone_transitions = conn.execute(
+        sa.delete(transitions).where(transitions.c.watch_id.in_(ids))
+    ).rowcount
+    gone_watches = conn.execute(sa.delete(watches).where(watches.c.id.in_(ids))).rowcount
+    return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries)
