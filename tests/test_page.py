@@ -400,7 +400,7 @@ class TestPaging:
         """1,201 watches in pages of 500 (the most a page may ask), each page's deliveries
         counted; a tag filter matches whole tags only; state and source filters."""
         from poller.models import WatchSpec
-        from poller.store.repo import Store, PageFilter
+        from poller.store.repo import PageFilter, Store
 
         store = Store(db_url)
         try:
