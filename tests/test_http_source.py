@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources.http import HttpSource
 from poller.sources.http.adapter import HttpAdapter, parse_answer, render_body, render_url
-from poller.testing import JsonJobSim, SimThread, WebhookSink
+from poller.testing import JsonJobSim, OAuthClient, SimThread, WebhookSink
 
 TOKEN = "warehouse-token-8899"
 STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}
@@ -53,12 +54,27 @@ def ref(job_id: str) -> JobRef:
 
 
 def poll(config: HttpSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
-    async def go() -> dict[str, PollOutcome]:
+    return poll_rounds(config, [job_ids])[-1]
+
+
+def poll_rounds(
+    config: HttpSource,
+    rounds: Sequence[Sequence[str]],
+    between: Callable[[int], None] = lambda i: None,
+) -> list[dict[str, PollOutcome]]:
+    """Poll with one adapter (one client, one token cache) in rounds; `between(i)` runs after
+    round i."""
+
+    async def go() -> list[dict[str, PollOutcome]]:
         adapter = HttpAdapter(config)
+        answers = []
         try:
-            refs = [ref(j) for j in job_ids]
-            outcomes = await adapter.poll(refs)
-            return {r.job_id: outcomes[r.key] for r in refs}
+            for i, job_ids in enumerate(rounds):
+                refs = [ref(j) for j in job_ids]
+                outcomes = await adapter.poll(refs)
+                answers.append({r.job_id: outcomes[r.key] for r in refs})
+                await asyncio.to_thread(between, i)
+            return answers
         finally:
             await adapter.aclose()
 
@@ -166,6 +182,113 @@ class TestAgainstAnApi:
         outcome = poll(config, ["h"])["h"]
         assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
         assert "wrong-4455" not in outcome.message
+
+
+CLIENT = OAuthClient("poller", "s3cret-client-7788", expires_in=3600, scope="jobs:read")
+
+
+def oauth_source(api: JsonJobSim, secret: str = CLIENT.client_secret, **kw: Any) -> HttpSource:
+    oauth = {
+        "token_url": api.base_url + "/token",
+        "client_id": CLIENT.client_id,
+        "client_secret": SecretStr(secret),
+        "scope": "jobs:read",
+        **kw,
+    }
+    return source(api.base_url + "/jobs/{id}", headers={}, auth={"oauth2": oauth})
+
+
+def succeeded(outcomes: Mapping[str, PollOutcome]) -> bool:
+    return all(isinstance(o, PollResult) and o.state == State.SUCCEEDED for o in outcomes.values())
+
+
+class TestAuth:
+    """Basic and OAuth 2 client credentials against a loopback token endpoint and job API."""
+
+    @pytest.fixture
+    def api(self) -> Iterator[JsonJobSim]:
+        server = JsonJobSim(oauth=CLIENT)
+        with SimThread(server):
+            for i in range(20):
+                server.add_job(f"j{i}", status="DONE")
+            yield server
+
+    def test_one_token_serves_many_polls(self, api: JsonJobSim) -> None:
+        """20 jobs polled concurrently, three times over: one token request in all."""
+        jobs = [f"j{i}" for i in range(20)]
+        rounds = poll_rounds(oauth_source(api), [jobs, jobs, jobs])
+        assert all(succeeded(r) for r in rounds)
+        assert (api.requests["token"], api.requests["job"]) == (1, 60)
+
+    def test_client_secret_in_the_form(self, api: JsonJobSim) -> None:
+        """client_auth: post sends the client's id and secret in the form instead of Basic."""
+        assert succeeded(poll(oauth_source(api, client_auth="post"), ["j1"]))
+        assert api.requests["token"] == 1
+
+    def test_refreshed_when_it_expires(self) -> None:
+        """A token valid 1 s is fetched again for a poll after it expired, before a 401."""
+        api = JsonJobSim(oauth=OAuthClient("poller", CLIENT.client_secret, expires_in=1))
+        with SimThread(api):
+            api.add_job("j", status="DONE")
+            config = oauth_source(api, scope=None)
+            rounds = poll_rounds(config, [["j"], ["j"]], between=lambda i: time.sleep(1.2))
+        assert all(succeeded(r) for r in rounds)
+        assert (api.requests["token"], api.requests["job"]) == (2, 2)
+
+    def test_fetched_again_once_on_401(self, api: JsonJobSim) -> None:
+        """A token the API stops accepting: one new token, the request sent once more."""
+        rounds = poll_rounds(
+            oauth_source(api), [["j1"], ["j1"]], between=lambda i: api.revoke_tokens()
+        )
+        assert all(succeeded(r) for r in rounds)
+        assert (api.requests["token"], api.requests["job"]) == (2, 3)
+
+    def test_a_token_refused_twice_is_an_auth_error(self, api: JsonJobSim) -> None:
+        """The API refuses even a new token: an auth error, and no loop of token requests."""
+        api.fail("/jobs/", status=401, times=None)
+        outcome = poll(oauth_source(api), ["j1"])["j1"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
+        assert api.requests["token"] == 2
+
+    def test_wrong_client_secret(self, api: JsonJobSim) -> None:
+        """A refused token request is the watch's auth error, in words, without the secret."""
+        outcome = poll(oauth_source(api, secret="wrong-secret-4455"), ["j1"])["j1"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
+        assert outcome.message == "the token endpoint refused: HTTP 401 (invalid_client)"
+        assert api.requests["job"] == 0
+
+    @pytest.mark.parametrize(
+        ("answer", "why"),
+        [
+            ({"token_type": "Bearer"}, "no usable access_token"),
+            ({"access_token": "x" * 9000}, "no usable access_token"),
+            ({"access_token": "a\nb"}, "not printable ASCII"),
+            ({"access_token": "abc", "token_type": "mac"}, "not a bearer token"),
+            ({"access_token": "abc", "expires_in": -5}, "expires_in"),
+            ({"access_token": "abc", "expires_in": "soon"}, "expires_in"),
+            ([1, 2], "not a JSON object"),
+            ("x" * 70_000, "too large"),
+        ],
+    )
+    def test_hostile_token_answers(self, api: JsonJobSim, answer: Any, why: str) -> None:
+        """A token answer of the wrong shape or size is an auth error that says what is wrong."""
+        api.fail("/token", status=200, body=answer)
+        outcome = poll(oauth_source(api), ["j1"])["j1"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == "auth", outcome
+        assert why in outcome.message
+        assert api.requests["job"] == 0
+
+    def test_basic(self) -> None:
+        """auth.basic sends the username and password; a wrong password is an auth error."""
+        api = JsonJobSim(basic=("flower", "p4ss:word"))
+        with SimThread(api):
+            api.add_job("j", status="DONE")
+            url = api.base_url + "/jobs/{id}"
+            good = {"basic": {"username": "flower", "password": SecretStr("p4ss:word")}}
+            bad = {"basic": {"username": "flower", "password": SecretStr("nope-nope")}}
+            assert succeeded(poll(source(url, headers={}, auth=good), ["j"]))
+            outcome = poll(source(url, headers={}, auth=bad), ["j"])["j"]
+        assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
 
 
 class TestTemplates:
