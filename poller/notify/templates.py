@@ -69,6 +69,7 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "outage_since": "since when polling has failed (unreachable, recovered)",
     "outage": "how long polling failed (recovered)",
     "url": "a link to the job, when the source gives one",
+    "details": "every detail the source gave, by name: details.run_name (empty when missing)",
     "at": "when the event happened (UTC)",
     "title": "poller's default title",
     "body": "poller's default body, in the template's format",

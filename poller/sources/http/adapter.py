@@ -42,6 +42,8 @@ MAX_DETAIL = 1000
 #: The longest job name and display status kept.
 MAX_NAME = 200
 MAX_STATUS = 256
+#: Details that are times (`read_time`), however they are given (``started_at``, ``detail``).
+_TIMES = frozenset({"remote_created_at", "remote_completed_at"})
 #: Times after this (epoch seconds, the year 2286) are not real job times.
 _LATEST = 1e10
 
@@ -147,7 +149,12 @@ def parse_answer(
         progress = lenient.number(_search(expressions.progress, body))
         if progress is not None:
             progress = min(100.0, max(0.0, progress))
-    details = {name: _detail(_search(expr, body)) for name, expr in expressions.detail.items()}
+    details = {
+        name: read_time(_search(expr, body), time_unit)
+        if name in _TIMES
+        else _detail(_search(expr, body))
+        for name, expr in expressions.detail.items()
+    }
     if expressions.name is not None:
         details["job_name"] = lenient.text(_search(expressions.name, body), MAX_NAME)
     if expressions.started_at is not None:

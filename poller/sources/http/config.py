@@ -40,9 +40,13 @@ class HttpExpressions(NamedTuple):
     ended_at: ParsedResult | None = None
 
 
-#: Detail names the http source fills itself (from ``name``, ``started_at`` and ``ended_at``):
-#: a ``detail`` entry may not take them.
-RESERVED_DETAILS = frozenset({"job_name", "remote_created_at", "remote_completed_at"})
+#: The detail each of ``name``, ``started_at`` and ``ended_at`` fills: a ``detail`` entry of
+#: that name may not be given with it (a ``detail`` entry of a time's name is read as a time).
+FILLED_DETAILS = {
+    "name": "job_name",
+    "started_at": "remote_created_at",
+    "ended_at": "remote_completed_at",
+}
 
 
 def _token_url(value: str) -> str:
@@ -123,10 +127,7 @@ class HttpSource(SourceConfig):
 
     @field_validator("detail")
     @classmethod
-    def _free_detail_names(cls, value: dict[str, str]) -> dict[str, str]:
-        taken = sorted(RESERVED_DETAILS.intersection(value))
-        if taken:
-            raise ValueError(f"{taken[0]} is filled by the source itself; choose another name")
+    def _detail_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
             if not name.strip() or len(name) > 60:
                 raise ValueError("a detail name must have 1 to 60 characters")
@@ -135,6 +136,9 @@ class HttpSource(SourceConfig):
 
     @model_validator(mode="after")
     def _one_authorization(self) -> HttpSource:
+        for key, detail in FILLED_DETAILS.items():
+            if getattr(self, key) is not None and detail in self.detail:
+                raise ValueError(f"{key} fills the detail {detail}: give one of them, not both")
         if self.auth is not None and any(h.lower() == "authorization" for h in self.headers):
             raise ValueError("auth and an Authorization header cannot both be given")
         return self
