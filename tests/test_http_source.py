@@ -329,6 +329,13 @@ _EXPRESSIONS = [
         progress="sum(data[*].percent)",
         detail={"why": "data.message", "len": "length(data)"},
     ).compiled(),
+    source(
+        "https://h/{id}",
+        status_text="data.message",
+        name="data",
+        started_at="data.percent",
+        ended_at="data[0]",
+    ).compiled(),
 ]
 
 
@@ -343,8 +350,12 @@ class TestAnyInput:
             result = parse_answer(body, expressions, states)
         except PermanentSourceError:
             return
-        assert_stated(result)
+        if expressions.status_text is None:
+            assert_stated(result)
         assert result.progress is None or 0 <= result.progress <= 100
+        for name in ("remote_created_at", "remote_completed_at"):
+            assert result.details.get(name) is None or 0 < result.details[name] <= 1e10
+        assert len(result.details.get("job_name") or "") <= 200
 
     @settings(
         max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -185,7 +185,9 @@ def _detail_value(value: object) -> bool | int | float | str | None:
         return value
     if isinstance(value, int | float):
         # a 400-digit "number" is not one a message can show (nor int() turn into text)
-        return _number(value) if abs(value) <= MAX_COUNT else None
+        if not abs(value) <= MAX_COUNT:  # NaN too
+            return None
+        return value if isinstance(value, int) else _number(value)
     if isinstance(value, str):
         return _text_or_none(value, MAX_DETAIL_VALUE)
     try:
@@ -318,7 +320,8 @@ def other_details(facts: Mapping[str, Any], fmt: Format = "text") -> list[str]:
     others = [(k, v) for k, v in facts["details"].items() if k not in KNOWN_DETAILS]
     lines = []
     for name, value in others[:MAX_OTHER_DETAILS]:
-        text = value if isinstance(value, str) else one_line(value, MAX_DETAIL_VALUE)
+        # numbers and booleans as JSON writes them (true, not True)
+        text = value if isinstance(value, str) else json.dumps(value)
         if fmt == "markdown":
             lines.append(f"**{md_escape(name)}:** {md_escape(text)}")
         else:

@@ -104,8 +104,11 @@ class HttpSource(SourceConfig):
 
     ``url`` and the string leaves of ``body`` are ``str.format`` templates over
     `TEMPLATE_FIELDS` (``{{``/``}}`` for literal braces). ``states`` maps remote values,
-    lower-cased (compare ``str(value).lower()``), to poller's states. `compiled` gives the
-    JMESPath expressions ready to search a body with (compiled once per process).
+    lower-cased (compare ``str(value).lower()``), to poller's states. ``name``,
+    ``status_text``, ``started_at`` and ``ended_at`` are optional expressions for the job's
+    name, its display status and the API's own times (read as ``time_unit`` says); ``auth``
+    replaces an ``Authorization`` header with Basic or OAuth 2 client credentials. `compiled`
+    gives the JMESPath expressions ready to search a body with (compiled once per process).
     """
 
     type: Literal["http"] = "http"
