@@ -227,6 +227,14 @@ class TestAuth:
         assert all(succeeded(r) for r in rounds)
         assert (api.requests["token"], api.requests["job"]) == (1, 60)
 
+    def test_an_echoed_token_is_not_kept(self, api: JsonJobSim) -> None:
+        """An API that echoes the token it was sent: the detail keeps it masked."""
+        api.echo_authorization = True
+        config = oauth_source(api).model_copy(update={"detail": {"echo": "echo"}})
+        outcome = poll(config, ["j1"])["j1"]
+        assert isinstance(outcome, PollResult) and outcome.details["echo"] == "Bearer ***"
+        assert api.issued_tokens[0] not in str(outcome)
+
     def test_client_secret_in_the_form(self, api: JsonJobSim) -> None:
         """client_auth: post sends the client's id and secret in the form instead of Basic."""
         assert succeeded(poll(oauth_source(api, client_auth="post"), ["j1"]))

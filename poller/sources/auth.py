@@ -90,6 +90,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._client_auth = client_auth
         self._clock = clock
         self._token: str | None = None
+        #: the token's `redact.pieces`, longest first: what an answer must not echo
+        self.secrets: tuple[str, ...] = ()
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -144,8 +146,10 @@ class OAuth2ClientCredentials(httpx.Auth):
         token, lifetime = read_token_answer(response)
         if self._token is not None:
             redact.forget_logged(redact.pieces(self._token))
-        redact.register_logged(redact.pieces(token))
+        pieces = redact.pieces(token)
+        redact.register_logged(pieces)
         self._token = token
+        self.secrets = tuple(sorted(pieces, key=len, reverse=True))
         margin = min(REFRESH_MARGIN, lifetime / 10)
         self._refresh_at = self._clock() + lifetime - margin
 

@@ -73,6 +73,9 @@ class JsonJobSim(HttpServer):
         self._serial = itertools.count(1)
         #: every token issued, in order (tests check that none is logged or stored)
         self.issued_tokens: list[str] = []
+        #: answer the Authorization header a job request came with, in ``"echo"`` (an API that
+        #: echoes the credentials it was sent)
+        self.echo_authorization = False
 
     def revoke_tokens(self) -> None:
         """Refuse every token issued so far (a rotated signing key): the next request is a 401."""
@@ -182,7 +185,10 @@ class JsonJobSim(HttpServer):
             found = self._jobs.get(job_id)
             if found is None:
                 return Response(404, {"message": "Job not found"})
-            return Response(200, self.shape(found))
+            answer = self.shape(found)
+        if self.echo_authorization and isinstance(answer, dict):
+            answer = {**answer, "echo": request.headers.get("authorization")}
+        return Response(200, answer)
 
 
 def _basic(username: str, password: str) -> str:

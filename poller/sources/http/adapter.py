@@ -27,6 +27,7 @@ from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResult, State
+from poller.redact import scrub_outcome
 from poller.sources import lenient, read_outcome
 from poller.sources.auth import OAuth2ClientCredentials, StaticHeaders
 from poller.sources.client import Requester, SourceHealth, path_segment
@@ -185,8 +186,10 @@ class HttpAdapter:
         self.states: Mapping[str, State] = dict(config.states)
         # with an ``auth``, the headers go with each job request (not the token request)
         self.headers = _headers(config) if config.auth is not None and config.headers else None
+        auth = _auth(config)
+        self._oauth = auth if isinstance(auth, OAuth2ClientCredentials) else None
         self.requester = Requester(
-            auth=_auth(config),
+            auth=auth,
             max_concurrency=config.max_concurrency,
             rate_limit=config.rate_limit,
             deadline=config.request_timeout,
@@ -218,7 +221,11 @@ class HttpAdapter:
             )
         except SourceError as exc:
             return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
-        return read_outcome(self._parse, answer)
+        outcome = read_outcome(self._parse, answer)
+        if self._oauth is not None:
+            # the daemon scrubs the config's secrets from what is stored; the token is not one
+            outcome = scrub_outcome(outcome, self._oauth.secrets)
+        return outcome
 
     def _parse(self, answer: object) -> PollResult:
         return parse_answer(answer, self.expressions, self.states, self.config.time_unit)
