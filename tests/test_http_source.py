@@ -266,11 +266,14 @@ class TestAuth:
         assert api.requests["token"] == 2
 
     def test_wrong_client_secret(self, api: JsonJobSim) -> None:
-        """A refused token request is the watch's auth error, in words, without the secret."""
-        outcome = poll(oauth_source(api, secret="wrong-secret-4455"), ["j1"])["j1"]
-        assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
-        assert outcome.message == "the token endpoint refused: HTTP 401 (invalid_client)"
-        assert api.requests["job"] == 0
+        """A refused token request is each watch's auth error, in words, without the secret;
+        the 20 jobs polled together cost one token request."""
+        jobs = [f"j{i}" for i in range(20)]
+        outcomes = poll(oauth_source(api, secret="wrong-secret-4455"), jobs)
+        for outcome in outcomes.values():
+            assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
+            assert outcome.message == "the token endpoint refused: HTTP 401 (invalid_client)"
+        assert (api.requests["token"], api.requests["job"]) == (1, 0)
 
     @pytest.mark.parametrize(
         ("answer", "why"),

@@ -55,6 +55,9 @@ DEFAULT_LIFETIME = 3600.0
 #: A token is refreshed this long before it expires (at most a tenth of its lifetime), so that
 #: a request is not sent with a token that expires on the way.
 REFRESH_MARGIN = 60.0
+#: How long a refused token request stands for every request of the source, so that a wrong
+#: secret costs one token request per polling round, not one per job.
+REFUSAL_HOLD = 10.0
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
 
@@ -94,6 +97,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         self.secrets: tuple[str, ...] = ()
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
+        #: the last refusal of the token endpoint, and until when it stands (`REFUSAL_HOLD`)
+        self._refused: tuple[PermanentSourceError, float] | None = None
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         """Not supported: poller's clients are async."""
@@ -122,7 +127,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
-    def _token_request(self) -> httpx.Request:
+    def _new_token_request(self) -> httpx.Request:
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
@@ -141,9 +146,22 @@ class OAuth2ClientCredentials(httpx.Auth):
             extensions={"timeout": httpx.Timeout(None).as_dict()},
         )
 
+    def _token_request(self) -> httpx.Request:
+        """The request for a new token; raises the endpoint's recent refusal instead, if any."""
+        if self._refused is not None:
+            error, until = self._refused
+            if self._clock() < until:
+                raise PermanentSourceError(error.kind, error.message)
+            self._refused = None
+        return self._new_token_request()
+
     def _accept(self, response: httpx.Response) -> None:
         """Keep the token of a token answer, or raise the ``auth`` error it is."""
-        token, lifetime = read_token_answer(response)
+        try:
+            token, lifetime = read_token_answer(response)
+        except PermanentSourceError as exc:
+            self._refused = (exc, self._clock() + REFUSAL_HOLD)
+            raise
         if self._token is not None:
             redact.forget_logged(redact.pieces(self._token))
         pieces = redact.pieces(token)
