@@ -455,6 +455,23 @@ def daemon(tmp_path: Path, config: str, env: Mapping[str, str] = {}) -> Iterator
             proc.wait()
 
 
+def oauth_config_head(tmp_path: Path, api: JsonJobSim, name: str) -> str:
+    """The start of a config whose source `name` is `api`'s jobs with OAuth 2 credentials
+    (the client secret in tmp_path/client-secret); its ``oauth2`` block may go on."""
+    return f"""
+database: sqlite:///{tmp_path}/poller.db
+log: {{level: debug}}
+sources:
+  {name}:
+    type: http
+    url: {api.base_url}/jobs/{{id}}
+    auth:
+      oauth2:
+        token_url: {api.base_url}/token
+        client_id: poller
+        client_secret_file: {tmp_path}/client-secret"""
+
+
 def assert_nowhere(tmp_path: Path, secrets: Sequence[str]) -> None:
     """None of `secrets` is in a log or a database file (WAL included)."""
     files = [tmp_path / "daemon.log", *tmp_path.glob("poller.db*")]
@@ -506,18 +523,7 @@ class TestDaemonRealShapes:
         (tmp_path / "client-secret").write_text(client.client_secret + "\n")
         with SimThread(api, plain, templated):
             api.add_job("r1", run_name="nightly-train", status="RUNNING", start_time=start_ms)
-            config = f"""
-database: sqlite:///{tmp_path}/poller.db
-log: {{level: debug}}
-sources:
-  mlflow:
-    type: http
-    url: {api.base_url}/jobs/{{id}}
-    auth:
-      oauth2:
-        token_url: {api.base_url}/token
-        client_id: poller
-        client_secret_file: {tmp_path}/client-secret
+            config = f"""{oauth_config_head(tmp_path, api, "mlflow")}
         scope: runs:read
     state: run.info.status
     name: run.info.run_name
@@ -729,3 +735,44 @@ class TestTimes:
     def test_read_time(self, value: object, unit: str, seconds: float | None) -> None:
         """Each unit reads its own kind of value; anything else is no time."""
         assert read_time(value, unit) == seconds
+
+
+class TestDaemonAuth:
+    """`poller run` with OAuth 2 credentials the token endpoint refuses."""
+
+    def test_a_wrong_client_secret_is_the_watchs_auth_error(self, tmp_path: Path) -> None:
+        """The token endpoint refuses the client: `poller status` says so in words, tokens
+        are asked for once per round at most, and the secret is nowhere."""
+        api = JsonJobSim(oauth=OAuthClient("poller", "the-right-secret-2718"))
+        (tmp_path / "client-secret").write_text("a-wrong-secret-1414\n")
+        with SimThread(api):
+            for i in range(5):
+                api.add_job(f"j{i}", status="RUNNING")
+            jobs = "\n".join(f"  - {{source: api, id: j{i}}}" for i in range(5))
+            config = f"""{oauth_config_head(tmp_path, api, "api")}
+    state: data.status
+    states: {{RUNNING: running, DONE: succeeded}}
+polling: {{interval: 200ms, max_interval: 200ms}}
+jobs:
+{jobs}
+"""
+            env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+
+            def errors() -> list[Any]:
+                r = subprocess.run(
+                    [sys.executable, "-m", "poller", "status", "--json", "-c", str(path)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=60,
+                )
+                if r.returncode != 0:  # the daemon has not made its database yet
+                    return []
+                found = [w["last_error"] for w in json.loads(r.stdout)["watches"]]
+                return found if all(found) else []
+
+            with daemon(tmp_path, config) as path:
+                found = eventually(errors, what="an error on every watch")
+        assert set(found) == {"auth: the token endpoint refused: HTTP 401 (invalid_client)"}
+        assert api.requests["job"] == 0 and api.requests["token"] >= 1
+        assert_nowhere(tmp_path, ["a-wrong-secret-1414"])
