@@ -99,12 +99,12 @@ class TestTransitions:
 
     def test_a_new_display_status_within_a_state_is_recorded(self) -> None:
         """Late then AwaitingRetry while pending: each is a transition in the history, with
-        the same state on both sides, and no event."""
+        the same state on both sides, and no event; a change of case alone is none."""
         ds = run(
             [
                 result(State.PENDING, remote="Scheduled"),
                 result(State.PENDING, remote="Late"),
-                result(State.PENDING, remote="Late"),
+                result(State.PENDING, remote="LATE"),
                 result(State.PENDING, remote="AwaitingRetry"),
             ]
         )
