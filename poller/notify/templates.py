@@ -40,7 +40,7 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "verb": 'the event in words, e.g. "failed", "is stalled"',
     "severity": "the Apprise message type: success, warning, failure, info",
     "name": "the job's name, or its key when it has none",
-    "job_name": "the job's name (empty if it has none)",
+    "job_name": "the job's name, the job entry's or else its API's (empty if neither)",
     "key": "the watch key, e.g. ruler-prod/4f2a/9c1e-77",
     "source": "the source name",
     "site": "the site (ruler)",
