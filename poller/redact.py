@@ -134,3 +134,12 @@ def register_logged(secrets: Iterable[str]) -> None:
 def scrub_logged(text: str) -> str:
     """A log line with every registered secret masked."""
     return scrub(text, _LOGGED_ORDER) if _LOGGED_ORDER else text
+
+
+def forget_logged(secrets: Iterable[str]) -> None:
+    """Stop masking these secrets (a short-lived token replaced by a new one), so that the
+    registered set stays as small as the secrets in use."""
+    gone = _LOGGED.intersection(secrets)
+    if gone:
+        _LOGGED.difference_update(gone)
+        _LOGGED_ORDER[:] = sorted(_LOGGED, key=len, reverse=True)

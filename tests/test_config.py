@@ -194,6 +194,7 @@ class TestValidConfig:
     def test_example_file_loads(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """config.example.yaml loads from os.environ when the variables it names are set."""
         (tmp_path / "immuta").write_text("immuta-key\n")
+        (tmp_path / "mlflow-oauth").write_text("mlflow-client-secret\n")
         for name, value in ENV.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -202,7 +203,7 @@ class TestValidConfig:
         config = load_config(REPO / "config.example.yaml")
 
         assert config.database == "sqlite:////var/lib/poller/poller.db"
-        assert set(config.sources) == {"ruler-prod", "immuta", "warehouse"}
+        assert set(config.sources) == {"ruler-prod", "immuta", "warehouse", "mlflow"}
         assert set(config.channels) == {"ops-slack", "oncall"}
         assert len(config.rules) == 3 and len(config.jobs) == 5
         assert config.policy_for("ruler-prod").interval == 60

@@ -45,6 +45,51 @@ def payload(**changes: Any) -> dict[str, Any]:
     return out
 
 
+class TestOtherDetails:
+    """Details without a place of their own: listed in the body, and details.NAME in templates,
+    bounded (their names and values came from a source)."""
+
+    def test_listed_after_the_known_ones(self) -> None:
+        """name: value lines at the end of the body; known names stay in their own place."""
+        _, body = render(
+            Event.FAILED, payload(details={"run_name": "nightly", "attempt": 3, "ok": True})
+        )
+        assert body.endswith("\nrun_name: nightly\nattempt: 3\nok: true")
+        assert "total_rows" not in body and "failure_reason" not in body
+
+    def test_the_api_name_when_the_watch_has_none(self) -> None:
+        """details.job_name titles the message when the watch has no name, never over it."""
+        title, _ = render(Event.SUCCEEDED, payload(name=None, details={"job_name": "Train"}))
+        assert title == "✅ Train succeeded"
+        title, _ = render(Event.SUCCEEDED, payload(details={"job_name": "Train"}))
+        assert title == "✅ Nightly revenue upload succeeded"
+
+    def test_hostile_details_are_bounded(self) -> None:
+        """Many, long, multi-line details with mentions: ten lines of bounded length, then a
+        count; a template sees at most 50, each cut and on one line."""
+        hostile = {
+            f"name{i} <!channel>\n" + "n" * 500: "@everyone\nline " + "v" * 5000 for i in range(80)
+        }
+        hostile["huge"] = 10**400  # type: ignore[assignment]
+        _, body = render(Event.FAILED, payload(details=hostile))
+        others = [line for line in body.splitlines() if line.startswith("name")]
+        assert len(others) == 10 and all(len(line) < 400 for line in others)
+        assert body.endswith(" more details)")
+        assert "<!channel>" not in body and "@everyone" not in body
+        template = compile_template(None, "{{ details | length }} {{ details.huge }}")
+        _, text = template.render(Event.FAILED, payload(details=hostile))
+        assert text == "50"
+        template = compile_template(None, "{% for k, v in details.items() %}{{ v }}|{% endfor %}")
+        _, text = template.render(Event.FAILED, payload(details=hostile))
+        assert all(len(v) <= 300 and "\n" not in v for v in text.split("|"))
+
+    def test_details_in_a_template(self) -> None:
+        """details.NAME is known to the config check; a missing one prints as nothing."""
+        template = compile_template("{{ details.run_name }}{{ details.nothing }}", None)
+        title, _ = template.render(Event.FAILED, payload(details={"run_name": "nightly"}))
+        assert title == "nightly"
+
+
 class TestDefaultMessages:
     """poller's own messages say what ended, how, and why."""
 

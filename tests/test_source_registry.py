@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import sqlalchemy.exc
 from aiohttp.abc import AbstractResolver
 from typer.testing import CliRunner
 
@@ -168,7 +169,10 @@ def test_the_daemon_polls_it_and_records_its_state(
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-                watch = store.get_watch("lab/j1")
+                try:
+                    watch = store.get_watch("lab/j1")
+                except sqlalchemy.exc.OperationalError:
+                    continue  # the daemon has not made its tables yet (a busy machine)
                 state = watch.progress.state if watch is not None else None
                 if state is State.RUNNING:
                     api.set_job("j1", status="done")

@@ -97,6 +97,30 @@ class TestTransitions:
         assert ds[2].transition is not None and ds[2].transition.remote_status == "MOVING"
         assert all(not d.events for d in ds)
 
+    def test_a_new_display_status_within_a_state_is_recorded(self) -> None:
+        """Late then AwaitingRetry while pending: each is a transition in the history, with
+        the same state on both sides, and no event; a change of case alone is none."""
+        ds = run(
+            [
+                result(State.PENDING, remote="Scheduled"),
+                result(State.PENDING, remote="Late"),
+                result(State.PENDING, remote="LATE"),
+                result(State.PENDING, remote="AwaitingRetry"),
+            ]
+        )
+        shown = [
+            (d.transition.from_state, d.transition.remote_status) if d.transition else None
+            for d in ds
+        ]
+        assert shown == [
+            (None, "Scheduled"),
+            (State.PENDING, "Late"),
+            None,
+            (State.PENDING, "AwaitingRetry"),
+        ]
+        assert all(d.transition is None or d.transition.to_state == State.PENDING for d in ds)
+        assert all(not d.events for d in ds)
+
     def test_inactive_watch_is_left_alone(self) -> None:
         """A finished watch ignores late outcomes."""
         done = replace(fresh(), active=False, state=State.SUCCEEDED)

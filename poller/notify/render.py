@@ -71,6 +71,32 @@ GROUPS: Mapping[Event, str] = {
 
 _SEVERITY_RANK = {"failure": 0, "warning": 1, "success": 2, "info": 3}
 
+#: Details whose names messages know: each is shown in its own place (``Reason``, ``Rows``,
+#: ``Link``, ``Started``, the title...). Sources fill them; an http source by its ``detail``
+#: expressions (``job_name``, ``remote_created_at`` and ``remote_completed_at`` from its
+#: ``name``, ``started_at`` and ``ended_at``). Any other detail is listed in the body as
+#: ``name: value`` (`other_details`).
+KNOWN_DETAILS: Mapping[str, str] = {
+    "failure_reason": "why the job failed (the title and the Reason line)",
+    "url": "a link to the job (the Link line)",
+    "output": "the job's output, any JSON (the Output block)",
+    "total_rows": "rows in all (the Rows line)",
+    "processed_rows": "rows processed so far",
+    "success_count": "rows that succeeded",
+    "failure_count": "rows that failed",
+    "failed_rows": 'the first failing rows, a list of {"row", "message"}',
+    "failed_rows_error": "why the failing rows could not be read",
+    "remote_created_at": "when the job started, epoch seconds (the Started line, the duration)",
+    "remote_completed_at": "when the job ended, epoch seconds (the duration)",
+    "job_name": "the job's name from the API, shown when the watch has none",
+}
+#: Details a message or a template shows, at most; and the longest name and value of one.
+MAX_DETAILS = 50
+MAX_DETAIL_NAME = 60
+MAX_DETAIL_VALUE = 300
+#: Other details listed in poller's own body, at most (the rest are in ``details``).
+MAX_OTHER_DETAILS = 10
+
 #: Failing rows shown in one message; the rest are counted.
 MAX_ROWS = 5
 MAX_OUTPUT = 1500
@@ -152,6 +178,38 @@ def _rows_summary(counts: Mapping[str, int | None]) -> str | None:
     return None
 
 
+def _detail_value(value: object) -> bool | int | float | str | None:
+    """One detail for a template or a message: a number or a boolean as it is, anything else
+    as one line of text of at most `MAX_DETAIL_VALUE` characters."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        # a 400-digit "number" is not one a message can show (nor int() turn into text)
+        if not abs(value) <= MAX_COUNT:  # NaN too
+            return None
+        return value if isinstance(value, int) else _number(value)
+    if isinstance(value, str):
+        return _text_or_none(value, MAX_DETAIL_VALUE)
+    try:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return _text_or_none(text, MAX_DETAIL_VALUE)
+
+
+def _details(details: Mapping[str, object]) -> dict[str, Any]:
+    """Every detail by name (the first `MAX_DETAILS`), cleaned: ``details.NAME`` in templates."""
+    shown: dict[str, Any] = {}
+    for name, value in details.items():
+        if len(shown) >= MAX_DETAILS:
+            break
+        label = one_line(name, MAX_DETAIL_NAME) if isinstance(name, str) else None
+        cleaned = _detail_value(value)
+        if label and cleaned is not None and cleaned != "":
+            shown[label] = cleaned
+    return shown
+
+
 def event_facts(kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
     """Everything a message may show about one event, cleaned: the variables of templates.
 
@@ -161,7 +219,7 @@ def event_facts(kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
     event = EventPayload.from_json(payload)
     details = event.details
     key = one_line(event.key or "?", 300)
-    job_name = _text_or_none(event.name, 200)
+    job_name = _text_or_none(event.name, 200) or _text_or_none(details.get("job_name"), 200)
     counts = {
         "total": _count(details.get("total_rows")),
         "processed": _count(details.get("processed_rows")),
@@ -199,6 +257,7 @@ def event_facts(kind: Event, payload: Mapping[str, object]) -> dict[str, Any]:
         **_times(kind, event),
         "url": clean(url, 1000) if isinstance(url, str) and url else None,
         "at": _when(event.at) or None,
+        "details": _details(details),
     }
 
 
@@ -252,7 +311,24 @@ def _lines(kind: Event, facts: Mapping[str, Any], fmt: Format) -> list[str]:
         return f"**{label}:** {esc(value)}" if fmt == "markdown" else f"{label}: {value}"
 
     lines = [field(label, value) for label, value in _pairs(kind, facts) if value is not None]
-    return lines + _blocks(facts, fmt, field)
+    return lines + _blocks(facts, fmt, field) + other_details(facts, fmt)
+
+
+def other_details(facts: Mapping[str, Any], fmt: Format = "text") -> list[str]:
+    """The details messages do not show in their own place, as ``name: value`` lines (the
+    first `MAX_OTHER_DETAILS`; names are the source's, so Markdown escapes them too)."""
+    others = [(k, v) for k, v in facts["details"].items() if k not in KNOWN_DETAILS]
+    lines = []
+    for name, value in others[:MAX_OTHER_DETAILS]:
+        # numbers and booleans as JSON writes them (true, not True)
+        text = value if isinstance(value, str) else json.dumps(value)
+        if fmt == "markdown":
+            lines.append(f"**{md_escape(name)}:** {md_escape(text)}")
+        else:
+            lines.append(f"{name}: {text}")
+    if len(others) > MAX_OTHER_DETAILS:
+        lines.append(f"(and {len(others) - MAX_OTHER_DETAILS} more details)")
+    return lines
 
 
 def _pairs(kind: Event, facts: Mapping[str, Any]) -> list[tuple[str, str | None]]:

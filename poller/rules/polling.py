@@ -184,10 +184,15 @@ def _result_transition(
 ) -> Transition | None:
     """The transition a readable answer records, or None if it records none.
 
-    A change of state is a transition; so is a new raw status while the state stays UNKNOWN,
-    because then the raw status is the only thing that tells the user the job moved.
+    A change of state is a transition; so is a new remote status within the same state (an
+    unknown status, Immuta's ``retry`` while running, Prefect's "Late" while pending): the
+    history then shows each status the API displayed, with ``from_state == to_state``. Such
+    a transition sends nothing; only events do. A status that only changes case is the same
+    status (an API may spell it one way in a list and another in a job's own answer).
     """
-    if not (state_changed or (new_state == State.UNKNOWN and raw_changed)):
+    if not state_changed and not (
+        raw_changed and result.remote_status.lower() != (watch.remote_status or "").lower()
+    ):
         return None
     return Transition(
         from_state=watch.state,

@@ -1,16 +1,28 @@
 """How a source proves who it is: an `httpx.Auth` per source.
 
 The static headers of the built-in sources (a bearer token, Immuta's API key, the generic
-source's `headers`) are one `StaticHeaders`; Basic authentication is `httpx.BasicAuth`. Each is
-applied by the source's `httpx.AsyncClient` to every request it sends, so an adapter never
-handles a secret itself.
+source's `headers`) are one `StaticHeaders`; Basic authentication is `httpx.BasicAuth`; OAuth 2
+client credentials are `OAuth2ClientCredentials`, which fetches its token through the same
+client. Each is applied by the source's `httpx.AsyncClient` to every request it sends, so an
+adapter never handles a secret itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import re
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from urllib.parse import quote_plus
 
 import httpx
+
+from poller import redact
+from poller.errors import PermanentSourceError
 
 
 class StaticHeaders(httpx.Auth):
@@ -30,3 +42,179 @@ class StaticHeaders(httpx.Auth):
 def bearer(token: str) -> StaticHeaders:
     """``Authorization: Bearer TOKEN``."""
     return StaticHeaders({"Authorization": f"Bearer {token}"})
+
+
+#: The most bytes of a token endpoint's answer poller reads (a token answer is a few KiB).
+MAX_TOKEN_ANSWER = 64 * 1024
+#: The longest access token poller accepts (it is sent in a header on every request).
+MAX_TOKEN = 8 * 1024
+#: The longest lifetime a token is trusted for, whatever ``expires_in`` says, and the one
+#: assumed when the endpoint gives none (it is fetched again on a 401 anyway).
+MAX_LIFETIME = 24 * 3600.0
+DEFAULT_LIFETIME = 3600.0
+#: A token is refreshed this long before it expires (at most a tenth of its lifetime), so that
+#: a request is not sent with a token that expires on the way.
+REFRESH_MARGIN = 60.0
+#: How long a refused token request stands for every request of the source, so that a wrong
+#: secret costs one token request per polling round, not one per job.
+REFUSAL_HOLD = 10.0
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
+
+
+class OAuth2ClientCredentials(httpx.Auth):
+    """OAuth 2 client credentials (RFC 6749 §4.4): a bearer token fetched from `token_url`,
+    cached, refreshed before it expires or once when a request is refused with 401.
+
+    The token request is yielded from the flow, so it goes through the source's own client:
+    the same transport, answer cap and per-request deadline as a job request. Concurrent
+    requests share one refresh (a lock). A refused or unreadable token answer raises
+    `PermanentSourceError` of kind ``auth`` (the watch's poll error), whose message holds the
+    endpoint's error code at most, never the secret or the token. Each token is registered
+    for log redaction while it is in use.
+    """
+
+    requires_response_body = True
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str | None = None,
+        client_auth: str = "basic",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._scope = scope
+        self._client_auth = client_auth
+        self._clock = clock
+        self._token: str | None = None
+        #: the token's `redact.pieces`, longest first: what an answer must not echo
+        self.secrets: tuple[str, ...] = ()
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+        #: the last refusal of the token endpoint, and until when it stands (`REFUSAL_HOLD`)
+        self._refused: tuple[PermanentSourceError, float] | None = None
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        """Not supported: poller's clients are async."""
+        raise RuntimeError("OAuth2ClientCredentials works with an async client only")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """Send `request` with a valid token; on a 401, fetch a new token and send it once more."""
+        token = self._token
+        if token is None or self._clock() >= self._refresh_at:
+            async with self._lock:
+                if self._token is None or self._clock() >= self._refresh_at:
+                    response = yield self._token_request()
+                    self._accept(response)
+                token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        async with self._lock:
+            if self._token == token:  # nobody refreshed it meanwhile: this one is refused
+                response = yield self._token_request()
+                self._accept(response)
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    def _new_token_request(self) -> httpx.Request:
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        headers = {"Accept": "application/json"}
+        if self._client_auth == "post":
+            form.update(client_id=self._client_id, client_secret=self._client_secret)
+        else:
+            # RFC 6749 §2.3.1: each part form-urlencoded before Basic
+            pair = f"{quote_plus(self._client_id)}:{quote_plus(self._client_secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        return httpx.Request(
+            "POST",
+            self._token_url,
+            data=form,
+            headers=headers,
+            extensions={"timeout": httpx.Timeout(None).as_dict()},
+        )
+
+    def _token_request(self) -> httpx.Request:
+        """The request for a new token; raises the endpoint's recent refusal instead, if any."""
+        if self._refused is not None:
+            error, until = self._refused
+            if self._clock() < until:
+                raise PermanentSourceError(error.kind, error.message)
+            self._refused = None
+        return self._new_token_request()
+
+    def _accept(self, response: httpx.Response) -> None:
+        """Keep the token of a token answer, or raise the ``auth`` error it is."""
+        try:
+            token, lifetime = read_token_answer(response)
+        except PermanentSourceError as exc:
+            self._refused = (exc, self._clock() + REFUSAL_HOLD)
+            raise
+        if self._token is not None:
+            redact.forget_logged(redact.pieces(self._token))
+        pieces = redact.pieces(token)
+        redact.register_logged(pieces)
+        self._token = token
+        self.secrets = tuple(sorted(pieces, key=len, reverse=True))
+        margin = min(REFRESH_MARGIN, lifetime / 10)
+        self._refresh_at = self._clock() + lifetime - margin
+
+
+def read_token_answer(response: httpx.Response) -> tuple[str, float]:
+    """The access token and its lifetime in seconds from a token endpoint's answer; raises
+    `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token."""
+    status = response.status_code
+    if status != 200:
+        code = ""
+        if status < 500 and len(response.content) <= MAX_TOKEN_ANSWER:
+            # RFC 6749 §5.2: {"error": "invalid_client", ...}; only a short code is shown
+            with contextlib.suppress(ValueError):
+                body = json.loads(response.content)
+                error = body.get("error") if isinstance(body, dict) else None
+                if isinstance(error, str) and _ERROR_CODE.fullmatch(error):
+                    code = f" ({error})"
+        raise PermanentSourceError("auth", f"the token endpoint refused: HTTP {status}{code}")
+    if len(response.content) > MAX_TOKEN_ANSWER:
+        raise PermanentSourceError("auth", "the token endpoint's answer is too large")
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise PermanentSourceError("auth", "the token endpoint's answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise PermanentSourceError("auth", "the token endpoint's answer is not a JSON object")
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
+        raise PermanentSourceError("auth", "the token endpoint's answer has no usable access_token")
+    if not _HEADER_SAFE.fullmatch(token):
+        raise PermanentSourceError("auth", "the access token is not printable ASCII")
+    kind = body.get("token_type", "bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise PermanentSourceError("auth", "the token endpoint's token is not a bearer token")
+    expires_in = body.get("expires_in")
+    if expires_in is None:
+        return token, DEFAULT_LIFETIME
+    if isinstance(expires_in, str):  # some endpoints send it as text
+        with contextlib.suppress(ValueError):
+            expires_in = float(expires_in)
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        raise PermanentSourceError(
+            "auth", "the token endpoint's expires_in is not a positive number"
+        )
+    return token, min(float(expires_in), MAX_LIFETIME)

@@ -18,7 +18,7 @@ server that runs on a `SimThread`. A server can also run on the caller's own loo
 """
 
 from poller.testing.immuta import ImmutaSim, NextStyle
-from poller.testing.jsonapi import JsonJobSim
+from poller.testing.jsonapi import JsonJobSim, OAuthClient
 from poller.testing.ruler import RulerSim
 from poller.testing.server import (
     Delivery,
@@ -41,6 +41,7 @@ __all__ = [
     "ImmutaSim",
     "JsonJobSim",
     "NextStyle",
+    "OAuthClient",
     "Request",
     "Response",
     "RulerSim",
