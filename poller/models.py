@@ -171,6 +171,9 @@ class Policy:
     timeout: float = 86400.0
     stall_after: float = 7200.0
     error_after: float = 900.0
+    #: the source keeps a request outstanding (Immuta's ``long_poll``): after a readable
+    #: answer the job is asked again at once, whatever `interval` says (`rules.polling`)
+    continuous: bool = False
 
 
 @record

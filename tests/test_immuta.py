@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -217,10 +218,11 @@ class TestStatuses:
 
 
 class TestLongPoll:
-    """long_poll: one request waits, and answers as soon as a job ends."""
+    """long_poll: a lone job waits long; several jobs wait a second (the API answers a wait
+    only when every job in it has ended)."""
 
-    def test_end_is_seen_within_about_a_second_with_one_request(self, sim: ImmutaSim) -> None:
-        """A job ending 0.5 s in is answered by the same request about a second later."""
+    def test_several_jobs_wait_a_second(self, sim: ImmutaSim) -> None:
+        """Two jobs, one ending 0.5 s in: one request that waits 1 s answers both."""
         sim.add_job("lp", state="active")
         sim.add_job("other", state="active")
         sim.script_job("lp", [(0.5, {"state": "completed"})])
@@ -232,7 +234,52 @@ class TestLongPoll:
         assert 0.4 < elapsed < 2.0
         assert sim.requests["statuses"] == 1
         (body,) = sim.statuses_bodies
+        assert (body["wait"], body["pollInterval"]) == (1, 1)
+
+    def test_a_lone_job_waits_long_and_answers_at_its_end(self, sim: ImmutaSim) -> None:
+        """One job ending 1.2 s in: its own request waits up to long_poll, answers at the end."""
+        sim.add_job("lp", state="active")
+        sim.script_job("lp", [(1.2, {"state": "failed"})])
+        started = time.monotonic()
+        outcome = poll(config(sim.base_url, long_poll=5), ["lp"])["lp"]
+        assert 1.0 < time.monotonic() - started < 3.0
+        assert isinstance(outcome, PollResult) and outcome.state == State.FAILED
+        (body,) = sim.statuses_bodies
         assert (body["wait"], body["pollInterval"]) == (5, 1)
+
+    def test_the_simulator_waits_for_every_job(self, sim: ImmutaSim) -> None:
+        """As the vendor documents it: one job's end does not answer a wait on two."""
+        sim.add_job("a", state="active")
+        sim.add_job("b", state="active")
+        sim.script_job("a", [(0.2, {"state": "completed"})])
+        started = time.monotonic()
+        with httpx.Client() as client:
+            answer = client.post(
+                f"{sim.base_url}/jobs/statuses",
+                json={"jobIds": ["a", "b"], "wait": 1.5, "pollInterval": 0.1},
+                headers={"Authorization": KEY},
+            ).json()
+        assert time.monotonic() - started > 1.4
+        assert (answer["a"]["state"], answer["b"]["state"]) == ("completed", "active")
+
+    def test_split_keeps_requests_small(self) -> None:
+        """A job per request while long-wait slots last (all but two), then batch_size chunks;
+        without long_poll a group stays whole."""
+        refs = [JobRef(f"im/{i}", "im", str(i)) for i in range(12)]
+
+        async def go() -> tuple[list[list[JobRef]], list[list[JobRef]]]:
+            adapter = ImmutaAdapter(config("http://127.0.0.1:9", long_poll=5, batch_size=4))
+            plain = ImmutaAdapter(config("http://127.0.0.1:9"))
+            try:
+                return adapter.split(refs), plain.split(refs)
+            finally:
+                await adapter.aclose()
+                await plain.aclose()
+
+        parts, whole = asyncio.run(go())
+        assert [len(p) for p in parts] == [1] * 6 + [4, 2]
+        assert [r for p in parts for r in p] == refs
+        assert whole == [refs]
 
     def test_no_end_answers_after_the_wait(self, sim: ImmutaSim) -> None:
         """Nothing ends: the answer comes after the wait, with the jobs' states."""

@@ -63,6 +63,8 @@ CROSS_CHECKED = "cross_checked"
 
 #: The built-in source types' names (`sources.base.source_types()` has those registered since).
 SOURCE_TYPES = source_types()
+#: the `Policy` fields a job's or a source's ``polling`` may set (not ``continuous``)
+_OVERRIDABLE = frozenset(f.name for f in dataclasses.fields(Policy)) - {"continuous"}
 #: One source of a built-in type, told apart by its ``type`` (`sources.base.source_union()`
 #: has those registered since).
 AnySource = source_union()
@@ -325,12 +327,14 @@ class Config(Frozen):
         if overrides:
             for name, value in overrides.items():
                 try:
-                    number = float(value) if name in values else math.nan
+                    number = float(value) if name in _OVERRIDABLE else math.nan
                 except (TypeError, ValueError, OverflowError):
                     continue  # stored as text by another version, or absurd: ignored too
                 if 0 < number < math.inf:
                     values[name] = number
         values["max_interval"] = max(values["max_interval"], values["interval"])
+        # a property of the source, never of a job's overrides
+        values["continuous"] = found is not None and found.continuous
         return Policy(**values)
 
     def template_for(

@@ -6,7 +6,9 @@ request each or with one request for many (where the API allows); either way it 
 for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concerns.
 
 An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
-`poller.engine.discovery` asks it which jobs a config entry stands for.
+`poller.engine.discovery` asks it which jobs a config entry stands for. One that long-polls
+(Immuta with ``long_poll``) is also a `Splitter`: the poll engine asks it how to cut a poll
+group into requests that are answered, and written back, each on its own.
 
 Adding a source type: a package ``poller/sources/<type>/`` with its config model
 (``config.py``, a `SourceConfig` subclass), its adapter (``adapter.py``) and, in its
@@ -26,6 +28,7 @@ from poller.sources.base import (
     Source,
     SourceConfig,
     SourceType,
+    Splitter,
     read_outcome,
     registered,
     source_type,
@@ -47,6 +50,7 @@ __all__ = [
     "Source",
     "SourceConfig",
     "SourceType",
+    "Splitter",
     "answer_cap",
     "answer_memory",
     "build_source",

@@ -55,6 +55,13 @@ class SourceConfig(Frozen):
     request_timeout: PositiveDuration = 30.0
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
 
+    @property
+    def continuous(self) -> bool:
+        """Whether this source keeps a request outstanding for its jobs (a long poll): then a
+        job is asked again as soon as an answer about it came back, whatever ``interval``
+        says. False unless a type says otherwise."""
+        return False
+
 
 @runtime_checkable
 class Source(Protocol):
@@ -75,6 +82,16 @@ class Discoverer(Protocol[J_contra]):
 
     async def discover(self, job: J_contra) -> list[str]:
         """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
+        ...
+
+
+@runtime_checkable
+class Splitter(Protocol):
+    """An adapter that says how a poll group is best cut into requests answered on their own
+    (Immuta's long polls: one long job must not hold others' answers back)."""
+
+    def split(self, jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+        """`jobs` cut into groups, each polled (and written back) as soon as it is answered."""
         ...
 
 

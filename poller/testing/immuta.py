@@ -116,8 +116,9 @@ class ImmutaSim(HttpServer):
 
     - ``POST /jobs/statuses`` with ``{"jobIds": [...], "wait": s, "pollInterval": s}``: an object
       keyed by job id (unknown ids are left out). With ``wait`` > 0 the answer waits, checking
-      every ``pollInterval`` (default 1 s), until a requested job is terminal or ``wait`` has
-      passed; ``wait: -1`` waits until a job ends, however long that is. More than `max_ids`
+      every ``pollInterval`` (default 1 s), until every requested job is terminal or ``wait``
+      has passed, as Immuta documents it; ``wait: -1`` waits until they all end, however long
+      that is. More than `max_ids`
       ids is a 400.
     - ``GET /jobs?bulkId=`` and ``GET /jobs/search`` (``jobType`` and ``state``, repeated or
       comma-separated; ``startDate``/``endDate`` on the creation date): a page of job summaries,
@@ -321,7 +322,8 @@ class ImmutaSim(HttpServer):
                     if job is not None:
                         self._advance(job)
                         answer[job_id] = job.doc()
-                done = any(self._jobs[i].terminal for i in answer)
+                # as the vendor documents it: a wait ends when every job in it has ended
+                done = all(self._jobs[i].terminal for i in answer)
             now = loop.time()
             if done or (deadline is not None and now >= deadline):
                 return Response(200, answer)

@@ -7,10 +7,18 @@ lists the jobs of a bulk; ``GET {base_url}/jobs/search`` finds jobs by ``jobType
 ``next``). The API key goes as it is in ``Authorization``.
 
 Polling: the watched jobs of a poll group are sent in chunks of ``batch_size`` ids, one request
-per chunk. A job the answer does not mention is a poll error for that job alone. With
-``long_poll`` the request asks the server to wait up to that long, checking every second, and to
-answer as soon as a job ends; the request deadline is made longer than that wait. ``wait: -1``
+per chunk. A job the answer does not mention is a poll error for that job alone. ``wait: -1``
 (wait for ever) is never sent: without ``long_poll`` it is ``wait: 0``.
+
+Long polls (``long_poll``): the API answers a waiting request when *every* job in it has ended,
+or when the wait is over. So one request about many jobs would hold each end back until the
+last one, and requests are kept small instead (`split`, which the poll engine asks): a job gets
+a request of its own that waits up to ``long_poll`` (the API checks every second and answers
+when it ends), while the source has a request slot to spare for it (`long_slots`: all but two
+of ``max_concurrency``, so that other requests and discovery never queue behind long waits).
+The jobs beyond that share requests of ``batch_size`` ids that wait one second (`ROLL_WAIT`):
+each is answered within about a second and sent again at once. The request deadline is made
+longer than the wait.
 
 Parsing is lenient (key case, a state given as a bare string, wrapped answers, several date
 formats) and total: any answer becomes a `PollResult` or a `PollFailure` per job, and only the
@@ -72,6 +80,9 @@ IMMUTA_STATES: Mapping[str, State] = {
 
 #: How often a long-polling server re-checks the jobs: a job's end is seen within about this.
 POLL_INTERVAL = 1.0
+#: A long-polling request about several jobs waits at most this long (see the module
+#: docstring): each of their ends is then seen within about this.
+ROLL_WAIT = 1.0
 #: A long-polling request may take this much longer than its wait before it is given up.
 LONG_POLL_GRACE = 5.0
 #: The longest `output` kept in the details.
@@ -250,6 +261,9 @@ class ImmutaAdapter:
             if self.long_poll
             else self._deadline
         )
+        #: requests that may wait the whole `long_poll` at once: all but two of the slots
+        self.long_slots = max(0, config.max_concurrency - 2) if self.long_poll else 0
+        self._long_waits = 0  # such requests in flight
         self.requester = Requester(
             # Immuta takes the API key as it is, without a scheme
             auth=StaticHeaders({"Authorization": config.token.get_secret_value()}),
@@ -265,32 +279,57 @@ class ImmutaAdapter:
         """Release connections."""
         await self.requester.aclose()
 
-    def statuses_body(self, job_ids: Sequence[str]) -> dict[str, Any]:
-        """The body of one statuses request."""
+    def statuses_body(self, job_ids: Sequence[str], *, wait: float | None = None) -> dict[str, Any]:
+        """The body of one statuses request that waits `wait` seconds (None: ``long_poll``,
+        or 0 without it)."""
         body: dict[str, Any] = {"jobIds": list(job_ids)}
-        if self.long_poll:
-            body["wait"] = _wait_value(self.long_poll)
-            body["pollInterval"] = _wait_value(min(POLL_INTERVAL, self.long_poll))
+        wait = self.long_poll if wait is None else wait
+        if wait:
+            body["wait"] = _wait_value(wait)
+            body["pollInterval"] = _wait_value(min(POLL_INTERVAL, wait))
         else:
             body["wait"] = 0
         return body
 
+    def split(self, jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+        """A poll group cut into requests answered on their own (the module docstring): with
+        ``long_poll``, a job each while long-wait slots are free, then `batch_size` chunks."""
+        if not self.long_poll:
+            return [list(jobs)]
+        free = max(0, self.long_slots - self._long_waits)
+        alone = [[job] for job in jobs[:free]]
+        rest = list(jobs[free:])
+        return alone + [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
-        """Poll these jobs: one statuses request per `batch_size` job ids."""
+        """Poll these jobs: one statuses request per `batch_size` job ids.
+
+        With ``long_poll``, a lone job waits ``long_poll`` if a long-wait slot is free, and
+        several jobs wait `ROLL_WAIT` (an answer comes only when all of them have ended).
+        """
         job_ids = list(dict.fromkeys(job.job_id for job in jobs))
+        if self.long_poll and len(job_ids) == 1 and self._long_waits < self.long_slots:
+            # decided and counted at once, with no await between, so slots are never overdrawn
+            self._long_waits += 1
+            try:
+                by_id = await self._poll_chunk(job_ids, self.long_poll)
+            finally:
+                self._long_waits -= 1
+            return {job.key: by_id[job.job_id] for job in jobs}
+        wait = min(ROLL_WAIT, self.long_poll) if self.long_poll else 0.0
         chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
-        answers = await self.requester.each(self._poll_chunk, chunks)
-        by_id: dict[str, PollOutcome] = {}
+        answers = await self.requester.each(lambda chunk: self._poll_chunk(chunk, wait), chunks)
+        by_id = {}
         for answer in answers:
             by_id.update(answer)
         return {job.key: by_id[job.job_id] for job in jobs}
 
-    async def _poll_chunk(self, job_ids: list[str]) -> dict[str, PollOutcome]:
+    async def _poll_chunk(self, job_ids: list[str], wait: float) -> dict[str, PollOutcome]:
         try:
             body = await self.requester.json(
                 "POST",
                 f"{self.base_url}/jobs/statuses",
-                body=self.statuses_body(job_ids),
+                body=self.statuses_body(job_ids, wait=wait),
                 deadline=self._poll_deadline,
                 partial=True,  # an entry that cannot be read costs its job only
             )
