@@ -220,7 +220,16 @@ def _logger() -> Any:
 class Daemon:
     """`poller run` on a config file, against an Immuta simulator and a webhook sink."""
 
-    def __init__(self, tmp: Path, immuta: ImmutaSim, sink: WebhookSink, jobs: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        immuta: ImmutaSim,
+        sink: WebhookSink,
+        jobs: str,
+        *,
+        source: str = "long_poll: 2s\n    discovery_interval: 500ms",
+        polling: str = "polling: {interval: 200ms, max_interval: 500ms}",
+    ) -> None:
         self.sink = sink
         self.log = tmp / "daemon.log"
         self.config = tmp / "config.yaml"
@@ -232,14 +241,13 @@ sources:
     type: immuta
     base_url: {immuta.base_url}
     token: ${{IMMUTA_KEY}}
-    long_poll: 2s
-    discovery_interval: 500ms
+    {source}
 channels:
   hook: {sink.apprise_url}
 rules:
   - on: [succeeded, failed, cancelled, expired, started]
     notify: [hook]
-polling: {{interval: 200ms, max_interval: 500ms}}
+{polling}
 jobs:
 {jobs}
 """)
@@ -323,13 +331,76 @@ class TestImmutaEndToEnd:
             (late,) = eventually(lambda: daemon.about("failure", "immuta/bulk-late"))
             assert "Bulk load" in late["title"] and "expired" in late["title"]
             assert not daemon.about("failure", "immuta/ignored")
-            # long-polling keeps the request rate far below one per job per 200 ms
+            # long-polling: a first poll does not wait; then a lone job waits 2 s and several
+            # wait 1 s (the 200 ms interval plays no part)
             bodies = immuta.statuses_bodies
-            assert all(b["wait"] == 2 and b["pollInterval"] == 1 for b in bodies)
-            assert max(len(b["jobIds"]) for b in bodies) > 1
+            assert all(b["wait"] in ((0, 2) if len(b["jobIds"]) == 1 else (0, 1)) for b in bodies)
+            assert any(b["wait"] == 2 for b in bodies)
             assert daemon.stop() == 0
         finally:
             daemon.kill()
         log = daemon.log.read_text()
         assert '"discovered"' in log
         assert KEY not in log
+
+
+class TestContinuousLongPoll:
+    """With long_poll, a statuses request is always outstanding: ends are seen within about a
+    second at the default polling settings (interval 30 s), one long job holding none back."""
+
+    def test_ends_are_seen_within_about_a_second_at_default_settings(
+        self, world: tuple[Path, ImmutaSim, WebhookSink]
+    ) -> None:
+        """Ten running jobs (more than the six long-wait slots) end one by one, each seen within
+        about a second of its change, while one job never ends; the daemon stops cleanly."""
+        tmp, immuta, sink = world
+        ids = [f"j{i}" for i in range(10)]
+        for job_id in [*ids, "forever"]:
+            immuta.add_job(job_id, state="active")
+        jobs = "\n".join(f"  - {{source: immuta, id: {j}}}" for j in [*ids, "forever"])
+        # default polling settings; no digests, whose storm control would hold messages back
+        daemon = Daemon(
+            tmp,
+            immuta,
+            sink,
+            jobs,
+            source="long_poll: 25s",
+            polling="delivery: {digest: {enabled: false}}",
+        )
+        try:
+            # eleven started events come as digests: wait until every job is named
+            eventually(
+                lambda: all(
+                    f"immuta/{j}" in " ".join(m["message"] for m in daemon.messages("info"))
+                    for j in [*ids, "forever"]
+                ),
+                what="every job started",
+            )
+            late: list[float] = []
+            for job_id in ids:
+                time.sleep(0.4)
+                immuta.set_job(job_id, state="completed" if job_id != "j3" else "failed")
+                changed = time.time()
+                kind = "failure" if job_id == "j3" else "success"
+                eventually(lambda j=job_id, k=kind: daemon.about(k, f"immuta/{j}"), what=job_id)  # type: ignore[misc]
+                late.append(
+                    daemon.seen_at(f"immuta/{job_id}", "failed" if job_id == "j3" else "succeeded")
+                    - changed
+                )
+            # the interval is 30 s: only a request kept outstanding sees ends this soon
+            assert max(late) < 2.0, late
+            bodies = immuta.statuses_bodies
+            singles = [b for b in bodies if len(b["jobIds"]) == 1]
+            shared = [b for b in bodies if len(b["jobIds"]) > 1]
+            # alone: the whole long_poll while slots are free (else a second); shared: a second
+            # (a first poll, of every job at once, does not wait)
+            assert any(b["wait"] == 25 for b in singles)
+            assert all(b["wait"] in (25, 1) for b in singles)
+            assert all(b["wait"] == 1 for b in shared[1:]) and shared[0]["wait"] == 0
+            assert len(bodies) < 100  # about one shared request a second, not one per job
+            assert not daemon.about("success", "immuta/forever")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+        log = daemon.log.read_text()
+        assert "stale results dropped" not in log

@@ -44,13 +44,16 @@ def config(base_url: str, token: str = KEY, **kw: Any) -> ImmutaSource:
     return ImmutaSource(base_url=base_url, token=SecretStr(token), **kw)
 
 
-def poll(source: ImmutaSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
-    """Poll these jobs through a fresh adapter; outcomes by job id."""
+def poll(
+    source: ImmutaSource, job_ids: Sequence[str], last_polled: float | None = 1.0
+) -> dict[str, PollOutcome]:
+    """Poll these jobs (polled before, unless `last_polled` is None) through a fresh adapter;
+    outcomes by job id."""
 
     async def go() -> dict[str, PollOutcome]:
         adapter = ImmutaAdapter(source)
         try:
-            refs = [JobRef(f"im/{j}", "im", j) for j in job_ids]
+            refs = [JobRef(f"im/{j}", "im", j, last_polled=last_polled) for j in job_ids]
             outcomes = await adapter.poll(refs)
             assert set(outcomes) == {r.key for r in refs}
             return {r.job_id: outcomes[r.key] for r in refs}
@@ -265,21 +268,29 @@ class TestLongPoll:
     def test_split_keeps_requests_small(self) -> None:
         """A job per request while long-wait slots last (all but two), then batch_size chunks;
         without long_poll a group stays whole."""
-        refs = [JobRef(f"im/{i}", "im", str(i)) for i in range(12)]
+        refs = [JobRef(f"im/{i}", "im", str(i), last_polled=1.0) for i in range(12)]
+        fresh = [JobRef(f"im/n{i}", "im", f"n{i}") for i in range(2)]
 
         async def go() -> tuple[list[list[JobRef]], list[list[JobRef]]]:
             adapter = ImmutaAdapter(config("http://127.0.0.1:9", long_poll=5, batch_size=4))
             plain = ImmutaAdapter(config("http://127.0.0.1:9"))
             try:
-                return adapter.split(refs), plain.split(refs)
+                return adapter.split([*refs, *fresh]), plain.split(refs)
             finally:
                 await adapter.aclose()
                 await plain.aclose()
 
         parts, whole = asyncio.run(go())
-        assert [len(p) for p in parts] == [1] * 6 + [4, 2]
-        assert [r for p in parts for r in p] == refs
+        assert [len(p) for p in parts] == [1] * 6 + [4, 2, 2]
+        assert [r for p in parts for r in p] == [*refs, *fresh]
         assert whole == [refs]
+
+    def test_a_first_poll_does_not_wait(self, sim: ImmutaSim) -> None:
+        """A job never polled is asked with wait 0: a new watch learns its state at once."""
+        sim.add_job("new", state="active")
+        outcome = poll(config(sim.base_url, long_poll=5), ["new"], last_polled=None)["new"]
+        assert isinstance(outcome, PollResult) and outcome.state == State.RUNNING
+        assert [b["wait"] for b in sim.statuses_bodies] == [0]
 
     def test_no_end_answers_after_the_wait(self, sim: ImmutaSim) -> None:
         """Nothing ends: the answer comes after the wait, with the jobs' states."""
@@ -312,7 +323,7 @@ class TestLongPoll:
 
         async def go() -> float:
             adapter = ImmutaAdapter(config(sim.base_url, long_poll=1.5))
-            ref = JobRef("im/r", "im", "r")
+            ref = JobRef("im/r", "im", "r", last_polled=1.0)
             try:
                 while True:
                     outcome = (await adapter.poll([ref]))[ref.key]

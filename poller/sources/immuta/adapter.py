@@ -18,7 +18,8 @@ when it ends), while the source has a request slot to spare for it (`long_slots`
 of ``max_concurrency``, so that other requests and discovery never queue behind long waits).
 The jobs beyond that share requests of ``batch_size`` ids that wait one second (`ROLL_WAIT`):
 each is answered within about a second and sent again at once. The request deadline is made
-longer than the wait.
+longer than the wait. A job's first poll does not wait, so that a new watch learns its
+state at once.
 
 Parsing is lenient (key case, a state given as a bare string, wrapped answers, several date
 formats) and total: any answer becomes a `PollResult` or a `PollFailure` per job, and only the
@@ -296,19 +297,33 @@ class ImmutaAdapter:
         ``long_poll``, a job each while long-wait slots are free, then `batch_size` chunks."""
         if not self.long_poll:
             return [list(jobs)]
+        # a job never polled is asked without waiting: its state is wanted now, not at its end
+        new = [job for job in jobs if job.last_polled is None]
+        known = [job for job in jobs if job.last_polled is not None]
         free = max(0, self.long_slots - self._long_waits)
-        alone = [[job] for job in jobs[:free]]
-        rest = list(jobs[free:])
-        return alone + [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+        alone = [[job] for job in known[:free]]
+        shared = [
+            part[i : i + self.batch_size]
+            for part in (known[free:], new)
+            for i in range(0, len(part), self.batch_size)
+        ]
+        return alone + shared
 
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
         """Poll these jobs: one statuses request per `batch_size` job ids.
 
         With ``long_poll``, a lone job waits ``long_poll`` if a long-wait slot is free, and
-        several jobs wait `ROLL_WAIT` (an answer comes only when all of them have ended).
+        several jobs wait `ROLL_WAIT` (an answer comes only when all of them have ended); jobs
+        never polled before do not wait.
         """
         job_ids = list(dict.fromkeys(job.job_id for job in jobs))
-        if self.long_poll and len(job_ids) == 1 and self._long_waits < self.long_slots:
+        first = all(job.last_polled is None for job in jobs)
+        if (
+            self.long_poll
+            and not first
+            and len(job_ids) == 1
+            and self._long_waits < self.long_slots
+        ):
             # decided and counted at once, with no await between, so slots are never overdrawn
             self._long_waits += 1
             try:
@@ -316,7 +331,7 @@ class ImmutaAdapter:
             finally:
                 self._long_waits -= 1
             return {job.key: by_id[job.job_id] for job in jobs}
-        wait = min(ROLL_WAIT, self.long_poll) if self.long_poll else 0.0
+        wait = min(ROLL_WAIT, self.long_poll) if self.long_poll and not first else 0.0
         chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
         answers = await self.requester.each(lambda chunk: self._poll_chunk(chunk, wait), chunks)
         by_id = {}
