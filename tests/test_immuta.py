@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,14 +22,17 @@ from world import AnyAnswer
 from poller.config import JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources import JobCount
 from poller.sources.immuta import ImmutaSource, SearchSpec
 from poller.sources.immuta.adapter import (
     IMMUTA_STATES,
     MAX_OUTPUT,
+    MAX_SUMMARY_ROWS,
     ImmutaAdapter,
     parse_job,
     parse_page,
     parse_statuses,
+    parse_summary,
 )
 from poller.testing import ImmutaSim, NextStyle, SimThread
 
@@ -473,3 +479,121 @@ class TestAnyInput:
         outcomes = poll(config(any_answer.base_url), _IDS)
         for outcome in outcomes.values():
             assert_stated(outcome)
+
+
+class TestSummary:
+    """`poller summary`: the API's counts by job type and state, bounded, with clear errors."""
+
+    @staticmethod
+    def summary(tmp_path: Path, base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            f"sources:\n  im: {{type: immuta, base_url: '{base_url}', token: {KEY}}}\n"
+            "  ru: {type: ruler, token: t}\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "poller", "summary", "-c", str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_counts_by_type_and_state(self, tmp_path: Path, sim: ImmutaSim) -> None:
+        """The table and the JSON give the simulator's counts; filters reach the API."""
+        now = datetime.now(UTC)
+        for i in range(3):
+            sim.add_job(f"p{i}", state="completed", created=now)
+        sim.add_job("p-failed", state="failed", created=now)
+        sim.add_job("s", state="active", job_type="sdd", created=now)
+        sim.add_job("old", state="failed", job_type="sdd", created=now - timedelta(days=3))
+        shown = self.summary(tmp_path, sim.base_url, "im")
+        assert shown.returncode == 0, shown.stderr
+        lines = [line.split() for line in shown.stdout.splitlines()]
+        assert lines[0] == ["im:", "6", "jobs"]
+        assert ["policyUpdate", "completed", "3"] in lines
+        assert ["sdd", "failed", "1"] in lines and ["sdd", "active", "1"] in lines
+        done = self.summary(tmp_path, sim.base_url, "im", "--job-type", "sdd", "--since", "1d")
+        assert done.returncode == 0, done.stderr
+        shown = self.summary(
+            tmp_path, sim.base_url, "im", "--job-type", "sdd", "--since", "1d", "--json"
+        )
+        document = json.loads(shown.stdout)
+        assert document["counts"] == [{"job_type": "sdd", "state": "active", "count": 1}]
+        assert (document["total"], document["job_types"], document["truncated"]) == (
+            1,
+            ["sdd"],
+            False,
+        )
+        assert sim.requests["summary"] == 3
+
+    @pytest.mark.parametrize(
+        ("fault", "said"),
+        [
+            ({"status": 401}, "auth: HTTP 401"),
+            ({"status": 503}, "unavailable"),
+            ({"mode": "html"}, "bad_answer"),
+            ({"status": 200, "body": {"jobTypes": "many"}}, "not a summary of jobs"),
+        ],
+    )
+    def test_api_errors_are_exit_1_and_say_why(
+        self, tmp_path: Path, sim: ImmutaSim, fault: dict[str, Any], said: str
+    ) -> None:
+        """An answer that is not a summary is exit 1 with the reason on stderr, no traceback."""
+        sim.fail("/jobs/summary", times=None, **fault)
+        shown = self.summary(tmp_path, sim.base_url, "im")
+        assert shown.returncode == 1
+        assert said in shown.stderr and "Traceback" not in shown.stderr
+        assert shown.stdout == ""
+
+    @pytest.mark.parametrize(
+        ("args", "said"),
+        [
+            (["nope"], "no source nope in the config (sources: im, ru)"),
+            (["ru"], "source ru (ruler) cannot count its jobs"),
+            (["im", "--since", "soon"], "--since: expected a duration"),
+            (["im", "--since", "0s"], "--since: must be more than 0s"),
+            (["im", "--job-type", " "], "--job-type: must not be empty"),
+        ],
+    )
+    def test_usage_errors_are_exit_2(
+        self, tmp_path: Path, sim: ImmutaSim, args: list[str], said: str
+    ) -> None:
+        """A source that is not there or cannot count, or a bad option: exit 2, no request."""
+        shown = self.summary(tmp_path, sim.base_url, *args)
+        assert (shown.returncode, shown.stdout) == (2, "")
+        assert said in shown.stderr
+        assert sim.requests["summary"] == 0
+
+    def test_other_shapes_are_read(self) -> None:
+        """Rows of type, state and count; an object keyed by type; counts summed per pair."""
+        rows = [
+            {"jobType": "a", "state": "failed", "count": 2},
+            {"jobType": "a", "state": "failed", "count": "3"},
+            {"type": "b", "status": "active", "total": 1},
+        ]
+        assert parse_summary({"data": rows}).counts == (
+            JobCount("a", "failed", 2),
+            JobCount("b", "active", 1),
+        )
+        assert parse_summary({"a": {"completed": 4}, "b": {}}).counts == (
+            JobCount("a", "completed", 4),
+        )
+
+    def test_bounded(self) -> None:
+        """Only MAX_SUMMARY_ROWS counts are read; more are said to be left out; odd counts
+        (negative, fractions of absurd size, booleans, text) are left out."""
+        states = {f"s{i}": 1 for i in range(MAX_SUMMARY_ROWS + 50)}
+        answer = parse_summary({"jobTypes": [{"jobType": "t", "states": states}]})
+        assert len(answer.counts) == MAX_SUMMARY_ROWS and answer.truncated
+        odd = {"t": {"neg": -1, "big": 1e300, "yes": True, "text": "7", "ok": 2}}
+        assert parse_summary(odd).counts == (JobCount("t", "ok", 2),)
+
+    @given(_json)
+    def test_any_answer_is_a_summary_or_a_bad_answer(self, body: Any) -> None:
+        """Whatever the API answers: a bounded summary, or PermanentSourceError."""
+        try:
+            answer = parse_summary(body)
+        except PermanentSourceError:
+            return
+        assert len(answer.counts) <= MAX_SUMMARY_ROWS
+        assert all(c.count >= 0 and c.job_type and c.state for c in answer.counts)

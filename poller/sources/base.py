@@ -85,6 +85,34 @@ class Discoverer(Protocol[J_contra]):
         ...
 
 
+@dataclass(frozen=True)
+class JobCount:
+    """How many of a source's jobs of one type are in one state (the API's own state name)."""
+
+    job_type: str
+    state: str
+    count: int
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The counts of a source's jobs by type and state (`Summarizer.summary`); `truncated`
+    if the answer listed more than poller reads of it."""
+
+    counts: tuple[JobCount, ...]
+    truncated: bool = False
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """An adapter whose API counts its jobs by type and state (Immuta's ``/jobs/summary``)."""
+
+    async def summary(self, job_types: Sequence[str], since: float | None) -> JobSummary:
+        """The counts of the jobs of `job_types` (all if empty) created since `since` (epoch
+        seconds; None: all); raises `SourceError` if they cannot be had."""
+        ...
+
+
 @runtime_checkable
 class Splitter(Protocol):
     """An adapter that says how a poll group is best cut into requests answered on their own

@@ -4,7 +4,8 @@ Endpoints: ``POST {base_url}/jobs/statuses`` with ``{"jobIds": [...], "wait": s,
 "pollInterval": s}`` answers many jobs at once, keyed by job id; ``GET {base_url}/jobs?bulkId=``
 lists the jobs of a bulk; ``GET {base_url}/jobs/search`` finds jobs by ``jobType``, ``state``,
 ``startDate`` and ``endDate``, a page at a time (``offset``/``size``, answer ``jobs`` and
-``next``). The API key goes as it is in ``Authorization``.
+``next``); ``GET {base_url}/jobs/summary`` (``jobType``, ``startDate``) counts jobs by type
+and state. The API key goes as it is in ``Authorization``.
 
 Polling: the watched jobs of a poll group are sent in chunks of ``batch_size`` ids, one request
 per chunk. A job the answer does not mention is a poll error for that job alone. ``wait: -1``
@@ -30,6 +31,7 @@ states Immuta documents as terminal make a job terminal. ``output`` is kept, tru
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -38,7 +40,7 @@ from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources import lenient, read_outcome
+from poller.sources import JobCount, JobSummary, lenient, read_outcome
 from poller.sources.auth import StaticHeaders
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.immuta.config import ImmutaSource, SearchSpec
@@ -50,6 +52,7 @@ __all__ = [
     "parse_job",
     "parse_page",
     "parse_statuses",
+    "parse_summary",
 ]
 
 
@@ -88,6 +91,8 @@ ROLL_WAIT = 1.0
 LONG_POLL_GRACE = 5.0
 #: The longest `output` kept in the details.
 MAX_OUTPUT = 1000
+#: The most (job type, state) counts a summary is read for; the rest are left out, said so.
+MAX_SUMMARY_ROWS = 1000
 #: Discovery pages: jobs asked for per page, pages followed at most, jobs kept at most.
 PAGE_SIZE = 100
 MAX_PAGES = 500
@@ -208,6 +213,55 @@ def parse_statuses(body: object, job_ids: Sequence[str]) -> dict[str, PollOutcom
         else:
             outcomes[job_id] = read_outcome(parse_job, entry)
     return outcomes
+
+
+def _summary_rows(body: object) -> list[tuple[object, object, object]]:
+    """(job type, state, count) as the answer gives them, in any of the shapes read:
+    ``{"jobTypes": [{"jobType", "states": {state: n}}]}`` (wrapped or not, or a list of such
+    entries), a list of ``{"jobType", "state", "count"}``, or ``{type: {state: n}}``."""
+    found = lenient.fields(body)
+    inner = lenient.first(found, ("jobtypes", "summary", "data", "results", "items"))
+    entries = body if isinstance(body, list) else inner
+    if isinstance(entries, list):
+        rows: list[tuple[object, object, object]] = []
+        for entry in entries:
+            item = lenient.fields(entry)
+            job_type = lenient.first(item, ("jobtype", "type", "name"))
+            states = lenient.first(item, ("states", "counts", "bystate"))
+            if isinstance(states, dict):
+                rows.extend((job_type, state, n) for state, n in states.items())
+            elif item:
+                state = lenient.first(item, ("state", "status"))
+                rows.append((job_type, state, lenient.first(item, ("count", "total", "jobs"))))
+            if len(rows) > MAX_SUMMARY_ROWS:
+                break
+        return rows
+    keyed = inner if isinstance(inner, dict) else body
+    if isinstance(keyed, dict) and keyed and all(isinstance(v, dict) for v in keyed.values()):
+        return [
+            (job_type, state, n)
+            for job_type, states in keyed.items()
+            for state, n in states.items()
+        ]
+    raise PermanentSourceError("bad_answer", "answer is not a summary of jobs by type and state")
+
+
+def parse_summary(body: object) -> JobSummary:
+    """The counts of a ``/jobs/summary`` answer; raises `PermanentSourceError` if it is not
+    one. Counts that are not whole numbers of at least 0, and entries without a type or a
+    state, are left out; only the first `MAX_SUMMARY_ROWS` counts are read."""
+    counts: dict[tuple[str, str], int] = {}
+    rows = _summary_rows(body)
+    for job_type, state, n in rows[:MAX_SUMMARY_ROWS]:
+        name, status = lenient.text(job_type, 200), lenient.text(state, 200)
+        number = lenient.count(n, strings=False, maximum=2**53)
+        if not name or not status or number is None or isinstance(n, bool):
+            continue
+        counts[name, status] = counts.get((name, status), 0) + number
+    return JobSummary(
+        tuple(JobCount(t, st, n) for (t, st), n in sorted(counts.items())),
+        truncated=len(rows) > MAX_SUMMARY_ROWS,
+    )
 
 
 def parse_page(body: object) -> tuple[list[str], object]:
@@ -352,6 +406,18 @@ class ImmutaAdapter:
             failure = PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
             return dict.fromkeys(job_ids, failure)
         return parse_statuses(body, job_ids)
+
+    # -- summary -----------------------------------------------------------------------
+
+    async def summary(self, job_types: Sequence[str], since: float | None) -> JobSummary:
+        """``GET /jobs/summary``: the counts of jobs by type and state (`parse_summary`),
+        of `job_types` (all if empty), created since `since`; raises `SourceError`."""
+        query = [("jobType", str(t)) for t in job_types]
+        if since is not None:
+            moment = datetime.fromtimestamp(since, UTC)
+            query.append(("startDate", moment.isoformat(timespec="milliseconds")))
+        target = f"{self.base_url}/jobs/summary" + (f"?{urlencode(query)}" if query else "")
+        return parse_summary(await self.requester.json("GET", target, deadline=self._deadline))
 
     # -- discovery ---------------------------------------------------------------------
 
