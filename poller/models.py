@@ -296,6 +296,11 @@ class WatchSpec:
     tags: tuple[str, ...] = ()
     overrides: Mapping[str, float] = field(default_factory=dict)
     origin: str = "cli"
+    #: discovery: the config's bulk or search that found it (`engine.discovery.entry_key`)
+    entry: str | None = None
+    #: discovery: the job had ended when it was first listed, as (state, remote status); it is
+    #: recorded as ended, never polled and never notified
+    ended_as: tuple[State, str] | None = None
 
     @property
     def key(self) -> str:

@@ -74,11 +74,17 @@ class Run:
     def __init__(self, store: Store, config: Config) -> None:
         self.store, self.config = store, config
         self.sent: list[int] = []
-        self.discovery = Discovery(self.add, log=_logger())
+        self.discovery = Discovery(self, log=_logger())
+
+    async def listed(self, entries: Sequence[str]) -> set[str]:
+        return self.store.listed_entries(entries)
 
     async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
         self.sent.append(len(specs))
         return self.store.add_new_watches(specs, time.time())
+
+    async def mark_listed(self, entries: Sequence[str]) -> None:
+        self.store.mark_listed(entries, time.time())
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:
@@ -201,11 +207,20 @@ class TestDiscovery:
         none = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, id: x}")
         assert discovery_interval(none) == DEFAULT_INTERVAL
         # a config without bulks or searches: a run that lists nothing and adds nothing
-        assert asyncio.run(Discovery(_never, log=_logger()).run(none, {})) == DiscoveryReport()
+        assert asyncio.run(Discovery(_Never(), log=_logger()).run(none, {})) == DiscoveryReport()
 
 
-async def _never(specs: Sequence[WatchSpec]) -> list[str]:
-    raise AssertionError("nothing to add")
+class _Never:
+    """A ledger that must not be used."""
+
+    async def listed(self, entries: Sequence[str]) -> set[str]:
+        raise AssertionError("nothing to list")
+
+    async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
+        raise AssertionError("nothing to add")
+
+    async def mark_listed(self, entries: Sequence[str]) -> None:
+        raise AssertionError("nothing to mark")
 
 
 def _logger() -> Any:
@@ -268,6 +283,27 @@ jobs:
     def about(self, kind: str, text: str) -> list[dict[str, Any]]:
         return [m for m in self.messages(kind) if text in m["message"]]
 
+    def names(self, key: str) -> list[dict[str, Any]]:
+        """The messages that name the watch `key` (alone on a line, as bodies and digests do)."""
+        return [
+            m
+            for m in self.sink.messages
+            if any(line.split()[-1:] == [key] for line in m["message"].splitlines())
+        ]
+
+    def watch(self, key: str) -> dict[str, Any]:
+        """The watch `key` as `poller status --json` shows it."""
+        shown = subprocess.run(
+            [sys.executable, "-m", "poller", "status", "--json", "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "IMMUTA_KEY": KEY},
+        )
+        assert shown.returncode == 0, shown.stderr
+        (found,) = [w for w in json.loads(shown.stdout)["watches"] if w["key"] == key]
+        return dict(found)
+
     def seen_at(self, key: str, state: str) -> float:
         """When the daemon logged the watch's transition to `state` (epoch seconds)."""
         for line in self.log.read_text().splitlines():
@@ -315,9 +351,16 @@ class TestImmutaEndToEnd:
         )
         try:
             eventually(lambda: daemon.about("info", "immuta/one"), what="one started")
-            (found,) = eventually(lambda: daemon.about("failure", "immuta/found"), what="found")
+            # the search's first listing records "found" (failed before) without a message;
+            # a job that fails later is found by a later listing and notified
+            immuta.add_job("found-late", state="failed", job_type="sdd", output={"message": "boom"})
+            (found,) = eventually(lambda: daemon.about("failure", "immuta/found-late"))
             assert "Failed SDD" in found["title"]
             assert "boom" in found["message"]
+            assert not daemon.names("immuta/found")
+            found_watch = daemon.watch("immuta/found")
+            assert (found_watch["state"], found_watch["terminal"]) == ("failed", True)
+            assert found_watch["last_poll_at"] is None  # recorded as listed, never polled
 
             immuta.set_job("one", state="completed")
             ended = time.time()

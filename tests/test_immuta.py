@@ -73,7 +73,7 @@ def discover(source: ImmutaSource, job: JobConfig) -> list[str]:
     async def go() -> list[str]:
         adapter = ImmutaAdapter(source)
         try:
-            return await adapter.discover(job)
+            return list(await adapter.discover(job))
         finally:
             await adapter.aclose()
 

@@ -204,11 +204,15 @@ class JobConfig(Frozen):
         tuple[Annotated[Written, watch_part("tag")], ...], BeforeValidator(one_or_many)
     ] = ()
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
+    #: a bulk's or a search's first listing notifies the jobs that had already ended too
+    notify_existing: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
         if sum(x is not None for x in (self.id, self.bulk, self.search)) != 1:
             raise ValueError("give exactly one of id, bulk or search")
+        if self.notify_existing and self.id is not None:
+            raise ValueError("notify_existing is for a bulk or a search, not a job with an id")
         if self.key is not None and (problem := key_problem(self.key)):
             raise ValueError(problem)
         return self

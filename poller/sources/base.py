@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar, Union, runtime_c
 from pydantic import Field
 
 from poller.errors import SourceError
-from poller.models import JobRef, PollFailure, PollOutcome
+from poller.models import JobRef, PollFailure, PollOutcome, PollResult
 from poller.settings.fields import Count, PositiveDuration, Rate
 from poller.settings.polling import Frozen, PollingOverrides
 
@@ -80,8 +80,9 @@ class Source(Protocol):
 class Discoverer(Protocol[J_contra]):
     """An adapter that can list the jobs a config entry names without ids (bulks, searches)."""
 
-    async def discover(self, job: J_contra) -> list[str]:
-        """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
+    async def discover(self, job: J_contra) -> Mapping[str, PollResult | None]:
+        """The jobs `job` (a `config.JobConfig`) stands for: each id with its state as the
+        listing gave it (None if it gave none); raises `SourceError`."""
         ...
 
 

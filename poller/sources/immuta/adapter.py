@@ -270,6 +270,20 @@ def parse_page(body: object) -> tuple[list[str], object]:
     The marker is what ``next`` said, or `_NO_MARKER` if the answer has none. Raises
     `PermanentSourceError` if the answer is not a page of jobs.
     """
+    entries, marker = _page(body)
+    return [job_id for job_id, _item in entries], marker
+
+
+def listed_state(item: object) -> PollResult | None:
+    """A listing entry read as a job (its state as listed), or None if it has none."""
+    if not isinstance(item, dict):
+        return None
+    outcome = read_outcome(parse_job, item)
+    return outcome if isinstance(outcome, PollResult) else None
+
+
+def _page(body: object) -> tuple[list[tuple[str, object]], object]:
+    """`parse_page`, with each id's entry as the page gave it."""
     if isinstance(body, list):
         items: object = body
         marker: object = _NO_MARKER
@@ -283,15 +297,15 @@ def parse_page(body: object) -> tuple[list[str], object]:
             items = []
     if not isinstance(items, list):
         raise PermanentSourceError("bad_answer", "answer is not a list of jobs")
-    ids: list[str] = []
+    entries: list[tuple[str, object]] = []
     for item in items:
         if isinstance(item, dict):
             job_id = lenient.identifier(lenient.first(lenient.fields(item), _ID_KEYS))
         else:
             job_id = lenient.identifier(item)
         if job_id is not None:
-            ids.append(job_id)
-    return ids, marker
+            entries.append((job_id, item))
+    return entries, marker
 
 
 class ImmutaAdapter:
@@ -421,8 +435,9 @@ class ImmutaAdapter:
 
     # -- discovery ---------------------------------------------------------------------
 
-    async def discover(self, job: Listing) -> list[str]:
-        """The ids of the jobs a config entry's ``bulk`` or ``search`` finds, every page of them.
+    async def discover(self, job: Listing) -> dict[str, PollResult | None]:
+        """The jobs a config entry's ``bulk`` or ``search`` finds, every page of them: each
+        id with its state as listed (`listed_state`; None if the listing gives none).
 
         Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.
         """
@@ -437,11 +452,11 @@ class ImmutaAdapter:
                 if value is not None:
                     params.append((name, str(value)))
             return await self._list("/jobs/search", params)
-        return []
+        return {}
 
-    async def _list(self, path: str, params: list[tuple[str, str]]) -> list[str]:
+    async def _list(self, path: str, params: list[tuple[str, str]]) -> dict[str, PollResult | None]:
         """Follow a listing's pages to the end: by ``next`` when given, else by offset."""
-        found: dict[str, None] = {}
+        found: dict[str, PollResult | None] = {}
         offset = 0
         url: str | None = None  # a next-page URL the server gave
         token: str | None = None  # an opaque next-page token the server gave
@@ -458,12 +473,14 @@ class ImmutaAdapter:
                 if token is not None:
                     query.append(("next", token))
                 target = f"{self.base_url}{path}?{urlencode(query)}"
-            ids, marker = parse_page(
+            entries, marker = _page(
                 # partial: a job that cannot be read is left out, not the whole page
                 await self.requester.json("GET", target, deadline=self._deadline, partial=True)
             )
+            ids = [job_id for job_id, _item in entries]
             before = len(found)
-            found.update(dict.fromkeys(ids))
+            for job_id, item in entries:
+                found.setdefault(job_id, listed_state(item))
             if len(found) >= MAX_DISCOVERED or len(found) == before:
                 break  # an empty page, or one the server gave before (it ignores offset)
             step = self._next_page(marker, offset, len(ids), largest)
@@ -471,7 +488,7 @@ class ImmutaAdapter:
             if step is None:
                 break
             url, token, offset = step
-        return list(found)[:MAX_DISCOVERED]
+        return dict(list(found.items())[:MAX_DISCOVERED])
 
     def _next_page(
         self, marker: object, offset: int, got: int, largest: int
