@@ -605,7 +605,8 @@ def test_watch_columns_are_what_watch_from_row_unpacks() -> None:
     # the function's first locals, in the order the unpacking assigns them
     unpacked = code.co_varnames[code.co_argcount : code.co_argcount + len(names)]
     assert unpacked == names
-    assert [c.name for c in watches.c if c.name not in names] == ["lease_until"]
+    # discovered_by is read only by the config sync (`stop_discovered`), never by a claim
+    assert [c.name for c in watches.c if c.name not in names] == ["lease_until", "discovered_by"]
 
 
 def test_sqlite_permissions_do_not_depend_on_umask(tmp_path: Path) -> None:
