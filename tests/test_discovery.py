@@ -33,6 +33,7 @@ from poller.store.repo import Store
 from poller.testing import ImmutaSim, SimThread, WebhookSink
 
 KEY = "immuta-key-2468"
+POLLER = [sys.executable, "-m", "poller"]
 
 
 @pytest.fixture
@@ -245,27 +246,10 @@ class Daemon:
         source: str = "long_poll: 2s\n    discovery_interval: 500ms",
         polling: str = "polling: {interval: 200ms, max_interval: 500ms}",
     ) -> None:
-        self.sink = sink
+        self.sink, self.tmp, self.immuta = sink, tmp, immuta
         self.log = tmp / "daemon.log"
         self.config = tmp / "config.yaml"
-        self.config.write_text(f"""
-database: sqlite:///{tmp}/poller.db
-log: {{level: debug}}
-sources:
-  immuta:
-    type: immuta
-    base_url: {immuta.base_url}
-    token: ${{IMMUTA_KEY}}
-    {source}
-channels:
-  hook: {sink.apprise_url}
-rules:
-  - on: [succeeded, failed, cancelled, expired, started]
-    notify: [hook]
-{polling}
-jobs:
-{jobs}
-""")
+        self.write(jobs, source=source, polling=polling)
         env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
         env["IMMUTA_KEY"] = KEY
         env.pop("NOTIFY_SOCKET", None)
@@ -276,6 +260,33 @@ jobs:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
+
+    def write(self, jobs: str, *, source: str, polling: str) -> None:
+        """Write the config file (a running daemon reads it again on `reload`)."""
+        self.config.write_text(f"""
+database: sqlite:///{self.tmp}/poller.db
+log: {{level: debug}}
+sources:
+  immuta:
+    type: immuta
+    base_url: {self.immuta.base_url}
+    token: ${{IMMUTA_KEY}}
+    {source}
+channels:
+  hook: {self.sink.apprise_url}
+rules:
+  - on: [succeeded, failed, cancelled, expired, started]
+    notify: [hook]
+{polling}
+jobs:
+{jobs}
+""")
+
+    def reload(self) -> None:
+        """SIGHUP, and wait until the daemon says it reloaded."""
+        before = self.log.read_text().count('"reloaded"')
+        self.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: self.log.read_text().count('"reloaded"') > before, what="reload")
 
     def messages(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.sink.messages if m["type"] == kind]
@@ -294,7 +305,7 @@ jobs:
     def watch(self, key: str) -> dict[str, Any]:
         """The watch `key` as `poller status --json` shows it."""
         shown = subprocess.run(
-            [sys.executable, "-m", "poller", "status", "--json", "-c", str(self.config)],
+            [*POLLER, "status", "--json", "-c", str(self.config)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -447,3 +458,60 @@ class TestContinuousLongPoll:
             daemon.kill()
         log = daemon.log.read_text()
         assert "stale results dropped" not in log
+
+
+class TestQuietDiscovery:
+    """A first listing records what had already ended without a message (unless
+    notify_existing); a reload stops the watches of a removed entry and applies a new
+    discovery_interval."""
+
+    def test_notify_existing_then_reload(self, world: tuple[Path, ImmutaSim, WebhookSink]) -> None:
+        """notify_existing notifies a job that had failed before; removing the bulk from the
+        config stops its watches (history kept); a shorter discovery_interval takes effect."""
+        tmp, immuta, sink = world
+        immuta.add_job("old-fail", state="failed", job_type="sdd", output={"message": "old"})
+        immuta.add_job("b-done", state="completed", bulk_id="B1")
+        immuta.add_job("b-run", state="active", bulk_id="B1")
+        search = (
+            "  - {source: immuta, search: {jobType: [sdd], state: failed}, notify_existing: true}"
+        )
+        bulk = "  - {source: immuta, bulk: B1, name: Bulk one}"
+        polling = "polling: {interval: 200ms, max_interval: 500ms}"
+        daemon = Daemon(
+            tmp,
+            immuta,
+            sink,
+            f"{search}\n{bulk}",
+            source="discovery_interval: 1h",
+            polling=polling,
+        )
+        try:
+            # notify_existing: the search's first listing notifies the job that failed before
+            eventually(lambda: daemon.about("failure", "immuta/old-fail"), what="old-fail")
+            eventually(lambda: daemon.names("immuta/b-run"), what="b-run started")
+            # the bulk's first listing (no notify_existing) recorded b-done without a message
+            assert not daemon.names("immuta/b-done")
+            assert daemon.watch("immuta/b-done")["state"] == "succeeded"
+
+            daemon.write(search, source="discovery_interval: 300ms", polling=polling)
+            daemon.reload()
+            gone = daemon.watch("immuta/b-run")
+            assert (gone["removed"], gone["active"]) == (True, False)
+            history = subprocess.run(
+                [*POLLER, "history", "-c", str(daemon.config), "immuta/b-run", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "IMMUTA_KEY": KEY},
+            )
+            assert history.returncode == 0 and "running" in history.stdout
+            # listed every 300 ms now (not every hour): a job failing later is found promptly
+            time.sleep(1.0)
+            immuta.add_job("new-fail", state="failed", job_type="sdd")
+            eventually(lambda: daemon.about("failure", "immuta/new-fail"), timeout=8, what="new")
+            immuta.set_job("b-run", state="completed")
+            time.sleep(1.0)
+            assert not daemon.names("immuta/b-run")[1:]  # only its start was ever sent
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
