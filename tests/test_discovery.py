@@ -26,7 +26,7 @@ from poller.engine.discovery import (
     DiscoveryReport,
     discovery_interval,
 )
-from poller.models import WatchSpec
+from poller.models import State, WatchSpec
 from poller.sources import Source
 from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.store.repo import Store
@@ -195,6 +195,36 @@ class TestDiscovery:
         config = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, bulk: b}")
         report = Run(store, config)({})
         assert report.failed == ("jobs[0] (bulk b on im)",)
+
+    def test_first_listing_records_ended_jobs_quietly_even_after_a_restart(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """The first listing adds ended jobs as ended (not due, no poll); running ones are
+        due. A later listing, by a new process too, adds ended jobs as due (to be notified);
+        changed filters are a new entry, listed quietly again."""
+        sim.add_job("done", state="failed", job_type="sdd")
+        sim.add_job("busy", state="active", job_type="sdd")
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd}}")
+        report = Run(store, config)()
+        assert report.recorded == ("im/done",) and sorted(report.added) == ["im/busy", "im/done"]
+        done, busy = store.get_watch("im/done"), store.get_watch("im/busy")
+        assert done is not None and busy is not None
+        assert (done.progress.state, done.progress.active, done.next_poll_at) == (
+            State.FAILED,
+            False,
+            None,
+        )
+        assert busy.progress.active and busy.next_poll_at is not None
+        sim.add_job("later", state="failed", job_type="sdd")
+        again = Run(store, config)()  # a new process: the database remembers the entry
+        assert (again.added, again.recorded) == (("im/later",), ())
+        later = store.get_watch("im/later")
+        assert later is not None and later.progress.active
+        other = write_config(
+            tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd, state: failed}}"
+        )
+        sim.add_job("newest", state="failed", job_type="sdd")
+        assert Run(store, other)().recorded == ("im/newest",)
 
     def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
         """discovery_interval of sources with bulks or searches; the default otherwise."""
