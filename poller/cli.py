@@ -233,7 +233,9 @@ def check(config: ConfigOption = None) -> None:
     say(f"config {cfg.path} is valid")
     say(f"database: {safe_url(cfg.database)}")
     for name, source in cfg.sources.items():
-        say(f"source {name}: {source.type}")
+        # a long-polling source ignores interval for ends (README "Immuta long-poll")
+        continuous = ", a statuses request always outstanding (long_poll)"
+        say(f"source {name}: {source.type}" + (continuous if source.continuous else ""))
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
         note = "  (own template)" if name in cfg.channel_templates else ""
@@ -266,7 +268,7 @@ def check(config: ConfigOption = None) -> None:
         say("digests: off")
     specs = config_watch_specs(cfg)
     bulks = [job for job in cfg.jobs if job.bulk is not None]
-    searches = [(job.source, job.search) for job in cfg.jobs if job.search is not None]
+    searches = [job for job in cfg.jobs if job.search is not None]
     counts = [_counted(len(specs), "job", "jobs")]
     counts += [_counted(len(bulks), "bulk", "bulks")] if bulks else []
     counts += [_counted(len(searches), "search", "searches")] if searches else []
@@ -274,14 +276,21 @@ def check(config: ConfigOption = None) -> None:
     say(f"would watch {said}:")
     for spec in specs:
         say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
+    # a first listing records the jobs that had already ended; said only when it notifies
+    existing = {False: "", True: "; its first listing notifies jobs already ended"}
     for job in bulks:
-        say(f"  every job of bulk {job.bulk} on {job.source}")
-    for on, search in searches:
+        say(f"  every job of bulk {job.bulk} on {job.source}{existing[job.notify_existing]}")
+    for job in searches:
+        assert job.search is not None
         filters = "; ".join(
             f"{name} {', '.join(value) if isinstance(value, tuple | list) else value}"
-            for name, value in search.model_dump(exclude_none=True).items()
+            for name, value in job.search.model_dump(exclude_none=True).items()
         )
-        say(f"  jobs found by a search on {on}" + (f" ({filters})" if filters else ""))
+        say(
+            f"  jobs found by a search on {job.source}"
+            + (f" ({filters})" if filters else "")
+            + existing[job.notify_existing]
+        )
     for warning in _check_warnings(cfg):
         print(f"poller: warning: {printable(warning)}", file=sys.stderr)
 
