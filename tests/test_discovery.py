@@ -226,6 +226,16 @@ class TestDiscovery:
         sim.add_job("newest", state="failed", job_type="sdd")
         assert Run(store, other)().recorded == ("im/newest",)
 
+    def test_a_listing_of_bare_ids_is_never_taken_for_ended(
+        self, tmp_path: Path, store: Store
+    ) -> None:
+        """A source type whose listing gives ids without states: its first listing adds them
+        all as due watches, none recorded as ended."""
+        config = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, bulk: b}")
+        report = Run(store, config)({"im": _BareIds()})
+        assert (sorted(report.added), report.recorded) == (["im/x", "im/y"], ())
+        assert all(w.progress.active for w in store.list_watches())
+
     def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
         """discovery_interval of sources with bulks or searches; the default otherwise."""
         fast = write_config(
@@ -239,6 +249,19 @@ class TestDiscovery:
         assert discovery_interval(none) == DEFAULT_INTERVAL
         # a config without bulks or searches: a run that lists nothing and adds nothing
         assert asyncio.run(Discovery(_Never(), log=_logger()).run(none, {})) == DiscoveryReport()
+
+
+class _BareIds:
+    """A source whose listing is a plain list of ids."""
+
+    async def poll(self, jobs: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+    async def discover(self, job: Any) -> list[str]:
+        return ["x", "y"]
+
+    async def aclose(self) -> None:
+        pass
 
 
 class _Never:

@@ -223,7 +223,9 @@ class Discovery:
             self.log.warning("cannot discover: the source lists no jobs", entry=where)
             return None
         try:
-            return dict(await source.discover(job))
+            jobs = await source.discover(job)
+            # a type that lists bare ids (no states) is read too: none is taken for ended
+            return dict(jobs) if isinstance(jobs, Mapping) else dict.fromkeys(jobs)
         except SourceError as exc:
             self.log.warning("discovery failed", entry=where, kind=exc.kind, error=exc.message)
         except Exception as exc:  # an adapter bug costs this run, not the daemon
