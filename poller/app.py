@@ -15,7 +15,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractResolver
 
 from poller.config import Config, load_config
 from poller.engine.delivery import DeliveryEngine
-from poller.engine.discovery import Discovery, discovery_interval
+from poller.engine.discovery import Discovery, discovery_interval, entry_keys
 from poller.engine.polling import PollEngine
 from poller.engine.runtime import DbThread, Engine, Runtime, Tuning, error_line
 from poller.engine.scheduling import Duties
@@ -134,6 +134,9 @@ class Daemon:
         self._db: DbThread | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
+        #: the periodic duties and the discovery duty, once running (a reload reschedules it)
+        self._duties: Duties | None = None
+        self._discover: Callable[[], Coroutine[object, object, None]] | None = None
 
     def runtime(self) -> Runtime:
         """The runtime in force (replaced on reload)."""
@@ -200,6 +203,8 @@ class Daemon:
             report = await db.call(
                 store.sync_config_jobs, config_watch_specs(self.config), self.clock()
             )
+            # the watches of bulks and searches the config no longer has stop
+            await db.call(store.stop_discovered, entry_keys(self.config), self.clock())
             # deliveries kept while their channel was missing go out now if it is back
             await deliveries.follow_channels({}, channel_urls(self.config))
             log.info(
@@ -217,6 +222,7 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(discover(), timeout=FIRST_DISCOVERY)
             duties.every(discovery_interval(self.config), discover, "discovery")
+            self._duties, self._discover = duties, discover
             # The engines wake themselves (each step says when the next is due, at most
             # `idle_wait` apart): a second timer here would defeat their backoff when the
             # database is away.
@@ -312,11 +318,11 @@ class Daemon:
 
         return prune
 
-    def _discoverer(self, db: DbThread, polls: PollEngine) -> Callable[[], Awaitable[None]]:
+    def _discoverer(
+        self, db: DbThread, polls: PollEngine
+    ) -> Callable[[], Coroutine[object, object, None]]:
         """The discovery duty: lists bulks and searches of the config in force (issue 3)."""
-        discovery = Discovery(
-            lambda specs: db.call(db.store.add_new_watches, specs, self.clock()), log=log
-        )
+        discovery = Discovery(_StoreLedger(db, self.clock), log=log)
 
         async def discover() -> None:
             runtime = self.runtime()
@@ -386,17 +392,47 @@ class Daemon:
         self._runtime, self.config = runtime, new
         try:
             report = await db.call(db.store.sync_config_jobs, config_watch_specs(new), self.clock())
+            stopped = await db.call(db.store.stop_discovered, entry_keys(new), self.clock())
         except BaseException:
             # the watches table still matches the old config: keep it in force
             self._runtime, self.config = old, old_config
             await runtime.aclose()
             raise
-        log.info("reloaded", added=list(report.added), stopped=list(report.removed))
+        log.info(
+            "reloaded",
+            added=list(report.added),
+            stopped=list(report.removed),
+            discovered_stopped=stopped[:20],
+        )
+        if self._duties is not None and self._discover is not None:
+            # a changed discovery_interval takes effect now; new bulks and searches are
+            # listed at once rather than an interval later
+            self._duties.every(discovery_interval(new), self._discover, "discovery")
+            self._spawn(self._discover(), "discovery")
         try:
             await self.deliveries.follow_channels(channel_urls(old_config), channel_urls(new))
         except Exception as exc:  # the new config is in force; the deliveries wait as kept
             log.error(RELOAD_INCOMPLETE, error=f"{type(exc).__name__}: {error_line(exc)}")
         return old
+
+
+class _StoreLedger:
+    """Discovery's `Ledger` on the daemon's database thread."""
+
+    def __init__(self, db: DbThread, clock: Callable[[], float]) -> None:
+        self.db, self.clock = db, clock
+
+    async def listed(self, entries: Sequence[str]) -> set[str]:
+        """`Store.listed_entries`."""
+        return await self.db.call(self.db.store.listed_entries, entries)
+
+    async def add(self, specs: Sequence[WatchSpec]) -> Sequence[str]:
+        """`Store.add_new_watches`, now."""
+        return await self.db.call(self.db.store.add_new_watches, specs, self.clock())
+
+    async def mark_listed(self, entries: Sequence[str]) -> None:
+        """`Store.mark_listed`, now."""
+        await self.db.call(self.db.store.mark_listed, entries, self.clock())
 
 
 #: The collector's first threshold in `poller run` (CPython's default is 700). The daemon keeps

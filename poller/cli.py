@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -171,7 +172,9 @@ def check(config: ConfigOption = None) -> None:
     say(f"config {cfg.path} is valid")
     say(f"database: {safe_url(cfg.database)}")
     for name, source in cfg.sources.items():
-        say(f"source {name}: {source.type}")
+        # a long-polling source ignores interval for ends (README "Immuta long-poll")
+        continuous = ", a statuses request always outstanding (long_poll)"
+        say(f"source {name}: {source.type}" + (continuous if source.continuous else ""))
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     for name in notifier.names:
         note = "  (own template)" if name in cfg.channel_templates else ""
@@ -204,7 +207,7 @@ def check(config: ConfigOption = None) -> None:
         say("digests: off")
     specs = config_watch_specs(cfg)
     bulks = [job for job in cfg.jobs if job.bulk is not None]
-    searches = [(job.source, job.search) for job in cfg.jobs if job.search is not None]
+    searches = [job for job in cfg.jobs if job.search is not None]
     counts = [_counted(len(specs), "job", "jobs")]
     counts += [_counted(len(bulks), "bulk", "bulks")] if bulks else []
     counts += [_counted(len(searches), "search", "searches")] if searches else []
@@ -212,14 +215,21 @@ def check(config: ConfigOption = None) -> None:
     say(f"would watch {said}:")
     for spec in specs:
         say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
+    # a first listing records the jobs that had already ended; said only when it notifies
+    existing = {False: "", True: "; its first listing notifies jobs already ended"}
     for job in bulks:
-        say(f"  every job of bulk {job.bulk} on {job.source}")
-    for on, search in searches:
+        say(f"  every job of bulk {job.bulk} on {job.source}{existing[job.notify_existing]}")
+    for job in searches:
+        assert job.search is not None
         filters = "; ".join(
             f"{name} {', '.join(value) if isinstance(value, tuple | list) else value}"
-            for name, value in search.model_dump(exclude_none=True).items()
+            for name, value in job.search.model_dump(exclude_none=True).items()
         )
-        say(f"  jobs found by a search on {on}" + (f" ({filters})" if filters else ""))
+        say(
+            f"  jobs found by a search on {job.source}"
+            + (f" ({filters})" if filters else "")
+            + existing[job.notify_existing]
+        )
     for warning in _check_warnings(cfg):
         print(f"poller: warning: {printable(warning)}", file=sys.stderr)
 
@@ -761,6 +771,99 @@ def wait(
     if result.code == EXIT_UNWATCHABLE:
         print(printable(f"poller: could not watch {spec.key}: {result.reason}"), file=sys.stderr)
     raise typer.Exit(result.code)
+
+
+@app.command(short_help="Count a source's jobs by type and state, as its API says.")
+def summary(
+    source: SourceArgument,
+    job_type: Annotated[
+        list[str] | None,
+        typer.Option("--job-type", metavar="T", help="Only jobs of this type (repeatable)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="D",
+            help="Only jobs created since: a duration ago (24h, 7d) or an ISO 8601 date.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print how many of the source's jobs there are of each type in each state, as the job
+    API counts them (Immuta's GET /jobs/summary); exit 1 if the API cannot say."""
+    from poller.errors import SourceError
+    from poller.redact import scrub, secrets_of
+    from poller.sources import Summarizer, build_source
+
+    cfg = _config(config)
+    found = cfg.sources.get(source)
+    if found is None:
+        known = ", ".join(cfg.sources) or "none"
+        _fail(f"no source {source} in the config (sources: {known})", 2)
+    types = list(dict.fromkeys(job_type or ()))
+    for name in types:
+        problem = "must not be empty" if not name.strip() else None
+        if problem is None and len(name) > 256:
+            problem = f"is {len(name)} characters long; at most 256 are allowed"
+        if problem is not None:
+            _fail(f"--job-type: {problem}", 2)
+    start = None if since is None else _since_option(since)
+
+    async def ask() -> Any:
+        adapter = build_source(found)
+        try:
+            if not isinstance(adapter, Summarizer):
+                return None
+            return await adapter.summary(types, start)
+        finally:
+            await adapter.aclose()
+
+    try:
+        answer = asyncio.run(ask())
+    except SourceError as exc:
+        # an API may echo the token it was sent: never printed
+        message = scrub(f"{exc.kind}: {exc.message}", secrets_of(found))
+        _fail(f"summary of {source} failed: {message}", 1)
+    if answer is None:
+        _fail(f"source {source} ({found.type}) cannot count its jobs; immuta sources can", 2)
+    rows = [{"job_type": c.job_type, "state": c.state, "count": c.count} for c in answer.counts]
+    total = sum(c.count for c in answer.counts)
+    if as_json:
+        document = {
+            "source": source,
+            "job_types": types,
+            "since": _iso(start),
+            "counts": rows,
+            "total": total,
+            "truncated": answer.truncated,
+        }
+        print(json.dumps(document, indent=2))
+        return
+    console = _console()
+    table = Table("job type", "state", "jobs", box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(plain(str(row["job_type"])), plain(str(row["state"])), str(row["count"]))
+    window = f" created since {_iso(start)}" if start is not None else ""
+    console.print(plain(f"{source}: {total} jobs{window}"))
+    if rows:
+        console.print(table)
+    if answer.truncated:
+        console.print("(the API listed more counts than poller reads; the rest are left out)")
+
+
+def _since_option(value: str) -> float:
+    """``--since``: a duration ago (at most 365d) or an ISO 8601 date; exit 2 otherwise."""
+    if len(value) > MAX_DURATION_TEXT:
+        _fail(f"--since: expected a duration or an ISO 8601 date, not {len(value)} characters", 2)
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return time.time() - _duration_option("--since", value, MAX_WAIT_TIMEOUT)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @app.command("notify-test", short_help="Send a test message through one or every channel.")

@@ -171,6 +171,9 @@ class Policy:
     timeout: float = 86400.0
     stall_after: float = 7200.0
     error_after: float = 900.0
+    #: the source keeps a request outstanding (Immuta's ``long_poll``): after a readable
+    #: answer the job is asked again at once, whatever `interval` says (`rules.polling`)
+    continuous: bool = False
 
 
 @record
@@ -293,6 +296,11 @@ class WatchSpec:
     tags: tuple[str, ...] = ()
     overrides: Mapping[str, float] = field(default_factory=dict)
     origin: str = "cli"
+    #: discovery: the config's bulk or search that found it (`engine.discovery.entry_key`)
+    entry: str | None = None
+    #: discovery: the job had ended when it was first listed, as (state, remote status); it is
+    #: recorded as ended, never polled and never notified
+    ended_as: tuple[State, str] | None = None
 
     @property
     def key(self) -> str:

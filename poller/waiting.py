@@ -234,6 +234,8 @@ async def wait_for_job(
             )
             outcome = scrub_outcome(outcome, secrets)
             now = time.time()
+            # polled now: a long-polling source lets the next request wait for the job
+            job = replace(job, last_polled=now)
             decision = decide(watch, outcome, policy, now, random.random())
             before, watch = watch, decision.progress
             if watch.progress is not None and watch.progress != before.progress:

@@ -75,6 +75,28 @@ class TestCheck:
         assert "rule 0: failed -> hook" in r.stdout
         assert "cli-token" not in r.stdout
 
+    def test_says_notify_existing_and_long_poll(self, tmp_path: Path) -> None:
+        """A bulk that notifies its first listing's ended jobs, and a long-polling source, are
+        said; notify_existing on a job with an id is refused with its file:line."""
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            "sources:\n  im: {type: immuta, base_url: 'http://127.0.0.1:9', token: k,"
+            " long_poll: 20s}\n"
+            "jobs:\n  - {source: im, bulk: b-1, notify_existing: true}\n"
+        )
+        r = poller("check", "-c", str(path))
+        assert r.returncode == 0, r.stderr
+        assert "source im: immuta, a statuses request always outstanding (long_poll)\n" in (
+            r.stdout
+        )
+        assert "  every job of bulk b-1 on im; its first listing notifies jobs already ended\n" in (
+            r.stdout
+        )
+        path.write_text(path.read_text() + "  - {source: im, id: x,\n     notify_existing: true}\n")
+        r = poller("check", "-c", str(path))
+        assert r.returncode == 2
+        assert f"{path}:5: jobs[1]: notify_existing is for a bulk or a search" in r.stderr
+
     def test_counts_bulks_and_searches_and_warns_without_failing(
         self, tmp_path: Path, sims: tuple[RulerSim, WebhookSink]
     ) -> None:

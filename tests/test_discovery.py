@@ -26,13 +26,14 @@ from poller.engine.discovery import (
     DiscoveryReport,
     discovery_interval,
 )
-from poller.models import WatchSpec
+from poller.models import State, WatchSpec
 from poller.sources import Source
 from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.store.repo import Store
 from poller.testing import ImmutaSim, SimThread, WebhookSink
 
 KEY = "immuta-key-2468"
+POLLER = [sys.executable, "-m", "poller"]
 
 
 @pytest.fixture
@@ -74,11 +75,17 @@ class Run:
     def __init__(self, store: Store, config: Config) -> None:
         self.store, self.config = store, config
         self.sent: list[int] = []
-        self.discovery = Discovery(self.add, log=_logger())
+        self.discovery = Discovery(self, log=_logger())
+
+    async def listed(self, entries: Sequence[str]) -> set[str]:
+        return self.store.listed_entries(entries)
 
     async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
         self.sent.append(len(specs))
         return self.store.add_new_watches(specs, time.time())
+
+    async def mark_listed(self, entries: Sequence[str]) -> None:
+        self.store.mark_listed(entries, time.time())
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:
@@ -189,6 +196,46 @@ class TestDiscovery:
         report = Run(store, config)({})
         assert report.failed == ("jobs[0] (bulk b on im)",)
 
+    def test_first_listing_records_ended_jobs_quietly_even_after_a_restart(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """The first listing adds ended jobs as ended (not due, no poll); running ones are
+        due. A later listing, by a new process too, adds ended jobs as due (to be notified);
+        changed filters are a new entry, listed quietly again."""
+        sim.add_job("done", state="failed", job_type="sdd")
+        sim.add_job("busy", state="active", job_type="sdd")
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd}}")
+        report = Run(store, config)()
+        assert report.recorded == ("im/done",) and sorted(report.added) == ["im/busy", "im/done"]
+        done, busy = store.get_watch("im/done"), store.get_watch("im/busy")
+        assert done is not None and busy is not None
+        assert (done.progress.state, done.progress.active, done.next_poll_at) == (
+            State.FAILED,
+            False,
+            None,
+        )
+        assert busy.progress.active and busy.next_poll_at is not None
+        sim.add_job("later", state="failed", job_type="sdd")
+        again = Run(store, config)()  # a new process: the database remembers the entry
+        assert (again.added, again.recorded) == (("im/later",), ())
+        later = store.get_watch("im/later")
+        assert later is not None and later.progress.active
+        other = write_config(
+            tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd, state: failed}}"
+        )
+        sim.add_job("newest", state="failed", job_type="sdd")
+        assert Run(store, other)().recorded == ("im/newest",)
+
+    def test_a_listing_of_bare_ids_is_never_taken_for_ended(
+        self, tmp_path: Path, store: Store
+    ) -> None:
+        """A source type whose listing gives ids without states: its first listing adds them
+        all as due watches, none recorded as ended."""
+        config = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, bulk: b}")
+        report = Run(store, config)({"im": _BareIds()})
+        assert (sorted(report.added), report.recorded) == (["im/x", "im/y"], ())
+        assert all(w.progress.active for w in store.list_watches())
+
     def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
         """discovery_interval of sources with bulks or searches; the default otherwise."""
         fast = write_config(
@@ -201,11 +248,33 @@ class TestDiscovery:
         none = write_config(tmp_path, "http://127.0.0.1:9", "  - {source: im, id: x}")
         assert discovery_interval(none) == DEFAULT_INTERVAL
         # a config without bulks or searches: a run that lists nothing and adds nothing
-        assert asyncio.run(Discovery(_never, log=_logger()).run(none, {})) == DiscoveryReport()
+        assert asyncio.run(Discovery(_Never(), log=_logger()).run(none, {})) == DiscoveryReport()
 
 
-async def _never(specs: Sequence[WatchSpec]) -> list[str]:
-    raise AssertionError("nothing to add")
+class _BareIds:
+    """A source whose listing is a plain list of ids."""
+
+    async def poll(self, jobs: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+    async def discover(self, job: Any) -> list[str]:
+        return ["x", "y"]
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _Never:
+    """A ledger that must not be used."""
+
+    async def listed(self, entries: Sequence[str]) -> set[str]:
+        raise AssertionError("nothing to list")
+
+    async def add(self, specs: Sequence[WatchSpec]) -> list[str]:
+        raise AssertionError("nothing to add")
+
+    async def mark_listed(self, entries: Sequence[str]) -> None:
+        raise AssertionError("nothing to mark")
 
 
 def _logger() -> Any:
@@ -220,29 +289,20 @@ def _logger() -> Any:
 class Daemon:
     """`poller run` on a config file, against an Immuta simulator and a webhook sink."""
 
-    def __init__(self, tmp: Path, immuta: ImmutaSim, sink: WebhookSink, jobs: str) -> None:
-        self.sink = sink
+    def __init__(
+        self,
+        tmp: Path,
+        immuta: ImmutaSim,
+        sink: WebhookSink,
+        jobs: str,
+        *,
+        source: str = "long_poll: 2s\n    discovery_interval: 500ms",
+        polling: str = "polling: {interval: 200ms, max_interval: 500ms}",
+    ) -> None:
+        self.sink, self.tmp, self.immuta = sink, tmp, immuta
         self.log = tmp / "daemon.log"
         self.config = tmp / "config.yaml"
-        self.config.write_text(f"""
-database: sqlite:///{tmp}/poller.db
-log: {{level: debug}}
-sources:
-  immuta:
-    type: immuta
-    base_url: {immuta.base_url}
-    token: ${{IMMUTA_KEY}}
-    long_poll: 2s
-    discovery_interval: 500ms
-channels:
-  hook: {sink.apprise_url}
-rules:
-  - on: [succeeded, failed, cancelled, expired, started]
-    notify: [hook]
-polling: {{interval: 200ms, max_interval: 500ms}}
-jobs:
-{jobs}
-""")
+        self.write(jobs, source=source, polling=polling)
         env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
         env["IMMUTA_KEY"] = KEY
         env.pop("NOTIFY_SOCKET", None)
@@ -254,11 +314,59 @@ jobs:
                 env=env,
             )
 
+    def write(self, jobs: str, *, source: str, polling: str) -> None:
+        """Write the config file (a running daemon reads it again on `reload`)."""
+        self.config.write_text(f"""
+database: sqlite:///{self.tmp}/poller.db
+log: {{level: debug}}
+sources:
+  immuta:
+    type: immuta
+    base_url: {self.immuta.base_url}
+    token: ${{IMMUTA_KEY}}
+    {source}
+channels:
+  hook: {self.sink.apprise_url}
+rules:
+  - on: [succeeded, failed, cancelled, expired, started]
+    notify: [hook]
+{polling}
+jobs:
+{jobs}
+""")
+
+    def reload(self) -> None:
+        """SIGHUP, and wait until the daemon says it reloaded."""
+        before = self.log.read_text().count('"reloaded"')
+        self.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: self.log.read_text().count('"reloaded"') > before, what="reload")
+
     def messages(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.sink.messages if m["type"] == kind]
 
     def about(self, kind: str, text: str) -> list[dict[str, Any]]:
         return [m for m in self.messages(kind) if text in m["message"]]
+
+    def names(self, key: str) -> list[dict[str, Any]]:
+        """The messages that name the watch `key` (alone on a line, as bodies and digests do)."""
+        return [
+            m
+            for m in self.sink.messages
+            if any(line.split()[-1:] == [key] for line in m["message"].splitlines())
+        ]
+
+    def watch(self, key: str) -> dict[str, Any]:
+        """The watch `key` as `poller status --json` shows it."""
+        shown = subprocess.run(
+            [*POLLER, "status", "--json", "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "IMMUTA_KEY": KEY},
+        )
+        assert shown.returncode == 0, shown.stderr
+        (found,) = [w for w in json.loads(shown.stdout)["watches"] if w["key"] == key]
+        return dict(found)
 
     def seen_at(self, key: str, state: str) -> float:
         """When the daemon logged the watch's transition to `state` (epoch seconds)."""
@@ -307,9 +415,16 @@ class TestImmutaEndToEnd:
         )
         try:
             eventually(lambda: daemon.about("info", "immuta/one"), what="one started")
-            (found,) = eventually(lambda: daemon.about("failure", "immuta/found"), what="found")
+            # the search's first listing records "found" (failed before) without a message;
+            # a job that fails later is found by a later listing and notified
+            immuta.add_job("found-late", state="failed", job_type="sdd", output={"message": "boom"})
+            (found,) = eventually(lambda: daemon.about("failure", "immuta/found-late"))
             assert "Failed SDD" in found["title"]
             assert "boom" in found["message"]
+            assert not daemon.names("immuta/found")
+            found_watch = daemon.watch("immuta/found")
+            assert (found_watch["state"], found_watch["terminal"]) == ("failed", True)
+            assert found_watch["last_poll_at"] is None  # recorded as listed, never polled
 
             immuta.set_job("one", state="completed")
             ended = time.time()
@@ -323,13 +438,133 @@ class TestImmutaEndToEnd:
             (late,) = eventually(lambda: daemon.about("failure", "immuta/bulk-late"))
             assert "Bulk load" in late["title"] and "expired" in late["title"]
             assert not daemon.about("failure", "immuta/ignored")
-            # long-polling keeps the request rate far below one per job per 200 ms
+            # long-polling: a first poll does not wait; then a lone job waits 2 s and several
+            # wait 1 s (the 200 ms interval plays no part)
             bodies = immuta.statuses_bodies
-            assert all(b["wait"] == 2 and b["pollInterval"] == 1 for b in bodies)
-            assert max(len(b["jobIds"]) for b in bodies) > 1
+            assert all(b["wait"] in ((0, 2) if len(b["jobIds"]) == 1 else (0, 1)) for b in bodies)
+            assert any(b["wait"] == 2 for b in bodies)
             assert daemon.stop() == 0
         finally:
             daemon.kill()
         log = daemon.log.read_text()
         assert '"discovered"' in log
         assert KEY not in log
+
+
+class TestContinuousLongPoll:
+    """With long_poll, a statuses request is always outstanding: ends are seen within about a
+    second at the default polling settings (interval 30 s), one long job holding none back."""
+
+    def test_ends_are_seen_within_about_a_second_at_default_settings(
+        self, world: tuple[Path, ImmutaSim, WebhookSink]
+    ) -> None:
+        """Ten running jobs (more than the six long-wait slots) end one by one, each seen within
+        about a second of its change, while one job never ends; the daemon stops cleanly."""
+        tmp, immuta, sink = world
+        ids = [f"j{i}" for i in range(10)]
+        for job_id in [*ids, "forever"]:
+            immuta.add_job(job_id, state="active")
+        jobs = "\n".join(f"  - {{source: immuta, id: {j}}}" for j in [*ids, "forever"])
+        # default polling settings; no digests, whose storm control would hold messages back
+        daemon = Daemon(
+            tmp,
+            immuta,
+            sink,
+            jobs,
+            source="long_poll: 25s",
+            polling="delivery: {digest: {enabled: false}}",
+        )
+        try:
+            # eleven started events come as digests: wait until every job is named
+            eventually(
+                lambda: all(
+                    f"immuta/{j}" in " ".join(m["message"] for m in daemon.messages("info"))
+                    for j in [*ids, "forever"]
+                ),
+                what="every job started",
+            )
+            late: list[float] = []
+            for job_id in ids:
+                time.sleep(0.4)
+                immuta.set_job(job_id, state="completed" if job_id != "j3" else "failed")
+                changed = time.time()
+                kind = "failure" if job_id == "j3" else "success"
+                eventually(lambda j=job_id, k=kind: daemon.about(k, f"immuta/{j}"), what=job_id)  # type: ignore[misc]
+                late.append(
+                    daemon.seen_at(f"immuta/{job_id}", "failed" if job_id == "j3" else "succeeded")
+                    - changed
+                )
+            # the interval is 30 s: only a request kept outstanding sees ends this soon
+            assert max(late) < 2.0, late
+            bodies = immuta.statuses_bodies
+            singles = [b for b in bodies if len(b["jobIds"]) == 1]
+            shared = [b for b in bodies if len(b["jobIds"]) > 1]
+            # alone: the whole long_poll while slots are free (else a second); shared: a second
+            # (a first poll, of every job at once, does not wait)
+            assert any(b["wait"] == 25 for b in singles)
+            assert all(b["wait"] in (25, 1) for b in singles)
+            assert all(b["wait"] == 1 for b in shared[1:]) and shared[0]["wait"] == 0
+            assert len(bodies) < 100  # about one shared request a second, not one per job
+            assert not daemon.about("success", "immuta/forever")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+        log = daemon.log.read_text()
+        assert "stale results dropped" not in log
+
+
+class TestQuietDiscovery:
+    """A first listing records what had already ended without a message (unless
+    notify_existing); a reload stops the watches of a removed entry and applies a new
+    discovery_interval."""
+
+    def test_notify_existing_then_reload(self, world: tuple[Path, ImmutaSim, WebhookSink]) -> None:
+        """notify_existing notifies a job that had failed before; removing the bulk from the
+        config stops its watches (history kept); a shorter discovery_interval takes effect."""
+        tmp, immuta, sink = world
+        immuta.add_job("old-fail", state="failed", job_type="sdd", output={"message": "old"})
+        immuta.add_job("b-done", state="completed", bulk_id="B1")
+        immuta.add_job("b-run", state="active", bulk_id="B1")
+        search = (
+            "  - {source: immuta, search: {jobType: [sdd], state: failed}, notify_existing: true}"
+        )
+        bulk = "  - {source: immuta, bulk: B1, name: Bulk one}"
+        polling = "polling: {interval: 200ms, max_interval: 500ms}"
+        daemon = Daemon(
+            tmp,
+            immuta,
+            sink,
+            f"{search}\n{bulk}",
+            source="discovery_interval: 1h",
+            polling=polling,
+        )
+        try:
+            # notify_existing: the search's first listing notifies the job that failed before
+            eventually(lambda: daemon.about("failure", "immuta/old-fail"), what="old-fail")
+            eventually(lambda: daemon.names("immuta/b-run"), what="b-run started")
+            # the bulk's first listing (no notify_existing) recorded b-done without a message
+            assert not daemon.names("immuta/b-done")
+            assert daemon.watch("immuta/b-done")["state"] == "succeeded"
+
+            daemon.write(search, source="discovery_interval: 300ms", polling=polling)
+            daemon.reload()
+            gone = daemon.watch("immuta/b-run")
+            assert (gone["removed"], gone["active"]) == (True, False)
+            history = subprocess.run(
+                [*POLLER, "history", "-c", str(daemon.config), "immuta/b-run", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "IMMUTA_KEY": KEY},
+            )
+            assert history.returncode == 0 and "running" in history.stdout
+            # listed every 300 ms now (not every hour): a job failing later is found promptly
+            time.sleep(1.0)
+            immuta.add_job("new-fail", state="failed", job_type="sdd")
+            eventually(lambda: daemon.about("failure", "immuta/new-fail"), timeout=8, what="new")
+            immuta.set_job("b-run", state="completed")
+            time.sleep(1.0)
+            assert not daemon.names("immuta/b-run")[1:]  # only its start was ever sent
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,14 +22,17 @@ from world import AnyAnswer
 from poller.config import JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources import JobCount
 from poller.sources.immuta import ImmutaSource, SearchSpec
 from poller.sources.immuta.adapter import (
     IMMUTA_STATES,
     MAX_OUTPUT,
+    MAX_SUMMARY_ROWS,
     ImmutaAdapter,
     parse_job,
     parse_page,
     parse_statuses,
+    parse_summary,
 )
 from poller.testing import ImmutaSim, NextStyle, SimThread
 
@@ -43,13 +50,16 @@ def config(base_url: str, token: str = KEY, **kw: Any) -> ImmutaSource:
     return ImmutaSource(base_url=base_url, token=SecretStr(token), **kw)
 
 
-def poll(source: ImmutaSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
-    """Poll these jobs through a fresh adapter; outcomes by job id."""
+def poll(
+    source: ImmutaSource, job_ids: Sequence[str], last_polled: float | None = 1.0
+) -> dict[str, PollOutcome]:
+    """Poll these jobs (polled before, unless `last_polled` is None) through a fresh adapter;
+    outcomes by job id."""
 
     async def go() -> dict[str, PollOutcome]:
         adapter = ImmutaAdapter(source)
         try:
-            refs = [JobRef(f"im/{j}", "im", j) for j in job_ids]
+            refs = [JobRef(f"im/{j}", "im", j, last_polled=last_polled) for j in job_ids]
             outcomes = await adapter.poll(refs)
             assert set(outcomes) == {r.key for r in refs}
             return {r.job_id: outcomes[r.key] for r in refs}
@@ -63,7 +73,7 @@ def discover(source: ImmutaSource, job: JobConfig) -> list[str]:
     async def go() -> list[str]:
         adapter = ImmutaAdapter(source)
         try:
-            return await adapter.discover(job)
+            return list(await adapter.discover(job))
         finally:
             await adapter.aclose()
 
@@ -217,10 +227,11 @@ class TestStatuses:
 
 
 class TestLongPoll:
-    """long_poll: one request waits, and answers as soon as a job ends."""
+    """long_poll: a lone job waits long; several jobs wait a second (the API answers a wait
+    only when every job in it has ended)."""
 
-    def test_end_is_seen_within_about_a_second_with_one_request(self, sim: ImmutaSim) -> None:
-        """A job ending 0.5 s in is answered by the same request about a second later."""
+    def test_several_jobs_wait_a_second(self, sim: ImmutaSim) -> None:
+        """Two jobs, one ending 0.5 s in: one request that waits 1 s answers both."""
         sim.add_job("lp", state="active")
         sim.add_job("other", state="active")
         sim.script_job("lp", [(0.5, {"state": "completed"})])
@@ -232,7 +243,60 @@ class TestLongPoll:
         assert 0.4 < elapsed < 2.0
         assert sim.requests["statuses"] == 1
         (body,) = sim.statuses_bodies
+        assert (body["wait"], body["pollInterval"]) == (1, 1)
+
+    def test_a_lone_job_waits_long_and_answers_at_its_end(self, sim: ImmutaSim) -> None:
+        """One job ending 1.2 s in: its own request waits up to long_poll, answers at the end."""
+        sim.add_job("lp", state="active")
+        sim.script_job("lp", [(1.2, {"state": "failed"})])
+        started = time.monotonic()
+        outcome = poll(config(sim.base_url, long_poll=5), ["lp"])["lp"]
+        assert 1.0 < time.monotonic() - started < 3.0
+        assert isinstance(outcome, PollResult) and outcome.state == State.FAILED
+        (body,) = sim.statuses_bodies
         assert (body["wait"], body["pollInterval"]) == (5, 1)
+
+    def test_the_simulator_waits_for_every_job(self, sim: ImmutaSim) -> None:
+        """As the vendor documents it: one job's end does not answer a wait on two."""
+        sim.add_job("a", state="active")
+        sim.add_job("b", state="active")
+        sim.script_job("a", [(0.2, {"state": "completed"})])
+        started = time.monotonic()
+        with httpx.Client() as client:
+            answer = client.post(
+                f"{sim.base_url}/jobs/statuses",
+                json={"jobIds": ["a", "b"], "wait": 1.5, "pollInterval": 0.1},
+                headers={"Authorization": KEY},
+            ).json()
+        assert time.monotonic() - started > 1.4
+        assert (answer["a"]["state"], answer["b"]["state"]) == ("completed", "active")
+
+    def test_split_keeps_requests_small(self) -> None:
+        """A job per request while long-wait slots last (all but two), then batch_size chunks;
+        without long_poll a group stays whole."""
+        refs = [JobRef(f"im/{i}", "im", str(i), last_polled=1.0) for i in range(12)]
+        fresh = [JobRef(f"im/n{i}", "im", f"n{i}") for i in range(2)]
+
+        async def go() -> tuple[list[list[JobRef]], list[list[JobRef]]]:
+            adapter = ImmutaAdapter(config("http://127.0.0.1:9", long_poll=5, batch_size=4))
+            plain = ImmutaAdapter(config("http://127.0.0.1:9"))
+            try:
+                return adapter.split([*refs, *fresh]), plain.split(refs)
+            finally:
+                await adapter.aclose()
+                await plain.aclose()
+
+        parts, whole = asyncio.run(go())
+        assert [len(p) for p in parts] == [1] * 6 + [4, 2, 2]
+        assert [r for p in parts for r in p] == [*refs, *fresh]
+        assert whole == [refs]
+
+    def test_a_first_poll_does_not_wait(self, sim: ImmutaSim) -> None:
+        """A job never polled is asked with wait 0: a new watch learns its state at once."""
+        sim.add_job("new", state="active")
+        outcome = poll(config(sim.base_url, long_poll=5), ["new"], last_polled=None)["new"]
+        assert isinstance(outcome, PollResult) and outcome.state == State.RUNNING
+        assert [b["wait"] for b in sim.statuses_bodies] == [0]
 
     def test_no_end_answers_after_the_wait(self, sim: ImmutaSim) -> None:
         """Nothing ends: the answer comes after the wait, with the jobs' states."""
@@ -265,7 +329,7 @@ class TestLongPoll:
 
         async def go() -> float:
             adapter = ImmutaAdapter(config(sim.base_url, long_poll=1.5))
-            ref = JobRef("im/r", "im", "r")
+            ref = JobRef("im/r", "im", "r", last_polled=1.0)
             try:
                 while True:
                     outcome = (await adapter.poll([ref]))[ref.key]
@@ -415,3 +479,121 @@ class TestAnyInput:
         outcomes = poll(config(any_answer.base_url), _IDS)
         for outcome in outcomes.values():
             assert_stated(outcome)
+
+
+class TestSummary:
+    """`poller summary`: the API's counts by job type and state, bounded, with clear errors."""
+
+    @staticmethod
+    def summary(tmp_path: Path, base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            f"sources:\n  im: {{type: immuta, base_url: '{base_url}', token: {KEY}}}\n"
+            "  ru: {type: ruler, token: t}\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "poller", "summary", "-c", str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_counts_by_type_and_state(self, tmp_path: Path, sim: ImmutaSim) -> None:
+        """The table and the JSON give the simulator's counts; filters reach the API."""
+        now = datetime.now(UTC)
+        for i in range(3):
+            sim.add_job(f"p{i}", state="completed", created=now)
+        sim.add_job("p-failed", state="failed", created=now)
+        sim.add_job("s", state="active", job_type="sdd", created=now)
+        sim.add_job("old", state="failed", job_type="sdd", created=now - timedelta(days=3))
+        shown = self.summary(tmp_path, sim.base_url, "im")
+        assert shown.returncode == 0, shown.stderr
+        lines = [line.split() for line in shown.stdout.splitlines()]
+        assert lines[0] == ["im:", "6", "jobs"]
+        assert ["policyUpdate", "completed", "3"] in lines
+        assert ["sdd", "failed", "1"] in lines and ["sdd", "active", "1"] in lines
+        done = self.summary(tmp_path, sim.base_url, "im", "--job-type", "sdd", "--since", "1d")
+        assert done.returncode == 0, done.stderr
+        shown = self.summary(
+            tmp_path, sim.base_url, "im", "--job-type", "sdd", "--since", "1d", "--json"
+        )
+        document = json.loads(shown.stdout)
+        assert document["counts"] == [{"job_type": "sdd", "state": "active", "count": 1}]
+        assert (document["total"], document["job_types"], document["truncated"]) == (
+            1,
+            ["sdd"],
+            False,
+        )
+        assert sim.requests["summary"] == 3
+
+    @pytest.mark.parametrize(
+        ("fault", "said"),
+        [
+            ({"status": 401}, "auth: HTTP 401"),
+            ({"status": 503}, "unavailable"),
+            ({"mode": "html"}, "bad_answer"),
+            ({"status": 200, "body": {"jobTypes": "many"}}, "not a summary of jobs"),
+        ],
+    )
+    def test_api_errors_are_exit_1_and_say_why(
+        self, tmp_path: Path, sim: ImmutaSim, fault: dict[str, Any], said: str
+    ) -> None:
+        """An answer that is not a summary is exit 1 with the reason on stderr, no traceback."""
+        sim.fail("/jobs/summary", times=None, **fault)
+        shown = self.summary(tmp_path, sim.base_url, "im")
+        assert shown.returncode == 1
+        assert said in shown.stderr and "Traceback" not in shown.stderr
+        assert shown.stdout == ""
+
+    @pytest.mark.parametrize(
+        ("args", "said"),
+        [
+            (["nope"], "no source nope in the config (sources: im, ru)"),
+            (["ru"], "source ru (ruler) cannot count its jobs"),
+            (["im", "--since", "soon"], "--since: expected a duration"),
+            (["im", "--since", "0s"], "--since: must be more than 0s"),
+            (["im", "--job-type", " "], "--job-type: must not be empty"),
+        ],
+    )
+    def test_usage_errors_are_exit_2(
+        self, tmp_path: Path, sim: ImmutaSim, args: list[str], said: str
+    ) -> None:
+        """A source that is not there or cannot count, or a bad option: exit 2, no request."""
+        shown = self.summary(tmp_path, sim.base_url, *args)
+        assert (shown.returncode, shown.stdout) == (2, "")
+        assert said in shown.stderr
+        assert sim.requests["summary"] == 0
+
+    def test_other_shapes_are_read(self) -> None:
+        """Rows of type, state and count; an object keyed by type; counts summed per pair."""
+        rows = [
+            {"jobType": "a", "state": "failed", "count": 2},
+            {"jobType": "a", "state": "failed", "count": "3"},
+            {"type": "b", "status": "active", "total": 1},
+        ]
+        assert parse_summary({"data": rows}).counts == (
+            JobCount("a", "failed", 2),
+            JobCount("b", "active", 1),
+        )
+        assert parse_summary({"a": {"completed": 4}, "b": {}}).counts == (
+            JobCount("a", "completed", 4),
+        )
+
+    def test_bounded(self) -> None:
+        """Only MAX_SUMMARY_ROWS counts are read; more are said to be left out; odd counts
+        (negative, fractions of absurd size, booleans, text) are left out."""
+        states = {f"s{i}": 1 for i in range(MAX_SUMMARY_ROWS + 50)}
+        answer = parse_summary({"jobTypes": [{"jobType": "t", "states": states}]})
+        assert len(answer.counts) == MAX_SUMMARY_ROWS and answer.truncated
+        odd = {"t": {"neg": -1, "big": 1e300, "yes": True, "text": "7", "ok": 2}}
+        assert parse_summary(odd).counts == (JobCount("t", "ok", 2),)
+
+    @given(_json)
+    def test_any_answer_is_a_summary_or_a_bad_answer(self, body: Any) -> None:
+        """Whatever the API answers: a bounded summary, or PermanentSourceError."""
+        try:
+            answer = parse_summary(body)
+        except PermanentSourceError:
+            return
+        assert len(answer.counts) <= MAX_SUMMARY_ROWS
+        assert all(c.count >= 0 and c.job_type and c.state for c in answer.counts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -172,6 +173,49 @@ class TestBackoff:
         """Delivery retries back off to a cap."""
         assert delivery_wait(1, 1.0) == 5 and delivery_wait(2, 1.0) == 10
         assert delivery_wait(50, 1.0) == 900
+
+
+class TestContinuous:
+    """A long-polling source's policy: asked again at once after an answer, at most once a
+    second per job; errors back off as always."""
+
+    POLICY = replace(POLICY, continuous=True)
+
+    def test_answer_is_followed_at_once_whatever_the_interval(self) -> None:
+        """A long poll sent at T0 that answered 25 s later is due again at once, unchanged
+        or not; the stored quiet wait still grows, for when long-poll is turned off."""
+        watch = fresh()
+        for _ in range(3):
+            decision = decide(watch, result(State.RUNNING), self.POLICY, T0 + 25, 0.5, T0)
+            assert decision.next_poll_at == T0 + 25
+            watch = decision.progress
+        assert watch.wait == 120
+
+    def test_never_more_than_once_a_second(self) -> None:
+        """A server that ignores the wait and answers in 0.1 s is asked again 1 s after the
+        last request was sent, not at once."""
+        decision = decide(fresh(), result(State.RUNNING), self.POLICY, T0 + 0.1, 0.5, T0)
+        assert decision.next_poll_at == T0 + 1.0
+
+    def test_errors_still_back_off(self) -> None:
+        """A failed long poll waits its error backoff, not zero."""
+        failure = PollFailure("timeout", "no answer")
+        decision = decide(fresh(), failure, self.POLICY, T0 + 30, 1.0, T0)
+        assert decision.next_poll_at == T0 + 30 + error_wait(self.POLICY, 1, 1.0)
+
+    def test_it_comes_from_the_source_not_from_overrides(self, tmp_path: Path) -> None:
+        """`continuous` is the source's long_poll; a job's stored overrides cannot set it."""
+        from poller.config import load_config
+
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            "sources:\n"
+            "  lp: {type: immuta, base_url: 'http://x', token: k, long_poll: 20s}\n"
+            "  plain: {type: immuta, base_url: 'http://x', token: k}\n"
+        )
+        config = load_config(path, environ={})
+        assert config.policy_for("lp", {"continuous": 0.0}).continuous
+        assert not config.policy_for("plain", {"continuous": 1.0}).continuous
 
 
 class TestTimeoutsAndOutages:

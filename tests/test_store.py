@@ -164,6 +164,33 @@ class TestWatches:
         w2, created2 = store.add_watch(spec(name="b"), T0 + 1)
         assert not created2 and w2.id == w.id and w2.name == "b"
 
+    def test_discovered_watches_follow_their_entries(self, store: Store) -> None:
+        """Entries are remembered as listed; a watch listed as ended is stored ended and never
+        due; the watches of an entry that left the config stop (history kept), others stay."""
+        found = [
+            WatchSpec("im", "a", origin="discovered", entry="im/bulk/B"),
+            WatchSpec(
+                "im", "b", origin="discovered", entry="im/bulk/B", ended_as=(State.FAILED, "failed")
+            ),
+            WatchSpec("im", "c", origin="discovered", entry="im/bulk/C"),
+        ]
+        assert sorted(store.add_new_watches(found, T0)) == ["im/a", "im/b", "im/c"]
+        ended = store.get_watch("im/b")
+        assert ended is not None and ended.next_poll_at is None
+        assert (ended.progress.state, ended.progress.remote_status) == (State.FAILED, "failed")
+        assert not ended.progress.active and ended.removed_at is None
+        assert store.listed_entries(["im/bulk/B", "im/bulk/C"]) == set()
+        store.mark_listed(["im/bulk/B", "im/bulk/C"], T0)
+        store.mark_listed(["im/bulk/B"], T0 + 1)  # again: no conflict
+        assert store.listed_entries(["im/bulk/B", "x"]) == {"im/bulk/B"}
+        assert store.stop_discovered(["im/bulk/C"], T0 + 2) == ["im/a", "im/b"]
+        stopped = store.get_watch("im/a")
+        assert stopped is not None and stopped.removed_at == T0 + 2
+        still = store.get_watch("im/c")
+        assert still is not None and still.removed_at is None and still.progress.active
+        assert store.listed_entries(["im/bulk/B", "im/bulk/C"]) == {"im/bulk/C"}
+        assert store.stop_discovered([], T0 + 3) == ["im/c"]
+
     def test_sync_adds_and_stops_config_watches_only(self, store: Store) -> None:
         """A job dropped from the config stops; CLI watches are untouched."""
         store.add_watch(spec("cli-job"), T0)
@@ -609,7 +636,8 @@ def test_watch_columns_are_what_watch_from_row_unpacks() -> None:
     # the function's first locals, in the order the unpacking assigns them
     unpacked = code.co_varnames[code.co_argcount : code.co_argcount + len(names)]
     assert unpacked == names
-    assert [c.name for c in watches.c if c.name not in names] == ["lease_until"]
+    # discovered_by is read only by the config sync (`stop_discovered`), never by a claim
+    assert [c.name for c in watches.c if c.name not in names] == ["lease_until", "discovered_by"]
 
 
 def test_sqlite_permissions_do_not_depend_on_umask(tmp_path: Path) -> None:

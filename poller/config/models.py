@@ -64,6 +64,8 @@ CROSS_CHECKED = "cross_checked"
 
 #: The built-in source types' names (`sources.base.source_types()` has those registered since).
 SOURCE_TYPES = source_types()
+#: the `Policy` fields a job's or a source's ``polling`` may set (not ``continuous``)
+_OVERRIDABLE = frozenset(f.name for f in dataclasses.fields(Policy)) - {"continuous"}
 #: One source of a built-in type, told apart by its ``type`` (`sources.base.source_union()`
 #: has those registered since).
 AnySource = source_union()
@@ -203,11 +205,15 @@ class JobConfig(Frozen):
         tuple[Annotated[Written, watch_part("tag")], ...], BeforeValidator(one_or_many)
     ] = ()
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
+    #: a bulk's or a search's first listing notifies the jobs that had already ended too
+    notify_existing: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
         if sum(x is not None for x in (self.id, self.bulk, self.search)) != 1:
             raise ValueError("give exactly one of id, bulk or search")
+        if self.notify_existing and self.id is not None:
+            raise ValueError("notify_existing is for a bulk or a search, not a job with an id")
         if self.key is not None and (problem := key_problem(self.key)):
             raise ValueError(problem)
         return self
@@ -333,12 +339,14 @@ class Config(Frozen):
         if overrides:
             for name, value in overrides.items():
                 try:
-                    number = float(value) if name in values else math.nan
+                    number = float(value) if name in _OVERRIDABLE else math.nan
                 except (TypeError, ValueError, OverflowError):
                     continue  # stored as text by another version, or absurd: ignored too
                 if 0 < number < math.inf:
                     values[name] = number
         values["max_interval"] = max(values["max_interval"], values["interval"])
+        # a property of the source, never of a job's overrides
+        values["continuous"] = found is not None and found.continuous
         return Policy(**values)
 
     def template_for(

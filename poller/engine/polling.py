@@ -23,6 +23,7 @@ from poller.models import Event, EventRecord, JsonValue, Policy, PollFailure, Po
 from poller.notify import route
 from poller.redact import scrub_outcome, secrets_of
 from poller.rules.polling import Decision, decide
+from poller.sources import Splitter
 from poller.store.repo import WriteBack, WriteReport
 
 #: failed group commits in a row after which results are written one at a time (`flush`)
@@ -81,6 +82,8 @@ class PollEngine(Engine):
         self.in_flight = 0
         self.polls = 0
         self._starved = False
+        #: a result written since the last group commit is due again at once
+        self._due_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[WriteBack] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -127,8 +130,14 @@ class PollEngine(Engine):
         by_source: dict[str, list[Watch]] = defaultdict(list)
         for watch in watches:
             by_source[watch.source].append(watch)
+        sources = self.runtime().sources if watches else {}
         for source, claimed in by_source.items():
-            for group in _groups(claimed, self.tuning.group_size, self.tuning.group_spread):
+            groups = _groups(claimed, self.tuning.group_size, self.tuning.group_spread)
+            adapter = sources.get(source)
+            if isinstance(adapter, Splitter):
+                # a long-polling source: each request is answered, and written back, alone
+                groups = [part for group in groups for part in _split(adapter, group)]
+            for group in groups:
                 self.in_flight += len(group)
                 start_in = (group[0].next_poll_at or now) - now
                 task = asyncio.create_task(self._poll_group(source, group, start_in))
@@ -142,6 +151,7 @@ class PollEngine(Engine):
                 await asyncio.sleep(start_in)
             runtime = self.runtime()
             started = time.perf_counter()
+            asked_at = self.clock()
             outcomes = await self._outcomes(runtime, source_name, watches)
             # each poll took as long as the adapter call that answered it
             self.stats.poll_timings(source_name).observe(
@@ -157,7 +167,7 @@ class PollEngine(Engine):
                 kind = outcome.kind if isinstance(outcome, PollFailure) else OK
                 polls[source_name, kind] = polls.get((source_name, kind), 0) + 1
                 held_back = held_back or kind == BACKING_OFF
-                item = self._record(runtime, watch, outcome, now)
+                item = self._record(runtime, watch, outcome, now, asked_at)
                 if item is not None:
                     self._queue(item)
             self.stats.held_back[source_name] = held_back
@@ -212,13 +222,13 @@ class PollEngine(Engine):
         return policy
 
     def _record(
-        self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float
+        self, runtime: Runtime, watch: Watch, outcome: PollOutcome, now: float, asked_at: float
     ) -> WriteBack | None:
         """`_write_back`, but what one watch's data breaks costs that watch alone: its poll
         is recorded as `internal` instead, with the default timings if its own cannot be had
         (or, failing that too, left to its lease)."""
         try:
-            return self._write_back(runtime, watch, outcome, now)
+            return self._write_back(runtime, watch, outcome, now, asked_at=asked_at)
         except Exception as exc:
             self.log.exception("poll result not recorded", watch=watch.key)
             failure = PollFailure("internal", f"{type(exc).__name__} while recording this poll")
@@ -234,10 +244,16 @@ class PollEngine(Engine):
         outcome: PollOutcome,
         now: float,
         policy: Policy | None = None,
+        *,
+        asked_at: float | None = None,
     ) -> WriteBack:
         policy = policy or self._policy(runtime, watch)
-        decision = decide(watch.progress, outcome, policy, now, self.rand())
+        decision = decide(watch.progress, outcome, policy, now, self.rand(), asked_at)
         self.polls += 1
+        due = decision.next_poll_at
+        if due is not None and due <= now + self.tuning.claim_ahead:
+            # due again at once (a long poll that answered): claim it right after its commit
+            self._due_soon = True
         records = [
             EventRecord(
                 kind=kind,
@@ -342,6 +358,9 @@ class PollEngine(Engine):
                 )
             if report.deliveries:
                 self.on_deliveries()
+            if self._due_soon:
+                self._due_soon = False
+                self.wakeup.set()
 
     def _write_back_timed(self, batch: list[WriteBack]) -> tuple[WriteReport, float]:
         """`Store.write_back` of `batch` and how long it took, in the database thread (the
@@ -394,6 +413,23 @@ class PollEngine(Engine):
                 error=error_line(exc),
                 results=len(self._pending),
             )
+
+
+def _split(adapter: Splitter, group: list[Watch]) -> list[list[Watch]]:
+    """`group` cut as the adapter asks (`Splitter.split`); a job it leaves out is polled in a
+    group of its own, and an adapter that fails keeps the group whole."""
+    try:
+        parts = adapter.split([w.ref for w in group])
+    except Exception:  # an adapter bug costs the split, not the poll
+        return [group]
+    by_key = {w.key: w for w in group}
+    cut: list[list[Watch]] = []
+    for part in parts:
+        watches = [by_key.pop(ref.key) for ref in part if ref.key in by_key]
+        if watches:
+            cut.append(watches)
+    cut.extend([w] for w in by_key.values())
+    return cut
 
 
 def _groups(watches: list[Watch], size: int, spread: float) -> list[list[Watch]]:

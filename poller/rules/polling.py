@@ -28,6 +28,9 @@ from poller.models import (
 
 #: How many 404s in a row it takes before a job counts as missing (and can be unreachable).
 NOT_FOUND_AFTER = 3
+#: With a continuous policy (a long-polling source), the least time from one request about a
+#: job to the next after a readable answer.
+MIN_CONTINUOUS_GAP = 1.0
 #: Error backoff never waits less than this, so a tiny interval cannot hammer a failing API.
 MIN_ERROR_WAIT = 1.0
 
@@ -94,12 +97,22 @@ def decide(
     policy: Policy,
     now: float,
     rand: float = 0.5,
+    asked_at: float | None = None,
 ) -> Decision:
-    """Apply one poll outcome to a watch; see the module docstring."""
+    """Apply one poll outcome to a watch; see the module docstring.
+
+    `asked_at` is when the request that answered was sent (None: `now`): with a `continuous`
+    policy the job is asked again at once, but never more often than once per
+    `MIN_CONTINUOUS_GAP` from one request to the next, even from a server that ignores the
+    long poll's wait.
+    """
     if not watch.active:
         return Decision(watch, None, (), None)
     if isinstance(outcome, PollResult):
         progress, transition, events, wait = _on_result(watch, outcome, policy, now)
+        if policy.continuous:
+            start = now if asked_at is None else asked_at
+            wait = max(0.0, start + MIN_CONTINUOUS_GAP - now)
     else:
         progress, transition, events, wait = _on_failure(watch, outcome, policy, now, rand)
 

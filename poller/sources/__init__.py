@@ -6,7 +6,10 @@ request each or with one request for many (where the API allows); either way it 
 for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concerns.
 
 An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
-`poller.engine.discovery` asks it which jobs a config entry stands for.
+`poller.engine.discovery` asks it which jobs a config entry stands for. One that long-polls
+(Immuta with ``long_poll``) is also a `Splitter`: the poll engine asks it how to cut a poll
+group into requests that are answered, and written back, each on its own. One whose API
+counts its jobs by type and state is a `Summarizer` (``poller summary``).
 
 Adding a source type: a package ``poller/sources/<type>/`` with its config model
 (``config.py``, a `SourceConfig` subclass), its adapter (``adapter.py``) and, in its
@@ -23,9 +26,13 @@ from aiohttp.abc import AbstractResolver
 from poller.sources.base import (
     Build,
     Discoverer,
+    JobCount,
+    JobSummary,
     Source,
     SourceConfig,
     SourceType,
+    Splitter,
+    Summarizer,
     read_outcome,
     registered,
     source_type,
@@ -44,9 +51,13 @@ from poller.sources import http as http
 __all__ = [
     "SOURCES",
     "Discoverer",
+    "JobCount",
+    "JobSummary",
     "Source",
     "SourceConfig",
     "SourceType",
+    "Splitter",
+    "Summarizer",
     "answer_cap",
     "answer_memory",
     "build_source",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar, Union, runtime_c
 from pydantic import Field
 
 from poller.errors import SourceError
-from poller.models import JobRef, PollFailure, PollOutcome
+from poller.models import JobRef, PollFailure, PollOutcome, PollResult
 from poller.settings.fields import Count, PositiveDuration, Rate
 from poller.settings.polling import Frozen, PollingOverrides
 
@@ -55,6 +55,13 @@ class SourceConfig(Frozen):
     request_timeout: PositiveDuration = 30.0
     polling: PollingOverrides = Field(default_factory=PollingOverrides)
 
+    @property
+    def continuous(self) -> bool:
+        """Whether this source keeps a request outstanding for its jobs (a long poll): then a
+        job is asked again as soon as an answer about it came back, whatever ``interval``
+        says. False unless a type says otherwise."""
+        return False
+
 
 @runtime_checkable
 class Source(Protocol):
@@ -73,8 +80,47 @@ class Source(Protocol):
 class Discoverer(Protocol[J_contra]):
     """An adapter that can list the jobs a config entry names without ids (bulks, searches)."""
 
-    async def discover(self, job: J_contra) -> list[str]:
-        """The ids of the jobs `job` (a `config.JobConfig`) stands for; raises `SourceError`."""
+    async def discover(self, job: J_contra) -> Mapping[str, PollResult | None]:
+        """The jobs `job` (a `config.JobConfig`) stands for: each id with its state as the
+        listing gave it (None if it gave none); raises `SourceError`."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobCount:
+    """How many of a source's jobs of one type are in one state (the API's own state name)."""
+
+    job_type: str
+    state: str
+    count: int
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The counts of a source's jobs by type and state (`Summarizer.summary`); `truncated`
+    if the answer listed more than poller reads of it."""
+
+    counts: tuple[JobCount, ...]
+    truncated: bool = False
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """An adapter whose API counts its jobs by type and state (Immuta's ``/jobs/summary``)."""
+
+    async def summary(self, job_types: Sequence[str], since: float | None) -> JobSummary:
+        """The counts of the jobs of `job_types` (all if empty) created since `since` (epoch
+        seconds; None: all); raises `SourceError` if they cannot be had."""
+        ...
+
+
+@runtime_checkable
+class Splitter(Protocol):
+    """An adapter that says how a poll group is best cut into requests answered on their own
+    (Immuta's long polls: one long job must not hold others' answers back)."""
+
+    def split(self, jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+        """`jobs` cut into groups, each polled (and written back) as soon as it is answered."""
         ...
 
 

@@ -95,8 +95,20 @@ watches = Table(
     Column("lease_until", Float),
     # bumped by every write-back: a write based on an older read is refused (fencing)
     Column("version", Integer, nullable=False, default=0),
+    # the config's bulk or search that found a discovered watch (`discovery.entry_key`):
+    # when the entry leaves the config, its watches stop
+    Column("discovered_by", CleanText(512)),
 )
 Index("ix_watches_due", watches.c.active, watches.c.next_poll_at)
+
+#: the bulks and searches listed at least once: a first listing notifies no job that had
+#: already ended (unless the entry says ``notify_existing``)
+discovery_entries = Table(
+    "discovery_entries",
+    metadata,
+    Column("entry", CleanText(512), primary_key=True),
+    Column("listed_at", Float, nullable=False),
+)
 
 transitions = Table(
     "transitions",

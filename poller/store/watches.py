@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from poller.models import Watch, WatchSpec
 from poller.store.db import IN_CHUNK, Database
 from poller.store.rows import WATCH_COLUMNS, watch_from_row
-from poller.store.schema import watches
+from poller.store.schema import discovery_entries, watches
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,52 @@ class Watches(Database):
 
         return self._retrying(add)
 
+    def listed_entries(self, entries: Sequence[str]) -> set[str]:
+        """Which of these discovery entries (`engine.discovery.entry_key`) have been listed."""
+        if not entries:
+            return set()
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(discovery_entries.c.entry).where(
+                    discovery_entries.c.entry.in_(list(entries))
+                )
+            ).scalars()
+            return set(found)
+
+    def mark_listed(self, entries: Sequence[str], now: float) -> None:
+        """Record that these discovery entries have been listed (a key already there stays)."""
+        if not entries:
+            return
+        insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        statement = insert(discovery_entries).on_conflict_do_nothing(
+            index_elements=[discovery_entries.c.entry]
+        )
+
+        def mark(conn: Connection) -> None:
+            conn.execute(statement, [{"entry": e, "listed_at": now} for e in sorted(entries)])
+
+        self._retrying(mark)
+
+    def stop_discovered(self, entries: Sequence[str], now: float) -> list[str]:
+        """Stop the discovered watches whose bulk or search is not among `entries` (the
+        config's), history kept, and forget that those entries were listed; the keys stopped.
+        Watches discovered before poller recorded their entry are left alone."""
+        keep = list(entries)
+
+        def stop(conn: Connection) -> list[str]:
+            gone = sa.and_(
+                watches.c.discovered_by.is_not(None),
+                watches.c.removed_at.is_(None),
+                watches.c.discovered_by.not_in(keep),
+            )
+            keys = sorted(conn.execute(sa.select(watches.c.key).where(gone)).scalars())
+            for key in keys:
+                conn.execute(_removal(key, now))
+            conn.execute(sa.delete(discovery_entries).where(discovery_entries.c.entry.not_in(keep)))
+            return keys
+
+        return self._retrying(stop)
+
     def sync_config_jobs(self, specs: Sequence[WatchSpec], now: float) -> SyncReport:
         """Make the config's watches match `specs`: add new ones, stop the ones it dropped.
 
@@ -189,8 +235,8 @@ def _labels(spec: WatchSpec) -> dict[str, Any]:
 
 
 def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
-    """The columns of a new watch, due now."""
-    return {
+    """The columns of a new watch, due now (or, `WatchSpec.ended_as`, ended as listed)."""
+    row = {
         "key": spec.key,
         "source": spec.source,
         "job_id": spec.job_id,
@@ -203,8 +249,17 @@ def _new_watch_row(spec: WatchSpec, now: float) -> dict[str, Any]:
         "active": True,
         "next_poll_at": now,
         "version": 0,
+        "discovered_by": spec.entry,
+        "state": None,
+        "remote_status": None,
+        "ended_at": None,
         **_labels(spec),
     }
+    if spec.ended_as is not None:
+        state, remote = spec.ended_as
+        row |= {"state": state.value, "remote_status": remote[:256], "ended_at": now}
+        row |= {"active": False, "next_poll_at": None}
+    return row
 
 
 def _reactivation(now: float) -> dict[str, Any]:

@@ -116,8 +116,9 @@ class ImmutaSim(HttpServer):
 
     - ``POST /jobs/statuses`` with ``{"jobIds": [...], "wait": s, "pollInterval": s}``: an object
       keyed by job id (unknown ids are left out). With ``wait`` > 0 the answer waits, checking
-      every ``pollInterval`` (default 1 s), until a requested job is terminal or ``wait`` has
-      passed; ``wait: -1`` waits until a job ends, however long that is. More than `max_ids`
+      every ``pollInterval`` (default 1 s), until every requested job is terminal or ``wait``
+      has passed, as Immuta documents it; ``wait: -1`` waits until they all end, however long
+      that is. More than `max_ids`
       ids is a 400.
     - ``GET /jobs?bulkId=`` and ``GET /jobs/search`` (``jobType`` and ``state``, repeated or
       comma-separated; ``startDate``/``endDate`` on the creation date): a page of job summaries,
@@ -125,11 +126,15 @@ class ImmutaSim(HttpServer):
       ``next`` is the next offset (``next_style="offset"``), a URL (``"url"``), or left out
       (``"absent"``); null on the last page.
     - ``GET /jobs/{id}``: one job.
+    - ``GET /jobs/summary`` (``jobType``, repeated or comma-separated; ``startDate`` on the
+      creation date, a 400 if it is not ISO 8601): the counts of jobs by type and state,
+      ``{"jobTypes": [{"jobType": t, "total": n, "states": {state: n}}], "total": n,
+      "startDate": ...}``.
 
     Job documents have ``id``, ``jobType``, ``state`` (any string, so that unknown states can be
     tested), ``bulkId``, ``output``, ``retryCount``, ``createdOn``, ``startedOn`` and
     ``completedOn``. The `requests` counter kinds are ``statuses``, ``jobs``, ``search``,
-    ``job`` and ``other``; `statuses_bodies` keeps the last statuses request bodies.
+    ``summary``, ``job`` and ``other``; `statuses_bodies` keeps the last statuses request bodies.
     """
 
     def __init__(
@@ -262,12 +267,14 @@ class ImmutaSim(HttpServer):
             return "search", ""
         if parts == ["jobs", "statuses"]:
             return "statuses", ""
+        if parts == ["jobs", "summary"]:
+            return "summary", ""
         if len(parts) == 2 and parts[0] == "jobs" and parts[1]:
             return "job", parts[1]
         return "other", ""
 
     def classify(self, request: Request) -> str:
-        """``statuses``, ``jobs``, ``search``, ``job`` or ``other``."""
+        """``statuses``, ``jobs``, ``search``, ``summary``, ``job`` or ``other``."""
         return self._route(request)[0]
 
     async def handle(self, request: Request) -> Response:
@@ -282,6 +289,8 @@ class ImmutaSim(HttpServer):
             return Response(401, {"message": "Unauthorized"})
         if kind == "statuses":
             return await self._statuses(request)
+        if kind == "summary":
+            return self._summary(request)
         if kind == "job":
             with self._lock:
                 found = self._jobs.get(job_id)
@@ -321,12 +330,37 @@ class ImmutaSim(HttpServer):
                     if job is not None:
                         self._advance(job)
                         answer[job_id] = job.doc()
-                done = any(self._jobs[i].terminal for i in answer)
+                # as the vendor documents it: a wait ends when every job in it has ended
+                done = all(self._jobs[i].terminal for i in answer)
             now = loop.time()
             if done or (deadline is not None and now >= deadline):
                 return Response(200, answer)
             pause = max(0.01, float(interval))
             await asyncio.sleep(pause if deadline is None else min(pause, deadline - now))
+
+    def _summary(self, request: Request) -> Response:
+        """Counts of jobs by type and state, of the jobs created since ``startDate`` (if
+        given) of the types ``jobType`` names (if given)."""
+        try:
+            start = _parse_iso(request.query["startDate"]) if "startDate" in request.query else None
+        except ValueError:
+            return Response(400, {"message": "startDate must be an ISO 8601 date"})
+        types = {t.lower() for t in _values(request, "jobType")}
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                self._advance(job)
+                if _search_matches(job, types, set(), start, None):
+                    states = counts.setdefault(job.job_type, {})
+                    states[job.state] = states.get(job.state, 0) + 1
+        rows = [
+            {"jobType": job_type, "total": sum(states.values()), "states": states}
+            for job_type, states in sorted(counts.items())
+        ]
+        answer: dict[str, Any] = {"jobTypes": rows, "total": sum(r["total"] for r in rows)}
+        if start is not None:
+            answer["startDate"] = iso_millis(start)
+        return Response(200, answer)
 
     def _listing(self, request: Request, kind: str) -> Response:
         parsed = self._listing_window(request)

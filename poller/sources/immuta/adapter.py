@@ -4,13 +4,23 @@ Endpoints: ``POST {base_url}/jobs/statuses`` with ``{"jobIds": [...], "wait": s,
 "pollInterval": s}`` answers many jobs at once, keyed by job id; ``GET {base_url}/jobs?bulkId=``
 lists the jobs of a bulk; ``GET {base_url}/jobs/search`` finds jobs by ``jobType``, ``state``,
 ``startDate`` and ``endDate``, a page at a time (``offset``/``size``, answer ``jobs`` and
-``next``). The API key goes as it is in ``Authorization``.
+``next``); ``GET {base_url}/jobs/summary`` (``jobType``, ``startDate``) counts jobs by type
+and state. The API key goes as it is in ``Authorization``.
 
 Polling: the watched jobs of a poll group are sent in chunks of ``batch_size`` ids, one request
-per chunk. A job the answer does not mention is a poll error for that job alone. With
-``long_poll`` the request asks the server to wait up to that long, checking every second, and to
-answer as soon as a job ends; the request deadline is made longer than that wait. ``wait: -1``
+per chunk. A job the answer does not mention is a poll error for that job alone. ``wait: -1``
 (wait for ever) is never sent: without ``long_poll`` it is ``wait: 0``.
+
+Long polls (``long_poll``): the API answers a waiting request when *every* job in it has ended,
+or when the wait is over. So one request about many jobs would hold each end back until the
+last one, and requests are kept small instead (`split`, which the poll engine asks): a job gets
+a request of its own that waits up to ``long_poll`` (the API checks every second and answers
+when it ends), while the source has a request slot to spare for it (`long_slots`: all but two
+of ``max_concurrency``, so that other requests and discovery never queue behind long waits).
+The jobs beyond that share requests of ``batch_size`` ids that wait one second (`ROLL_WAIT`):
+each is answered within about a second and sent again at once. The request deadline is made
+longer than the wait. A job's first poll does not wait, so that a new watch learns its
+state at once.
 
 Parsing is lenient (key case, a state given as a bare string, wrapped answers, several date
 formats) and total: any answer becomes a `PollResult` or a `PollFailure` per job, and only the
@@ -21,6 +31,7 @@ states Immuta documents as terminal make a job terminal. ``output`` is kept, tru
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -29,7 +40,7 @@ from aiohttp.abc import AbstractResolver
 
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
-from poller.sources import lenient, read_outcome
+from poller.sources import JobCount, JobSummary, lenient, read_outcome
 from poller.sources.auth import StaticHeaders
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.immuta.config import ImmutaSource, SearchSpec
@@ -41,6 +52,7 @@ __all__ = [
     "parse_job",
     "parse_page",
     "parse_statuses",
+    "parse_summary",
 ]
 
 
@@ -72,10 +84,15 @@ IMMUTA_STATES: Mapping[str, State] = {
 
 #: How often a long-polling server re-checks the jobs: a job's end is seen within about this.
 POLL_INTERVAL = 1.0
+#: A long-polling request about several jobs waits at most this long (see the module
+#: docstring): each of their ends is then seen within about this.
+ROLL_WAIT = 1.0
 #: A long-polling request may take this much longer than its wait before it is given up.
 LONG_POLL_GRACE = 5.0
 #: The longest `output` kept in the details.
 MAX_OUTPUT = 1000
+#: The most (job type, state) counts a summary is read for; the rest are left out, said so.
+MAX_SUMMARY_ROWS = 1000
 #: Discovery pages: jobs asked for per page, pages followed at most, jobs kept at most.
 PAGE_SIZE = 100
 MAX_PAGES = 500
@@ -198,12 +215,75 @@ def parse_statuses(body: object, job_ids: Sequence[str]) -> dict[str, PollOutcom
     return outcomes
 
 
+def _summary_rows(body: object) -> list[tuple[object, object, object]]:
+    """(job type, state, count) as the answer gives them, in any of the shapes read:
+    ``{"jobTypes": [{"jobType", "states": {state: n}}]}`` (wrapped or not, or a list of such
+    entries), a list of ``{"jobType", "state", "count"}``, or ``{type: {state: n}}``."""
+    found = lenient.fields(body)
+    inner = lenient.first(found, ("jobtypes", "summary", "data", "results", "items"))
+    entries = body if isinstance(body, list) else inner
+    if isinstance(entries, list):
+        rows: list[tuple[object, object, object]] = []
+        for entry in entries:
+            item = lenient.fields(entry)
+            job_type = lenient.first(item, ("jobtype", "type", "name"))
+            states = lenient.first(item, ("states", "counts", "bystate"))
+            if isinstance(states, dict):
+                rows.extend((job_type, state, n) for state, n in states.items())
+            elif item:
+                state = lenient.first(item, ("state", "status"))
+                rows.append((job_type, state, lenient.first(item, ("count", "total", "jobs"))))
+            if len(rows) > MAX_SUMMARY_ROWS:
+                break
+        return rows
+    keyed = inner if isinstance(inner, dict) else body
+    if isinstance(keyed, dict) and keyed and all(isinstance(v, dict) for v in keyed.values()):
+        return [
+            (job_type, state, n)
+            for job_type, states in keyed.items()
+            for state, n in states.items()
+        ]
+    raise PermanentSourceError("bad_answer", "answer is not a summary of jobs by type and state")
+
+
+def parse_summary(body: object) -> JobSummary:
+    """The counts of a ``/jobs/summary`` answer; raises `PermanentSourceError` if it is not
+    one. Counts that are not whole numbers of at least 0, and entries without a type or a
+    state, are left out; only the first `MAX_SUMMARY_ROWS` counts are read."""
+    counts: dict[tuple[str, str], int] = {}
+    rows = _summary_rows(body)
+    for job_type, state, n in rows[:MAX_SUMMARY_ROWS]:
+        name, status = lenient.text(job_type, 200), lenient.text(state, 200)
+        number = lenient.count(n, strings=False, maximum=2**53)
+        if not name or not status or number is None or isinstance(n, bool):
+            continue
+        counts[name, status] = counts.get((name, status), 0) + number
+    return JobSummary(
+        tuple(JobCount(t, st, n) for (t, st), n in sorted(counts.items())),
+        truncated=len(rows) > MAX_SUMMARY_ROWS,
+    )
+
+
 def parse_page(body: object) -> tuple[list[str], object]:
     """The job ids of one page of a job listing, and its ``next`` marker.
 
     The marker is what ``next`` said, or `_NO_MARKER` if the answer has none. Raises
     `PermanentSourceError` if the answer is not a page of jobs.
     """
+    entries, marker = _page(body)
+    return [job_id for job_id, _item in entries], marker
+
+
+def listed_state(item: object) -> PollResult | None:
+    """A listing entry read as a job (its state as listed), or None if it has none."""
+    if not isinstance(item, dict):
+        return None
+    outcome = read_outcome(parse_job, item)
+    return outcome if isinstance(outcome, PollResult) else None
+
+
+def _page(body: object) -> tuple[list[tuple[str, object]], object]:
+    """`parse_page`, with each id's entry as the page gave it."""
     if isinstance(body, list):
         items: object = body
         marker: object = _NO_MARKER
@@ -217,15 +297,15 @@ def parse_page(body: object) -> tuple[list[str], object]:
             items = []
     if not isinstance(items, list):
         raise PermanentSourceError("bad_answer", "answer is not a list of jobs")
-    ids: list[str] = []
+    entries: list[tuple[str, object]] = []
     for item in items:
         if isinstance(item, dict):
             job_id = lenient.identifier(lenient.first(lenient.fields(item), _ID_KEYS))
         else:
             job_id = lenient.identifier(item)
         if job_id is not None:
-            ids.append(job_id)
-    return ids, marker
+            entries.append((job_id, item))
+    return entries, marker
 
 
 class ImmutaAdapter:
@@ -250,6 +330,9 @@ class ImmutaAdapter:
             if self.long_poll
             else self._deadline
         )
+        #: requests that may wait the whole `long_poll` at once: all but two of the slots
+        self.long_slots = max(0, config.max_concurrency - 2) if self.long_poll else 0
+        self._long_waits = 0  # such requests in flight
         self.requester = Requester(
             # Immuta takes the API key as it is, without a scheme
             auth=StaticHeaders({"Authorization": config.token.get_secret_value()}),
@@ -265,32 +348,71 @@ class ImmutaAdapter:
         """Release connections."""
         await self.requester.aclose()
 
-    def statuses_body(self, job_ids: Sequence[str]) -> dict[str, Any]:
-        """The body of one statuses request."""
+    def statuses_body(self, job_ids: Sequence[str], *, wait: float | None = None) -> dict[str, Any]:
+        """The body of one statuses request that waits `wait` seconds (None: ``long_poll``,
+        or 0 without it)."""
         body: dict[str, Any] = {"jobIds": list(job_ids)}
-        if self.long_poll:
-            body["wait"] = _wait_value(self.long_poll)
-            body["pollInterval"] = _wait_value(min(POLL_INTERVAL, self.long_poll))
+        wait = self.long_poll if wait is None else wait
+        if wait:
+            body["wait"] = _wait_value(wait)
+            body["pollInterval"] = _wait_value(min(POLL_INTERVAL, wait))
         else:
             body["wait"] = 0
         return body
 
+    def split(self, jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+        """A poll group cut into requests answered on their own (the module docstring): with
+        ``long_poll``, a job each while long-wait slots are free, then `batch_size` chunks."""
+        if not self.long_poll:
+            return [list(jobs)]
+        # a job never polled is asked without waiting: its state is wanted now, not at its end
+        new = [job for job in jobs if job.last_polled is None]
+        known = [job for job in jobs if job.last_polled is not None]
+        free = max(0, self.long_slots - self._long_waits)
+        alone = [[job] for job in known[:free]]
+        shared = [
+            part[i : i + self.batch_size]
+            for part in (known[free:], new)
+            for i in range(0, len(part), self.batch_size)
+        ]
+        return alone + shared
+
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
-        """Poll these jobs: one statuses request per `batch_size` job ids."""
+        """Poll these jobs: one statuses request per `batch_size` job ids.
+
+        With ``long_poll``, a lone job waits ``long_poll`` if a long-wait slot is free, and
+        several jobs wait `ROLL_WAIT` (an answer comes only when all of them have ended); jobs
+        never polled before do not wait.
+        """
         job_ids = list(dict.fromkeys(job.job_id for job in jobs))
+        first = all(job.last_polled is None for job in jobs)
+        if (
+            self.long_poll
+            and not first
+            and len(job_ids) == 1
+            and self._long_waits < self.long_slots
+        ):
+            # decided and counted at once, with no await between, so slots are never overdrawn
+            self._long_waits += 1
+            try:
+                by_id = await self._poll_chunk(job_ids, self.long_poll)
+            finally:
+                self._long_waits -= 1
+            return {job.key: by_id[job.job_id] for job in jobs}
+        wait = min(ROLL_WAIT, self.long_poll) if self.long_poll and not first else 0.0
         chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
-        answers = await self.requester.each(self._poll_chunk, chunks)
-        by_id: dict[str, PollOutcome] = {}
+        answers = await self.requester.each(lambda chunk: self._poll_chunk(chunk, wait), chunks)
+        by_id = {}
         for answer in answers:
             by_id.update(answer)
         return {job.key: by_id[job.job_id] for job in jobs}
 
-    async def _poll_chunk(self, job_ids: list[str]) -> dict[str, PollOutcome]:
+    async def _poll_chunk(self, job_ids: list[str], wait: float) -> dict[str, PollOutcome]:
         try:
             body = await self.requester.json(
                 "POST",
                 f"{self.base_url}/jobs/statuses",
-                body=self.statuses_body(job_ids),
+                body=self.statuses_body(job_ids, wait=wait),
                 deadline=self._poll_deadline,
                 partial=True,  # an entry that cannot be read costs its job only
             )
@@ -299,10 +421,23 @@ class ImmutaAdapter:
             return dict.fromkeys(job_ids, failure)
         return parse_statuses(body, job_ids)
 
+    # -- summary -----------------------------------------------------------------------
+
+    async def summary(self, job_types: Sequence[str], since: float | None) -> JobSummary:
+        """``GET /jobs/summary``: the counts of jobs by type and state (`parse_summary`),
+        of `job_types` (all if empty), created since `since`; raises `SourceError`."""
+        query = [("jobType", str(t)) for t in job_types]
+        if since is not None:
+            moment = datetime.fromtimestamp(since, UTC)
+            query.append(("startDate", moment.isoformat(timespec="milliseconds")))
+        target = f"{self.base_url}/jobs/summary" + (f"?{urlencode(query)}" if query else "")
+        return parse_summary(await self.requester.json("GET", target, deadline=self._deadline))
+
     # -- discovery ---------------------------------------------------------------------
 
-    async def discover(self, job: Listing) -> list[str]:
-        """The ids of the jobs a config entry's ``bulk`` or ``search`` finds, every page of them.
+    async def discover(self, job: Listing) -> dict[str, PollResult | None]:
+        """The jobs a config entry's ``bulk`` or ``search`` finds, every page of them: each
+        id with its state as listed (`listed_state`; None if the listing gives none).
 
         Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.
         """
@@ -317,11 +452,11 @@ class ImmutaAdapter:
                 if value is not None:
                     params.append((name, str(value)))
             return await self._list("/jobs/search", params)
-        return []
+        return {}
 
-    async def _list(self, path: str, params: list[tuple[str, str]]) -> list[str]:
+    async def _list(self, path: str, params: list[tuple[str, str]]) -> dict[str, PollResult | None]:
         """Follow a listing's pages to the end: by ``next`` when given, else by offset."""
-        found: dict[str, None] = {}
+        found: dict[str, PollResult | None] = {}
         offset = 0
         url: str | None = None  # a next-page URL the server gave
         token: str | None = None  # an opaque next-page token the server gave
@@ -338,12 +473,14 @@ class ImmutaAdapter:
                 if token is not None:
                     query.append(("next", token))
                 target = f"{self.base_url}{path}?{urlencode(query)}"
-            ids, marker = parse_page(
+            entries, marker = _page(
                 # partial: a job that cannot be read is left out, not the whole page
                 await self.requester.json("GET", target, deadline=self._deadline, partial=True)
             )
+            ids = [job_id for job_id, _item in entries]
             before = len(found)
-            found.update(dict.fromkeys(ids))
+            for job_id, item in entries:
+                found.setdefault(job_id, listed_state(item))
             if len(found) >= MAX_DISCOVERED or len(found) == before:
                 break  # an empty page, or one the server gave before (it ignores offset)
             step = self._next_page(marker, offset, len(ids), largest)
@@ -351,7 +488,7 @@ class ImmutaAdapter:
             if step is None:
                 break
             url, token, offset = step
-        return list(found)[:MAX_DISCOVERED]
+        return dict(list(found.items())[:MAX_DISCOVERED])
 
     def _next_page(
         self, marker: object, offset: int, got: int, largest: int

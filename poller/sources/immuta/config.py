@@ -33,6 +33,11 @@ class ImmutaSource(SourceConfig):
     long_poll: OptionalDuration = None
     discovery_interval: PositiveDuration = 60.0
 
+    @property
+    def continuous(self) -> bool:
+        """With ``long_poll``, a statuses request is kept outstanding for the source's jobs."""
+        return self.long_poll is not None
+
     @field_validator("long_poll")
     @classmethod
     def _long_poll_within_request(cls, value: float | None, info: ValidationInfo) -> float | None:
