@@ -629,7 +629,7 @@ jobs:
         assert "State: failed (remote: Failed), was running" in failed["message"]
         assert "Started: 2024-05-01 10:00:00 UTC, took 2m" in failed["message"]
         shown = [
-            line.split("(remote ")[-1].rstrip(")")
+            line.split("(remote ")[-1].split(")")[0]
             for line in history.stdout.splitlines()
             if "transition" in line
         ]
