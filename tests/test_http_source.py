@@ -634,7 +634,7 @@ jobs:
             if "transition" in line
         ]
         assert shown == ["Scheduled", "Late", "Running", "AwaitingRetry", "Retrying", "Failed"]
-        assert "pending -> pending  (remote Late)" in history.stdout
+        assert "pending -> pending (remote Late)" in history.stdout
         assert_nowhere(tmp_path, ["prefect-pass-3141"])
 
 
