@@ -152,7 +152,8 @@ def _kind_problems(
     for key in ("site", "bulk", "search"):
         if given(key) and kind.takes(key) and not kind.takes(key, source):
             needs = f"needs its source to have {kind.discovers_with}"
-            found.append((("jobs", i, key), f"{needs} (a {name} source lists no jobs without)"))
+            why = f"{a_source(name)} lists no jobs without it"
+            found.append((("jobs", i, key), f"{needs} ({why})"))
         elif given(key) and not kind.takes(key):
             takers = [n for n, other in registered().items() if other.takes(key)]
             found.append((("jobs", i, key), f"only for {a_source(*takers)}; this one is {name}"))
@@ -161,7 +162,8 @@ def _kind_problems(
 
 def a_source(*names: str) -> str:
     """``a ruler source``, ``an immuta source``, ``a ruler or x source``: for messages."""
-    article = "an" if names and names[0][:1] in "aeiou" else "a"
+    # "an http source": the name is read letter by letter
+    article = "an" if names and (names[0][:1] in "aeiou" or names[0] == "http") else "a"
     return f"{article} {' or '.join(names)} source"
 
 
