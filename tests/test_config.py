@@ -828,7 +828,7 @@ JOB_PROBLEMS = [
     ("unknown source", "  - {source: rulr-prod, id: a}\n",
      ["12: jobs[0].source: unknown source 'rulr-prod'; expected one of: immuta, ruler-prod"]),
     ("bulk on ruler", "  - {source: ruler-prod, bulk: b, site: s}\n",
-     ["12: jobs[0].bulk: only for an immuta source; this one is ruler"]),
+     ["12: jobs[0].bulk: only for an immuta or http source; this one is ruler"]),
     ("id and bulk", "  - {source: immuta, id: a, bulk: b}\n",
      ["12: jobs[0]: give exactly one of id, bulk or search"]),
     ("nothing to watch", "  - {source: immuta}\n",
