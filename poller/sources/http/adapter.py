@@ -12,8 +12,14 @@ reads its state type); ``name`` the job's name (details ``job_name``, shown when
 none); ``started_at`` and ``ended_at`` the API's own times (details ``remote_created_at`` and
 ``remote_completed_at``, in epoch seconds, read as ``time_unit`` says: `read_time`).
 
+With ``batch``, the jobs are asked ``max_ids`` ids per request instead (`poll_batch`, through
+`batching`): the templates are filled with the ids (`batch_fields`), ``items`` finds the list
+of jobs in the answer and ``id`` each one's id, and each item is read like one job's answer.
+With ``discover``, the adapter lists the jobs of a ``bulk`` entry (`discover`), page after page
+by a token or a page number.
+
 Parsing is total: an answer where the state cannot be found, or is not a plain value, is a
-poll error for that job; nothing raises out of the adapter.
+poll error for that job; nothing raises out of the adapter's `poll`.
 """
 
 from __future__ import annotations
