@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -403,6 +404,30 @@ jobs:
 """
 
 
+ENTRY = '  - {source: mlflow, bulk: "7", tags: [exp7]}'
+
+
+def reload(tmp_path: Path, config: Path) -> None:
+    """SIGHUP to the `poller run` of `config` (started by this test), and wait until it says
+    it reloaded."""
+    log = tmp_path / "daemon.log"
+    before = log.read_text().count('"reloaded"')
+    (pid,) = [
+        int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _cmdline(proc)[-3:] == ["run", "-c", str(config)]
+    ]
+    os.kill(pid, signal.SIGHUP)
+    eventually(lambda: log.read_text().count('"reloaded"') > before, what="reload")
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 class TestDaemon:
     """`poller run` watches every run of an experiment through batches."""
 
@@ -411,7 +436,7 @@ class TestDaemon:
     ) -> None:
         """The first listing records finished runs quietly; a run that ends later, and one
         added later, are notified; no run is asked alone; a run that leaves the batch answers
-        is unreachable (not found) after the usual retries."""
+        is unreachable (not found) after the usual retries; removing the entry stops them."""
         sink = WebhookSink()
         with SimThread(sink):
             mlflow.add_job("old", group=7, run_name="old-run", status="FINISHED")
@@ -422,9 +447,9 @@ class TestDaemon:
                 base=mlflow.base_url,
                 token=mlflow.token,
                 hook=sink.apprise_url,
-                jobs='  - {source: mlflow, bulk: "7", tags: [exp7]}',
+                jobs=ENTRY,
             )
-            with daemon(tmp_path, text):
+            with daemon(tmp_path, text) as path:
                 store = Store(f"sqlite:///{tmp_path}/poller.db")
                 try:
                     eventually(lambda: len(watches(store)) == 9, what="9 watches")
@@ -439,6 +464,10 @@ class TestDaemon:
                     messages = sink.wait_for(3, timeout=20)
                     watch = store.get_watch("mlflow/r0")
                     five = store.get_watch("mlflow/r5")
+                    # the entry leaves the config: at the reload, its watches stop
+                    path.write_text(text.replace(ENTRY, "  []"))
+                    reload(tmp_path, path)
+                    stopped = store.get_watch("mlflow/r0")
                 finally:
                     store.close()
         titles = sorted(m["title"] for m in messages)
@@ -449,6 +478,7 @@ class TestDaemon:
         assert mlflow.requests["job"] == 0
         assert watch is not None and watch.tags == ("exp7",) and watch.origin == "discovered"
         assert five is not None and five.progress.unreachable
+        assert stopped is not None and not stopped.progress.active
         assert_nowhere(tmp_path, [mlflow.token])
 
 
