@@ -271,6 +271,8 @@ class TestDiscover:
         spec = config.discover.model_dump() | {"filter": "state_type != 'FAILED'"}  # type: ignore[union-attr]
         found = discover(prefect_source(prefect, discover=spec), "dep")
         assert sorted(found) == ["f0", "f1", "f2", "f4", "f5", "f6"]
+        zero = spec | {"filter": "`0`"}  # JMESPath takes 0 for true
+        assert len(discover(prefect_source(prefect, discover=zero), "dep")) == 7
 
     def test_page_cap_and_a_token_that_loops(self, mlflow: JsonJobSim) -> None:
         """max_pages stops a long listing; a server giving the same token again stops too."""

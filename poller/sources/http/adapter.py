@@ -67,8 +67,6 @@ _LATEST = 1e10
 #: A batch answer may list at most this many items per id asked: more is an API that
 #: ignored the batch's filter (every run of a server), refused rather than read.
 MAX_ITEMS_PER_ID = 2
-#: What a ``discover`` filter finds for an item it leaves out (JMESPath's false values).
-_FALSY: tuple[object, ...] = (None, False, "", [], {})
 
 
 class Listing(Protocol):
@@ -334,7 +332,7 @@ class HttpAdapter:
                     continue
                 seen.add(job_id)
                 wanted = expressions.filter
-                if wanted is None or _search(wanted, item) not in _FALSY:
+                if wanted is None or _true(_search(wanted, item)):
                     found[job_id] = self._listed(item)
                     if len(found) >= MAX_DISCOVERED:
                         return found
@@ -438,3 +436,11 @@ def _token(value: object) -> JsonValue:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return None
+
+
+def _true(value: object) -> bool:
+    """Whether JMESPath takes `value` for true: anything but null, false and empty text,
+    lists and objects (0 is true)."""
+    if value is None or value is False:
+        return False
+    return not isinstance(value, str | list | dict) or bool(value)

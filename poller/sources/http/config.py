@@ -87,7 +87,8 @@ def _check_body(value: object, method: object, known: Sequence[str]) -> object:
 
 
 def _named(url: str, data: Mapping[str, Any], known: Sequence[str]) -> set[str]:
-    """The fields a request's ``url`` and (already checked) ``body`` templates name."""
+    """The fields a request's ``url`` and (already checked) ``body`` templates name;
+    ValueError if the url is not an http(s) URL or a template names another field."""
     http_url(url)
     body = data.get("body")
     return template_fields(url, known) | (set() if body is None else body_fields(body, known=known))
@@ -190,7 +191,8 @@ class HttpBatch(_Request):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        if "body" in info.data and not {"ids", "quoted_ids"} & _named(value, info.data, cls.FIELDS):
+        named = _named(value, info.data, cls.FIELDS)
+        if "body" in info.data and not {"ids", "quoted_ids"} & named:
             raise ValueError("must name {ids} or {quoted_ids} (or the body must)")
         return value
 
@@ -300,7 +302,8 @@ class HttpSource(SourceConfig):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        if "body" in info.data and "id" not in _named(value, info.data, JOB_FIELDS):
+        named = _named(value, info.data, JOB_FIELDS)
+        if "body" in info.data and "id" not in named:
             raise ValueError("must name {id} (or the body must)")
         return value
 
