@@ -12,8 +12,10 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import markdown
+import markdown.treeprocessors
 
 from poller.units import shorten
 
@@ -93,6 +95,25 @@ def md_link(url: str) -> str:
 #: Python-Markdown's extensions for messages: code blocks, and a line break kept as one
 #: (poller's fields are one per line; plain Markdown would run them into one paragraph).
 _MARKDOWN_EXTENSIONS = ("fenced_code", "nl2br")
+#: ``\\<`` that `md_escape` wrote (not an escaped backslash before ``<``).
+_ESCAPED_ANGLE = re.compile(r"(?<!\\)((?:\\\\)*)\\<")
+
+
+class _SafeLinks(markdown.treeprocessors.Treeprocessor):
+    """Links only to http(s) and mail addresses, and no images (a remote image in a mail is
+    a tracker): what a template writes cannot make a ``javascript:`` link."""
+
+    def run(self, root: ElementTree.Element) -> None:
+        for element in root.iter():
+            if element.tag == "img":
+                element.tag, element.text = "span", element.get("alt", "")
+                element.attrib.clear()
+            elif element.tag == "a":
+                href = element.get("href", "")
+                scheme = href.partition(":")[0].lower() if ":" in href else ""
+                if scheme not in ("http", "https", "mailto"):
+                    element.tag = "span"
+                    element.attrib.clear()
 
 
 def markdown_to_html(text: str) -> str:
@@ -100,10 +121,16 @@ def markdown_to_html(text: str) -> str:
 
     Line breaks stay line breaks (``<br>``), with no newline after them: Apprise writes an
     email's text part from this HTML, and a newline after ``<br>`` became a space starting
-    every line there. Values from APIs are escaped in poller's Markdown and in the variables of
-    Markdown templates (`md_escape`): they cannot add HTML.
+    every line there. Raw HTML is shown as text, never passed on (whatever a value or a
+    template holds); links are those Markdown writes (`md_link`), and only http(s) ones.
     """
-    rendered = markdown.markdown(text, extensions=list(_MARKDOWN_EXTENSIONS), output_format="html")
+    converter = markdown.Markdown(extensions=list(_MARKDOWN_EXTENSIONS), output_format="html")
+    # raw HTML off: ``<b>`` stays text (Python-Markdown's own advice, in place of safe mode)
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    converter.treeprocessors.register(_SafeLinks(converter), "poller_safe_links", 0)
+    # ``\<`` is `md_escape`'s guard for renderers that take HTML; here ``<`` is text already
+    rendered = converter.convert(_ESCAPED_ANGLE.sub(r"\1<", text))
     return rendered.replace("<br>\n", "<br>")
 
 
