@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import html
 import importlib
 import logging
 import re
@@ -212,10 +213,16 @@ def _shows_html(service: object) -> bool:
     Matrix runs lines into one paragraph, its text mode shows the title as a literal ``# ``,
     and its email text part started every line after the first with a space.
     """
-    names = {cls.__name__ for cls in type(service).__mro__}
-    if "NotifyEmail" in names:
-        return True
-    return "NotifyMatrix" in names and getattr(service, "mode", None) == "off"
+    return "NotifyEmail" in _classes(service) or _is_matrix(service)
+
+
+def _classes(service: object) -> set[str]:
+    return {cls.__name__ for cls in type(service).__mro__}
+
+
+def _is_matrix(service: object) -> bool:
+    """A Matrix service posting to a homeserver (not through a webhook bot)."""
+    return "NotifyMatrix" in _classes(service) and getattr(service, "mode", None) == "off"
 
 
 class Notifier:
@@ -231,6 +238,9 @@ class Notifier:
         self._written: dict[str, frozenset[str]] = {}
         #: channels whose every service shows HTML best and whose URL leaves ``format`` alone
         self._html: set[str] = set()
+        #: Matrix channels: the title goes in the body as a bold line. Apprise would make it
+        #: an <h1> and start the plain text that notifications show with a literal ``# ``.
+        self._title_in_body: set[str] = set()
         for name, url in channels.items():
             self._written[name] = _query_keys(url)
             obj = apprise.Apprise()
@@ -238,6 +248,8 @@ class Notifier:
             self._channels[name] = obj
             if len(obj) and "format" not in self._written[name] and all(map(_shows_html, obj)):
                 self._html.add(name)
+                if all(map(_is_matrix, obj)):
+                    self._title_in_body.add(name)
             masked = " ".join(self.describe(name))
             self._secrets[name] = _secret_parts(url, masked)
             # also out of every log line: urllib3 logs the paths Apprise posts to
@@ -325,6 +337,8 @@ class Notifier:
         if channel in self._html:
             body = markdown_to_html(body) if body_format == "markdown" else text_to_html(body)
             sent_format = "html"
+            if channel in self._title_in_body and title:
+                body, title = f"<p><strong>{html.escape(title)}</strong></p>{body}", ""
         answers: list[tuple[int, str | None]] = []
         token = _ANSWERS.set(answers)
         try:
