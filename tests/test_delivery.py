@@ -432,6 +432,9 @@ class TestOutboxQueries:
         store.finish_deliveries("me", [DeliveryOutcome(mail.id, False, "HTTP 500")], T0 + 6)
         assert store.sent_times("slack", T0) == [T0 + 5, T0 + 5]
         assert store.sent_times("slack", T0 + 6) == []
+        # a lane's window after a restart: only its own events count
+        assert store.sent_times("slack", T0, [Event.FAILED, Event.CANCELLED]) == [T0 + 5] * 2
+        assert store.sent_times("slack", T0, [Event.STARTED]) == []
         (given_up,) = store.undelivered("given_up")
         assert (given_up.key, given_up.name, given_up.event, given_up.channel) == (
             "ruler-prod/s1/a",
