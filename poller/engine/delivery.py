@@ -56,7 +56,6 @@ from poller.rules.delivery import ChannelState, Hold, SendDigest
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
-
 #: A channel's lane: its name and a severity (`rules.delivery.LANES`).
 Lane = tuple[str, str]
 #: The `last_error` of a delivery kept for a channel that is not in the config: `poller status`
@@ -217,20 +216,21 @@ class DeliveryEngine(Engine):
     async def _round(
         self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
     ) -> bool:
-        """Send one claim's worth, lane by lane, worst first; True if the channel may have more
-        to send right now.
+        """Send one claim's worth; True if the channel may have more to send right now.
 
-        A lane held for its window gets its new rows back at the window's end; the others are
-        planned on their own (`policy.plan`). When a lane's send fails, the lanes after it are
-        released untried until a first retry's wait: the channel itself may be down.
+        Each lane is planned on its own (`policy.plan`); a lane held for its window gets its
+        new rows back at the window's end. What is sent goes worst lane first: a lane's digest,
+        or the events sent one by one, which keep the claim's order across lanes (a job's
+        ``started`` before its end). When a send fails, what was not tried yet is released
+        until a first retry's wait: the channel itself may be down.
         """
         runtime = self.runtime()
         if channel not in runtime.notifier.names:
             await self._keep_for_missing_channel(channel, claimed, settings)
             return False
-        by_lane = policy.lanes(claimed)
-        sent = False
-        for index, (severity, rows) in enumerate(by_lane):
+        digests: list[tuple[Lane, list[Delivery]]] = []
+        each: list[Delivery] = []
+        for severity, rows in policy.lanes(claimed):
             lane = (channel, severity)
             now = self.clock()
             held_until = self._held.get(lane, 0.0)
@@ -241,18 +241,28 @@ class DeliveryEngine(Engine):
             match await self._plan(lane, rows, settings, now):
                 case Hold(until=until, storm=storm):
                     await self._hold(lane, rows, until, log=storm)
-                    continue
                 case SendDigest():
-                    ok = await self._send_digest(runtime, lane, rows, settings)
+                    digests.append((lane, rows))
                 case _:
-                    ok = await self._send_each(runtime, lane, rows, settings)
+                    each.extend(rows)
+        batches: list[tuple[Lane | None, list[Delivery]]] = [*digests]
+        if each:
+            each.sort(key=lambda d: d.id)
+            # one by one, in the place of their worst lane (a digest of that lane first)
+            worst = min(policy.LANES.index(policy.lane_of(d.kind)) for d in each)
+            place = sum(1 for lane, _rows in digests if policy.LANES.index(lane[1]) <= worst)
+            batches.insert(place, (None, each))
+        for index, (digest_lane, rows) in enumerate(batches):
+            if digest_lane is None:
+                ok = await self._send_each(runtime, channel, rows, settings)
+            else:
+                ok = await self._send_digest(runtime, digest_lane, rows, settings)
             if not ok:
-                rest = [d.id for _severity, later in by_lane[index + 1 :] for d in later]
+                rest = [d.id for _lane, later in batches[index + 1 :] for d in later]
                 retry = policy.retry_wait(1, None, settings, self.rand)
                 await self._release(rest, self.clock() + retry)
                 return False
-            sent = True
-        return sent
+        return bool(batches)
 
     async def _plan(
         self, lane: Lane, rows: Sequence[Delivery], settings: DeliveryConfig, now: float
@@ -401,16 +411,15 @@ class DeliveryEngine(Engine):
     async def _send_each(
         self,
         runtime: Runtime,
-        lane: Lane,
+        channel: str,
         claimed: Sequence[Delivery],
         settings: DeliveryConfig,
     ) -> bool:
-        """Send one lane's deliveries one by one, each recorded as soon as it is answered.
+        """Send deliveries one by one, in order, each recorded as soon as it is answered.
 
         Returns False when a send failed (if the channel is failing, the rest was released
         until its retry).
         """
-        channel = lane[0]
         failures = 0
         pending = list(claimed)
         while pending:
@@ -445,7 +454,7 @@ class DeliveryEngine(Engine):
             else:
                 now = self.clock()
                 await self._finish(channel, [DeliveryOutcome(delivery.id, sent=True)], now)
-                self._note_sent(lane, now, 1)
+                self._note_sent((channel, policy.lane_of(delivery.kind)), now, 1)
                 self.sent += 1
                 self.delivered += 1
                 failures = 0

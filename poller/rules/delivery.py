@@ -9,9 +9,8 @@ and the sends around them. The rules they encode (README "Delivery"):
   quiet lane goes out at once; several due together on a quiet lane wait `digest.wait` for
   others to join them; when more than `digest.threshold` deliveries would reach the lane
   within `digest.window`, the due ones go out as one digest, and the lane gets at most one
-  message per window while the storm lasts. Lanes are served worst first and each has its own
-  window, so failures never wait behind a storm of information (as Alertmanager groups per
-  alert);
+  message per window while the storm lasts. Each lane has its own window, so failures never
+  wait behind a storm of information (as Alertmanager groups per alert);
 - retries: a failed send waits `retry_initial` doubling up to `retry_max`, with jitter, and
   never less than a believable `Retry-After`;
 - pauses: two failures in a row, or a `Retry-After`, pause the channel: the rest of what was
@@ -79,6 +78,11 @@ class DeliverySettings(Protocol):
 LANES: tuple[str, ...] = ("failure", "warning", "success", "info")
 
 
+def lane_of(kind: Event) -> str:
+    """The lane of an event: its severity."""
+    return EVENT_SEVERITY[kind]
+
+
 def lane_kinds(severity: str) -> list[Event]:
     """The events of lane `severity`."""
     return [kind for kind, lane in EVENT_SEVERITY.items() if lane == severity]
@@ -88,7 +92,7 @@ def lanes(claimed: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]]:
     """`claimed` by lane, worst lane first, each in the order claimed; empty lanes left out."""
     by_lane: dict[str, list[Delivery]] = {}
     for delivery in claimed:
-        by_lane.setdefault(EVENT_SEVERITY[delivery.kind], []).append(delivery)
+        by_lane.setdefault(lane_of(delivery.kind), []).append(delivery)
     return [(lane, by_lane[lane]) for lane in LANES if lane in by_lane]
 
 
