@@ -15,6 +15,9 @@ import pytest
 from test_email import PASSWORD, Mailbox, mailbox, text_of
 from world import eventually
 
+from poller.models import Event
+from poller.notify import render
+from poller.notify.text import markdown_to_html
 from poller.testing import JsonJobSim, MatrixSim, SimThread, WebhookSink
 
 __all__ = ["mailbox"]  # the fixture, imported for pytest
@@ -146,3 +149,35 @@ class TestEachServiceGetsWhatItShowsBest:
         assert f"Link: {LINK}\n" in message  # plain text, as it was: no Markdown, no HTML
         assert "**" not in message and "<a " not in message and "](" not in message
         assert PASSWORD not in (tmp_path / "daemon.log").read_text()
+
+
+class TestHtmlFromMarkdown:
+    """`markdown_to_html` on poller's own Markdown with hostile values from an API."""
+
+    def test_hostile_values_stay_text_and_only_the_link_is_a_link(self) -> None:
+        """Tags, autolinks, images and ``javascript:`` in values are text; the job's http link
+        is the one link, its parentheses kept; each field is on its own line."""
+        hostile = "<img src=x onerror=alert(1)> <https://evil.example> ![i](https://t/x.png)"
+        payload = {
+            "key": "warehouse/w1",
+            "state": "failed",
+            "details": {
+                "failure_reason": hostile,
+                "url": "https://ci.example.com/jobs/(w1)",
+                "note": "[click](javascript:alert(1)) <script>x</script>",
+            },
+        }
+        _title, body = render(Event.FAILED, payload, "markdown")
+        html = markdown_to_html(body)
+        assert re.findall(r"<a [^>]*>", html) == ['<a href="https://ci.example.com/jobs/%28w1%29">']
+        assert "<img" not in html and "<script" not in html and "&lt;script&gt;" in html
+        assert "&lt;https://evil.example&gt;" in html
+        assert "<br>\n" not in html and html.count("<br>") >= 3
+
+    def test_a_template_cannot_make_a_script_link_or_an_image(self) -> None:
+        """A Markdown template's own links stay links only for http(s) and mailto."""
+        html = markdown_to_html(
+            "[ok](https://ok.example) [mail](mailto:a@b.example) [bad](javascript:x) ![t](https://t)"
+        )
+        assert re.findall(r'href="([^"]*)"', html) == ["https://ok.example", "mailto:a@b.example"]
+        assert "<img" not in html and "<span>bad</span>" in html

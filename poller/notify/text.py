@@ -125,9 +125,11 @@ def markdown_to_html(text: str) -> str:
     template holds); links are those Markdown writes (`md_link`), and only http(s) ones.
     """
     converter = markdown.Markdown(extensions=list(_MARKDOWN_EXTENSIONS), output_format="html")
-    # raw HTML off: ``<b>`` stays text (Python-Markdown's own advice, in place of safe mode)
+    # raw HTML off: ``<b>`` stays text (Python-Markdown's own advice, in place of safe mode);
+    # so are ``<https://...>`` and ``<a@b>``: a link is a ``[label](url)`` that Markdown wrote
     converter.preprocessors.deregister("html_block")
-    converter.inlinePatterns.deregister("html")
+    for pattern in ("html", "autolink", "automail"):
+        converter.inlinePatterns.deregister(pattern)
     converter.treeprocessors.register(_SafeLinks(converter), "poller_safe_links", 0)
     # ``\<`` is `md_escape`'s guard for renderers that take HTML; here ``<`` is text already
     rendered = converter.convert(_ESCAPED_ANGLE.sub(r"\1<", text))
