@@ -6,9 +6,9 @@ The outbox guarantees (README "Delivery"):
   attempt is recorded as soon as the channel answers: a crash can repeat at most the message
   being sent. A digest is one message: its rows are marked sent together, in one transaction,
   after it went out.
-- Each channel is served by its own task, one message at a time and in order, so a channel
-  that fails, refuses or hangs (every send is bounded by ``delivery.timeout``) never delays
-  another one.
+- Each channel is served by its own task, one message at a time and in order (a digest goes
+  out before the digests and events of less severe lanes), so a channel that fails, refuses
+  or hangs (every send is bounded by ``delivery.timeout``) never delays another one.
 - A failed send is retried with exponential backoff and jitter (``retry_initial`` doubling up
   to ``retry_max``), never sooner than a ``Retry-After`` the service gave with a 429 or 503. Two
   failures in a row, or a ``Retry-After``, mean the channel itself is in trouble: what else was
