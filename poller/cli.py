@@ -62,6 +62,17 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+CredentialsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--credentials-dir",
+        metavar="DIR",
+        help="The directory ${CREDENTIALS_DIRECTORY} names in the config, for a config that "
+        "reads systemd credentials, run outside systemd (e.g. /etc/poller/credentials) "
+        "[default: $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential=].",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 SourceArgument = Annotated[
     str, typer.Argument(metavar="SOURCE", help="A source name from the config.")
@@ -115,7 +126,12 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _config(path: str | None) -> Config:
+def _config(path: str | None, credentials: str | None = None) -> Config:
+    if credentials is not None:
+        if not os.path.isdir(credentials):
+            _fail(f"--credentials-dir: {credentials} is not a directory", 2)
+        # what systemd would set: the config's ${CREDENTIALS_DIRECTORY}, now and at reloads
+        os.environ["CREDENTIALS_DIRECTORY"] = os.path.abspath(credentials)
     path = path or os.environ.get("POLLER_CONFIG") or DEFAULT_CONFIG
     try:
         return load_config(path)
@@ -137,12 +153,12 @@ def _store(config: Config) -> Store:
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(config: ConfigOption = None, credentials: CredentialsOption = None) -> None:
     """Run the daemon in the foreground (what systemd starts)."""
     from poller.app import Daemon, runner
     from poller.logs import configure, get_logger
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     configure(os.environ.get("POLLER_LOG_LEVEL") or cfg.log.level, cfg.log.format)
     try:
         with runner() as loop:
@@ -154,7 +170,7 @@ def run(config: ConfigOption = None) -> None:
 
 
 @app.command(short_help="Validate the config and say what it would watch.")
-def check(config: ConfigOption = None) -> None:
+def check(config: ConfigOption = None, credentials: CredentialsOption = None) -> None:
     """Validate the config and say what it would watch; exit 2 on any problem.
 
     A channel no rule uses and a timeout shorter than the interval are warned about on
@@ -163,7 +179,7 @@ def check(config: ConfigOption = None) -> None:
     from poller.app import config_watch_specs
     from poller.notify import Notifier
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     console = _console()
 
     def say(line: str) -> None:
@@ -234,6 +250,81 @@ def check(config: ConfigOption = None) -> None:
         print(f"poller: warning: {printable(warning)}", file=sys.stderr)
 
 
+@app.command(short_help="Write a starter config (or the full example) to begin with.")
+def init(
+    path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write it; - prints it [default: $POLLER_CONFIG, else "
+            "/etc/poller/config.yaml].",
+            show_default=False,
+        ),
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option("--example", help="The full example (every key, explained) instead."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a config to begin with: one ruler source and one channel whose secrets are read
+    from credential files, and one rule, each line commented. An existing file is refused
+    unless --force is given; `poller check` says what is left to fill in.
+    """
+    from poller.install import EXAMPLE, STARTER, shipped
+
+    text = shipped(EXAMPLE if example else STARTER)
+    target = path or os.environ.get("POLLER_CONFIG") or DEFAULT_CONFIG
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    _write_shipped(target, text, force)
+    what = "the example config (every key)" if example else "a starter config"
+    print(printable(f"wrote {what} to {target}"))
+    if not example:
+        print(
+            "next: write the ruler token to /etc/poller/credentials/ruler and the channel's "
+            "Apprise URL\nto /etc/poller/credentials/ops-channel (or to a directory DIR that you "
+            "give as --credentials-dir DIR),\nthen run:"
+        )
+        print(printable(f"  poller check -c {target}"))
+
+
+@app.command(short_help="Print (or write) the systemd unit.")
+def unit(
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write it, e.g. /etc/systemd/system/poller.service [default: -, "
+            "print it].",
+            show_default=False,
+        ),
+    ] = "-",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Print the hardened systemd unit poller ships (ExecStart=/opt/poller/bin/poller), or
+    write it to PATH; an existing file is refused unless --force is given."""
+    from poller.install import UNIT, shipped
+
+    text = shipped(UNIT)
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    _write_shipped(path, text, force)
+    print(printable(f"wrote the systemd unit to {path}; then: systemctl daemon-reload"))
+
+
+def _write_shipped(path: str, text: str, force: bool) -> None:
+    """`poller.install.write_new`, exit 1 with the reason if it cannot."""
+    from poller.install import write_new
+
+    try:
+        write_new(path, text, force=force)
+    except PollerError as exc:
+        _fail(str(exc), 1)
+
+
 def _counted(number: int, one: str, many: str) -> str:
     return f"{number} {one if number == 1 else many}"
 
@@ -287,6 +378,7 @@ def _state_option(values: Sequence[str]) -> tuple[str, ...]:
 @app.command(short_help="The watches, problems first, with counts by state.")
 def status(
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
     as_json: JsonOption = False,
     active: Annotated[bool, typer.Option("--active", help="Only watches still polled.")] = False,
     state: Annotated[
@@ -334,7 +426,7 @@ def status(
         tags=tuple(tag or ()),
     )
     shown = None if show_all else (limit or DEFAULT_STATUS_LIMIT)
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     store = _store(cfg)
     try:
         counts = store.count_watches(filters)
@@ -477,6 +569,7 @@ def history(
         str, typer.Argument(metavar="KEY", help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")
     ],
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show one watch's history, oldest first: each transition with the job's reason and row
@@ -484,7 +577,7 @@ def history(
     started failing, how many polls failed, the error, when it recovered)."""
     from poller.history import condense, line_json
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     store = _store(cfg)
     try:
         watch = store.get_watch(key)
@@ -552,6 +645,7 @@ def prune(
         ),
     ] = None,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Delete now what the daemon's daily retention duty would: watches that ended, timed out
     or were removed longer ago than `retention` (or --older-than), with their transitions,
@@ -560,7 +654,7 @@ def prune(
     A watch with a delivery still pending is kept, and so are a job the config lists and a
     discovered job (they would be watched again as new).
     """
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     if older_than is not None:
         keep = _duration_option("--older-than", older_than, MAX_RETENTION)
     elif cfg.retention:
@@ -620,6 +714,7 @@ def add(
         ),
     ] = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Start watching a job; the running daemon picks it up within seconds.
 
@@ -627,7 +722,7 @@ def add(
     changed is said. A job of the config is labelled in the config, not here. A watch that
     has ended stays ended unless `--again` is given.
     """
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     spec = _spec(cfg, source, job_id, site, name, tag or [])
     try:
         check_labels(cfg, spec.key, name, tag or [])
@@ -656,9 +751,10 @@ def add(
 def remove(
     key: Annotated[str, typer.Argument(metavar="KEY", help="The watch key.")],
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Stop watching a job (its history stays). A job the config lists is removed there."""
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     try:
         check_removal(cfg, key)
     except Refused as exc:
@@ -720,6 +816,7 @@ def wait(
         ),
     ] = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Poll one job in the foreground until it ends, then summarise how it ended.
 
@@ -729,7 +826,7 @@ def wait(
     from poller.models import Watch
     from poller.waiting import EXIT_UNWATCHABLE, display_for, summary, wait_for_job
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     spec = _spec(cfg, source, job_id, site, None, ())
     limit = None if timeout is None else _duration_option("--timeout", timeout, MAX_WAIT_TIMEOUT)
     # a bar only where a person watches it and stdout holds nothing else; with --json the
@@ -790,6 +887,7 @@ def summary(
     ] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Print how many of the source's jobs there are of each type in each state, as the job
     API counts them (Immuta's GET /jobs/summary); exit 1 if the API cannot say."""
@@ -797,7 +895,7 @@ def summary(
     from poller.redact import scrub, secrets_of
     from poller.sources import Summarizer, build_source
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     found = cfg.sources.get(source)
     if found is None:
         known = ", ".join(cfg.sources) or "none"
@@ -872,13 +970,14 @@ def notify_test(
         str | None, typer.Argument(metavar="CHANNEL", help="One channel (default: all).")
     ] = None,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Send a test message through one or every channel and show what each service answered
     (URLs with their secrets masked); exit 1 if any channel failed."""
     from poller.errors import NotifyError
     from poller.notify import Notifier
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     names = [channel] if channel else list(notifier.names)
     if channel and channel not in notifier.names:
