@@ -366,13 +366,31 @@ DEFAULT_STATUS_LIMIT = 50
 MAX_STATUS_LIMIT = 1_000_000
 
 
-def _state_option(values: Sequence[str]) -> tuple[str, ...]:
-    """`--state` values as conditions (``timed-out`` is ``timed_out``); exit 2 on another."""
-    states = tuple(v.strip().lower().replace("-", "_") for v in values)
-    unknown = [v for v in states if v not in CONDITIONS]
-    if unknown:
-        _fail(f"--state: no state {unknown[0]!r} (states: {', '.join(CONDITIONS)})", 2)
-    return states
+#: The longest value a repeatable text option takes (ids, sites, tags and job types are at
+#: most 256 characters wherever they come from): more is a typo or hostile input.
+MAX_OPTION_TEXT = 256
+
+
+def _option_values(
+    option: str, values: Sequence[str] | None, known: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """A repeatable option's values, in order and once each; exit 2 naming the option on the
+    first that is empty, longer than `MAX_OPTION_TEXT` or, when `known` is given, not one of
+    them (which are then listed)."""
+    said = tuple(dict.fromkeys(values or ()))
+    for value in said:
+        problem = None
+        if not value.strip():
+            problem = "must not be empty"
+        elif len(value) > MAX_OPTION_TEXT:
+            problem = f"is {len(value)} characters long; at most {MAX_OPTION_TEXT} are allowed"
+        elif known and value not in known:
+            problem = (
+                f"no {option.lstrip('-')} {value!r} ({option.lstrip('-')}s: {', '.join(known)})"
+            )
+        if problem is not None:
+            _fail(f"{option}: {problem}", 2)
+    return said
 
 
 @app.command(short_help="The watches, problems first, with counts by state.")
@@ -421,9 +439,12 @@ def status(
     """
     filters = WatchFilter(
         active=active,
-        states=_state_option(state or ()),
-        sources=tuple(source or ()),
-        tags=tuple(tag or ()),
+        # `timed-out` is the condition timed_out
+        states=_option_values(
+            "--state", [v.strip().lower().replace("-", "_") for v in state or ()], CONDITIONS
+        ),
+        sources=_option_values("--source", source),
+        tags=_option_values("--tag", tag),
     )
     shown = None if show_all else (limit or DEFAULT_STATUS_LIMIT)
     cfg = _config(config, credentials)
@@ -900,13 +921,7 @@ def summary(
     if found is None:
         known = ", ".join(cfg.sources) or "none"
         _fail(f"no source {source} in the config (sources: {known})", 2)
-    types = list(dict.fromkeys(job_type or ()))
-    for name in types:
-        problem = "must not be empty" if not name.strip() else None
-        if problem is None and len(name) > 256:
-            problem = f"is {len(name)} characters long; at most 256 are allowed"
-        if problem is not None:
-            _fail(f"--job-type: {problem}", 2)
+    types = list(_option_values("--job-type", job_type))
     start = None if since is None else _since_option(since)
 
     async def ask() -> Any:
