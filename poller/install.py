@@ -38,10 +38,18 @@ def write_new(path: str, text: str, *, force: bool, mode: int = 0o644) -> None:
     if target.is_dir():
         raise PollerError(f"{path} is a directory; give the path of a file")
     try:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            # mkdir would say only "File exists" where a file stands in the way
+            for folder in target.parents:
+                if folder.exists() and not folder.is_dir():
+                    raise PollerError(f"cannot write {path}: {folder} is not a directory")
+            target.parent.mkdir(mode=0o755, parents=True)
         if not force:
-            # O_EXCL: refused if the file exists, even if another process made it just now
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            try:
+                # O_EXCL: refused if the file exists, even if another process made it just now
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            except FileExistsError:
+                raise PollerError(f"{path} exists; --force replaces it") from None
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
             return
@@ -54,7 +62,5 @@ def write_new(path: str, text: str, *, force: bool, mode: int = 0o644) -> None:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    except FileExistsError:
-        raise PollerError(f"{path} exists; --force replaces it") from None
     except OSError as exc:
         raise PollerError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,436 @@
+"""From demo to production: `poller init` and `poller unit`, `--credentials-dir`, the files the
+wheel ships (built and installed in a venv of its own), the environment variables the README
+lists, and the Dockerfile (parsed: no container tool can build it here)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.yaml"
+UNIT = REPO / "systemd" / "poller.service"
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, exe: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`poller ARGS` as a user runs it, in an environment with no poller or systemd variable
+    but those of `env`."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("POLLER_") and k != "CREDENTIALS_DIRECTORY"
+    }
+    command = exe or [sys.executable, "-m", "poller"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=clean | (env or {}), timeout=120
+    )
+
+
+def secrets(directory: Path, **files: str) -> Path:
+    """A credentials directory holding one file per secret, as LoadCredential= makes it."""
+    directory.mkdir(exist_ok=True)
+    for name, value in files.items():
+        (directory / name.replace("_", "-")).write_text(value)
+    return directory
+
+
+def starter_secrets(directory: Path) -> Path:
+    """The two files the starter config reads."""
+    return secrets(directory, ruler="the-ruler-token", ops_channel="json://127.0.0.1:9/hook")
+
+
+class TestInit:
+    """`poller init [PATH] [--example] [--force]`."""
+
+    def test_starter_config_is_checked_valid(self, tmp_path: Path) -> None:
+        """The starter names one source and one channel, and `check` passes on it once the
+        two credential files are there (read through --credentials-dir)."""
+        config = tmp_path / "etc" / "config.yaml"
+        made = run("init", str(config))
+        assert made.returncode == 0, made.stderr
+        assert f"wrote a starter config to {config}" in made.stdout
+        assert "poller check -c" in made.stdout
+        assert config.stat().st_mode & 0o777 == 0o644
+        text = config.read_text()
+        assert "token_file" in text and "url_file" in text
+        # commented: every key line is explained, and no secret is written in it
+        assert sum(line.lstrip().startswith("#") for line in text.splitlines()) >= 10
+
+        checked = run(
+            "check", "-c", str(config), "--credentials-dir", str(starter_secrets(tmp_path / "c"))
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "source ruler-prod: ruler" in checked.stdout
+        assert "channel ops: json://127.0.0.1:9/hook" in checked.stdout
+        assert "the-ruler-token" not in checked.stdout + checked.stderr
+
+    def test_starter_without_its_files_names_them(self, tmp_path: Path) -> None:
+        """Without the credential files, `check` says which files it could not read."""
+        config = tmp_path / "config.yaml"
+        assert run("init", str(config)).returncode == 0
+        empty = secrets(tmp_path / "empty")
+        checked = run("check", "-c", str(config), "--credentials-dir", str(empty))
+        assert checked.returncode == 2
+        assert f"cannot read {empty}/ruler" in checked.stderr
+        assert f"cannot read {empty}/ops-channel" in checked.stderr
+
+    def test_refuses_to_overwrite_without_force(self, tmp_path: Path) -> None:
+        """An existing file is left alone (exit 1, saying --force); --force replaces it."""
+        config = tmp_path / "config.yaml"
+        config.write_text("mine: true\n")
+        refused = run("init", str(config))
+        assert refused.returncode == 1
+        assert "exists; --force replaces it" in refused.stderr
+        assert config.read_text() == "mine: true\n"
+        forced = run("init", str(config), "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "ruler-prod" in config.read_text()
+        assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary left
+
+    def test_a_directory_or_an_unwritable_place_is_said(self, tmp_path: Path) -> None:
+        """A directory as PATH, or a parent that is a file: exit 1 with the reason."""
+        said = run("init", str(tmp_path))
+        assert said.returncode == 1 and "is a directory" in said.stderr
+        (tmp_path / "file").write_text("")
+        said = run("init", str(tmp_path / "file" / "config.yaml"))
+        assert said.returncode == 1
+        assert (
+            f"cannot write {tmp_path}/file/config.yaml: {tmp_path}/file is not a directory"
+            in said.stderr
+        )
+        assert "Traceback" not in said.stderr
+
+    def test_default_path_is_poller_config(self, tmp_path: Path) -> None:
+        """Without PATH it writes where every command reads: $POLLER_CONFIG."""
+        config = tmp_path / "from-env.yaml"
+        made = run("init", env={"POLLER_CONFIG": str(config)})
+        assert made.returncode == 0, made.stderr
+        assert config.is_file()
+
+    def test_example_is_the_repo_file_and_checks_with_what_the_readme_lists(
+        self, tmp_path: Path
+    ) -> None:
+        """`init --example -` prints config.example.yaml byte for byte, and `check` passes
+        on it with the environment variables the README lists set."""
+        printed = run("init", "--example", "-")
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout == EXAMPLE.read_text()
+        listed = readme_environment()
+        env = {name: value for name, value in listed.items() if name != "CREDENTIALS_DIRECTORY"}
+        credentials = secrets(tmp_path / "c", immuta="immuta-key", mlflow_oauth="mlflow-secret")
+        checked = run("check", "-c", str(EXAMPLE), "--credentials-dir", str(credentials), env=env)
+        assert checked.returncode == 0, checked.stderr
+
+
+class TestCredentialsDirectory:
+    """A config that reads systemd credentials, checked outside systemd."""
+
+    def test_missing_says_the_fix_once(self, tmp_path: Path) -> None:
+        """Without $CREDENTIALS_DIRECTORY the first problem names --credentials-dir; with it
+        the same config is valid."""
+        env = {
+            name: value
+            for name, value in readme_environment().items()
+            if name != "CREDENTIALS_DIRECTORY"
+        }
+        missing = run("check", "-c", str(EXAMPLE), env=env)
+        assert missing.returncode == 2
+        assert missing.stderr.count("CREDENTIALS_DIRECTORY is not set") == 2
+        assert missing.stderr.count("give the command --credentials-dir DIR") == 1
+        credentials = secrets(tmp_path / "c", immuta="k", mlflow_oauth="s")
+        given = run("check", "-c", str(EXAMPLE), "--credentials-dir", str(credentials), env=env)
+        assert given.returncode == 0, given.stderr
+        # the environment variable does as well as the option
+        by_env = run(
+            "check", "-c", str(EXAMPLE), env=env | {"CREDENTIALS_DIRECTORY": str(credentials)}
+        )
+        assert by_env.returncode == 0, by_env.stderr
+
+    def test_option_wins_and_must_be_a_directory(self, tmp_path: Path) -> None:
+        """--credentials-dir overrides the environment; a path that is not a directory is a
+        usage error."""
+        config = tmp_path / "config.yaml"
+        assert run("init", str(config)).returncode == 0
+        good = starter_secrets(tmp_path / "good")
+        wrong = {"CREDENTIALS_DIRECTORY": str(tmp_path / "nowhere")}
+        chosen = run("check", "-c", str(config), "--credentials-dir", str(good), env=wrong)
+        assert chosen.returncode == 0, chosen.stderr
+        bad = run("check", "-c", str(config), "--credentials-dir", str(tmp_path / "nowhere"))
+        assert bad.returncode == 2
+        assert f"--credentials-dir: {tmp_path / 'nowhere'} is not a directory" in bad.stderr
+
+    @pytest.mark.parametrize(
+        "command",
+        ["status", "history", "prune", "add", "remove", "wait", "summary", "notify-test", "run"],
+    )
+    def test_every_command_that_reads_the_config_takes_it(self, command: str) -> None:
+        """The option is offered wherever -c is."""
+        shown = run(command, "-h")
+        assert "--credentials-dir" in shown.stdout and "-c, --config" in shown.stdout
+
+
+class TestUnit:
+    """`poller unit [PATH] [--force]`."""
+
+    def test_prints_and_writes_the_repo_unit(self, tmp_path: Path) -> None:
+        """It prints systemd/poller.service as it is; PATH writes it, once without --force."""
+        printed = run("unit")
+        assert printed.returncode == 0 and printed.stdout == UNIT.read_text()
+        target = tmp_path / "poller.service"
+        assert run("unit", str(target)).returncode == 0
+        assert target.read_text() == UNIT.read_text()
+        again = run("unit", str(target))
+        assert again.returncode == 1 and "--force" in again.stderr
+        assert run("unit", str(target), "--force").returncode == 0
+
+    def test_starter_credentials_match_the_unit(self) -> None:
+        """The credential names the starter config reads are the ones the unit's comments
+        load, so uncommenting them is all the unit needs."""
+        starter = run("init", "-").stdout
+        read = set(re.findall(r"\$\{CREDENTIALS_DIRECTORY[^}]*\}/([\w-]+)", starter))
+        loaded = set(re.findall(r"^# LoadCredential=([\w-]+):", UNIT.read_text(), re.M))
+        assert read == {"ruler", "ops-channel"} and read <= loaded
+
+
+def readme_environment() -> dict[str, str]:
+    """The README's table of the variables config.example.yaml needs, with its example
+    values: `| `NAME` | what | `value` |`."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("<!-- example-environment -->")[1].split("<!-- /example-environment")[0]
+    rows = re.findall(r"^\| `([A-Z_]+)` \| [^|]+ \| `([^`]*)` \|$", section, re.M)
+    return dict(rows)
+
+
+def test_readme_lists_every_variable_the_example_needs() -> None:
+    """Every ${VAR} without a default in config.example.yaml's values (not its comments) is
+    in the README's table, and the table lists nothing else."""
+    values = "\n".join(line.split("#")[0] for line in EXAMPLE.read_text().splitlines())
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", values))
+    assert needed and set(readme_environment()) == needed
+
+
+class TestWheel:
+    """The wheel carries the starter, the example and the unit; an installed poller prints
+    them without the repo."""
+
+    def test_built_wheel_installed_in_a_venv(self, tmp_path: Path) -> None:
+        """`pip wheel .`, a fresh venv with the wheel alone (its dependencies come from this
+        test's environment), then `init` and `unit` from there, run outside the repo."""
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                str(REPO),
+                "--no-deps",
+                "-q",
+                "-w",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert built.returncode == 0, built.stderr
+        (wheel,) = tmp_path.glob("poller-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            shipped = {
+                "poller/share/starter.yaml",
+                "poller/share/config.example.yaml",
+                "poller/share/poller.service",
+            }
+            assert shipped <= names
+            # the links were followed: the files themselves, not link text
+            assert archive.read("poller/share/poller.service") == UNIT.read_bytes()
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = venv / "bin" / "python"
+        installed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(python),
+                "install",
+                "-q",
+                "--no-deps",
+                str(wheel),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert installed.returncode == 0, installed.stderr
+        # the dependencies from this environment, added after the venv's own site-packages
+        # (a .pth line adds a path without reading the .pth files there, so this
+        # environment's editable poller stays out)
+        purelib = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        where = subprocess.run(
+            [str(python), "-c", "import poller; print(poller.__file__)"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+        assert where.startswith(str(venv)), where
+        exe = [str(venv / "bin" / "poller")]
+        assert run("unit", exe=exe).stdout == UNIT.read_text()
+        assert run("init", "--example", "-", exe=exe).stdout == EXAMPLE.read_text()
+        config = tmp_path / "config.yaml"
+        assert run("init", str(config), exe=exe).returncode == 0
+        checked = run(
+            "check",
+            "-c",
+            str(config),
+            "--credentials-dir",
+            str(starter_secrets(tmp_path / "c")),
+            exe=exe,
+        )
+        assert checked.returncode == 0, checked.stderr
+
+
+# The Dockerfile: there is no container tool to build it on the machines this project's
+# tests run on, so it is parsed here and held to what it must do.
+
+INSTRUCTIONS = {
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+}
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each instruction, lines joined at a trailing backslash
+    and comments left out, as Docker reads it; fails on anything it would refuse."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue
+        pending += (" " if pending else "") + stripped.removesuffix("\\").strip()
+        if stripped.endswith("\\"):
+            continue
+        keyword, _, arguments = pending.partition(" ")
+        assert keyword.upper() in INSTRUCTIONS, f"line {number}: unknown instruction {keyword}"
+        assert keyword == keyword.upper(), f"line {number}: {keyword} in lower case"
+        assert arguments.strip(), f"line {number}: {keyword} without arguments"
+        if arguments.lstrip().startswith("["):
+            parsed = json.loads(arguments)  # an exec form must be a JSON array of strings
+            assert isinstance(parsed, list) and all(isinstance(a, str) for a in parsed)
+        instructions.append((keyword, arguments.strip()))
+        pending = ""
+    assert not pending, "the file ends in a continuation line"
+    return instructions
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (the last pattern that
+    matches the path or a folder above it decides; ! brings back)."""
+    verdict = False
+    parts = path.split("/")
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern.removeprefix("!").strip("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if fnmatch.fnmatchcase(prefix, body) or (
+                body.startswith("**/") and fnmatch.fnmatchcase(parts[depth - 1], body[3:])
+            ):
+                verdict = not negate
+                break
+    return verdict
+
+
+class TestDockerfile:
+    """The Dockerfile and .dockerignore."""
+
+    def test_parses_and_runs_poller_as_non_root_with_volumes(self) -> None:
+        """Known instructions in the last stage: a non-root USER, the config and state
+        volumes, `poller run` as the command, and the config where POLLER_CONFIG says."""
+        steps = dockerfile(REPO / "Dockerfile")
+        stages = [i for i, (keyword, _) in enumerate(steps) if keyword == "FROM"]
+        assert steps[0][0] in {"ARG", "FROM"} and len(stages) == 2
+        final = steps[stages[-1] :]
+        said = {keyword: arguments for keyword, arguments in final}  # the last of each
+        user = said["USER"].split(":")[0]
+        assert user not in {"root", "0"}
+        volumes = json.loads(said["VOLUME"])
+        assert {"/etc/poller", "/var/lib/poller"} <= set(volumes)
+        assert json.loads(said["ENTRYPOINT"]) + json.loads(said["CMD"]) == ["poller", "run"]
+        env = dict(
+            item.split("=", 1) for item in shlex.split(" ".join(a for k, a in final if k == "ENV"))
+        )
+        assert os.path.dirname(env["POLLER_CONFIG"]) in volumes
+        # the starter's database lies in the state volume
+        starter = yaml.safe_load(run("init", "-").stdout)
+        assert starter["database"].removeprefix("sqlite:///").startswith("/var/lib/poller/")
+        assert env["CREDENTIALS_DIRECTORY"] == "/run/secrets"
+
+    def test_copies_files_that_exist_and_are_in_the_context(self) -> None:
+        """Every COPY source (but --from a stage) is in the repo and not kept out by
+        .dockerignore; the links under poller/share point at files copied too."""
+        patterns = [
+            line.strip()
+            for line in (REPO / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        copied: list[str] = []
+        for keyword, arguments in dockerfile(REPO / "Dockerfile"):
+            if keyword != "COPY" or arguments.startswith("--from"):
+                continue
+            *sources, _ = arguments.split()
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repo"
+                assert not ignored(source.rstrip("/"), patterns), f"{source} is .dockerignored"
+                copied.append(source.rstrip("/"))
+        for link in (REPO / "poller" / "share").iterdir():
+            if link.is_symlink():
+                target = (link.parent / os.readlink(link)).resolve().relative_to(REPO)
+                assert str(target) in copied, f"{link.name} points at {target}, not copied"
+        # the context holds the package, and none of the local clutter
+        assert not ignored("poller/cli.py", patterns)
+        for clutter in (
+            ".venv/bin/python",
+            ".git/HEAD",
+            "tests/test_cli.py",
+            "poller.db",
+            "poller/__pycache__/cli.cpython-311.pyc",
+        ):
+            assert ignored(clutter, patterns), clutter
