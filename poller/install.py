@@ -50,6 +50,8 @@ def write_new(path: str, text: str, *, force: bool, mode: int = 0o644) -> None:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             except FileExistsError:
                 raise PollerError(f"{path} exists; --force replaces it") from None
+            # the mode as said, whatever the umask: the service's user must read the config
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
             return

@@ -62,7 +62,22 @@ class TestInit:
         """The starter names one source and one channel, and `check` passes on it once the
         two credential files are there (read through --credentials-dir)."""
         config = tmp_path / "etc" / "config.yaml"
-        made = run("init", str(config))
+        made = subprocess.run(  # under a umask that would keep the file from the service
+            [
+                "sh",
+                "-c",
+                'umask 077 && exec "$@"',
+                "sh",
+                sys.executable,
+                "-m",
+                "poller",
+                "init",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert made.returncode == 0, made.stderr
         assert f"wrote a starter config to {config}" in made.stdout
         assert "poller check -c" in made.stdout
