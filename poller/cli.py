@@ -228,7 +228,10 @@ def check(config: ConfigOption = None, credentials: CredentialsOption = None) ->
     counts += [_counted(len(bulks), "bulk", "bulks")] if bulks else []
     counts += [_counted(len(searches), "search", "searches")] if searches else []
     said = counts[0] if len(counts) == 1 else f"{', '.join(counts[:-1])} and {counts[-1]}"
-    say(f"would watch {said}:")
+    if specs or bulks or searches:
+        say(f"would watch {said}:")
+    else:  # the starter config's case: nothing listed yet is not a mistake
+        say("would watch no jobs yet (list them under jobs:, or `poller add` each as it starts)")
     for spec in specs:
         say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
     # a first listing records the jobs that had already ended; said only when it notifies

@@ -93,6 +93,9 @@ class TestInit:
         assert checked.returncode == 0, checked.stderr
         assert "source ruler-prod: ruler" in checked.stdout
         assert "channel ops: json://127.0.0.1:9/hook" in checked.stdout
+        assert checked.stdout.endswith(
+            "would watch no jobs yet (list them under jobs:, or `poller add` each as it starts)\n"
+        )
         assert "the-ruler-token" not in checked.stdout + checked.stderr
 
     def test_starter_without_its_files_names_them(self, tmp_path: Path) -> None:
