@@ -248,6 +248,51 @@ def test_readme_lists_every_variable_the_example_needs() -> None:
     assert needed and set(readme_environment()) == needed
 
 
+def readme_block(heading: str) -> str:
+    """The first ```sh block of the README's section `heading`."""
+    section = (REPO / "README.md").read_text().split(f"\n{heading}\n")[1].split("\n## ")[0]
+    found = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert found, heading
+    return found.group(1)
+
+
+def test_readme_service_install_runs_as_written(tmp_path: Path) -> None:
+    """The README's install steps, run with /etc under a temporary directory and this
+    checkout's poller for /opt/poller's (no pip install, no systemctl, no root): the config,
+    the credentials, the unit and its drop-in are where the service wants them, each
+    LoadCredential= names a file that is there, and `check` passes on what was written."""
+    script = "\n".join(
+        line
+        for line in readme_block("## Running as a service").replace("\\\n", " ").splitlines()
+        if "/opt/poller/bin/pip" not in line and "systemctl" not in line
+    )
+    script = (
+        script.replace("sudo ", "")
+        .replace("/opt/poller/bin/poller", f"{sys.executable} -m poller")
+        .replace("/etc/", f"{tmp_path}/etc/")
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    etc = tmp_path / "etc"
+    assert (etc / "systemd/system/poller.service").read_text() == UNIT.read_text()
+    drop_in = (etc / "systemd/system/poller.service.d/credentials.conf").read_text()
+    loaded = dict(re.findall(r"^LoadCredential=([\w-]+):(\S+)$", drop_in, re.M))
+    starter = (etc / "poller/config.yaml").read_text()
+    read = set(re.findall(r"\$\{CREDENTIALS_DIRECTORY[^}]*\}/([\w-]+)", starter))
+    assert drop_in.startswith("[Service]\n") and set(loaded) == read
+    assert all(Path(source).is_file() for source in loaded.values())
+    # the service's view: systemd hands the credentials over in $CREDENTIALS_DIRECTORY
+    checked = run(
+        "check",
+        "-c",
+        str(etc / "poller/config.yaml"),
+        env={"CREDENTIALS_DIRECTORY": str(etc / "poller/credentials")},
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
 class TestWheel:
     """The wheel carries the starter, the example and the unit; an installed poller prints
     them without the repo."""
