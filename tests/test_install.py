@@ -29,17 +29,24 @@ UNIT = REPO / "systemd" / "poller.service"
 def run(
     *args: str, env: dict[str, str] | None = None, exe: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`poller ARGS` as a user runs it, in an environment with no poller or systemd variable
-    but those of `env`."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("POLLER_") and k != "CREDENTIALS_DIRECTORY"
-    }
+    """`poller ARGS` as a user runs it (this checkout's, or the executable `exe`), in an
+    `environment` with `env`."""
     command = exe or [sys.executable, "-m", "poller"]
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, env=clean | (env or {}), timeout=120
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        env=environment(env, installed=exe is not None),
+        timeout=120,
     )
+
+
+def environment(env: dict[str, str] | None = None, *, installed: bool = False) -> dict[str, str]:
+    """This process's environment without poller's and systemd's variables, and for an
+    installed poller without PYTHONPATH (which could put a checkout before it), plus `env`."""
+    dropped = {"CREDENTIALS_DIRECTORY", *(["PYTHONPATH"] if installed else [])}
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_") and k not in dropped}
+    return kept | (env or {})
 
 
 def secrets(directory: Path, **files: str) -> Path:
@@ -355,6 +362,7 @@ class TestWheel:
             capture_output=True,
             text=True,
             cwd=tmp_path,
+            env=environment(installed=True),
             check=True,
         ).stdout
         assert where.startswith(str(venv)), where
