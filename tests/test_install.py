@@ -69,22 +69,11 @@ class TestInit:
         """The starter names one source and one channel, and `check` passes on it once the
         two credential files are there (read through --credentials-dir)."""
         config = tmp_path / "etc" / "config.yaml"
-        made = subprocess.run(  # under a umask that would keep the file from the service
-            [
-                "sh",
-                "-c",
-                'umask 077 && exec "$@"',
-                "sh",
-                sys.executable,
-                "-m",
-                "poller",
-                "init",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        kept = os.umask(0o077)  # a umask that would keep the file from the service's user
+        try:
+            made = run("init", str(config))
+        finally:
+            os.umask(kept)
         assert made.returncode == 0, made.stderr
         assert f"wrote a starter config to {config}" in made.stdout
         assert "poller check -c" in made.stdout
