@@ -323,17 +323,28 @@ class TestReadiness:
             assert (value(text, "poller_polls_total", source="ruler-prod", outcome="ok") or 0) > 0
             assert get(port, "/healthz")[0] == 200
         eventually(lambda: get(port, "/readyz")[0] == 200, timeout=45, what="ready again")
-        # the database's gauges come back with the first scrape that reads it whole (on a
-        # loaded machine a scrape may still find the reads of the outage under way)
-        eventually(
-            lambda: (
-                (s := scrape(port))
-                and value(s, "poller_database_up")
-                and value(s, "poller_watches", source="ruler-prod", state="running") == 1
-            ),
-            timeout=45,
-            what="the database's gauges back",
-        )
+        # Every scrape is whole: database_up 1 with the watch counted (in the state the
+        # database holds: "new" while the outage kept its first answer from being written),
+        # or 0 with no gauge of the database at all; never 1 without the gauges.
+        def whole() -> bool:
+            s = scrape(port)
+            counted = {
+                labels: n
+                for (name, labels), n in samples(s).items()
+                if name == "poller_watches" and ("source", "ruler-prod") in labels
+            }
+            if value(s, "poller_database_up") == 0:
+                assert not counted, s
+                assert value(s, "poller_schedule_lateness_seconds") is None, s
+                return False
+            assert value(s, "poller_database_up") == 1, s
+            assert sum(counted.values()) == 1, s
+            assert value(s, "poller_schedule_lateness_seconds") is not None, s
+            return value(s, "poller_watches", source="ruler-prod", state="running") == 1
+
+        eventually(whole, timeout=45, what="the database's gauges back")
+        for _ in range(5):  # and every scrape after it too
+            assert whole()
 
     def test_starting_is_not_ready(self, world: World) -> None:
         """While the daemon cannot open its database yet (another process holds the SQLite

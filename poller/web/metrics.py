@@ -13,9 +13,11 @@ Two kinds of numbers, read at scrape time:
   answer in time, the scrape still answers with the in-memory numbers and
   ``poller_database_up 0``.
 
-Each daemon has its own `CollectorRegistry` (several daemons may share a process in tests),
-never the global one. Label values are source, channel, state, event and outcome names: all
-bounded by the config and the code, never a job id or a secret.
+Each scrape encodes its own collector (`StatsCollector`, made for that scrape, holding that
+scrape's reading), never the global registry: several daemons may share a process in tests,
+and ``poller_database_up`` always agrees with the gauges beside it. Label values are source,
+channel, state, event and outcome names: all bounded by the config and the code, never a job
+id or a secret.
 """
 
 from __future__ import annotations
@@ -97,18 +99,20 @@ def breaker_open(adapter: object) -> bool | None:
 
 
 class StatsCollector:
-    """The custom collector: the daemon's numbers as metric families, made at scrape time.
+    """The daemon's numbers as metric families for one scrape, made at scrape time.
 
-    `reading` is what the database said for this scrape (None: it did not answer in time);
-    the scrape handler sets it just before the registry is encoded, on the one event loop.
+    `reading` is what the database said for this scrape (None: it did not answer in time).
+    A collector is made per scrape and never changed, so that ``poller_database_up`` and the
+    database's gauges in one answer always come from the same reading: 1 with every gauge
+    of that reading, or 0 with none (two scrapes at once never share a mutable reading).
     """
 
-    def __init__(self, daemon: DaemonView) -> None:
+    def __init__(self, daemon: DaemonView, reading: GaugeReading | None) -> None:
         self.daemon = daemon
-        self.reading: GaugeReading | None = None
+        self.reading = reading
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric family (prometheus-client's collector protocol)."""
+        """Every metric family (the registry protocol the encoders read)."""
         yield from self._in_memory()
         yield from self._from_database(self.reading)
 
@@ -289,14 +293,11 @@ class StatsCollector:
 
 
 class Metrics:
-    """The ``/metrics`` endpoint of one daemon, with its own registry."""
+    """The ``/metrics`` endpoint of one daemon."""
 
     def __init__(self, daemon: DaemonView, reads: DatabaseReads) -> None:
         self.daemon = daemon
         self.reads = reads
-        self.collector = StatsCollector(daemon)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
 
     def routes(self) -> list[web.RouteDef]:
         """The endpoint, for the listener's route table."""
@@ -313,9 +314,11 @@ class Metrics:
 
     async def scrape(self, request: web.Request) -> web.Response:
         """The metrics, in the format the scraper asked for (text 0.0.4 by default)."""
-        reading = await self.reading()
+        # a registry of its own per scrape (cheap: without auto_describe, registering calls
+        # nothing), holding a collector made for this scrape's reading: nothing another
+        # scrape does can change what this one shows
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatsCollector(self.daemon, await self.reading()))
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # no await between these two: no other scrape can change the reading in between
-        self.collector.reading = reading
-        body = encode(self.registry)
+        body = encode(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
