@@ -114,7 +114,38 @@ class StatsCollector:
     def collect(self) -> Iterator[Metric]:
         """Every metric family (the registry protocol the encoders read)."""
         yield from self._in_memory()
+        yield from self._summaries()
         yield from self._from_database(self.reading)
+
+    def _summaries(self) -> Iterator[Metric]:
+        """The job counts of the sources whose API counts them, as last fetched (never asked
+        for by a scrape: `engine.summaries` fetches them on their own interval)."""
+        jobs = GaugeMetricFamily(
+            "poller_source_jobs",
+            "Jobs as the source's API counts them (Immuta's GET /jobs/summary), by job type "
+            "and state, from its last answer; job types past the first 32 by name, and names "
+            "that are not plain words, are counted as other.",
+            labels=["source", "job_type", "state"],
+        )
+        up = GaugeMetricFamily(
+            "poller_source_summary_up",
+            "1 if the last fetch of the source's job counts answered, else 0 (its counts are "
+            "then the last answer's, stale).",
+            labels=["source"],
+        )
+        age = GaugeMetricFamily(
+            "poller_source_summary_age_seconds",
+            "Seconds since the source's job counts were last fetched (none: never yet).",
+            labels=["source"],
+        )
+        now = self.daemon.clock()
+        for source, summary in sorted(self.daemon.summaries.latest.items()):
+            up.add_metric([source], 0 if summary.stale else 1)
+            if summary.fetched_at is not None:
+                age.add_metric([source], max(0.0, now - summary.fetched_at))
+            for count in summary.counts:
+                jobs.add_metric([source, count.job_type, count.state], count.count)
+        yield from (jobs, up, age)
 
     def _in_memory(self) -> Iterator[Metric]:
         daemon, stats = self.daemon, self.daemon.stats

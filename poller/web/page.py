@@ -128,6 +128,9 @@ class StatusPage:
             tag_max=MAX_LENGTH["tag"],
             next_link=next_link,
             first_link=first_link,
+            # the job counts of the sources that have them, from memory (never asked for by
+            # a request: `engine.summaries` fetches them on their own interval)
+            summaries=sorted(self.daemon.summaries.latest.items()),
         )
 
     async def one(self, request: web.Request) -> web.Response:
