@@ -636,6 +636,22 @@ jobs: []
                 is None
             )
 
+    def test_summary_interval_is_checked(self, tmp_path: Path) -> None:
+        """``summary_interval`` is 60s by default, 0 turns it off, and less than 5s is
+        refused with the file and line."""
+        config = tmp_path / "config.yaml"
+        source = "sources:\n  im: {type: immuta, base_url: 'http://127.0.0.1:9', token: k"
+        config.write_text(source + "}\n")
+        assert getattr(load_config(config, environ={}).sources["im"], "summary_interval") == 60.0
+        config.write_text(source + ", summary_interval: 0}\n")
+        assert getattr(load_config(config, environ={}).sources["im"], "summary_interval") is None
+        config.write_text(source + ",\n    summary_interval: 2s}\n")
+        with pytest.raises(ConfigError) as refused:
+            load_config(config, environ={})
+        assert f"{config}:3: sources.im.summary_interval: must be 0 (off) or at least 5s" in str(
+            refused.value
+        )
+
 
 class TestTimings:
     """The in-memory histogram Prometheus reads."""
