@@ -36,6 +36,7 @@ from poller.engine.stats import POLL_BUCKETS, Stats, Timings
 from poller.engine.summaries import Summaries
 from poller.errors import ConfigError
 from poller.store.repo import Store
+from poller.sources.immuta import ImmutaSource
 from poller.testing import ImmutaSim, SimThread
 from poller.web import DatabaseReads, DatabaseUnavailable
 
@@ -642,9 +643,11 @@ jobs: []
         config = tmp_path / "config.yaml"
         source = "sources:\n  im: {type: immuta, base_url: 'http://127.0.0.1:9', token: k"
         config.write_text(source + "}\n")
-        assert getattr(load_config(config, environ={}).sources["im"], "summary_interval") == 60.0
+        immuta = load_config(config, environ={}).sources["im"]
+        assert isinstance(immuta, ImmutaSource) and immuta.summary_interval == 60.0
         config.write_text(source + ", summary_interval: 0}\n")
-        assert getattr(load_config(config, environ={}).sources["im"], "summary_interval") is None
+        immuta = load_config(config, environ={}).sources["im"]
+        assert isinstance(immuta, ImmutaSource) and immuta.summary_interval is None
         config.write_text(source + ",\n    summary_interval: 2s}\n")
         with pytest.raises(ConfigError) as refused:
             load_config(config, environ={})
