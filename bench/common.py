@@ -79,7 +79,7 @@ class Sizes:
     replica_warm: float = 15.0
     replica_window: float = 30.0
     #: rounds of the daemon with the listener on and off, alternating (bench/listener.py)
-    listener_rounds: int = 4
+    listener_rounds: int = 6
     #: /metrics and /healthz requests timed at scale_watches
     listener_scrapes: int = 10
 

@@ -35,8 +35,8 @@ from poller.engine.runtime import DbThread
 from poller.engine.stats import POLL_BUCKETS, Stats, Timings
 from poller.engine.summaries import Summaries
 from poller.errors import ConfigError
-from poller.store.repo import Store
 from poller.sources.immuta import ImmutaSource
+from poller.store.repo import Store
 from poller.testing import ImmutaSim, SimThread
 from poller.web import DatabaseReads, DatabaseUnavailable
 
