@@ -19,7 +19,8 @@ Two figures, each against a baseline from the same run:
    scrape); ``/healthz`` beside it shows what a request costs the loop at all; the largest
    oversleep of a task sleeping 0.1 s again and again (`LagProbe`) shows the longest the loop
    was held at once. The database's aggregate read runs in the database thread, whose time is
-   shown apart.
+   shown apart. The status page's first page, and a filter that matches nothing (it reads
+   every row), are measured the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ SCRAPE_EVERY = 5.0
 CPU_TARGET = 1.05
 #: the event loop's time one scrape may take at 100,000 watches: the target, in seconds
 LOOP_TARGET = 0.100
+#: what the scale figure asks, one after another: the scrape, the cheapest request, the status
+#: page's first page and a filter that matches no watch (it reads every row)
+PATHS = ("metrics", "healthz", "", "?state=failed")
 #: the watches of the scale figure (in --quick mode too: the target is at this size)
 SCALE_WATCHES = 100_000
 #: the 100,000 watches are due over this many seconds: a daemon that polls, lightly
@@ -143,7 +147,7 @@ async def child_listener_scale(spec: dict[str, Any]) -> dict[str, Any]:
 
         def measure() -> dict[str, list[tuple[float, float, float]]]:
             get(base + "/metrics")  # the first scrape: imports and caches warm
-            costs: dict[str, list[tuple[float, float, float]]] = {"metrics": [], "healthz": []}
+            costs: dict[str, list[tuple[float, float, float]]] = {path: [] for path in PATHS}
             for _ in range(spec["scrapes"]):
                 for path in costs:
                     costs[path].append(loop_cost(f"{base}/{path}", loop, db))
@@ -253,6 +257,13 @@ def part_listener(sim: Sim, sizes: Sizes, work: Path, report: Report) -> None:
         worst <= LOOP_TARGET,
     )
     report.add("listener", "  loop CPU per /healthz beside it", ms([c[0] for c in healthz]))
+    for path, what in (("", "status page /"), ("?state=failed", "page /?state=failed (no match)")):
+        asked = result["costs"][path]
+        report.add(
+            "listener",
+            f"  {what}: loop CPU; database thread CPU",
+            f"{ms([c[0] for c in asked])}; {ms([c[1] for c in asked])}",
+        )
     report.add("listener", "  database thread CPU per scrape", ms([c[1] for c in metrics]))
     report.add("listener", "  wall time per scrape", ms([c[2] for c in metrics]))
     report.add(

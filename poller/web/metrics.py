@@ -1,12 +1,16 @@
 """``/metrics``: the daemon's numbers in the Prometheus text format, through prometheus-client.
 
-Two kinds of numbers, read at scrape time:
+Three kinds of numbers, read at scrape time:
 
 - **Counted in memory** by the engines as they work (`engine.stats.Stats`: plain ints, dicts
   and bucket lists, because a poll must not pay for a metric object): polls by source and
   outcome, poll durations, events, delivery attempts, group commits, the loop's lag and the
   sources held back by their breaker. A custom collector turns them into metric families
   when Prometheus asks, so the cost is per scrape, not per poll.
+- **Fetched from the job APIs** that count their jobs (Immuta's ``/jobs/summary``) by the
+  daemon on their own interval (`engine.summaries`), read from memory: a scrape never waits
+  for a remote API. Their job types and states are bounded there (at most 32 and 16 per
+  source, the rest as ``other``).
 - **Read from the database** in two aggregate queries (`store.gauges`) through the database
   thread, bounded by a deadline: watches by source and state, pending deliveries and the age
   of the oldest, the schedule's lateness, this process's leases. If the database does not
@@ -16,8 +20,8 @@ Two kinds of numbers, read at scrape time:
 Each scrape encodes its own collector (`StatsCollector`, made for that scrape, holding that
 scrape's reading), never the global registry: several daemons may share a process in tests,
 and ``poller_database_up`` always agrees with the gauges beside it. Label values are source,
-channel, state, event and outcome names: all bounded by the config and the code, never a job
-id or a secret.
+channel, state, event and outcome names, bounded by the config and the code, and a source's
+job types and states, bounded by `engine.summaries`: never a job id or a secret.
 """
 
 from __future__ import annotations
