@@ -79,7 +79,9 @@ class Sizes:
     replica_warm: float = 15.0
     replica_window: float = 30.0
     #: rounds of the daemon with the listener on and off, alternating (bench/listener.py)
-    listener_rounds: int = 6
+    listener_rounds: int = 10
+    #: each round's measurement window (shorter than the cpu part's, for more rounds)
+    listener_window: float = 10.0
     #: /metrics and /healthz requests timed at scale_watches
     listener_scrapes: int = 10
 
@@ -96,6 +98,7 @@ QUICK = Sizes(
     replica_warm=10.0,
     replica_window=15.0,
     listener_rounds=3,
+    listener_window=8.0,
     listener_scrapes=5,
 )
 
