@@ -33,8 +33,16 @@ from poller.app import open_store
 from poller.config import Config, load_config
 from poller.engine.runtime import DbThread
 from poller.engine.stats import POLL_BUCKETS, Stats, Timings
-from poller.engine.summaries import Summaries
+from poller.engine.summaries import (
+    JOB_TYPE,
+    MAX_JOB_TYPES,
+    MAX_STATES,
+    STATE,
+    Summaries,
+    bounded,
+)
 from poller.errors import ConfigError
+from poller.sources import JobCount, JobSummary
 from poller.sources.immuta import ImmutaSource
 from poller.store.repo import Store
 from poller.testing import ImmutaSim, SimThread
@@ -636,6 +644,24 @@ jobs: []
                 value(text, "poller_source_jobs", source="im", job_type="sdd", state="active")
                 is None
             )
+
+    @given(
+        st.lists(
+            st.tuples(st.text(max_size=70), st.text(max_size=40), st.integers(0, 10**9)),
+            max_size=200,
+        )
+    )
+    def test_what_is_kept_is_bounded(self, rows: list[tuple[str, str, int]]) -> None:
+        """Whatever an API counts, what becomes labels is at most 32 job types and 16 states
+        per source (plus ``other``), each a plain name, and every job is still counted."""
+        kept = bounded(JobSummary(tuple(JobCount(t, s, n) for t, s, n in rows)))
+        types = {c.job_type for c in kept}
+        states = {c.state for c in kept}
+        assert len(types - {"other"}) <= MAX_JOB_TYPES and len(states - {"other"}) <= MAX_STATES
+        assert all(t == "other" or JOB_TYPE.fullmatch(t) for t in types)
+        assert all(s == "other" or STATE.fullmatch(s) for s in states)
+        assert sum(c.count for c in kept) == sum(n for _t, _s, n in rows)
+        assert len({(c.job_type, c.state) for c in kept}) == len(kept)
 
     def test_summary_interval_is_checked(self, tmp_path: Path) -> None:
         """``summary_interval`` is 60s by default, 0 turns it off, and less than 5s is
