@@ -40,6 +40,7 @@ MARKERS: Mapping[Event, str] = {
     Event.UNREACHABLE: "📡",
     Event.RECOVERED: "🔁",
     Event.STARTED: "▶️",
+    Event.REPORT: "📋",
 }
 
 VERBS: Mapping[Event, str] = {
@@ -53,6 +54,7 @@ VERBS: Mapping[Event, str] = {
     Event.UNREACHABLE: "cannot be reached",
     Event.RECOVERED: "can be reached again",
     Event.STARTED: "started",
+    Event.REPORT: "report",
 }
 
 #: Headings of a digest's groups, worst first.
