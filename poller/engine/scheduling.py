@@ -29,7 +29,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name!r}; expected an IANA name such as Europe/Paris")
+        raise ValueError(
+            f"unknown time zone {name!r}; expected an IANA name such as Europe/Paris"
+        ) from None
 
 
 def cron_trigger(expression: str, timezone: str = "UTC") -> CronTrigger:
