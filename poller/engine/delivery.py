@@ -45,8 +45,14 @@ from poller.engine.runtime import Engine, Runtime, failure_wait
 from poller.engine.stats import add
 from poller.errors import NotifyError
 from poller.logs import Logger
-from poller.models import Delivery, DeliveryOutcome
-from poller.notify import Format, one_line, render_digest_safely, render_safely
+from poller.models import Delivery, DeliveryOutcome, Event
+from poller.notify import (
+    Format,
+    one_line,
+    render_digest_safely,
+    render_report_safely,
+    render_safely,
+)
 from poller.rules import delivery as policy
 from poller.rules.delivery import ChannelState, Hold, SendDigest
 
@@ -218,6 +224,12 @@ class DeliveryEngine(Engine):
         if channel not in runtime.notifier.names:
             await self._keep_for_missing_channel(channel, claimed, settings)
             return False
+        reports = [d for d in claimed if d.kind is Event.REPORT]
+        if reports:
+            # a report is a message of its own, never part of a digest: the rest is given back
+            # for the next round
+            await self._release([d.id for d in claimed if d.kind is not Event.REPORT])
+            return await self._send_each(runtime, channel, reports, settings)
         recent = await self._recent_count(channel, now, digest.window) if digest.enabled else 0
         state = ChannelState(last_sent=self._last_sent.get(channel), recent=recent)
         match policy.plan(state, claimed, settings, now):
@@ -336,6 +348,13 @@ class DeliveryEngine(Engine):
         """
         payload = delivery.payload
         log = self._bind(channel, delivery)
+        if delivery.kind is Event.REPORT:
+            # a report is about many watches: no template (their variables are one job's)
+            own = runtime.notifier.format_for(channel)
+            (title, body), error = render_report_safely(payload, own)
+            if error is not None:
+                log.warning("report could not be written; sending a minimal one", error=error)
+            return title, body, own
         tags = payload.get("tags")
         template = runtime.config.template_for(
             channel,

@@ -17,6 +17,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+__all__ = [
+    "CRON_FIELDS",
+    "WEEKDAYS",
+    "CronTrigger",
+    "Duties",
+    "cron_trigger",
+    "previous_fire",
+    "zone",
+]
+
 #: crontab's weekdays, Sunday first (0 and 7 are both Sunday); APScheduler 3.x numbers them
 #: from Monday, so numbers are never passed to it (`_weekdays`)
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -84,7 +94,7 @@ def previous_fire(trigger: CronTrigger, now: datetime, within: float) -> datetim
         if later > now:
             break
         found = later
-    return found
+    return found  # type: ignore[no-any-return]  # APScheduler is untyped
 
 
 def _weekday(text: str) -> int:
