@@ -356,6 +356,20 @@ class Outbox(Database):
 
         return self._retrying(write)
 
+    def report_deliveries(
+        self, report: str, scheduled_at: float
+    ) -> list[tuple[str, str, str | None]]:
+        """The deliveries of `report`'s run scheduled at `scheduled_at`: (channel, status, last
+        error) each, by channel."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(deliveries.c.channel, deliveries.c.status, deliveries.c.last_error)
+                .join(report_runs, report_runs.c.event_id == deliveries.c.event_id)
+                .where(report_runs.c.report == report, report_runs.c.scheduled_at == scheduled_at)
+                .order_by(deliveries.c.channel)
+            ).all()
+        return [(row.channel, row.status, row.last_error) for row in rows]
+
 
 def _insert_ignoring_duplicates(conn: Connection, table: sa.Table) -> Any:
     """An INSERT of `table` that inserts nothing where the primary key is taken (each
