@@ -939,7 +939,7 @@ def report(
     from poller.engine.delivery import DeliveryEngine
     from poller.engine.reporting import build_report, queue_report
     from poller.engine.runtime import DbThread, Runtime, Tuning
-    from poller.logs import get_logger
+    from poller.logs import configure, get_logger
     from poller.notify import Notifier, render_report
 
     cfg = _config(config)
@@ -956,6 +956,8 @@ def report(
             print(printable(body))
             return
         queue_report(store, found, at, at)
+        # what each channel answered is printed below; the engine's log says only trouble
+        configure("warning", cfg.log.format)
         db = DbThread(store)
         runtime = Runtime(cfg, {}, Notifier(channel_urls(cfg)), cfg.rules)
         engine = DeliveryEngine(
