@@ -323,10 +323,13 @@ class Outbox(Database):
         """
 
         def write(conn: Connection) -> bool:
-            insert = _insert_ignoring_duplicates(conn, report_runs).values(
-                report=report, scheduled_at=scheduled_at, created_at=now
+            insert = (
+                _insert_ignoring_duplicates(conn, report_runs)
+                .values(report=report, scheduled_at=scheduled_at, created_at=now)
+                .returning(report_runs.c.report)
             )
-            if not conn.execute(insert).rowcount:
+            # RETURNING, not rowcount: psycopg counts a row that ON CONFLICT skipped
+            if conn.execute(insert).first() is None:
                 return False
             event_id = conn.execute(
                 sa.insert(events)
