@@ -218,7 +218,7 @@ class TestConfig:
         """``on: report`` in a rule is refused: a report goes to its own channels."""
         text = world.config.read_text().replace("on: [succeeded,", "on: [report, succeeded,")
         world.config.write_text(text)
-        with pytest.raises(ConfigError, match="reports are not routed by rules"):
+        with pytest.raises(ConfigError, match="recovered; got 'report'"):
             load_config(str(world.config))
 
 
@@ -269,6 +269,21 @@ class TestBounded:
         assert title == "📋 big: 1500 still running"
         assert "… and 1,493 more" in body
         assert len(body) < 4000
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            {},
+            {"sections": 5, "given_up": "x", "timezone": "Nowhere/Else", "scheduled_at": "soon"},
+            {"sections": [{"event": "exploded", "count": -3, "jobs": {"a": 1}}, "text"]},
+            {"given_up": {"count": 10**40, "deliveries": [{"key": 5}, None]}, "window": 1e300},
+        ],
+    )
+    def test_any_stored_payload_renders(self, payload: dict[str, object]) -> None:
+        """A report's stored payload may be damaged: its message is still written."""
+        for fmt in ("text", "markdown"):
+            title, body = render_report(payload, fmt)  # type: ignore[arg-type]
+            assert title.startswith(REPORT) and "\n" not in title and len(body) < 4000
 
 
 class TestOnce:

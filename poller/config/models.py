@@ -178,11 +178,24 @@ class DeliveryConfig(Frozen):
         return value
 
 
+#: The events rules route: every one but ``report`` (a report names its own channels).
+RULE_EVENTS: tuple[str, ...] = tuple(e.value for e in Event if e is not Event.REPORT)
+
+
+def _rule_event(value: object) -> object:
+    if isinstance(value, str) and value not in RULE_EVENTS:
+        raise ValueError(f"expected one of: {', '.join(RULE_EVENTS)}; got {value!r}")
+    return value
+
+
+RuleEvent = Annotated[Event, BeforeValidator(_rule_event)]
+
+
 class Rule(Frozen):
     """Which events go to which channels, optionally only for some sources or tags, and
     optionally with a message template for them."""
 
-    on: Annotated[tuple[Event, ...], BeforeValidator(one_or_many), Field(min_length=1)]
+    on: Annotated[tuple[RuleEvent, ...], BeforeValidator(one_or_many), Field(min_length=1)]
     notify: NonEmptyNames
     sources: OptionalNames = None
     tags: OptionalNames = None
@@ -195,13 +208,6 @@ class Rule(Frozen):
         if self.sources is not None and source not in self.sources:
             return False
         return self.tags is None or not set(self.tags).isdisjoint(tags)
-
-    @field_validator("on")
-    @classmethod
-    def _not_reports(cls, value: tuple[Event, ...]) -> tuple[Event, ...]:
-        if Event.REPORT in value:
-            raise ValueError("reports are not routed by rules; list their channels under reports")
-        return value
 
 
 def _cron(value: object) -> object:

@@ -70,6 +70,8 @@ GROUPS: Mapping[Event, str] = {
     Event.SUCCEEDED: "Succeeded",
     Event.RECOVERED: "Reachable again",
     Event.STARTED: "Started",
+    # the delivery engine never digests a report; a digest given one still shows it
+    Event.REPORT: "Reports",
 }
 
 _SEVERITY_RANK = {"failure": 0, "warning": 1, "success": 2, "info": 3}
@@ -412,7 +414,10 @@ def _blocks(facts: Mapping[str, Any], fmt: Format, field: Callable[[str, str], s
 
 
 def render(kind: Event, payload: Mapping[str, object], fmt: Format = "text") -> tuple[str, str]:
-    """poller's own title and body for one event, from its stored payload."""
+    """poller's own title and body for one event, from its stored payload (a report's:
+    `render_report`)."""
+    if kind is Event.REPORT:
+        return render_report(payload, fmt)
     facts = event_facts(kind, payload)
     return _title(kind, facts), shorten("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
 
@@ -573,7 +578,7 @@ def render_report(payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str
     esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
     zone = str(payload.get("timezone") or "UTC")
     name = one_line(payload.get("name") or "?", 100)
-    sections = [s for s in payload.get("sections") or [] if isinstance(s, Mapping)]
+    sections = _mappings(payload.get("sections"))
     given_up = payload.get("given_up")
     given_up = given_up if isinstance(given_up, Mapping) else {}
     lost = _count(given_up.get("count")) or 0
@@ -598,7 +603,7 @@ def render_report(payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str
     if lost:
         heading = f"Deliveries given up ({lost})"
         lines.append(f"**{heading}:**" if fmt == "markdown" else f"{heading}:")
-        shown = [d for d in given_up.get("deliveries") or [] if isinstance(d, Mapping)]
+        shown = _mappings(given_up.get("deliveries"))
         for d in shown:
             label = one_line(d.get("name") or d.get("key") or "?", 200)
             line = f"{label}: {one_line(d.get('event'), 20)} to {one_line(d.get('channel'), 60)}"
@@ -609,6 +614,11 @@ def render_report(payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str
     if not sections and not lost:
         lines.append("Nothing ended in the window and nothing is being watched.")
     return one_line(title, MAX_TITLE), shorten("\n".join(lines).strip(), MAX_BODY)
+
+
+def _mappings(value: object) -> list[Mapping[str, Any]]:
+    """The mappings of a stored list (anything else in it, or no list, is left out)."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def _report_section(
@@ -622,7 +632,7 @@ def _report_section(
     total = _count(section.get("count")) or 0
     heading = f"{one_line(section.get('heading'), 40)} ({total:,})"
     lines = [f"**{heading}:**" if fmt == "markdown" else f"{heading}:"]
-    jobs = [job for job in section.get("jobs") or [] if isinstance(job, Mapping)]
+    jobs = _mappings(section.get("jobs"))
     for job in jobs:
         facts = event_facts(kind, job)
         if kind is Event.STARTED:
