@@ -757,7 +757,8 @@ OTHER_PROBLEMS = [
         "source: {}\n",
         [
             "1: source: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, replicas, jobs, reports, log, http, retention (did you mean sources?)"
+            "polling, delivery, replicas, jobs, reports, log, http, retention "
+            "(did you mean sources?)"
         ],
     ),
     (
