@@ -191,6 +191,13 @@ def check(config: ConfigOption = None) -> None:
             f"rule {i}: {', '.join(e.value for e in rule.on)} -> {', '.join(rule.notify)}"
             + (f" ({'; '.join(scope)})" if scope else "")
         )
+    for report in cfg.reports:
+        nxt = report.trigger().get_next_fire_time(None, datetime.now(UTC))
+        say(
+            f"report {report.name}: {report.cron} ({report.timezone}) -> "
+            f"{', '.join(report.notify)}; window {format_duration(report.window)}"
+            + (f"; next {nxt:%Y-%m-%d %H:%M:%S %Z}" if nxt is not None else "")
+        )
     d = cfg.delivery
     say(
         f"delivery: timeout {format_duration(d.timeout)}, retries every "
@@ -239,15 +246,15 @@ def _counted(number: int, one: str, many: str) -> str:
 
 
 def _check_warnings(cfg: Config) -> list[str]:
-    """What `check` warns about without failing: a channel that no rule sends to, and a
+    """What `check` warns about without failing: a channel that no rule or report sends to, and a
     `timeout` shorter than `interval` (a watch would time out before its second poll).
 
     A source's or a job's timings are checked where they set `interval` or `timeout`, so one
     mistake in the top-level `polling` is said once.
     """
-    used = {channel for rule in cfg.rules for channel in rule.notify}
+    used = {channel for rule in (*cfg.rules, *cfg.reports) for channel in rule.notify}
     warnings = [
-        f"channel {name} is not used by any rule: nothing will be sent to it"
+        f"channel {name} is not used by any rule or report: nothing will be sent to it"
         for name in cfg.channels
         if name not in used
     ]

@@ -109,6 +109,8 @@ class TestReportNow:
         assert printed.startswith("📋 daily: 1 failed, 1 succeeded, 1 still running\n")
         assert "quota exceeded" in printed
         assert report_runs(world) == [] and len(world.sink.messages) == before
+        checked = world.cli("check")
+        assert "report daily: 0 0 1 1 * (UTC) -> hook; window 1h; next 20" in checked.stdout
         unknown = world.cli("report", "weekly", "--now", check=False)
         assert unknown.returncode == 2 and "no report weekly" in unknown.stderr
 
