@@ -8,6 +8,7 @@ then runs the same cron duty it runs at 09:00, only every two or three seconds.
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from poller.config import ReportConfig, load_config
 from poller.engine.reporting import build_report, due_run
 from poller.engine.scheduling import cron_trigger
 from poller.errors import ConfigError
-from poller.models import WatchSpec
+from poller.models import DeliveryOutcome, WatchSpec
 from poller.notify import render_report
 from poller.store.repo import Store
 
@@ -130,6 +131,21 @@ class TestSchedule:
         assert all(status == "sent" for _, _, status in runs)
         # scheduled times are the cron's own (whole, even seconds), not when a loop got there
         assert all(at % 2 == 0 for _, at, _ in runs)
+
+    def test_reload_schedules_and_stops_reports(self, world: World) -> None:
+        """A report added by a reload fires at its times; one removed by a reload stops."""
+        proc = world.start()
+        world.write_config("", report_yaml("*/2 * * * * *", name="often"))
+        proc.send_signal(signal.SIGHUP)
+        eventually(lambda: len(reports(world)) >= 2, timeout=20, what="two reports")
+        world.write_config("")
+        proc.send_signal(signal.SIGHUP)
+        eventually(lambda: world.log.read_text().count('"reloaded"') >= 2, what="2nd reload")
+        time.sleep(0.5)
+        sent = len(reports(world))
+        time.sleep(4.5)
+        assert len(reports(world)) == sent
+        assert world.stop(proc) == 0
 
     def test_two_replicas_send_each_run_once(self, world: World, pg_url: str) -> None:
         """Two daemons sharing PostgreSQL both fire at each time; one message goes out."""
@@ -301,6 +317,14 @@ class TestOnce:
             assert second.enqueue_report("daily", 7200.0, {"name": "daily"}, ["a"], 7201.0)
             assert first.delivery_counts() == {"pending": 3}
             assert [c for c, _, _ in first.report_deliveries("daily", 3600.0)] == ["a", "b"]
+            # sent, and older than the cutoff: retention takes it with its deliveries
+            claimed = first.claim_deliveries("me", 9000.0, 10, 30.0)
+            done = [DeliveryOutcome(d.id, sent=True) for d in claimed]
+            assert first.finish_deliveries("me", done, 9001.0) == 3
+            pruned = first.prune(5000.0)
+            assert (pruned.events, pruned.deliveries) == (1, 2)
+            assert not first.report_enqueued("daily", 3600.0)
+            assert first.report_enqueued("daily", 7200.0)
         finally:
             first.close()
             second.close()
