@@ -8,6 +8,13 @@ from poller.sources.http.config import HttpExpressions, HttpSource
 
 __all__ = ["HTTP", "HttpExpressions", "HttpSource"]
 
+#: Its adapter lists the jobs of ``bulk`` entries on a source with ``discover``.
 HTTP = register(
-    SourceType("http", HttpSource, lazy_build("poller.sources.http.adapter:HttpAdapter"))
+    SourceType(
+        "http",
+        HttpSource,
+        lazy_build("poller.sources.http.adapter:HttpAdapter"),
+        discovers=("bulk",),
+        discovers_with="discover",
+    )
 )
