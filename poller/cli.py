@@ -252,7 +252,8 @@ def _check_warnings(cfg: Config) -> list[str]:
     A source's or a job's timings are checked where they set `interval` or `timeout`, so one
     mistake in the top-level `polling` is said once.
     """
-    used = {channel for rule in (*cfg.rules, *cfg.reports) for channel in rule.notify}
+    used = {channel for rule in cfg.rules for channel in rule.notify}
+    used |= {channel for report in cfg.reports for channel in report.notify}
     warnings = [
         f"channel {name} is not used by any rule or report: nothing will be sent to it"
         for name in cfg.channels
