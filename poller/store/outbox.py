@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from poller.models import Delivery, DeliveryOutcome, Event, JsonValue
+from poller.models import Delivery, DeliveryOutcome, Event, EventRecord, JsonValue
 from poller.store.db import IN_CHUNK, Database
 from poller.store.schema import deliveries, events, lease_free, report_runs, watches
 
@@ -328,32 +328,16 @@ class Outbox(Database):
                 .values(report=report, scheduled_at=scheduled_at, created_at=now)
                 .returning(report_runs.c.report)
             )
-            # RETURNING, not rowcount: psycopg counts a row that ON CONFLICT skipped
+            # RETURNING says whether the row went in (psycopg gave a rowcount of 1 for a
+            # row ON CONFLICT skipped)
             if conn.execute(insert).first() is None:
                 return False
-            event_id = conn.execute(
-                sa.insert(events)
-                .values(watch_id=None, at=now, kind=Event.REPORT.value, payload=dict(payload))
-                .returning(events.c.id)
-            ).scalar_one()
+            event = EventRecord(Event.REPORT, now, payload, tuple(channels))
+            event_id = insert_event(conn, None, event)
             conn.execute(
                 sa.update(report_runs)
                 .where(report_runs.c.report == report, report_runs.c.scheduled_at == scheduled_at)
                 .values(event_id=event_id)
-            )
-            conn.execute(
-                sa.insert(deliveries),
-                [
-                    {
-                        "event_id": event_id,
-                        "channel": channel,
-                        "status": "pending",
-                        "attempts": 0,
-                        "created_at": now,
-                        "next_attempt_at": now,
-                    }
-                    for channel in channels
-                ],
             )
             return True
 
@@ -372,6 +356,32 @@ class Outbox(Database):
                 .order_by(deliveries.c.channel)
             ).all()
         return [(row.channel, row.status, row.last_error) for row in rows]
+
+
+def insert_event(conn: Connection, watch_id: int | None, event: EventRecord) -> int:
+    """Store an event (of a watch; of none for a report) and queue a delivery to each of its
+    channels, in `conn`'s transaction; returns the event's id."""
+    event_id: int = conn.execute(
+        sa.insert(events)
+        .values(watch_id=watch_id, at=event.at, kind=event.kind.value, payload=dict(event.payload))
+        .returning(events.c.id)
+    ).scalar_one()
+    if event.channels:
+        conn.execute(
+            sa.insert(deliveries),
+            [
+                {
+                    "event_id": event_id,
+                    "channel": channel,
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": event.at,
+                    "next_attempt_at": event.at,
+                }
+                for channel in event.channels
+            ],
+        )
+    return event_id
 
 
 def _insert_ignoring_duplicates(conn: Connection, table: sa.Table) -> Any:
