@@ -28,10 +28,10 @@ from poller.engine.polling import PollEngine
 from poller.engine.reporting import due_run, queue_report
 from poller.engine.runtime import DbThread, Engine, Runtime, Tuning, error_line
 from poller.engine.scheduling import Duties
-from poller.engine.stats import Stats
+from poller.engine.stats import Stats, add
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
-from poller.models import WatchSpec
+from poller.models import Event, WatchSpec
 from poller.notify import Notifier
 from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
@@ -328,6 +328,7 @@ class Daemon:
             return
         if queued:
             log.info("report queued", report=name, scheduled_at=scheduled, channels=report.notify)
+            add(self.stats.events, Event.REPORT.value)  # poller_events{kind="report"}
             self.deliveries.wakeup.set()
 
     def _pruner(self, db: DbThread) -> Callable[[], Awaitable[None]]:
