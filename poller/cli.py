@@ -1056,6 +1056,7 @@ def report(
         bool, typer.Option("--now", help="Queue it and send it now, as its schedule would.")
     ] = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Print what report NAME would say now; with --now, queue it in the outbox and send it
     to its channels at once (a daemon running meanwhile may send it instead; never twice).
@@ -1067,7 +1068,7 @@ def report(
     from poller.logs import configure, get_logger
     from poller.notify import Notifier, render_report
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     found = next((r for r in cfg.reports if r.name == name), None)
     if found is None:
         known = ", ".join(r.name for r in cfg.reports) or "none"
