@@ -417,7 +417,7 @@ def _watches_table(watches: Sequence[Watch], now: float, width: int) -> Table:
     key_width = max(k.cell_len for k in keys)
     rows: list[dict[str, str | Text]] = [
         {
-            "NAME": plain(w.name or ""),
+            "NAME": plain(w.shown_name or ""),
             "STATE": plain(_state_label(w)),
             "PROGRESS": f"{w.progress.progress:.0f}%" if w.progress.progress is not None else "-",
             "LAST POLL": _ago(w.last_poll_at, now),

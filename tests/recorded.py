@@ -60,10 +60,12 @@ class RecordedApi(HttpServer):
         """The recorded answer to this request."""
         with self._lock:
             found = self._answers.get(unquote(request.target))
-        if self.authorization is not None:
-            if request.headers.get("authorization") != self.authorization:
-                found = self.recorded["refused"]
+        refused = request.headers.get("authorization") != self.authorization
+        if self.authorization is not None and refused:
+            found = self.recorded["refused"]
         if found is None or found["method"] != request.method:
-            return Response(599, {"replay": f"nothing recorded for {request.method} {request.target}"})
+            return Response(
+                599, {"replay": f"nothing recorded for {request.method} {request.target}"}
+            )
         body = found["body"] if "body" in found else found["text"]
         return Response(found["status"], body, {"Content-Type": found["content_type"]})

@@ -4,10 +4,8 @@ daemon polling it end to end."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from world import AnyAnswer, eventually
+from world import AnyAnswer, daemon, eventually
 
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
@@ -427,32 +425,6 @@ jobs:
                 assert "Warehouse load" in done[0]["title"]
                 assert "warehouse/w1" in done[0]["message"]
         assert_nowhere(tmp_path, [TOKEN])
-
-
-@contextlib.contextmanager
-def daemon(tmp_path: Path, config: str, env: Mapping[str, str] = {}) -> Iterator[Path]:
-    """`poller run` on `config` (written to tmp_path/config.yaml) until the block ends; it
-    must then stop cleanly on SIGTERM. Yields the config's path."""
-    path = tmp_path / "config.yaml"
-    path.write_text(config)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-    environ.pop("NOTIFY_SOCKET", None)
-    environ.update(env)
-    with (tmp_path / "daemon.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=environ,
-        )
-    try:
-        yield path
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def oauth_config_head(tmp_path: Path, api: JsonJobSim, name: str) -> str:

@@ -1,0 +1,225 @@
+"""The recipes of docs/recipes, as users run them, against answers recorded from the real
+servers (tests/recipes/, replayed on loopback by `recorded.RecordedApi`): `poller run` notifies
+a loopback webhook, `poller wait` summarises, for a run that succeeded, one that failed, one
+still running and one that does not exist.
+
+The tests marked ``realserver`` run the same recipes against the real servers, when they are
+installed (docs/recipes/README.md says how); they are left out by default."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recorded import RecordedApi
+from world import daemon, eventually
+
+from poller.testing import SimThread, WebhookSink
+
+RECIPES = Path(__file__).parent.parent / "docs" / "recipes"
+#: appended to a recipe in tests: quick polls, and a missing job unreachable after 1 s
+FAST = "polling: {interval: 200ms, max_interval: 200ms, error_after: 1s}\n"
+FLOWER_PASSWORD = "flower-pass-5150"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe, and what its user sees for each recorded job (by recording name)."""
+
+    system: str
+    #: the environment variable the recipe's URL starts with, and what follows the origin
+    url_env: str
+    url_suffix: str = ""
+    #: recording name -> the message title of its end
+    titles: Mapping[str, str] = field(default_factory=dict)
+    #: recording name -> lines its message must have
+    lines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    succeeded: str = "succeeded"
+    failed: str = "failed"
+    #: the name the running job shows in `poller status`
+    running_name: str = ""
+    needs_password: bool = False
+
+    def config(self, extra: str = "") -> str:
+        """The recipe as written, with the test's own top-level keys after it."""
+        return (RECIPES / f"{self.system}.yaml").read_text() + FAST + extra
+
+    def env(self, tmp_path: Path, origin: str, hook: str) -> dict[str, str]:
+        """The environment the recipe reads: the server's URL, the database, the channel."""
+        env = {
+            self.url_env: origin + self.url_suffix,
+            "POLLER_DATABASE": f"sqlite:///{tmp_path}/poller.db",
+            "NOTIFY_URL": hook,
+        }
+        if self.needs_password:
+            secret = tmp_path / "flower-password"
+            secret.write_text(FLOWER_PASSWORD + "\n")
+            env["FLOWER_PASSWORD_FILE"] = str(secret)
+        return env
+
+
+MLFLOW = Recipe(
+    "mlflow",
+    "MLFLOW_URL",
+    titles={
+        "succeeded": "✅ nightly-train succeeded",
+        "failed": "❌ tune-lr failed",
+        "killed": "🚫 manual-stop cancelled",
+    },
+    lines={
+        "succeeded": (
+            "State: succeeded (remote: FINISHED)",
+            "Started: 2026-12-01 14:11:43 UTC, took 3s",
+            "loss: 0.25",
+            "experiment: 1",
+        ),
+        "failed": ("State: failed (remote: FAILED)", "Started: 2026-12-01 14:11:46 UTC, took 1s"),
+    },
+    running_name="backfill-2024",
+)
+PREFECT = Recipe(
+    "prefect",
+    "PREFECT_API_URL",
+    "/api",
+    titles={
+        "completed": "✅ quaint-pheasant succeeded",
+        "failed": "❌ solid-tody failed: Flow run encountered an exception: ValueError: table"
+        " sales_2024 is locked",
+    },
+    lines={
+        "completed": ("State: succeeded (remote: Completed)", "took 2s"),
+        "failed": (
+            "State: failed (remote: Failed)",
+            "Started: 2026-12-01 14:12:38 UTC, took 3s",
+            "runs: 2",
+        ),
+    },
+    succeeded="completed",
+    running_name="nostalgic-bullfinch",
+)
+FLOWER = Recipe(
+    "flower",
+    "FLOWER_URL",
+    titles={
+        "succeeded": "✅ tasks.train succeeded",
+        "failed": "❌ tasks.explode failed: ValueError('input file is empty: s3://bucket/day.csv')",
+    },
+    lines={
+        "succeeded": (
+            "State: succeeded (remote: SUCCESS)",
+            "took 2s",
+            "{'rows': 1200}",
+            "worker: recworker@localhost",
+        ),
+        "failed": ("State: failed (remote: FAILURE)", "took 1s"),
+    },
+    running_name="tasks.train",
+    needs_password=True,
+)
+RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER]
+
+
+def job_id(api: RecordedApi, name: str) -> str:
+    """The id of the job a recording is about: the last part of its path or query."""
+    return api.path(name).rsplit("/", 1)[-1].rsplit("=", 1)[-1]
+
+
+@pytest.fixture(params=RECIPES_TESTED, ids=lambda r: r.system)
+def recipe(request: pytest.FixtureRequest) -> Recipe:
+    value: Recipe = request.param
+    return value
+
+
+def replay(recipe: Recipe) -> RecordedApi:
+    """The loopback server that answers as the recipe's real server did."""
+    if recipe.needs_password:
+        pair = base64.b64encode(f"poller:{FLOWER_PASSWORD}".encode()).decode()
+        return RecordedApi(recipe.system, authorization=f"Basic {pair}")
+    return RecordedApi(recipe.system)
+
+
+def cli(
+    *args: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`poller ARGS` with the recipe's environment."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "poller", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+    )
+
+
+class TestRecorded:
+    """Each recipe against its server's recorded answers."""
+
+    def test_run_notifies_what_the_server_said(self, recipe: Recipe, tmp_path: Path) -> None:
+        """`poller run` on the recipe: the end of each recorded job reaches the webhook with its
+        name, state, start, duration and failure reason; a missing job becomes unreachable
+        with "not found"; the running one is running, named, in `poller status`."""
+        api, sink = replay(recipe), WebhookSink()
+        with SimThread(api, sink):
+            names = [recipe.succeeded, recipe.failed, "missing", "running"]
+            jobs = "".join(
+                f"  - {{source: {recipe.system}, id: '{job_id(api, n)}'}}\n" for n in names
+            )
+            env = recipe.env(tmp_path, api.origin, sink.apprise_url)
+            with daemon(tmp_path, recipe.config("jobs:\n" + jobs), env) as path:
+                messages = sink.wait_for(3, timeout=30)
+
+                def running() -> list[dict[str, Any]]:
+                    r = cli("status", "--json", "-c", str(path), env=env)
+                    watches = json.loads(r.stdout)["watches"] if r.returncode == 0 else []
+                    return [w for w in watches if w["state"] == "running"]
+
+                (watch,) = eventually(running, what="the running job in poller status")
+                table = cli("status", "-c", str(path), env=env).stdout
+        by_title = {m["title"]: m for m in messages}
+        for name in (recipe.succeeded, recipe.failed):
+            message = by_title[recipe.titles[name]]
+            for line in recipe.lines.get(name, ()):
+                assert line in message["message"], (line, message["message"])
+        missing = f"{recipe.system}/{job_id(api, 'missing')}"
+        (gone,) = [m for m in messages if missing in m["title"]]
+        assert gone["title"].endswith("cannot be reached") and "not found" in gone["message"], gone
+        # the job entry has no name: the API's is shown, in the table as in messages
+        assert watch["details"]["job_name"] == recipe.running_name, watch
+        (row,) = [line for line in table.splitlines() if watch["key"] in line]
+        assert recipe.running_name in row, table
+
+    def test_wait_summarises_each_job(self, recipe: Recipe, tmp_path: Path) -> None:
+        """`poller wait` on the recipe: exit 0 for the success, 1 with the failure's reason, 3
+        for the running job at --timeout, 4 "not found" for the missing one."""
+        api = replay(recipe)
+        with SimThread(api):
+            env = recipe.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
+            config = tmp_path / "recipe.yaml"
+            config.write_text(recipe.config())
+
+            def wait(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+                return cli(
+                    "wait", recipe.system, job_id(api, name), "-c", str(config), *extra, env=env
+                )
+
+            ok, failed = wait(recipe.succeeded), wait(recipe.failed)
+            running = wait("running", "--timeout", "1s")
+            missing = wait("missing")
+        assert ok.returncode == 0, ok.stderr
+        assert "succeeded" in ok.stdout
+        assert failed.returncode == 1, failed.stderr
+        reason = recipe.titles[recipe.failed].partition(" failed")[2].removeprefix(": ")
+        assert reason in failed.stdout, failed.stdout
+        assert running.returncode == 3, running.stderr
+        assert missing.returncode == 4, missing.stdout
+        assert "not found" in missing.stderr, missing.stderr
