@@ -68,7 +68,12 @@ SourceArgument = Annotated[
 ]
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")]
 SiteOption = Annotated[
-    str | None, typer.Option("--site", metavar="SITE", help="Site id (ruler sources).")
+    str | None,
+    typer.Option(
+        "--site",
+        metavar="SITE",
+        help="Site id (ruler sources; for http sources, the {site} of the url, optional).",
+    ),
 ]
 
 DEFAULT_CONFIG = "/etc/poller/config.yaml"

@@ -33,12 +33,15 @@ class RecordedApi(HttpServer):
     something never recorded fails its test instead of reading a made-up answer.
     """
 
-    def __init__(self, system: str, authorization: str | None = None) -> None:
+    def __init__(
+        self, system: str, authorization: str | None = None, refused: str = "refused"
+    ) -> None:
         super().__init__()
         self.system = system
         #: the Authorization header every request must bring (None: none needed); any other
-        #: is answered with the recording ``refused``
+        #: is answered with the recording `refused`
         self.authorization = authorization
+        self.refused = refused
         self.recorded = recordings(system)
         self._answers = {unquote(r["path"]): r for r in self.recorded.values()}
 
@@ -62,7 +65,7 @@ class RecordedApi(HttpServer):
             found = self._answers.get(unquote(request.target))
         refused = request.headers.get("authorization") != self.authorization
         if self.authorization is not None and refused:
-            found = self.recorded["refused"]
+            found = self.recorded[self.refused]
         if found is None or found["method"] != request.method:
             return Response(
                 599, {"replay": f"nothing recorded for {request.method} {request.target}"}

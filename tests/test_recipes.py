@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from recorded import RecordedApi
@@ -28,6 +29,7 @@ RECIPES = Path(__file__).parent.parent / "docs" / "recipes"
 #: appended to a recipe in tests: quick polls, and a missing job unreachable after 1 s
 FAST = "polling: {interval: 200ms, max_interval: 200ms, error_after: 1s}\n"
 FLOWER_PASSWORD = "flower-pass-5150"
+AIRFLOW_TOKEN = "eyJhbGciOiJIUzUxMiJ9.recorded-with-a-real-one.c2lnbmF0dXJl"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ class Recipe:
     failed: str = "failed"
     #: the name the running job shows in `poller status`
     running_name: str = ""
-    needs_password: bool = False
+    #: the environment variable of the secret file the recipe reads, its content, and the
+    #: Authorization header the server wants (others get the recording `refused`)
+    secret_env: str | None = None
+    secret: str = ""
+    authorization: str | None = None
+    refused: str = "refused"
 
     def config(self, extra: str = "") -> str:
         """The recipe as written, with the test's own top-level keys after it."""
@@ -59,11 +66,15 @@ class Recipe:
             "POLLER_DATABASE": f"sqlite:///{tmp_path}/poller.db",
             "NOTIFY_URL": hook,
         }
-        if self.needs_password:
-            secret = tmp_path / "flower-password"
-            secret.write_text(FLOWER_PASSWORD + "\n")
-            env["FLOWER_PASSWORD_FILE"] = str(secret)
+        if self.secret_env is not None:
+            secret = tmp_path / "secret"
+            secret.write_text(self.secret + "\n")
+            env[self.secret_env] = str(secret)
         return env
+
+    def replay(self) -> RecordedApi:
+        """The loopback server that answers as the recipe's real server did."""
+        return RecordedApi(self.system, self.authorization, self.refused)
 
 
 MLFLOW = Recipe(
@@ -122,28 +133,57 @@ FLOWER = Recipe(
         "failed": ("State: failed (remote: FAILURE)", "took 1s"),
     },
     running_name="tasks.train",
-    needs_password=True,
+    secret_env="FLOWER_PASSWORD_FILE",
+    secret=FLOWER_PASSWORD,
+    authorization="Basic " + base64.b64encode(f"poller:{FLOWER_PASSWORD}".encode()).decode(),
 )
-RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER]
+AIRFLOW = Recipe(
+    "airflow",
+    "AIRFLOW_URL",
+    titles={"success": "✅ nightly_etl succeeded", "failed": "❌ load_warehouse failed"},
+    lines={
+        "success": (
+            "State: succeeded (remote: success)",
+            "Started: 2026-12-01 14:29:15 UTC, took 21s",
+            "run_type: manual",
+        ),
+        "failed": ("State: failed (remote: failed)", "took 25s"),
+    },
+    succeeded="success",
+    running_name="backfill",
+    secret_env="AIRFLOW_TOKEN_FILE",
+    secret=f"Bearer {AIRFLOW_TOKEN}",
+    authorization=f"Bearer {AIRFLOW_TOKEN}",
+    refused="bad_token",
+)
+RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER, AIRFLOW]
 
 
-def job_id(api: RecordedApi, name: str) -> str:
-    """The id of the job a recording is about: the last part of its path or query."""
-    return api.path(name).rsplit("/", 1)[-1].rsplit("=", 1)[-1]
+def job(api: RecordedApi, name: str) -> tuple[str | None, str]:
+    """The site and id of the job a recording is about: the last part of its path or query,
+    and for Airflow the dag (``/dags/{site}/dagRuns/{id}``)."""
+    parts = [unquote(p) for p in api.path(name).split("/")]
+    site = parts[-3] if parts[-2] == "dagRuns" else None
+    return site, parts[-1].rsplit("=", 1)[-1]
+
+
+def job_yaml(recipe: Recipe, api: RecordedApi, name: str) -> str:
+    """The recording's job as a `jobs` entry of the config."""
+    site, job_id = job(api, name)
+    where = "" if site is None else f"site: {site}, "
+    return f"  - {{source: {recipe.system}, {where}id: '{job_id}'}}\n"
+
+
+def job_key(recipe: Recipe, api: RecordedApi, name: str) -> str:
+    """The watch key of the recording's job."""
+    site, job_id = job(api, name)
+    return "/".join(p for p in (recipe.system, site, job_id) if p)
 
 
 @pytest.fixture(params=RECIPES_TESTED, ids=lambda r: r.system)
 def recipe(request: pytest.FixtureRequest) -> Recipe:
     value: Recipe = request.param
     return value
-
-
-def replay(recipe: Recipe) -> RecordedApi:
-    """The loopback server that answers as the recipe's real server did."""
-    if recipe.needs_password:
-        pair = base64.b64encode(f"poller:{FLOWER_PASSWORD}".encode()).decode()
-        return RecordedApi(recipe.system, authorization=f"Basic {pair}")
-    return RecordedApi(recipe.system)
 
 
 def cli(
@@ -168,12 +208,10 @@ class TestRecorded:
         """`poller run` on the recipe: the end of each recorded job reaches the webhook with its
         name, state, start, duration and failure reason; a missing job becomes unreachable
         with "not found"; the running one is running, named, in `poller status`."""
-        api, sink = replay(recipe), WebhookSink()
+        api, sink = recipe.replay(), WebhookSink()
         with SimThread(api, sink):
             names = [recipe.succeeded, recipe.failed, "missing", "running"]
-            jobs = "".join(
-                f"  - {{source: {recipe.system}, id: '{job_id(api, n)}'}}\n" for n in names
-            )
+            jobs = "".join(job_yaml(recipe, api, n) for n in names)
             env = recipe.env(tmp_path, api.origin, sink.apprise_url)
             with daemon(tmp_path, recipe.config("jobs:\n" + jobs), env) as path:
                 messages = sink.wait_for(3, timeout=30)
@@ -190,7 +228,7 @@ class TestRecorded:
             message = by_title[recipe.titles[name]]
             for line in recipe.lines.get(name, ()):
                 assert line in message["message"], (line, message["message"])
-        missing = f"{recipe.system}/{job_id(api, 'missing')}"
+        missing = job_key(recipe, api, "missing")
         (gone,) = [m for m in messages if missing in m["title"]]
         assert gone["title"].endswith("cannot be reached") and "not found" in gone["message"], gone
         # the job entry has no name: the API's is shown, in the table as in messages
@@ -201,15 +239,17 @@ class TestRecorded:
     def test_wait_summarises_each_job(self, recipe: Recipe, tmp_path: Path) -> None:
         """`poller wait` on the recipe: exit 0 for the success, 1 with the failure's reason, 3
         for the running job at --timeout, 4 "not found" for the missing one."""
-        api = replay(recipe)
+        api = recipe.replay()
         with SimThread(api):
             env = recipe.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
             config = tmp_path / "recipe.yaml"
             config.write_text(recipe.config())
 
             def wait(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+                site, job_id = job(api, name)
+                where = () if site is None else ("--site", site)
                 return cli(
-                    "wait", recipe.system, job_id(api, name), "-c", str(config), *extra, env=env
+                    "wait", recipe.system, job_id, *where, "-c", str(config), *extra, env=env
                 )
 
             ok, failed = wait(recipe.succeeded), wait(recipe.failed)
@@ -223,3 +263,36 @@ class TestRecorded:
         assert running.returncode == 3, running.stderr
         assert missing.returncode == 4, missing.stdout
         assert "not found" in missing.stderr, missing.stderr
+
+    @pytest.mark.parametrize("recipe", [FLOWER, AIRFLOW], ids=lambda r: r.system)
+    def test_refused_credentials(self, recipe: Recipe, tmp_path: Path) -> None:
+        """A wrong password or an expired token: what the real server answered (Flower's empty
+        401, Airflow's 403 "Invalid JWT token") is an auth error, at once, secret unshown."""
+        api = recipe.replay()
+        with SimThread(api):
+            env = recipe.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
+            wrong = recipe.secret[:-4] + "0000"
+            (tmp_path / "secret").write_text(wrong)
+            config = tmp_path / "recipe.yaml"
+            config.write_text(recipe.config())
+            site, job_id = job(api, recipe.succeeded)
+            where = () if site is None else ("--site", site)
+            r = cli("wait", recipe.system, job_id, *where, "-c", str(config), env=env)
+        assert r.returncode == 4, r.stdout
+        assert "auth: HTTP 40" in r.stderr and "credentials refused" in r.stderr, r.stderr
+        assert wrong not in r.stderr + r.stdout
+
+
+def test_a_dag_run_needs_its_dag(tmp_path: Path) -> None:
+    """The Airflow recipe's url names {site}: a dag run given without its dag is refused with
+    the reason, never asked for at /dags//dagRuns/."""
+    api = AIRFLOW.replay()
+    with SimThread(api):
+        env = AIRFLOW.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
+        config = tmp_path / "recipe.yaml"
+        config.write_text(AIRFLOW.config())
+        _, job_id = job(api, "success")
+        r = cli("wait", "airflow", job_id, "-c", str(config), env=env)
+    assert r.returncode == 4, r.stdout
+    assert "give the job a site" in r.stderr, r.stderr
+    assert api.requests["other"] == 0 and not api.request_log

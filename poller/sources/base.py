@@ -181,7 +181,9 @@ class SourceType:
 
     `model` is its config model: a `SourceConfig` subclass whose ``type`` field is
     ``Literal[name]``. `needs_site`: its jobs are named by a site and an id (``site`` is
-    required for a job with an id, and refused by every other type). `discovers`: it lists
+    required for a job with an id, and refused by every type that does not take one).
+    `takes_site`: its jobs may have a site, and need not (an http source's ``{site}``, the
+    first part of a two-part id such as an Airflow dag run's). `discovers`: it lists
     the jobs of ``bulk`` and ``search`` entries (its adapter is a `Discoverer`).
     `answer_cap`: the most bytes one of its answers may have, decoded (None: the HTTP client's
     default, `client.MAX_BODY_BYTES`).
@@ -191,13 +193,14 @@ class SourceType:
     model: type[SourceConfig]
     build: Build
     needs_site: bool = False
+    takes_site: bool = False
     discovers: bool = False
     answer_cap: int | None = None
 
     def takes(self, key: str) -> bool:
         """Whether a job of this type may have `key` (of the keys that depend on the type)."""
         if key == "site":
-            return self.needs_site
+            return self.needs_site or self.takes_site
         if key in ("bulk", "search"):
             return self.discovers
         return True

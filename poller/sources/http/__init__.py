@@ -9,5 +9,11 @@ from poller.sources.http.config import HttpExpressions, HttpSource
 __all__ = ["HTTP", "HttpExpressions", "HttpSource"]
 
 HTTP = register(
-    SourceType("http", HttpSource, lazy_build("poller.sources.http.adapter:HttpAdapter"))
+    SourceType(
+        "http",
+        HttpSource,
+        lazy_build("poller.sources.http.adapter:HttpAdapter"),
+        # a job may have a site: the {site} of the templates (Airflow: the dag of a dag run)
+        takes_site=True,
+    )
 )
