@@ -76,6 +76,23 @@ def started(
             proc.wait()
 
 
+def client(base_url: str, **kw: Any) -> httpx.Client:
+    """An HTTP client for the server's own API, closed when the test ends."""
+    made = httpx.Client(base_url=base_url, timeout=30, **kw)
+    CLIENTS.append(made)
+    return made
+
+
+CLIENTS: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
+
+
 def ready(url: str, timeout: float = 180, **kw: Any) -> None:
     """Wait until `url` answers 200."""
 
@@ -131,7 +148,7 @@ def test_mlflow(tmp_path: Path) -> None:
     with started(tmp_path, "mlflow", argv):
         base = f"http://127.0.0.1:{port}"
         ready(base + "/health")
-        api = httpx.Client(base_url=base + "/api/2.0/mlflow", timeout=30)
+        api = client(base + "/api/2.0/mlflow")
         exp = api.post("/experiments/create", json={"name": "recipe"}).json()["experiment_id"]
 
         def run(name: str) -> str:
@@ -171,7 +188,7 @@ def test_prefect(tmp_path: Path) -> None:
     with started(tmp_path, "prefect", argv, env):
         base = f"http://127.0.0.1:{port}/api"
         ready(base + "/health")
-        api = httpx.Client(base_url=base, timeout=30)
+        api = client(base)
         # the first answers after /health may still be the server starting
         made = eventually(
             lambda: api.post("/flows/", json={"name": "nightly-etl"}).json().get("id"),
@@ -320,9 +337,7 @@ def test_airflow(tmp_path: Path) -> None:
         password = httpx.Response(200, content=passwords.read_bytes()).json()["admin"]
         login = {"username": "admin", "password": password}
         token = httpx.post(base + "/auth/token", json=login, timeout=30).json()["access_token"]
-        api = httpx.Client(
-            base_url=base + "/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+        api = client(base + "/api/v2", headers={"Authorization": f"Bearer {token}"})
 
         def parsed() -> bool:
             dags = {d["dag_id"] for d in api.get("/dags").json().get("dags", [])}
