@@ -3,7 +3,9 @@ for the recipes' tests (tests/test_recipes.py); tests/recipes/README.md says how
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -28,13 +30,18 @@ def recordings(system: str) -> dict[str, dict[str, Any]]:
 class RecordedApi(HttpServer):
     """Answers each recorded request (method, path and query) with what the real server said.
 
-    `play` chooses which recording answers a path (by default each recording answers its
-    own); a request nothing answers is a 599 that names itself, so a recipe that asks for
-    something never recorded fails its test instead of reading a made-up answer.
+    A request nothing answers is a 599 that names itself, so that a recipe that asks for
+    something never recorded fails its test instead of reading a made-up answer. With an
+    `authorization`, a request without it gets the recording `refused`; a login (``POST`` to
+    the recording ``token``) other than `login` gets the recording ``login_refused``.
     """
 
     def __init__(
-        self, system: str, authorization: str | None = None, refused: str = "refused"
+        self,
+        system: str,
+        authorization: str | None = None,
+        refused: str = "refused",
+        login: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.system = system
@@ -42,20 +49,20 @@ class RecordedApi(HttpServer):
         #: is answered with the recording `refused`
         self.authorization = authorization
         self.refused = refused
+        #: the JSON a ``POST`` to the recording ``token`` (a login endpoint) must bring to be
+        #: answered with it
+        self.login = login
         self.recorded = recordings(system)
-        self._answers = {unquote(r["path"]): r for r in self.recorded.values()}
+        # the refused login has the login's path: only the login itself answers it
+        answers = [r for name, r in self.recorded.items() if name != "login_refused"]
+        self._answers = {unquote(r["path"]): r for r in answers}
 
     def path(self, name: str) -> str:
         """The path (and query) of a recording."""
         return str(self.recorded[name]["path"])
 
-    def play(self, name: str, at: str) -> None:
-        """Answer the requests for `at` (a recording's name) with the recording `name`."""
-        with self._lock:
-            self._answers[unquote(self.path(at))] = self.recorded[name]
-
     def classify(self, request: Request) -> str:
-        """The name of the recording that answers, or ``other``."""
+        """The path of the recording that answers, or ``other``."""
         found = self._answers.get(unquote(request.target))
         return "other" if found is None else str(found["path"])
 
@@ -63,12 +70,20 @@ class RecordedApi(HttpServer):
         """The recorded answer to this request."""
         with self._lock:
             found = self._answers.get(unquote(request.target))
-        refused = request.headers.get("authorization") != self.authorization
-        if self.authorization is not None and refused:
+        if found is not None and found is self.recorded.get("token"):
+            with contextlib.suppress(ValueError):
+                if request.json() == self.login:
+                    return _answer(found)
+            found = self.recorded.get("login_refused")
+        elif self.authorization not in (None, request.headers.get("authorization")):
             found = self.recorded[self.refused]
         if found is None or found["method"] != request.method:
             return Response(
                 599, {"replay": f"nothing recorded for {request.method} {request.target}"}
             )
-        body = found["body"] if "body" in found else found["text"]
-        return Response(found["status"], body, {"Content-Type": found["content_type"]})
+        return _answer(found)
+
+
+def _answer(recorded: Mapping[str, Any]) -> Response:
+    body = recorded["body"] if "body" in recorded else recorded["text"]
+    return Response(recorded["status"], body, {"Content-Type": recorded["content_type"]})

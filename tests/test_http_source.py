@@ -670,7 +670,7 @@ sources:
             ":12: sources.b: ended_at fills the detail remote_completed_at: give one of them, "
             "not both",
             ":19: sources.c: auth and an Authorization header cannot both be given",
-            ":30: sources.d.auth: give exactly one of basic and oauth2",
+            ":30: sources.d.auth: give exactly one of basic, oauth2 and login",
         ]
 
 

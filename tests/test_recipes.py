@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from recorded import RecordedApi
+from recorded import RecordedApi, recording
 from world import daemon, eventually
 
 from poller.testing import SimThread, WebhookSink
@@ -29,7 +29,7 @@ RECIPES = Path(__file__).parent.parent / "docs" / "recipes"
 #: appended to a recipe in tests: quick polls, and a missing job unreachable after 1 s
 FAST = "polling: {interval: 200ms, max_interval: 200ms, error_after: 1s}\n"
 FLOWER_PASSWORD = "flower-pass-5150"
-AIRFLOW_TOKEN = "eyJhbGciOiJIUzUxMiJ9.recorded-with-a-real-one.c2lnbmF0dXJl"
+AIRFLOW_PASSWORD = "airflow-pass-6060"
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class Recipe:
     secret: str = ""
     authorization: str | None = None
     refused: str = "refused"
+    #: the JSON login its token endpoint (the recording ``token``) wants
+    login: Mapping[str, str] | None = None
+    #: what `poller wait` says when the secret is wrong
+    refused_says: str = "auth: HTTP 401: credentials refused"
 
     def config(self, extra: str = "") -> str:
         """The recipe as written, with the test's own top-level keys after it."""
@@ -74,7 +78,7 @@ class Recipe:
 
     def replay(self) -> RecordedApi:
         """The loopback server that answers as the recipe's real server did."""
-        return RecordedApi(self.system, self.authorization, self.refused)
+        return RecordedApi(self.system, self.authorization, self.refused, self.login)
 
 
 MLFLOW = Recipe(
@@ -151,10 +155,12 @@ AIRFLOW = Recipe(
     },
     succeeded="success",
     running_name="backfill",
-    secret_env="AIRFLOW_TOKEN_FILE",
-    secret=f"Bearer {AIRFLOW_TOKEN}",
-    authorization=f"Bearer {AIRFLOW_TOKEN}",
+    secret_env="AIRFLOW_PASSWORD_FILE",
+    secret=AIRFLOW_PASSWORD,
+    authorization="Bearer " + recording("airflow", "token")["body"]["access_token"],
     refused="bad_token",
+    login={"username": "poller", "password": AIRFLOW_PASSWORD},
+    refused_says="auth: the token endpoint refused: HTTP 401",
 )
 RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER, AIRFLOW]
 
@@ -235,6 +241,10 @@ class TestRecorded:
         assert watch["details"]["job_name"] == recipe.running_name, watch
         (row,) = [line for line in table.splitlines() if watch["key"] in line]
         assert recipe.running_name in row, table
+        token = (recipe.authorization or "").partition(" ")[2]
+        for secret in filter(None, (recipe.secret, token)):
+            for stored in [tmp_path / "daemon.log", *tmp_path.glob("poller.db*")]:
+                assert secret.encode() not in stored.read_bytes(), stored
 
     def test_wait_summarises_each_job(self, recipe: Recipe, tmp_path: Path) -> None:
         """`poller wait` on the recipe: exit 0 for the success, 1 with the failure's reason, 3
@@ -266,8 +276,8 @@ class TestRecorded:
 
     @pytest.mark.parametrize("recipe", [FLOWER, AIRFLOW], ids=lambda r: r.system)
     def test_refused_credentials(self, recipe: Recipe, tmp_path: Path) -> None:
-        """A wrong password or an expired token: what the real server answered (Flower's empty
-        401, Airflow's 403 "Invalid JWT token") is an auth error, at once, secret unshown."""
+        """A wrong password: what the real server answered (Flower's empty 401 to the job
+        request, Airflow's 401 to the login) is an auth error, at once, the secret unshown."""
         api = recipe.replay()
         with SimThread(api):
             env = recipe.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
@@ -279,7 +289,7 @@ class TestRecorded:
             where = () if site is None else ("--site", site)
             r = cli("wait", recipe.system, job_id, *where, "-c", str(config), env=env)
         assert r.returncode == 4, r.stdout
-        assert "auth: HTTP 40" in r.stderr and "credentials refused" in r.stderr, r.stderr
+        assert recipe.refused_says in r.stderr, r.stderr
         assert wrong not in r.stderr + r.stdout
 
 

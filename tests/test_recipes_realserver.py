@@ -309,7 +309,7 @@ load_warehouse()
 
 
 def test_airflow(tmp_path: Path) -> None:
-    """Dag runs of `airflow standalone` (Airflow 3, a JWT from /auth/token): a run poller
+    """Dag runs of `airflow standalone` (Airflow 3, poller logs in at /auth/token): a run poller
     waits on while it runs succeeds: exit 0; one whose task raises: exit 1; an unknown run of
     a known dag: exit 4, not found."""
     airflow = command("airflow")
@@ -321,6 +321,7 @@ def test_airflow(tmp_path: Path) -> None:
         "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "poller:admin",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -334,8 +335,8 @@ def test_airflow(tmp_path: Path) -> None:
         ready(base + "/api/v2/monitor/health", timeout=300)
         passwords = tmp_path / "simple_auth_manager_passwords.json.generated"
         eventually(passwords.exists, timeout=60, what="the admin password")
-        password = httpx.Response(200, content=passwords.read_bytes()).json()["admin"]
-        login = {"username": "admin", "password": password}
+        password = httpx.Response(200, content=passwords.read_bytes()).json()["poller"]
+        login = {"username": "poller", "password": password}
         token = httpx.post(base + "/auth/token", json=login, timeout=30).json()["access_token"]
         api = client(base + "/api/v2", headers={"Authorization": f"Bearer {token}"})
 
@@ -351,7 +352,8 @@ def test_airflow(tmp_path: Path) -> None:
             run_id: str = run["dag_run_id"]
             return run_id
 
-        recipe = Recipe(**{**AIRFLOW.__dict__, "secret": f"Bearer {token}"})
+        # the recipe logs in itself, with the user's password
+        recipe = Recipe(**{**AIRFLOW.__dict__, "secret": password})
         waits = Waits(recipe, tmp_path, base)
         ok, bad = trigger("nightly_etl"), trigger("load_warehouse")
         waiting = waits.background(ok, "nightly_etl")

@@ -32,7 +32,7 @@ from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResul
 from poller.redact import scrub_outcome
 from poller.settings.fields import body_fields, template_fields
 from poller.sources import lenient, read_outcome
-from poller.sources.auth import OAuth2ClientCredentials, StaticHeaders
+from poller.sources.auth import JsonLogin, OAuth2ClientCredentials, StaticHeaders
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.http.config import HttpExpressions, HttpSource
 
@@ -247,12 +247,16 @@ def _headers(config: HttpSource) -> dict[str, str]:
 
 
 def _auth(config: HttpSource) -> httpx.Auth:
-    """The source's ``auth`` (Basic or OAuth 2), else its ``headers`` on every request."""
+    """The source's ``auth`` (Basic, OAuth 2 or a login), else its ``headers`` on every
+    request."""
     if config.auth is None:
         return StaticHeaders(_headers(config))
     auth = config.auth
     if auth.basic is not None:
         return httpx.BasicAuth(auth.basic.username, auth.basic.password.get_secret_value())
+    if auth.login is not None:
+        login = auth.login
+        return JsonLogin(login.url, login.username, login.password.get_secret_value())
     assert auth.oauth2 is not None  # HttpAuth holds exactly one
     oauth = auth.oauth2
     return OAuth2ClientCredentials(
