@@ -306,3 +306,27 @@ def test_a_dag_run_needs_its_dag(tmp_path: Path) -> None:
     assert r.returncode == 4, r.stdout
     assert "give the job a site" in r.stderr, r.stderr
     assert api.requests["other"] == 0 and not api.request_log
+
+
+def test_a_broken_login_is_named_at_its_line(tmp_path: Path) -> None:
+    """`poller check` names each mistake of an ``auth: {login: ...}`` with its file:line."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sources:\n"
+        "  airflow:\n"
+        "    type: http\n"
+        "    url: https://x/dags/{site}/dagRuns/{id}\n"
+        "    state: state\n"
+        "    auth:\n"
+        "      login: {url: 'ftp://x/auth/token', username: poller, token: t}\n"
+        "    states: {success: succeeded}\n"
+    )
+    r = cli("check", "-c", str(config), env={})
+    assert r.returncode == 2, r.stdout
+    lines = [line.strip().removeprefix(str(config)) for line in r.stderr.splitlines()[1:]]
+    assert lines == [
+        ":7: sources.airflow.auth.login.url: expected an http:// or https:// URL",
+        ":7: sources.airflow.auth.login.password: required",
+        ":7: sources.airflow.auth.login.token: unknown key; expected one of: url, username,"
+        " password",
+    ], r.stderr
