@@ -78,6 +78,12 @@ class Sizes:
     replica_watches: int = 10_000
     replica_warm: float = 15.0
     replica_window: float = 30.0
+    #: rounds of the daemon with the listener on and off, alternating (bench/listener.py)
+    listener_rounds: int = 10
+    #: each round's measurement window (shorter than the cpu part's, for more rounds)
+    listener_window: float = 10.0
+    #: /metrics and /healthz requests timed at scale_watches
+    listener_scrapes: int = 10
 
 
 FULL = Sizes()
@@ -91,6 +97,9 @@ QUICK = Sizes(
     latency_spread=25.0,
     replica_warm=10.0,
     replica_window=15.0,
+    listener_rounds=3,
+    listener_window=8.0,
+    listener_scrapes=5,
 )
 
 
@@ -346,6 +355,7 @@ def write_config(
     interval: float,
     sink_url: str | None = None,
     max_concurrency: int = CONCURRENCY,
+    listen: str | None = None,
 ) -> Path:
     """A poller config (JSON, which is YAML) for the benchmark's one Ruler source."""
     config: dict[str, Any] = {
@@ -374,6 +384,8 @@ def write_config(
         config["rules"] = [{"on": ["succeeded"], "notify": ["hook"]}]
         # digests hold a first message back (`wait`) and merge storms: off, to measure the path
         config["delivery"] = {"digest": {"enabled": False, "wait": 0}}
+    if listen:
+        config["http"] = {"listen": listen}
     path.write_text(json.dumps(config, indent=2))
     return path
 

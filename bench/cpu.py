@@ -94,8 +94,13 @@ async def child_cpu_daemon(spec: dict[str, Any]) -> dict[str, Any]:
     database = f"sqlite:///{work}/cpu-{os.getpid()}.db"  # one per round
     n, interval = spec["watches"], spec["interval"]
     prepare_watches(database, n, interval, time.time())
+    # ``listen``: with the HTTP listener on (bench/listener.py scrapes it from outside)
     config = write_config(
-        work / "cpu.json", database=database, ruler_url=spec["ruler_url"], interval=interval
+        work / f"cpu-{os.getpid()}.json",
+        database=database,
+        ruler_url=spec["ruler_url"],
+        interval=interval,
+        listen=spec.get("listen"),
     )
     profiler = None
     async with running_daemon(config) as daemon:

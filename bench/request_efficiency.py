@@ -3,16 +3,18 @@
 Run: `.venv/bin/python bench/request_efficiency.py [--jobs N] [--seed S]`
 
 One simulated hour at a 30 s interval, on a simulated clock (nothing waits an hour): N jobs on
-one Ruler site and N Immuta jobs, each with the same scripted life in every run (some start,
+one Ruler site, N Immuta jobs and N jobs of an http source (a loopback API in Prefect's
+shapes), each with the same scripted life in every run (some start,
 progress, end succeeded, partial, failed or cancelled along the way; a job is watched until it
 ends). The source adapters are the real ones, talking HTTP to the simulators on loopback; the
 simulators count the requests by kind. What is measured is the number of requests, not their
 speed. Each source runs:
 
 - per-job: what polling one job at a time costs (Ruler: a status request per job; Immuta: one
-  statuses request per job, ``batch_size: 1``);
+  statuses request per job, ``batch_size: 1``; http: its ``url`` per job);
 - batched: poller's way (Ruler: the site's job list, and a status request only when a job's
-  status changed; Immuta: statuses requests of ``batch_size`` (100) jobs);
+  status changed; Immuta: statuses requests of ``batch_size`` (100) jobs; http: its ``batch``,
+  ``POST /flow_runs/filter`` with ``max_ids`` (100) ids);
 - Ruler batched with drifting watches: every job due at its own second of the interval, so that
   each poll group holds ~N/30 jobs, as happens in the daemon once watches drift apart.
 
@@ -35,11 +37,13 @@ from pydantic import SecretStr
 
 from poller.models import TERMINAL_STATES, JobRef, PollResult
 from poller.sources import Source
+from poller.sources.http import HttpSource
+from poller.sources.http.adapter import HttpAdapter
 from poller.sources.immuta import ImmutaSource
 from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.sources.ruler import RulerSource
 from poller.sources.ruler.adapter import RulerAdapter
-from poller.testing import HttpServer, ImmutaSim, RulerSim
+from poller.testing import HttpServer, ImmutaSim, JsonJobSim, RulerSim
 
 HOUR = 3600.0
 INTERVAL = 30.0
@@ -123,6 +127,27 @@ def immuta_sim(clock: SimClock, jobs: Sequence[Life]) -> ImmutaSim:
     return sim
 
 
+def flow_run(job: Any) -> Any:
+    """A job as Prefect answers a flow run, alone or in ``flow_runs/filter``'s list."""
+    return {"id": job["id"], "state_type": job["state"]}
+
+
+def http_sim(jobs: Sequence[Life]) -> tuple[JsonJobSim, Callable[[float], None]]:
+    """The loopback API with the jobs, and what moves them on to a simulated time (the API
+    has no clock of its own)."""
+    sim = JsonJobSim(TOKEN, shape=flow_run)
+    for life in jobs:
+        sim.add_job(life.job_id, state=life.first)
+    pending = sorted((at, life.job_id, state) for life in jobs for at, state in life.steps)
+
+    def advance(now: float) -> None:
+        while pending and pending[0][0] <= now:
+            _at, job_id, state = pending.pop(0)
+            sim.set_job(job_id, state=state)
+
+    return sim, advance
+
+
 # -- running an hour ---------------------------------------------------------------------------
 
 
@@ -148,14 +173,17 @@ async def run_hour(
     *,
     step: float = INTERVAL,
     due: Callable[[int, float], bool] = lambda i, now: True,
+    advance: Callable[[float], None] = lambda now: None,
 ) -> Measure:
-    """Poll the watched jobs every `step` simulated seconds for an hour (those `due` now)."""
+    """Poll the watched jobs every `step` simulated seconds for an hour (those `due` now);
+    `advance` moves a simulator without a clock to the time."""
     started = time.perf_counter()
     watched = dict(enumerate(refs))
     job_seconds = 0.0
     now = 0.0
     while now < HOUR:
         clock.now = now
+        advance(now)
         group = [ref for i, ref in watched.items() if due(i, now)]
         job_seconds += len(watched) * step
         if group:
@@ -199,6 +227,37 @@ async def immuta_run(jobs: Sequence[Life], *, per_job: bool) -> Measure:
         return await run_hour(adapter, sim, clock, refs)
 
 
+async def http_run(jobs: Sequence[Life], *, per_job: bool) -> Measure:
+    sim, advance = http_sim(jobs)
+    async with sim:
+        batch = {
+            "url": f"{sim.base_url}/flow_runs/filter",
+            "body": {"flow_runs": {"id": {"any_": "{ids}"}}, "limit": 100},
+            "items": "@",
+            "id": "id",
+            "max_ids": 100,
+        }
+        config = HttpSource.model_validate(
+            {
+                "url": f"{sim.base_url}/jobs/{{id}}",
+                "headers": {"Authorization": f"Bearer {TOKEN}"},
+                "state": "state_type",
+                "states": {
+                    "created": "pending",
+                    "active": "running",
+                    "retry": "running",
+                    "completed": "succeeded",
+                    "failed": "failed",
+                    "cancelled": "cancelled",
+                },
+                "batch": None if per_job else batch,
+            }
+        )
+        adapter = HttpAdapter(config)
+        refs = [JobRef(f"h/{j.job_id}", "h", j.job_id) for j in jobs]
+        return await run_hour(adapter, sim, SimClock(), refs, advance=advance)
+
+
 def _row(label: str, m: Measure) -> str:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(m.kinds.items()))
     return (
@@ -210,8 +269,10 @@ def _row(label: str, m: Measure) -> str:
 async def main_async(n: int, seed: int) -> int:
     """Run every measurement and print the table; 1 if a ratio misses the target."""
     ruler_jobs, immuta_jobs = lives(n, seed, ruler=True), lives(n, seed + 1, ruler=False)
+    http_jobs = lives(n, seed + 2, ruler=False)
     print(
-        f"{n} Ruler jobs on one site and {n} Immuta jobs, 1 simulated hour, {INTERVAL:g}s interval"
+        f"{n} Ruler jobs on one site, {n} Immuta jobs and {n} http jobs, 1 simulated hour,"
+        f" {INTERVAL:g}s interval"
     )
     missed = False
     results = {
@@ -222,6 +283,8 @@ async def main_async(n: int, seed: int) -> int:
         ),
         "immuta per-job (1 id per request)": await immuta_run(immuta_jobs, per_job=True),
         "immuta batched (100 ids per request)": await immuta_run(immuta_jobs, per_job=False),
+        "http per-job (url per job)": await http_run(http_jobs, per_job=True),
+        "http batched (batch, 100 ids)": await http_run(http_jobs, per_job=False),
     }
     for label, measure in results.items():
         print(_row(label, measure))
@@ -233,6 +296,7 @@ async def main_async(n: int, seed: int) -> int:
             "immuta batched (100 ids per request)",
             True,
         ),
+        ("http", "http per-job (url per job)", "http batched (batch, 100 ids)", True),
         # not the benchmark's target: how far list reuse carries when groups are small
         (
             "ruler, drifting",

@@ -28,6 +28,8 @@ from poller.engine.polling import PollEngine
 from poller.engine.runtime import DbThread, Engine, Runtime, Tuning, error_line
 from poller.engine.scheduling import Duties
 from poller.engine.stats import Stats
+from poller.engine.summaries import TICK as SUMMARY_TICK
+from poller.engine.summaries import Summaries
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
 from poller.models import WatchSpec
@@ -130,6 +132,9 @@ class Daemon:
         self.ready = asyncio.Event()
         #: what the engines count, for the listener's /metrics
         self.stats = Stats()
+        #: the job counts of the sources that have them (Immuta's /jobs/summary), fetched on
+        #: their ``summary_interval`` for the status page and /metrics
+        self.summaries = Summaries(clock)
         self._runtime: Runtime | None = None
         self._db: DbThread | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -227,6 +232,7 @@ class Daemon:
             # `idle_wait` apart): a second timer here would defeat their backoff when the
             # database is away.
             duties.every(self.tuning.lease / 3, self._renewer(db), "lease-renewal")
+            duties.every(SUMMARY_TICK, self._summarize, "summaries", first_in=0.1)
             duties.every(
                 self.tuning.prune_every,
                 self._pruner(db),
@@ -265,6 +271,7 @@ class Daemon:
             duties.shutdown()
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
+            await self.summaries.close()
             await self.runtime().aclose()
             self._db = None
             db.close()
@@ -281,6 +288,10 @@ class Daemon:
             log=log,
             stats=self.stats,
         )
+
+    async def _summarize(self) -> None:
+        """The summaries duty, over the sources in force (a reload may change them)."""
+        await self.summaries.refresh(self.adapters(), self.config.sources)
 
     def _renewer(self, db: DbThread) -> Callable[[], Awaitable[None]]:
         """A duty that keeps this process's leases alive while it works."""

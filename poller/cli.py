@@ -62,6 +62,17 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+CredentialsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--credentials-dir",
+        metavar="DIR",
+        help="The directory ${CREDENTIALS_DIRECTORY} names in the config, for a config that "
+        "reads systemd credentials, run outside systemd (e.g. /etc/poller/credentials) "
+        "[default: $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential=].",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 SourceArgument = Annotated[
     str, typer.Argument(metavar="SOURCE", help="A source name from the config.")
@@ -120,7 +131,12 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _config(path: str | None) -> Config:
+def _config(path: str | None, credentials: str | None = None) -> Config:
+    if credentials is not None:
+        if not os.path.isdir(credentials):
+            _fail(f"--credentials-dir: {credentials} is not a directory", 2)
+        # what systemd would set: the config's ${CREDENTIALS_DIRECTORY}, now and at reloads
+        os.environ["CREDENTIALS_DIRECTORY"] = os.path.abspath(credentials)
     path = path or os.environ.get("POLLER_CONFIG") or DEFAULT_CONFIG
     try:
         return load_config(path)
@@ -142,12 +158,12 @@ def _store(config: Config) -> Store:
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(config: ConfigOption = None, credentials: CredentialsOption = None) -> None:
     """Run the daemon in the foreground (what systemd starts)."""
     from poller.app import Daemon, runner
     from poller.logs import configure, get_logger
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     configure(os.environ.get("POLLER_LOG_LEVEL") or cfg.log.level, cfg.log.format)
     try:
         with runner() as loop:
@@ -159,7 +175,7 @@ def run(config: ConfigOption = None) -> None:
 
 
 @app.command(short_help="Validate the config and say what it would watch.")
-def check(config: ConfigOption = None) -> None:
+def check(config: ConfigOption = None, credentials: CredentialsOption = None) -> None:
     """Validate the config and say what it would watch; exit 2 on any problem.
 
     A channel no rule uses and a timeout shorter than the interval are warned about on
@@ -168,7 +184,7 @@ def check(config: ConfigOption = None) -> None:
     from poller.app import config_watch_specs
     from poller.notify import Notifier
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     console = _console()
 
     def say(line: str) -> None:
@@ -217,7 +233,10 @@ def check(config: ConfigOption = None) -> None:
     counts += [_counted(len(bulks), "bulk", "bulks")] if bulks else []
     counts += [_counted(len(searches), "search", "searches")] if searches else []
     said = counts[0] if len(counts) == 1 else f"{', '.join(counts[:-1])} and {counts[-1]}"
-    say(f"would watch {said}:")
+    if specs or bulks or searches:
+        say(f"would watch {said}:")
+    else:  # the starter config's case: nothing listed yet is not a mistake
+        say("would watch no jobs yet (list them under jobs:, or `poller add` each as it starts)")
     for spec in specs:
         say(f"  {spec.key}" + (f"  {spec.name}" if spec.name else ""))
     # a first listing records the jobs that had already ended; said only when it notifies
@@ -237,6 +256,81 @@ def check(config: ConfigOption = None) -> None:
         )
     for warning in _check_warnings(cfg):
         print(f"poller: warning: {printable(warning)}", file=sys.stderr)
+
+
+@app.command(short_help="Write a starter config (or the full example) to begin with.")
+def init(
+    path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write it; - prints it [default: $POLLER_CONFIG, else "
+            "/etc/poller/config.yaml].",
+            show_default=False,
+        ),
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option("--example", help="The full example (every key, explained) instead."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a config to begin with: one ruler source and one channel whose secrets are read
+    from credential files, and one rule, each line commented. An existing file is refused
+    unless --force is given; `poller check` says what is left to fill in.
+    """
+    from poller.install import EXAMPLE, STARTER, shipped
+
+    text = shipped(EXAMPLE if example else STARTER)
+    target = path or os.environ.get("POLLER_CONFIG") or DEFAULT_CONFIG
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    _write_shipped(target, text, force)
+    what = "the example config (every key)" if example else "a starter config"
+    print(printable(f"wrote {what} to {target}"))
+    if not example:
+        print(
+            "next: write the ruler token to /etc/poller/credentials/ruler and the channel's "
+            "Apprise URL\nto /etc/poller/credentials/ops-channel (or to a directory DIR that you "
+            "give as --credentials-dir DIR),\nthen run:"
+        )
+        print(printable(f"  poller check -c {target}"))
+
+
+@app.command(short_help="Print (or write) the systemd unit.")
+def unit(
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH",
+            help="Where to write it, e.g. /etc/systemd/system/poller.service [default: -, "
+            "print it].",
+            show_default=False,
+        ),
+    ] = "-",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Print the hardened systemd unit poller ships (ExecStart=/opt/poller/bin/poller), or
+    write it to PATH; an existing file is refused unless --force is given."""
+    from poller.install import UNIT, shipped
+
+    text = shipped(UNIT)
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    _write_shipped(path, text, force)
+    print(printable(f"wrote the systemd unit to {path}; then: systemctl daemon-reload"))
+
+
+def _write_shipped(path: str, text: str, force: bool) -> None:
+    """`poller.install.write_new`, exit 1 with the reason if it cannot."""
+    from poller.install import write_new
+
+    try:
+        write_new(path, text, force=force)
+    except PollerError as exc:
+        _fail(str(exc), 1)
 
 
 def _counted(number: int, one: str, many: str) -> str:
@@ -280,18 +374,37 @@ DEFAULT_STATUS_LIMIT = 50
 MAX_STATUS_LIMIT = 1_000_000
 
 
-def _state_option(values: Sequence[str]) -> tuple[str, ...]:
-    """`--state` values as conditions (``timed-out`` is ``timed_out``); exit 2 on another."""
-    states = tuple(v.strip().lower().replace("-", "_") for v in values)
-    unknown = [v for v in states if v not in CONDITIONS]
-    if unknown:
-        _fail(f"--state: no state {unknown[0]!r} (states: {', '.join(CONDITIONS)})", 2)
-    return states
+#: The longest value a repeatable text option takes (ids, sites, tags and job types are at
+#: most 256 characters wherever they come from): more is a typo or hostile input.
+MAX_OPTION_TEXT = 256
+
+
+def _option_values(
+    option: str, values: Sequence[str] | None, known: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """A repeatable option's values, in order and once each; exit 2 naming the option on the
+    first that is empty, longer than `MAX_OPTION_TEXT` or, when `known` is given, not one of
+    them (which are then listed)."""
+    said = tuple(dict.fromkeys(values or ()))
+    for value in said:
+        problem = None
+        if not value.strip():
+            problem = "must not be empty"
+        elif len(value) > MAX_OPTION_TEXT:
+            problem = f"is {len(value)} characters long; at most {MAX_OPTION_TEXT} are allowed"
+        elif known and value not in known:
+            problem = (
+                f"no {option.lstrip('-')} {value!r} ({option.lstrip('-')}s: {', '.join(known)})"
+            )
+        if problem is not None:
+            _fail(f"{option}: {problem}", 2)
+    return said
 
 
 @app.command(short_help="The watches, problems first, with counts by state.")
 def status(
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
     as_json: JsonOption = False,
     active: Annotated[bool, typer.Option("--active", help="Only watches still polled.")] = False,
     state: Annotated[
@@ -334,12 +447,15 @@ def status(
     """
     filters = WatchFilter(
         active=active,
-        states=_state_option(state or ()),
-        sources=tuple(source or ()),
-        tags=tuple(tag or ()),
+        # `timed-out` is the condition timed_out
+        states=_option_values(
+            "--state", [v.strip().lower().replace("-", "_") for v in state or ()], CONDITIONS
+        ),
+        sources=_option_values("--source", source),
+        tags=_option_values("--tag", tag),
     )
     shown = None if show_all else (limit or DEFAULT_STATUS_LIMIT)
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     store = _store(cfg)
     try:
         counts = store.count_watches(filters)
@@ -482,6 +598,7 @@ def history(
         str, typer.Argument(metavar="KEY", help="The watch key, e.g. ruler-prod/4f2a/9c1e-77.")
     ],
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show one watch's history, oldest first: each transition with the job's reason and row
@@ -489,7 +606,7 @@ def history(
     started failing, how many polls failed, the error, when it recovered)."""
     from poller.history import condense, line_json
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     store = _store(cfg)
     try:
         watch = store.get_watch(key)
@@ -557,6 +674,7 @@ def prune(
         ),
     ] = None,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Delete now what the daemon's daily retention duty would: watches that ended, timed out
     or were removed longer ago than `retention` (or --older-than), with their transitions,
@@ -565,7 +683,7 @@ def prune(
     A watch with a delivery still pending is kept, and so are a job the config lists and a
     discovered job (they would be watched again as new).
     """
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     if older_than is not None:
         keep = _duration_option("--older-than", older_than, MAX_RETENTION)
     elif cfg.retention:
@@ -625,6 +743,7 @@ def add(
         ),
     ] = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Start watching a job; the running daemon picks it up within seconds.
 
@@ -632,7 +751,7 @@ def add(
     changed is said. A job of the config is labelled in the config, not here. A watch that
     has ended stays ended unless `--again` is given.
     """
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     spec = _spec(cfg, source, job_id, site, name, tag or [])
     try:
         check_labels(cfg, spec.key, name, tag or [])
@@ -661,9 +780,10 @@ def add(
 def remove(
     key: Annotated[str, typer.Argument(metavar="KEY", help="The watch key.")],
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Stop watching a job (its history stays). A job the config lists is removed there."""
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     try:
         check_removal(cfg, key)
     except Refused as exc:
@@ -725,6 +845,7 @@ def wait(
         ),
     ] = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Poll one job in the foreground until it ends, then summarise how it ended.
 
@@ -734,7 +855,7 @@ def wait(
     from poller.models import Watch
     from poller.waiting import EXIT_UNWATCHABLE, display_for, summary, wait_for_job
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     spec = _spec(cfg, source, job_id, site, None, ())
     limit = None if timeout is None else _duration_option("--timeout", timeout, MAX_WAIT_TIMEOUT)
     # a bar only where a person watches it and stdout holds nothing else; with --json the
@@ -795,6 +916,7 @@ def summary(
     ] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Print how many of the source's jobs there are of each type in each state, as the job
     API counts them (Immuta's GET /jobs/summary); exit 1 if the API cannot say."""
@@ -802,18 +924,12 @@ def summary(
     from poller.redact import scrub, secrets_of
     from poller.sources import Summarizer, build_source
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     found = cfg.sources.get(source)
     if found is None:
         known = ", ".join(cfg.sources) or "none"
         _fail(f"no source {source} in the config (sources: {known})", 2)
-    types = list(dict.fromkeys(job_type or ()))
-    for name in types:
-        problem = "must not be empty" if not name.strip() else None
-        if problem is None and len(name) > 256:
-            problem = f"is {len(name)} characters long; at most 256 are allowed"
-        if problem is not None:
-            _fail(f"--job-type: {problem}", 2)
+    types = list(_option_values("--job-type", job_type))
     start = None if since is None else _since_option(since)
 
     async def ask() -> Any:
@@ -877,13 +993,14 @@ def notify_test(
         str | None, typer.Argument(metavar="CHANNEL", help="One channel (default: all).")
     ] = None,
     config: ConfigOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
     """Send a test message through one or every channel and show what each service answered
     (URLs with their secrets masked); exit 1 if any channel failed."""
     from poller.errors import NotifyError
     from poller.notify import Notifier
 
-    cfg = _config(config)
+    cfg = _config(config, credentials)
     notifier = Notifier({n: u.get_secret_value() for n, u in cfg.channels.items()})
     names = [channel] if channel else list(notifier.names)
     if channel and channel not in notifier.names:

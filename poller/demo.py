@@ -218,7 +218,9 @@ def run_demo(extra_urls: list[str], speed: float, console: Console, verbose: boo
                 plain(f"Your --notify URL #{number} did not take the messages: {answer}"),
                 style="bold red",
             )
-        console.print("Next: copy config.example.yaml and run `poller check -c` on it.")
+        console.print(
+            "Next: `poller init PATH` writes a starter config; `poller check -c PATH` checks it."
+        )
         return code or (1 if refused else 0)
 
 

@@ -48,10 +48,45 @@ def _facts(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def _outage_detail(
-    since: float | None, failed: int | None, error: str | None, until: float | None
-) -> dict[str, Any]:
-    return {"since_at": since, "failed_polls": failed, "error": error, "recovered_at": until}
+@dataclass
+class _Outage:
+    """An outage being condensed: its line's place in the history and what it says so far."""
+
+    index: int
+    since: float
+    failed: int | None
+    error: str | None
+    deliveries: list[Mapping[str, Any]]
+
+    def line(self, recovered_at: float | None = None) -> Line:
+        """The one line of this outage, open (`recovered_at` None) or closed."""
+        what = "polling failing"
+        if self.failed:
+            what += f", {self.failed} failed poll{'s' if self.failed != 1 else ''}"
+        if self.error:
+            what += f": {self.error}"
+        detail = {
+            "since_at": self.since,
+            "failed_polls": self.failed,
+            "error": self.error,
+            "recovered_at": recovered_at,
+        }
+        return Line(
+            at=self.since, kind="outage", what=what, deliveries=self.deliveries, detail=detail
+        )
+
+
+def _open_outage(
+    lines: list[Line],
+    since: float,
+    failed: int | None,
+    error: str | None,
+    deliveries: list[Mapping[str, Any]],
+) -> _Outage:
+    """Start an outage's line at the end of `lines` and return it, to be updated in place."""
+    outage = _Outage(len(lines), since, failed, error, deliveries)
+    lines.append(outage.line())
+    return outage
 
 
 def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
@@ -71,7 +106,7 @@ def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
     # an event at a transition's instant leaves the reason and counts to the transition line
     said_at = {e.at for e in entries if e.kind == "transition" and e.at in facts_at}
     lines: list[Line] = []
-    outage: dict[str, Any] | None = None
+    outage: _Outage | None = None
     for e in entries:
         if e.kind == "transition":
             facts = facts_at.get(e.at, {})
@@ -82,78 +117,44 @@ def condense(entries: Sequence[HistoryEntry], watch: Watch) -> list[Line]:
                     what=e.what,
                     reason=facts.get("reason"),
                     rows=facts.get("rows"),
-                    detail={k: v for k, v in e.detail.items()},
+                    detail=dict(e.detail),
                 )
             )
             continue
         payload: Mapping[str, Any] = e.detail.get("payload") or {}
         delivered = list(e.detail.get("deliveries") or ())
+        since = _number(payload.get("outage_since")) or e.at
         if e.what == Event.UNREACHABLE:
-            since = _number(payload.get("outage_since")) or e.at
-            outage = {
-                "since": since,
-                "failed": _count(payload.get("error_count")),
-                "error": _text(payload.get("error")),
-                "deliveries": delivered,
-                "index": len(lines),
-            }
-            lines.append(_outage_line(outage, None))
-            continue
-        if e.what == Event.RECOVERED:
-            if outage is None:
-                since = _number(payload.get("outage_since")) or e.at
-                outage = {"since": since, "failed": None, "error": None, "deliveries": []}
-                outage["index"] = len(lines)
-                lines.append(_outage_line(outage, None))
-            outage["failed"] = _count(payload.get("error_count")) or outage["failed"]
-            outage["deliveries"] = [*outage["deliveries"], *delivered]
-            lines[outage["index"]] = _outage_line(outage, e.at)
+            failed, error = _count(payload.get("error_count")), _text(payload.get("error"))
+            outage = _open_outage(lines, since, failed, error, delivered)
+        elif e.what == Event.RECOVERED:
+            # a recovery whose unreachable event was not read still shows its outage
+            outage = outage or _open_outage(lines, since, None, None, [])
+            outage.failed = _count(payload.get("error_count")) or outage.failed
+            outage.deliveries = [*outage.deliveries, *delivered]
+            lines[outage.index] = outage.line(recovered_at=e.at)
             outage = None
-            continue
-        facts = _facts(e.what, payload) if e.at not in said_at else {}
-        lines.append(
-            Line(
-                at=e.at,
-                kind="event",
-                what=e.what,
-                reason=facts.get("reason"),
-                rows=facts.get("rows"),
-                deliveries=delivered,
+        else:
+            facts = _facts(e.what, payload) if e.at not in said_at else {}
+            lines.append(
+                Line(
+                    at=e.at,
+                    kind="event",
+                    what=e.what,
+                    reason=facts.get("reason"),
+                    rows=facts.get("rows"),
+                    deliveries=delivered,
+                )
             )
-        )
     p = watch.progress
     if p.error_since is not None:
         # the run of failures in progress: the unreachable event's line if there is one
-        current: dict[str, Any] = {
-            "since": p.error_since,
-            "failed": p.error_count,
-            "error": p.last_error,
-        }
-        if outage is not None:
-            current["deliveries"] = outage["deliveries"]
-            lines[outage["index"]] = _outage_line(current, None)
-        else:
-            current["deliveries"] = []
-            lines.append(_outage_line(current, None))
+        if outage is None:
+            outage = _open_outage(lines, p.error_since, None, None, [])
+        outage.since, outage.failed, outage.error = p.error_since, p.error_count, p.last_error
+        lines[outage.index] = outage.line()
     lines.sort(key=lambda line: line.at)
     return lines
-
-
-def _outage_line(outage: Mapping[str, Any], recovered_at: float | None) -> Line:
-    """The one line of an outage, open (`recovered_at` None) or closed."""
-    since, failed, error = outage["since"], outage["failed"], outage["error"]
-    what = "polling failing"
-    if failed:
-        what += f", {failed} failed poll{'s' if failed != 1 else ''}"
-    if error:
-        what += f": {error}"
-    return Line(
-        at=since,
-        kind="outage",
-        what=what,
-        deliveries=outage.get("deliveries") or (),
-        detail=_outage_detail(since, failed, error, recovered_at),
-    )
 
 
 def _number(value: object) -> float | None:

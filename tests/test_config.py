@@ -205,8 +205,13 @@ class TestValidConfig:
         assert config.database == "sqlite:////var/lib/poller/poller.db"
         assert set(config.sources) == {"ruler-prod", "immuta", "warehouse", "mlflow"}
         assert set(config.channels) == {"ops-slack", "oncall"}
-        assert len(config.rules) == 3 and len(config.jobs) == 5
+        assert len(config.rules) == 3 and len(config.jobs) == 6
         assert config.policy_for("ruler-prod").interval == 60
+        # the http source's batch and discover, and a bulk entry listed with the latter
+        mlflow = config.sources["mlflow"]
+        assert isinstance(mlflow, HttpSource) and mlflow.batch and mlflow.discover
+        assert (mlflow.batch.max_ids, mlflow.discover.next) == (100, "next_page_token")
+        assert (config.jobs[5].source, config.jobs[5].bulk) == ("mlflow", "7")
         assert config.jobs[0].polling.as_dict() == {"timeout": 6 * 3600}
         # the delivery section shows every default; both kinds of template are there
         assert config.delivery == DeliveryConfig()
@@ -828,7 +833,7 @@ JOB_PROBLEMS = [
     ("unknown source", "  - {source: rulr-prod, id: a}\n",
      ["12: jobs[0].source: unknown source 'rulr-prod'; expected one of: immuta, ruler-prod"]),
     ("bulk on ruler", "  - {source: ruler-prod, bulk: b, site: s}\n",
-     ["12: jobs[0].bulk: only for an immuta source; this one is ruler"]),
+     ["12: jobs[0].bulk: only for an immuta or http source; this one is ruler"]),
     ("id and bulk", "  - {source: immuta, id: a, bulk: b}\n",
      ["12: jobs[0]: give exactly one of id, bulk or search"]),
     ("nothing to watch", "  - {source: immuta}\n",

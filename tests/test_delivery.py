@@ -224,6 +224,63 @@ class TestStorm:
         sent = w.query("SELECT count(*) FROM deliveries WHERE status = 'sent'")[0][0]
         assert sent == 200
 
+    def test_a_failure_storm_does_not_wait_for_the_started_storms_window(
+        self, dworld: DeliveryWorld
+    ) -> None:
+        """60 jobs start (a digest of ``started``), then all fail 3 s later, well within the
+        20 s window the started digest opened: the failure digest goes out within
+        ``digest.wait`` (+ a poll and a margin), in a window of its own, not at the end of the
+        info window. Every event is sent once."""
+        w = dworld
+        jobs = [f"lane{n:02d}" for n in range(60)]
+        for job in jobs:
+            w.ruler.add_job(SITE, job, status="processing")
+        window, wait = 20.0, 1.0
+        w.write_config(
+            "".join(job_yaml(job) for job in jobs),
+            rules="  - on: [started, failed]\n    notify: [hook]\n",
+            polling="  interval: 200ms\n  max_interval: 500ms\n",
+            delivery=f"  digest: {{window: {window:g}s, wait: {wait:g}s}}\n",
+        )
+        w.start()
+
+        def digests(marker: str) -> list[dict[str, object]]:
+            return [m for m in w.messages() if str(m["title"]).startswith(marker)]
+
+        (started,) = eventually(lambda: digests("▶️"), timeout=30, what="the started digest")
+        assert re.match(r"▶️ 60 jobs started", str(started["title"])), started["title"]
+        time.sleep(3.0)  # well inside the 20 s window the started digest opened
+        failing_from = time.time()
+        for job in jobs:
+            w.ruler.set_job(SITE, job, status="failed", failure_reason="boom")
+        failing_until = time.time()
+        failed = eventually(lambda: digests("❌"), timeout=window + 10, what="the failure digest")
+        first = failed[0]
+        late = float(first["received_at"]) - failing_until
+        info_window_ends = float(started["received_at"]) + window
+        print(
+            f"\nfailures set in {failing_until - failing_from:.2f}s; first failure message "
+            f"{late:.2f}s later; the info window had {info_window_ends - failing_until:.1f}s left"
+        )
+        # a poll (max_interval) + wait + a margin for a loaded machine; the info window's end
+        # is 17 s away, which is when the failures went out before lanes
+        assert late < 0.5 + wait + 5.0, late
+        assert float(first["received_at"]) < info_window_ends - 5.0
+        assert re.match(r"❌ \d+ jobs failed", str(first["title"])), first["title"]
+        assert "started" not in str(first["title"])  # a digest of failures alone
+        everyone = {f"ruler-prod/{SITE}/{job}" for job in jobs}
+        eventually(
+            lambda: everyone <= {k for m in digests("❌") for k in named_keys(str(m["message"]))},
+            timeout=window + 10,
+            what="every failure named",
+        )
+        eventually(lambda: w.pending_deliveries() == 0, what="outbox empty")
+        sent = w.query(
+            "SELECT e.kind, count(*) FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.status = 'sent' GROUP BY e.kind ORDER BY e.kind"
+        )
+        assert sent == [("failed", 60), ("started", 60)]
+
     def test_a_digest_killed_mid_send_is_sent_again_whole(self, dworld: DeliveryWorld) -> None:
         """SIGKILL while a digest is on the wire: after restart it goes out again, complete."""
         w = dworld
@@ -375,6 +432,9 @@ class TestOutboxQueries:
         store.finish_deliveries("me", [DeliveryOutcome(mail.id, False, "HTTP 500")], T0 + 6)
         assert store.sent_times("slack", T0) == [T0 + 5, T0 + 5]
         assert store.sent_times("slack", T0 + 6) == []
+        # a lane's window after a restart: only its own events count
+        assert store.sent_times("slack", T0, [Event.FAILED, Event.CANCELLED]) == [T0 + 5] * 2
+        assert store.sent_times("slack", T0, [Event.STARTED]) == []
         (given_up,) = store.undelivered("given_up")
         assert (given_up.key, given_up.name, given_up.event, given_up.channel) == (
             "ruler-prod/s1/a",

@@ -20,6 +20,8 @@ from poller.rules.delivery import (
     digest_failed,
     failed,
     keep_for_missing_channel,
+    lane_kinds,
+    lanes,
     may_send_at_once,
     pause,
     plan,
@@ -302,3 +304,26 @@ def test_a_quiet_channel_may_send_at_once() -> None:
     assert may_send_at_once(None, T0, 2.0)
     assert may_send_at_once(T0 - 2.0, T0, 2.0)
     assert not may_send_at_once(T0 - 1.0, T0, 2.0)
+
+
+class TestLanes:
+    """Each severity of a channel is a lane with its own storm window, served worst first."""
+
+    def test_lanes_are_worst_first_and_keep_the_claim_order(self) -> None:
+        """Started, failed, succeeded, failed: the failures first (in order), info last."""
+        kinds = [Event.STARTED, Event.FAILED, Event.SUCCEEDED, Event.UNREACHABLE, Event.STALLED]
+        claimed = [
+            Delivery(id=n, channel="c", attempts=0, created_at=T0, kind=kind, payload={})
+            for n, kind in enumerate(kinds)
+        ]
+        assert [(lane, [d.id for d in rows]) for lane, rows in lanes(claimed)] == [
+            ("failure", [1, 3]),
+            ("warning", [4]),
+            ("success", [2]),
+            ("info", [0]),
+        ]
+        assert lanes([]) == []
+        every = sorted(
+            k.value for lane in ("failure", "warning", "success", "info") for k in lane_kinds(lane)
+        )
+        assert every == sorted(k.value for k in Event)

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,23 @@ from poller.app import open_store
 from poller.config import Config, load_config
 from poller.engine.runtime import DbThread
 from poller.engine.stats import POLL_BUCKETS, Stats, Timings
+from poller.engine.summaries import (
+    JOB_TYPE,
+    MAX_JOB_TYPES,
+    MAX_STATES,
+    STATE,
+    Summaries,
+    bounded,
+)
 from poller.errors import ConfigError
+from poller.sources import JobCount, JobSummary
+from poller.sources.immuta import ImmutaSource
 from poller.store.repo import Store
+from poller.testing import ImmutaSim, SimThread
 from poller.web import DatabaseReads, DatabaseUnavailable
 
+#: The loopback Immuta API's key.
+IMMUTA_KEY = "immuta-key-0123456789"
 #: A job the loopback Ruler API does not know: every poll of it is a 404 (``not_found``).
 MISSING = "never-there"
 
@@ -323,17 +337,29 @@ class TestReadiness:
             assert (value(text, "poller_polls_total", source="ruler-prod", outcome="ok") or 0) > 0
             assert get(port, "/healthz")[0] == 200
         eventually(lambda: get(port, "/readyz")[0] == 200, timeout=45, what="ready again")
-        # the database's gauges come back with the first scrape that reads it whole (on a
-        # loaded machine a scrape may still find the reads of the outage under way)
-        eventually(
-            lambda: (
-                (s := scrape(port))
-                and value(s, "poller_database_up")
-                and value(s, "poller_watches", source="ruler-prod", state="running") == 1
-            ),
-            timeout=45,
-            what="the database's gauges back",
-        )
+
+        # Every scrape is whole: database_up 1 with the watch counted (in the state the
+        # database holds: "new" while the outage kept its first answer from being written),
+        # or 0 with no gauge of the database at all; never 1 without the gauges.
+        def whole() -> bool:
+            s = scrape(port)
+            counted = {
+                labels: n
+                for (name, labels), n in samples(s).items()
+                if name == "poller_watches" and ("source", "ruler-prod") in labels
+            }
+            if value(s, "poller_database_up") == 0:
+                assert not counted, s
+                assert value(s, "poller_schedule_lateness_seconds") is None, s
+                return False
+            assert value(s, "poller_database_up") == 1, s
+            assert sum(counted.values()) == 1, s
+            assert value(s, "poller_schedule_lateness_seconds") is not None, s
+            return value(s, "poller_watches", source="ruler-prod", state="running") == 1
+
+        eventually(whole, timeout=45, what="the database's gauges back")
+        for _ in range(5):  # and every scrape after it too
+            assert whole()
 
     def test_starting_is_not_ready(self, world: World) -> None:
         """While the daemon cannot open its database yet (another process holds the SQLite
@@ -469,6 +495,7 @@ class Bare:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Stats = field(default_factory=Stats)
+    summaries: Summaries = field(default_factory=lambda: Summaries(time.time))
 
     def clock(self) -> float:
         return time.time()
@@ -518,6 +545,141 @@ class TestDatabaseReads:
         assert all(isinstance(a, DatabaseUnavailable) for a in answers[:20]), answers
         assert "did not answer within 0.3s" in str(answers[0])
         assert len(runs) == 2 and answers[20] == 2
+
+
+class TestSourceSummaries:
+    """Immuta's job counts (GET /jobs/summary) on /metrics and the status page, fetched by the
+    daemon on its own interval: never per request, bounded, stale (never broken) on failure."""
+
+    def test_counts_on_metrics_and_page_then_stale_then_back(self, world: World) -> None:
+        """The simulator's counts show per source, job type and state; job types past the cap
+        are counted as ``other``; a scrape or a page never asks the API; a failed fetch keeps
+        the last counts, shown as stale with the reason (escaped, no token), and the next
+        answer brings fresh ones."""
+        port = free_port()
+        sim = ImmutaSim(IMMUTA_KEY)
+        now = datetime.now(UTC)
+        for i in range(3):
+            sim.add_job(f"p{i}", state="completed", created=now)
+        sim.add_job("p-failed", state="failed", created=now)
+        sim.add_job("s", state="active", job_type="sdd", created=now)
+        for i in range(40):  # 30 of these fit under the cap, beside policyUpdate and sdd
+            sim.add_job(f"t{i}", job_type=f"t{i:02d}", created=now)
+        sim.add_job("odd", job_type="<b>odd</b>", created=now)  # no plain name: other
+        with SimThread(sim):
+            world.config.write_text(f"""
+database: {world.database}
+sources:
+  im: {{type: immuta, base_url: '{sim.base_url}', token: {IMMUTA_KEY}, summary_interval: 5s}}
+  quiet: {{type: immuta, base_url: '{sim.base_url}', token: {IMMUTA_KEY}, summary_interval: 0}}
+http:
+  listen: "127.0.0.1:{port}"
+jobs: []
+""")
+            world.start()
+            text = eventually(
+                lambda: (
+                    (s := scrape(port)) and value(s, "poller_source_summary_up", source="im") and s
+                ),
+                what="the first summary",
+            )
+            jobs = {
+                dict(labels)["job_type"] + "/" + dict(labels)["state"]: n
+                for (name, labels), n in samples(text).items()
+                if name == "poller_source_jobs"
+            }
+            assert jobs["policyUpdate/completed"] == 3 and jobs["policyUpdate/failed"] == 1
+            assert jobs["sdd/active"] == 1 and jobs["t29/created"] == 1
+            assert jobs["other/created"] == 11 and "t30/created" not in jobs
+            assert len({k.split("/")[0] for k in jobs}) == 33 and sum(jobs.values()) == 46
+            assert all(dict(k)["source"] == "im" for (n, k) in samples(text) if "source_jobs" in n)
+            assert value(text, "poller_source_summary_up", source="quiet") is None
+            assert (value(text, "poller_source_summary_age_seconds", source="im") or 0) < 10
+            status, _headers, page = get(port, "/")
+            assert status == 200
+            assert "im: 46 jobs" in page and "Counted" in page and "Stale" not in page
+            assert '<td class="job-type">policyUpdate</td>' in page and "<b>odd" not in page
+
+            # the counts come from memory: scrapes and pages do not ask the API
+            asked = sim.requests["summary"]
+            for _ in range(5):
+                scrape(port)
+                get(port, "/")
+            assert sim.requests["summary"] - asked <= 1
+
+            # the next fetch fails: the last counts stay, stale, with the reason
+            sim.set_job("s", state="completed")
+            sim.fail(
+                "/jobs/summary", status=400, body={"message": f"<i>no</i> {IMMUTA_KEY}"}, times=1
+            )
+            text = eventually(
+                lambda: (
+                    (s := scrape(port))
+                    and value(s, "poller_source_summary_up", source="im") == 0
+                    and s
+                ),
+                what="a stale summary",
+            )
+            assert (
+                value(text, "poller_source_jobs", source="im", job_type="sdd", state="active") == 1
+            )
+            status, _headers, page = get(port, "/")
+            assert status == 200 and "Stale" in page and "im: 46 jobs" in page
+            assert "failed: http: HTTP 400" in page
+            assert "<i>no" not in page and IMMUTA_KEY not in page
+            # and the next one answers again, with the change
+            text = eventually(
+                lambda: (
+                    (s := scrape(port))
+                    and value(s, "poller_source_summary_up", source="im") == 1
+                    and s
+                ),
+                what="a fresh summary again",
+            )
+            assert (
+                value(text, "poller_source_jobs", source="im", job_type="sdd", state="completed")
+                == 1
+            )
+            assert (
+                value(text, "poller_source_jobs", source="im", job_type="sdd", state="active")
+                is None
+            )
+
+    @given(
+        st.lists(
+            st.tuples(st.text(max_size=70), st.text(max_size=40), st.integers(0, 10**9)),
+            max_size=200,
+        )
+    )
+    def test_what_is_kept_is_bounded(self, rows: list[tuple[str, str, int]]) -> None:
+        """Whatever an API counts, what becomes labels is at most 32 job types and 16 states
+        per source (plus ``other``), each a plain name, and every job is still counted."""
+        kept = bounded(JobSummary(tuple(JobCount(t, s, n) for t, s, n in rows)))
+        types = {c.job_type for c in kept}
+        states = {c.state for c in kept}
+        assert len(types - {"other"}) <= MAX_JOB_TYPES and len(states - {"other"}) <= MAX_STATES
+        assert all(t == "other" or JOB_TYPE.fullmatch(t) for t in types)
+        assert all(s == "other" or STATE.fullmatch(s) for s in states)
+        assert sum(c.count for c in kept) == sum(n for _t, _s, n in rows)
+        assert len({(c.job_type, c.state) for c in kept}) == len(kept)
+
+    def test_summary_interval_is_checked(self, tmp_path: Path) -> None:
+        """``summary_interval`` is 60s by default, 0 turns it off, and less than 5s is
+        refused with the file and line."""
+        config = tmp_path / "config.yaml"
+        source = "sources:\n  im: {type: immuta, base_url: 'http://127.0.0.1:9', token: k"
+        config.write_text(source + "}\n")
+        immuta = load_config(config, environ={}).sources["im"]
+        assert isinstance(immuta, ImmutaSource) and immuta.summary_interval == 60.0
+        config.write_text(source + ", summary_interval: 0}\n")
+        immuta = load_config(config, environ={}).sources["im"]
+        assert isinstance(immuta, ImmutaSource) and immuta.summary_interval is None
+        config.write_text(source + ",\n    summary_interval: 2s}\n")
+        with pytest.raises(ConfigError) as refused:
+            load_config(config, environ={})
+        assert f"{config}:3: sources.im.summary_interval: must be 0 (off) or at least 5s" in str(
+            refused.value
+        )
 
 
 class TestTimings:

@@ -400,7 +400,7 @@ class TestPaging:
         """1,201 watches in pages of 500 (the most a page may ask), each page's deliveries
         counted; a tag filter matches whole tags only; state and source filters."""
         from poller.models import WatchSpec
-        from poller.store.repo import PageFilter, Store
+        from poller.store.repo import Store, WatchFilter
 
         store = Store(db_url)
         try:
@@ -417,7 +417,7 @@ class TestPaging:
             assert len(store.add_new_watches(specs, 1000.0)) == 1201
             store.remove_watch(specs[7].key, 1001.0)
 
-            def every(where: PageFilter) -> list[str]:
+            def every(where: WatchFilter) -> list[str]:
                 keys, after = [], 0
                 while True:
                     page = store.watch_page(where, after, 500)
@@ -431,13 +431,17 @@ class TestPaging:
             def keys(chosen: list[WatchSpec]) -> list[str]:
                 return sorted(s.key for s in chosen)
 
-            assert every(PageFilter()) == keys(specs)
-            assert every(PageFilter(tag="even")) == keys(specs[::2])
-            assert every(PageFilter(tag='odd "quoted"')) == keys(specs[1::2])
-            assert every(PageFilter(tag="odd")) == []
-            assert every(PageFilter(source="other")) == keys(specs[::3])
-            assert every(PageFilter(state="new", source="other", tag="even")) == keys(specs[::6])
-            assert every(PageFilter(state="removed")) == [specs[7].key]
-            assert every(PageFilter(state="running")) == []
+            assert every(WatchFilter()) == keys(specs)
+            assert every(WatchFilter(tags=("even",))) == keys(specs[::2])
+            assert every(WatchFilter(tags=('odd "quoted"',))) == keys(specs[1::2])
+            assert every(WatchFilter(tags=("odd",))) == []
+            assert every(WatchFilter(sources=("other",))) == keys(specs[::3])
+            both = WatchFilter(states=("new",), sources=("other",), tags=("even",))
+            assert every(both) == keys(specs[::6])
+            assert every(WatchFilter(states=("removed",))) == [specs[7].key]
+            assert every(WatchFilter(states=("running",))) == []
+            # the page's filter is `poller status`'s: the same watches, in the same order
+            for where in (both, WatchFilter(sources=("other",)), WatchFilter(states=("new",))):
+                assert every(where) == sorted(w.key for w in store.list_watches(where))
         finally:
             store.close()

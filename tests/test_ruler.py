@@ -95,10 +95,11 @@ class TestRegistry:
             assert asyncio.iscoroutinefunction(adapter.discover)
         asyncio.run(adapter.aclose())
 
-    def test_immuta_discovers(self) -> None:
-        """The immuta adapter lists bulks and searches; the others do not claim to."""
+    def test_immuta_and_http_discover(self) -> None:
+        """The immuta adapter lists bulks and searches, the http one bulks (with its
+        ``discover``); ruler does not claim to."""
         built = {name: SOURCES[name](config, None) for name, config in SAMPLE_CONFIGS.items()}
-        assert {n for n, a in built.items() if isinstance(a, Discoverer)} == {"immuta"}
+        assert {n for n, a in built.items() if isinstance(a, Discoverer)} == {"immuta", "http"}
         for adapter in built.values():
             asyncio.run(adapter.aclose())
 

@@ -98,7 +98,10 @@ def reference_problems(
         kind = types[source]
         if kind not in source_types:
             continue  # the source itself is reported
-        found += _kind_problems(i, job, str(kind))
+        source_config = sources[source]
+        found += _kind_problems(
+            i, job, str(kind), source_config if isinstance(source_config, Mapping) else {}
+        )
         identity = _identity(job, source)
         if identity is None:
             continue
@@ -130,10 +133,12 @@ def _rule_problems(
     return found
 
 
-def _kind_problems(i: int, job: Mapping[str, Any], name: str) -> list[tuple[KeyPath, str]]:
+def _kind_problems(
+    i: int, job: Mapping[str, Any], name: str, source: Mapping[str, Any]
+) -> list[tuple[KeyPath, str]]:
     """The keys of job `i` that its source's type (registered as `name`) requires or does not
-    take: a ``site`` for a type whose jobs need one, ``bulk`` and ``search`` for a type that
-    discovers jobs (`sources.base.SourceType`)."""
+    take: a ``site`` for a type whose jobs need one, ``bulk`` and ``search`` for a type (and
+    a `source`, as written) that discovers jobs (`sources.base.SourceType`)."""
 
     def given(key: str) -> bool:
         return job.get(key) is not None
@@ -145,7 +150,11 @@ def _kind_problems(i: int, job: Mapping[str, Any], name: str) -> list[tuple[KeyP
     if kind.needs_site and not given("site") and not given("bulk") and not given("search"):
         found.append((("jobs", i, "site"), f"required for {a_source(name)}"))
     for key in ("site", "bulk", "search"):
-        if given(key) and not kind.takes(key):
+        if given(key) and kind.takes(key) and not kind.takes(key, source):
+            needs = f"needs its source to have {kind.discovers_with}"
+            why = f"{a_source(name)} lists no jobs without it"
+            found.append((("jobs", i, key), f"{needs} ({why})"))
+        elif given(key) and not kind.takes(key):
             takers = [n for n, other in registered().items() if other.takes(key)]
             found.append((("jobs", i, key), f"only for {a_source(*takers)}; this one is {name}"))
     return found
@@ -153,7 +162,8 @@ def _kind_problems(i: int, job: Mapping[str, Any], name: str) -> list[tuple[KeyP
 
 def a_source(*names: str) -> str:
     """``a ruler source``, ``an immuta source``, ``a ruler or x source``: for messages."""
-    article = "an" if names and names[0][:1] in "aeiou" else "a"
+    # "an http source": the name is read letter by letter
+    article = "an" if names and (names[0][:1] in "aeiou" or names[0] == "http") else "a"
     return f"{article} {' or '.join(names)} source"
 
 

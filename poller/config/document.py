@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 #: config file itself (README "Config reference"); anything larger is a config error.
 VALUE_FILE_LIMIT = 64 * 1024
 CONFIG_FILE_LIMIT = 1024 * 1024
+#: What the first "CREDENTIALS_DIRECTORY is not set" adds: systemd sets it for a service with
+#: LoadCredential=, so it is missing whenever a command runs in a shell.
+CREDENTIALS_HINT = (
+    " (systemd sets it for a service with LoadCredential=; outside systemd, give the command"
+    " --credentials-dir DIR, the directory holding those files, e.g. /etc/poller/credentials)"
+)
 
 
 class _Unreadable(Exception):
@@ -144,6 +150,8 @@ class Document:
         #: paths whose value came from the environment or a file
         self.tainted: set[KeyPath] = set()
         self.secrets: set[str] = set()
+        #: whether a problem has said how to set $CREDENTIALS_DIRECTORY (said once)
+        self.credentials_hinted = False
         #: ``x`` paths that were written as ``x_file``
         self.renamed: dict[KeyPath, KeyPath] = {}
         #: the path of the file each ``x_file`` value was read from, by ``x`` path
@@ -329,7 +337,11 @@ class Document:
             if value is None or (default is not None and value == ""):
                 if default is not None:
                     return default
-                self.problem(path, f"environment variable {name} is not set", line)
+                said = f"environment variable {name} is not set"
+                if name == "CREDENTIALS_DIRECTORY" and not self.credentials_hinted:
+                    self.credentials_hinted = True
+                    said += CREDENTIALS_HINT
+                self.problem(path, said, line)
                 self.broken.add(path)
                 return ""
             self.tainted.add(path)

@@ -193,7 +193,8 @@ class Rule(Frozen):
 
 
 class JobConfig(Frozen):
-    """A job listed in the config: one job (``id``), an Immuta bulk or an Immuta search."""
+    """A job listed in the config: one job (``id``), a bulk (Immuta's, or what an http
+    source's ``discover`` lists for it) or an Immuta search."""
 
     source: Annotated[Written, watch_part("source")]
     id: Annotated[Written, BeforeValidator(as_text), watch_part("job_id")] | None = None

@@ -6,9 +6,9 @@ The outbox guarantees (README "Delivery"):
   attempt is recorded as soon as the channel answers: a crash can repeat at most the message
   being sent. A digest is one message: its rows are marked sent together, in one transaction,
   after it went out.
-- Each channel is served by its own task, one message at a time and in order, so a channel
-  that fails, refuses or hangs (every send is bounded by ``delivery.timeout``) never delays
-  another one.
+- Each channel is served by its own task, one message at a time and in order (a digest goes
+  out before the digests and events of less severe lanes), so a channel that fails, refuses
+  or hangs (every send is bounded by ``delivery.timeout``) never delays another one.
 - A failed send is retried with exponential backoff and jitter (``retry_initial`` doubling up
   to ``retry_max``), never sooner than a ``Retry-After`` the service gave with a 429 or 503. Two
   failures in a row, or a ``Retry-After``, mean the channel itself is in trouble: what else was
@@ -25,12 +25,16 @@ due again at a given time). Whatever is not sent is released: while new events w
 others or a storm waits for its window (`Hold`), while a channel is failing (`pause`), while it
 is missing from the config (`keep_for_missing_channel`), at a stop, and after a failed round.
 
-Storm control (``delivery.digest``): a lone event for a quiet channel goes out at once; events
-that come together, or follow a message within ``wait``, wait ``wait`` for others to join them.
-When more than ``threshold`` events would reach a channel within ``window``, the ones due go
-out as one digest, and the channel gets at most one message per ``window`` while the storm
-lasts (the rest waits and joins the next digest). So 200 jobs failing within seconds make two
-or three messages that name every job; two jobs ending together still make two messages.
+Storm control (``delivery.digest``) works per lane: a channel's events of one severity
+(failure, warning, success, info; `rules.delivery.lanes`). A lone event for a quiet lane goes
+out at once; events that come together, or follow a message within ``wait``, wait ``wait`` for
+others to join them. When more than ``threshold`` events would reach a lane within ``window``,
+the ones due go out as one digest, and the lane gets at most one message per ``window`` while
+the storm lasts (the rest waits and joins the next digest). So 200 jobs failing within seconds
+make two or three messages that name every job; two jobs ending together still make two
+messages; and failures that follow a storm of ``started`` events go out within ``wait``, in a
+digest of their own, instead of waiting for the info lane's next window. A channel's task
+serves its lanes worst first, one message at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from poller.rules.delivery import ChannelState, Hold, SendDigest
 
 #: How many due deliveries of one channel a digest may cover at once.
 DIGEST_CLAIM_LIMIT = 2000
+#: A channel's lane: its name and a severity (`rules.delivery.LANES`).
+Lane = tuple[str, str]
 #: The `last_error` of a delivery kept for a channel that is not in the config: `poller status`
 #: shows it, and `Store.follow_channels` finds such deliveries by it when the channel is back.
 MISSING_CHANNEL = "the channel is not in the config; kept until it is back or give_up_after"
@@ -82,12 +88,12 @@ class DeliveryEngine(Engine):
         self.delivered = 0
         self._stopping = asyncio.Event()
         self._busy: dict[str, asyncio.Task[None]] = {}
-        #: channels in a storm, and until when they wait for their next digest
-        self._held: dict[str, float] = {}
-        #: per channel: (when, how many deliveries) of what was sent within the digest window
-        self._recent: dict[str, deque[tuple[float, int]]] = {}
-        #: when each channel last sent a message
-        self._last_sent: dict[str, float] = {}
+        #: lanes in a storm, and until when they wait for their next digest
+        self._held: dict[Lane, float] = {}
+        #: per lane: (when, how many deliveries) of what was sent within the digest window
+        self._recent: dict[Lane, deque[tuple[float, int]]] = {}
+        #: when each lane last sent a message
+        self._last_sent: dict[Lane, float] = {}
         #: per channel: when this process last knew it held the leases of what it claimed
         self._lease_known: dict[str, float] = {}
 
@@ -122,12 +128,14 @@ class DeliveryEngine(Engine):
             # A channel that has been quiet for `wait` may send at once; one that has just
             # sent something gives new events `wait` to gather (storm control).
             for channel in await self.db.call(self.db.store.ready_channels, now, 0.0):
-                quiet = policy.may_send_at_once(self._last_sent.get(channel), now, wait)
+                quiet = policy.may_send_at_once(self._channel_last_sent(channel), now, wait)
                 if quiet and channel not in channels:
                     channels.append(channel)
         started = 0
         for channel in channels:
-            if channel in self._busy or self._held.get(channel, 0.0) > now:
+            # a channel with a lane held for its window is served all the same: what is due
+            # for its other lanes must not wait (the held lane's rows are released to its end)
+            if channel in self._busy:
                 continue
             task = asyncio.create_task(self._serve(channel), name=f"deliver:{channel}")
             self._busy[channel] = task
@@ -156,10 +164,7 @@ class DeliveryEngine(Engine):
         held = {c: until for c, until in self._held.items() if until > now}
         self._held = held
         due = await self.db.call(
-            self.db.store.next_delivery_ready_at,
-            self._wait(),
-            [*self._busy, *held],
-            now,
+            self.db.store.next_delivery_ready_at, self._wait(), list(self._busy), now
         )
         candidates = [t for t in (due, *held.values()) if t is not None]
         return min(candidates) if candidates else None
@@ -211,35 +216,75 @@ class DeliveryEngine(Engine):
     async def _round(
         self, channel: str, claimed: Sequence[Delivery], settings: DeliveryConfig
     ) -> bool:
-        """Send one claim's worth; True if the channel may have more to send right now."""
+        """Send one claim's worth; True if the channel may have more to send right now.
+
+        Each lane is planned on its own (`policy.plan`); a lane held for its window gets its
+        new rows back at the window's end. What is sent goes worst lane first: a lane's digest,
+        or the events sent one by one, which keep the claim's order across lanes (a job's
+        ``started`` before its end). When a send fails, what was not tried yet is released
+        until a first retry's wait: the channel itself may be down.
+        """
         runtime = self.runtime()
-        digest = settings.digest
-        now = self.clock()
         if channel not in runtime.notifier.names:
             await self._keep_for_missing_channel(channel, claimed, settings)
             return False
-        recent = await self._recent_count(channel, now, digest.window) if digest.enabled else 0
-        state = ChannelState(last_sent=self._last_sent.get(channel), recent=recent)
-        match policy.plan(state, claimed, settings, now):
-            case Hold(until=until, storm=storm):
-                await self._hold(channel, claimed, until, log=storm)
+        digests: list[tuple[Lane, list[Delivery]]] = []
+        each: list[Delivery] = []
+        for severity, rows in policy.lanes(claimed):
+            lane = (channel, severity)
+            now = self.clock()
+            held_until = self._held.get(lane, 0.0)
+            if held_until > now:
+                # the lane sends at most once per window: these join its next digest
+                await self._release([d.id for d in rows], held_until)
+                continue
+            match await self._plan(lane, rows, settings, now):
+                case Hold(until=until, storm=storm):
+                    await self._hold(lane, rows, until, log=storm)
+                case SendDigest():
+                    digests.append((lane, rows))
+                case _:
+                    each.extend(rows)
+        batches: list[tuple[Lane | None, list[Delivery]]] = [*digests]
+        if each:
+            each.sort(key=lambda d: d.id)
+            # one by one, in the place of their worst lane (a digest of that lane first)
+            worst = min(policy.LANES.index(policy.lane_of(d.kind)) for d in each)
+            place = sum(1 for lane, _rows in digests if policy.LANES.index(lane[1]) <= worst)
+            batches.insert(place, (None, each))
+        for index, (digest_lane, rows) in enumerate(batches):
+            if digest_lane is None:
+                ok = await self._send_each(runtime, channel, rows, settings)
+            else:
+                ok = await self._send_digest(runtime, digest_lane, rows, settings)
+            if not ok:
+                rest = [d.id for _lane, later in batches[index + 1 :] for d in later]
+                retry = policy.retry_wait(1, None, settings, self.rand)
+                await self._release(rest, self.clock() + retry)
                 return False
-            case SendDigest():
-                return await self._send_digest(runtime, channel, claimed, settings)
-            case _:
-                return await self._send_each(runtime, channel, claimed, settings)
+        return bool(batches)
+
+    async def _plan(
+        self, lane: Lane, rows: Sequence[Delivery], settings: DeliveryConfig, now: float
+    ) -> policy.Plan:
+        """The storm policy's decision for one lane's due `rows`."""
+        digest = settings.digest
+        recent = await self._recent_count(lane, now, digest.window) if digest.enabled else 0
+        state = ChannelState(last_sent=self._last_sent.get(lane), recent=recent)
+        return policy.plan(state, rows, settings, now)
 
     async def _hold(
-        self, channel: str, claimed: Sequence[Delivery], until: float, *, log: bool = True
+        self, lane: Lane, claimed: Sequence[Delivery], until: float, *, log: bool = True
     ) -> None:
-        """Carry out the policy's `Hold`: release `claimed` until `until`, when the channel
-        may send again."""
-        self._held[channel] = until
+        """Carry out the policy's `Hold`: release `claimed` until `until`, when the lane may
+        send again."""
+        self._held[lane] = until
         await self._release([d.id for d in claimed], until)
         if log:
             self.log.info(
                 "deliveries held for a digest",
-                channel=channel,
+                channel=lane[0],
+                severity=lane[1],
                 count=len(claimed),
                 send_in=round(until - self.clock(), 1),
             )
@@ -370,9 +415,10 @@ class DeliveryEngine(Engine):
         claimed: Sequence[Delivery],
         settings: DeliveryConfig,
     ) -> bool:
-        """Send deliveries one by one, each recorded as soon as it is answered.
+        """Send deliveries one by one, in order, each recorded as soon as it is answered.
 
-        Returns False when the channel is failing (the rest was released until its retry).
+        Returns False when a send failed (if the channel is failing, the rest was released
+        until its retry).
         """
         failures = 0
         pending = list(claimed)
@@ -408,7 +454,7 @@ class DeliveryEngine(Engine):
             else:
                 now = self.clock()
                 await self._finish(channel, [DeliveryOutcome(delivery.id, sent=True)], now)
-                self._note_sent(channel, now, 1)
+                self._note_sent((channel, policy.lane_of(delivery.kind)), now, 1)
                 self.sent += 1
                 self.delivered += 1
                 failures = 0
@@ -426,11 +472,12 @@ class DeliveryEngine(Engine):
     async def _send_digest(
         self,
         runtime: Runtime,
-        channel: str,
+        lane: Lane,
         claimed: Sequence[Delivery],
         settings: DeliveryConfig,
     ) -> bool:
-        """Send the claimed deliveries as one message; True if it went out."""
+        """Send one lane's claimed deliveries as one message; True if it went out."""
+        channel = lane[0]
         claimed = await self._renew_if_in_doubt(channel, claimed)
         if not claimed:
             return True
@@ -479,12 +526,13 @@ class DeliveryEngine(Engine):
         now = self.clock()
         # All of them in one transaction, only now that the digest went out.
         await self._finish(channel, [DeliveryOutcome(d.id, sent=True) for d in claimed], now)
-        self._note_sent(channel, now, len(claimed))
+        self._note_sent(lane, now, len(claimed))
         self.sent += 1
         self.delivered += len(claimed)
         self.log.info(
             "digest delivered",
             channel=channel,
+            severity=lane[1],
             events=len(claimed),
             watches=sorted({str(d.payload.get("key")) for d in claimed})[:20],
             answer=answer,
@@ -598,24 +646,32 @@ class DeliveryEngine(Engine):
                 retry_in=round(outcome.retry_at - self.clock(), 1),
             )
 
-    def _note_sent(self, channel: str, when: float, count: int) -> None:
-        self._recent.setdefault(channel, deque()).append((when, count))
-        self._last_sent[channel] = when
+    def _note_sent(self, lane: Lane, when: float, count: int) -> None:
+        self._recent.setdefault(lane, deque()).append((when, count))
+        self._last_sent[lane] = when
 
-    async def _recent_count(self, channel: str, now: float, window: float) -> int:
-        """Deliveries sent to `channel` within the last `window` (seeded from the database
-        once, so that a restart in the middle of a storm does not forget it)."""
-        recent = self._recent.get(channel)
+    def _channel_last_sent(self, channel: str) -> float | None:
+        """When `channel` last sent a message, on any lane."""
+        times = [when for (name, _severity), when in self._last_sent.items() if name == channel]
+        return max(times) if times else None
+
+    async def _recent_count(self, lane: Lane, now: float, window: float) -> int:
+        """Deliveries sent on `lane` within the last `window` (seeded from the database once,
+        so that a restart in the middle of a storm does not forget it)."""
+        recent = self._recent.get(lane)
         if recent is None:
-            times = await self.db.call(self.db.store.sent_times, channel, now - window)
-            recent = self._recent[channel] = deque()
+            channel, severity = lane
+            times = await self.db.call(
+                self.db.store.sent_times, channel, now - window, policy.lane_kinds(severity)
+            )
+            recent = self._recent[lane] = deque()
             counts: dict[float, int] = {}
             for sent_at in times:
                 counts[sent_at] = counts.get(sent_at, 0) + 1
             for sent_at, count in sorted(counts.items()):
                 recent.append((sent_at, count))
-            if times and channel not in self._last_sent:
-                self._last_sent[channel] = max(times)
+            if times and lane not in self._last_sent:
+                self._last_sent[lane] = max(times)
         while recent and recent[0][0] <= now - window:
             recent.popleft()
         return sum(count for _when, count in recent)

@@ -1,9 +1,11 @@
-"""Discovery: the jobs of the config's Immuta bulks and searches become watches.
+"""Discovery: the jobs of the config's bulks and searches become watches.
 
-A config entry with ``bulk`` or ``search`` names jobs without their ids. `Discovery.run` asks
-the entry's source adapter (a `sources.Discoverer`) for the ids it stands for now, and adds a
-watch for each job that has none yet: origin ``discovered``, with the entry's name, tags and
-polling overrides, and its own key. From then on it is polled and notified like any other.
+A config entry with ``bulk`` or ``search`` names jobs without their ids (Immuta's bulks and
+searches; on an http source with ``discover``, whatever its listing finds for the ``bulk``).
+`Discovery.run` asks the entry's source adapter (a `sources.Discoverer`) for the ids it stands
+for now, and adds a watch for each job that has none yet: origin ``discovered``, with the
+entry's name, tags and polling overrides, and its own key. From then on it is polled and
+notified like any other.
 Jobs that appear later in a bulk or a search are picked up by the next run (the daemon runs it
 at start-up, before READY, and then every `discovery_interval`).
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import html
 import importlib
 import logging
 import re
@@ -27,7 +28,7 @@ import apprise
 from poller import redact
 from poller.errors import NotifyError
 from poller.models import EVENT_SEVERITY, Event
-from poller.notify.text import Format, one_line
+from poller.notify.text import Format, markdown_to_html, one_line, text_to_html
 from poller.units import parse_retry_after
 
 if TYPE_CHECKING:
@@ -204,6 +205,26 @@ def _secret_parts(url: str, masked: str) -> list[str]:
     return sorted((p for p in found if p not in masked), key=len, reverse=True)
 
 
+def _shows_html(service: object) -> bool:
+    """Whether an Apprise service shows HTML best: email (every SMTP flavour), and Matrix
+    posting to a homeserver (its webhook modes go through bots with markups of their own).
+
+    For these poller writes the HTML itself (`markdown_to_html`): Apprise's own Markdown for
+    Matrix runs lines into one paragraph, its text mode shows the title as a literal ``# ``,
+    and its email text part started every line after the first with a space.
+    """
+    return "NotifyEmail" in _classes(service) or _is_matrix(service)
+
+
+def _classes(service: object) -> set[str]:
+    return {cls.__name__ for cls in type(service).__mro__}
+
+
+def _is_matrix(service: object) -> bool:
+    """A Matrix service posting to a homeserver (not through a webhook bot)."""
+    return "NotifyMatrix" in _classes(service) and getattr(service, "mode", None) == "off"
+
+
 class Notifier:
     """Sends messages to named channels, one Apprise object each."""
 
@@ -215,11 +236,20 @@ class Notifier:
         self._socket_timeout: dict[str, float] = {}
         #: the query keys each channel's URL was written with (keys name settings, not secrets)
         self._written: dict[str, frozenset[str]] = {}
+        #: channels whose every service shows HTML best and whose URL leaves ``format`` alone
+        self._html: set[str] = set()
+        #: Matrix channels: the title goes in the body as a bold line. Apprise would make it
+        #: an <h1> and start the plain text that notifications show with a literal ``# ``.
+        self._title_in_body: set[str] = set()
         for name, url in channels.items():
             self._written[name] = _query_keys(url)
             obj = apprise.Apprise()
             obj.add(url)
             self._channels[name] = obj
+            if len(obj) and "format" not in self._written[name] and all(map(_shows_html, obj)):
+                self._html.add(name)
+                if all(map(_is_matrix, obj)):
+                    self._title_in_body.add(name)
             masked = " ".join(self.describe(name))
             self._secrets[name] = _secret_parts(url, masked)
             # also out of every log line: urllib3 logs the paths Apprise posts to
@@ -245,10 +275,13 @@ class Notifier:
         return [_only_written(url, self._written.get(channel, frozenset())) for url in urls]
 
     def format_for(self, channel: str) -> Format:
-        """Markdown if every service of the channel prefers Markdown or HTML, else text."""
+        """Markdown if every service of the channel prefers Markdown or HTML, or shows HTML
+        best (poller then sends it as HTML, `send`), else text."""
         obj = self._channels.get(channel)
         if obj is None or len(obj) == 0:
             return "text"
+        if channel in self._html:
+            return "markdown"
         for service in obj:
             preferred = service.notify_format
             if isinstance(preferred, tuple | list):
@@ -291,7 +324,8 @@ class Notifier:
 
         The Apprise type is `severity`, else that of `kind`. The whole send is bounded by
         `timeout` (default: the notifier's). The error's `retry_after` is the longest
-        ``Retry-After`` a service answered with a 429 or 503, in seconds.
+        ``Retry-After`` a service answered with a 429 or 503, in seconds. A channel that shows
+        HTML best (email, Matrix) gets the body as HTML written by poller, whatever its format.
         """
         obj = self._channels.get(channel)
         if obj is None:
@@ -299,6 +333,12 @@ class Notifier:
         limit = self.timeout if timeout is None else timeout
         self._limit_sockets(channel, obj, limit)
         notify_type = severity or (EVENT_SEVERITY[kind] if kind is not None else "info")
+        sent_format: str = body_format
+        if channel in self._html:
+            body = markdown_to_html(body) if body_format == "markdown" else text_to_html(body)
+            sent_format = "html"
+            if channel in self._title_in_body and title:
+                body, title = f"<p><strong>{html.escape(title)}</strong></p>{body}", ""
         answers: list[tuple[int, str | None]] = []
         token = _ANSWERS.set(answers)
         try:
@@ -308,7 +348,7 @@ class Notifier:
                     body=body,
                     title=title,
                     notify_type=notify_type,
-                    body_format=body_format,
+                    body_format=sent_format,
                     timeout=limit,
                 ),
                 timeout=limit + 5.0,

@@ -24,6 +24,7 @@ from poller.notify.text import (
     clean,
     fenced,
     md_escape,
+    md_link,
     one_line,
 )
 from poller.units import count, format_duration, number, shorten
@@ -305,10 +306,12 @@ def _title(kind: Event, facts: Mapping[str, Any]) -> str:
 
 def _lines(kind: Event, facts: Mapping[str, Any], fmt: Format) -> list[str]:
     """The body's lines: ``Label: value`` pairs, then blocks (rows, output)."""
-    esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
 
     def field(label: str, value: str) -> str:
-        return f"**{label}:** {esc(value)}" if fmt == "markdown" else f"{label}: {value}"
+        if fmt != "markdown":
+            return f"{label}: {value}"
+        # a link is one in every Markdown service (and in the HTML of email and Matrix)
+        return f"**{label}:** {md_link(value) if label == 'Link' else md_escape(value)}"
 
     lines = [field(label, value) for label, value in _pairs(kind, facts) if value is not None]
     return lines + _blocks(facts, fmt, field) + other_details(facts, fmt)

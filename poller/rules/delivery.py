@@ -5,10 +5,12 @@ the claimed outbox rows, the delivery settings, the time and a random source for
 return a decision; they do no I/O. `delivery.DeliveryEngine` does the database round trips
 and the sends around them. The rules they encode (README "Delivery"):
 
-- storm control: a lone event for a quiet channel goes out at once; several due together on a
-  quiet channel wait `digest.wait` for others to join them; when more than `digest.threshold`
-  deliveries would reach the channel within `digest.window`, the due ones go out as one
-  digest, and the channel gets at most one message per window while the storm lasts;
+- storm control, per lane (a channel's events of one severity, `lanes`): a lone event for a
+  quiet lane goes out at once; several due together on a quiet lane wait `digest.wait` for
+  others to join them; when more than `digest.threshold` deliveries would reach the lane
+  within `digest.window`, the due ones go out as one digest, and the lane gets at most one
+  message per window while the storm lasts. Each lane has its own window, so failures never
+  wait behind a storm of information (as Alertmanager groups per alert);
 - retries: a failed send waits `retry_initial` doubling up to `retry_max`, with jitter, and
   never less than a believable `Retry-After`;
 - pauses: two failures in a row, or a `Retry-After`, pause the channel: the rest of what was
@@ -22,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from poller.models import MAX_WAIT, Delivery, DeliveryOutcome, record
+from poller.models import EVENT_SEVERITY, MAX_WAIT, Delivery, DeliveryOutcome, Event, record
 from poller.rules.polling import delivery_wait
 
 #: Failed sends in a row after which the rest of a channel's due deliveries wait for the retry.
@@ -72,10 +74,32 @@ class DeliverySettings(Protocol):
         """Storm control."""
 
 
+#: The lanes of a channel, worst first: one per severity (the Apprise type of its events).
+LANES: tuple[str, ...] = ("failure", "warning", "success", "info")
+
+
+def lane_of(kind: Event) -> str:
+    """The lane of an event: its severity."""
+    return EVENT_SEVERITY[kind]
+
+
+def lane_kinds(severity: str) -> list[Event]:
+    """The events of lane `severity`."""
+    return [kind for kind, lane in EVENT_SEVERITY.items() if lane == severity]
+
+
+def lanes(claimed: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]]:
+    """`claimed` by lane, worst lane first, each in the order claimed; empty lanes left out."""
+    by_lane: dict[str, list[Delivery]] = {}
+    for delivery in claimed:
+        by_lane.setdefault(lane_of(delivery.kind), []).append(delivery)
+    return [(lane, by_lane[lane]) for lane in LANES if lane in by_lane]
+
+
 @record
 class ChannelState:
-    """What the engine knows of one channel: when it last sent a message, and how many
-    deliveries it sent within the digest window before now."""
+    """What the engine knows of one lane of a channel: when it last sent a message, and how
+    many deliveries it sent within the digest window before now."""
 
     last_sent: float | None
     recent: int
@@ -109,7 +133,7 @@ Plan = SendEach | SendDigest | Hold
 def plan(
     state: ChannelState, claimed: Sequence[Delivery], settings: DeliverySettings, now: float
 ) -> Plan:
-    """What to do with `claimed` (one channel's due deliveries, at least one) at `now`."""
+    """What to do with `claimed` (one lane's due deliveries, at least one) at `now`."""
     digest = settings.digest
     if not digest.enabled:
         return SendEach()
@@ -132,8 +156,8 @@ def plan(
 
 
 def may_send_at_once(last_sent: float | None, now: float, wait: float) -> bool:
-    """Whether a channel has been quiet for `wait` (it may send a new event without waiting
-    for others to join it)."""
+    """Whether a channel (or a lane) has been quiet for `wait` (it may send a new event
+    without waiting for others to join it)."""
     return now - (-math.inf if last_sent is None else last_sent) >= wait
 
 

@@ -16,7 +16,7 @@ import os
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -385,30 +385,34 @@ def _target_state(value: object) -> State:
     raise ShownValueError(f"unknown state; expected one of: {', '.join(_TARGET_STATES)}")
 
 
-def template_fields(template: str) -> set[str]:
-    """The fields a ``str.format`` template names; ValueError if it names others."""
+def template_fields(template: str, known: Sequence[str] = TEMPLATE_FIELDS) -> set[str]:
+    """The fields a ``str.format`` template names; ValueError if it names others than
+    `known`."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         # the message is Python's ("Single '}' encountered...") and quotes no value
         raise ValueError(f"malformed template: {exc}; write {{{{ and }}}} for braces") from None
     names = set()
-    allowed = ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+    allowed = ", ".join(f"{{{name}}}" for name in known)
     for _literal, name, _spec, _conversion in parsed:
         if name is None:
             continue
-        if name not in TEMPLATE_FIELDS:
+        if name not in known:
             shown = name if name else "{}"
             raise ValueError(f"template names unknown field {shown}; expected {allowed}")
         names.add(name)
     return names
 
 
-def body_fields(body: object, where: str = "body") -> set[str]:
-    """The template fields a JSON body names; ValueError if it is not JSON or names others."""
+def body_fields(
+    body: object, where: str = "body", known: Sequence[str] = TEMPLATE_FIELDS
+) -> set[str]:
+    """The template fields a JSON body names; ValueError if it is not JSON or names others
+    than `known`."""
     if isinstance(body, str):
         try:
-            return template_fields(body)
+            return template_fields(body, known)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
     if isinstance(body, Mapping):
@@ -416,12 +420,12 @@ def body_fields(body: object, where: str = "body") -> set[str]:
         for key, item in body.items():
             if not isinstance(key, str):
                 raise ValueError(f"{where}: JSON object keys must be strings")
-            names |= body_fields(item, f"{where}.{key}")
+            names |= body_fields(item, f"{where}.{key}", known)
         return names
     if isinstance(body, list | tuple):
         names = set()
         for index, item in enumerate(body):
-            names |= body_fields(item, f"{where}[{index}]")
+            names |= body_fields(item, f"{where}[{index}]", known)
         return names
     if body is None or isinstance(body, bool | int):
         return set()

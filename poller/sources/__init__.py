@@ -5,7 +5,8 @@ An adapter turns a batch of watched jobs into one outcome per job. It may answer
 request each or with one request for many (where the API allows); either way it never raises
 for a job's sake: what went wrong becomes a `PollFailure` for the jobs it concerns.
 
-An adapter whose API can list jobs (Immuta's bulks and searches) is also a `Discoverer`:
+An adapter whose API can list jobs (Immuta's bulks and searches, an http source's
+``discover``) is also a `Discoverer`:
 `poller.engine.discovery` asks it which jobs a config entry stands for. One that long-polls
 (Immuta with ``long_poll``) is also a `Splitter`: the poll engine asks it how to cut a poll
 group into requests that are answered, and written back, each on its own. One whose API

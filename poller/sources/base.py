@@ -124,6 +124,15 @@ class Splitter(Protocol):
         ...
 
 
+#: The most jobs one discovery of a config entry keeps (a listing that never ends stops here).
+MAX_DISCOVERED = 10_000
+
+
+def failure_of(exc: SourceError) -> PollFailure:
+    """The `PollFailure` a `SourceError` describes."""
+    return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+
+
 def read_outcome(read: Callable[[A], PollOutcome], answer: A) -> PollOutcome:
     """`read(answer)` for one job, or that job's `PollFailure`; never raises.
 
@@ -134,7 +143,7 @@ def read_outcome(read: Callable[[A], PollOutcome], answer: A) -> PollOutcome:
     try:
         return read(answer)
     except SourceError as exc:
-        return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
+        return failure_of(exc)
     except Exception as exc:  # see the docstring
         why = f"answer cannot be read ({type(exc).__name__})"
         return PollFailure("bad_answer", why, transient=False)
@@ -183,8 +192,10 @@ class SourceType:
     ``Literal[name]``. `needs_site`: its jobs are named by a site and an id (``site`` is
     required for a job with an id, and refused by every type that does not take one).
     `takes_site`: its jobs may have a site, and need not (an http source's ``{site}``, the
-    first part of a two-part id such as an Airflow dag run's). `discovers`: it lists
-    the jobs of ``bulk`` and ``search`` entries (its adapter is a `Discoverer`).
+    first part of a two-part id such as an Airflow dag run's). `discovers`: the job keys
+    whose entries it lists the jobs of (``bulk``, ``search``; its adapter is a `Discoverer`),
+    and `discovers_with` the source key without which a source of the type lists none
+    (http's ``discover``; None: every source of the type lists them).
     `answer_cap`: the most bytes one of its answers may have, decoded (None: the HTTP client's
     default, `client.MAX_BODY_BYTES`).
     """
@@ -194,15 +205,19 @@ class SourceType:
     build: Build
     needs_site: bool = False
     takes_site: bool = False
-    discovers: bool = False
+    discovers: tuple[str, ...] = ()
+    discovers_with: str | None = None
     answer_cap: int | None = None
 
-    def takes(self, key: str) -> bool:
-        """Whether a job of this type may have `key` (of the keys that depend on the type)."""
+    def takes(self, key: str, source: Mapping[str, object] | None = None) -> bool:
+        """Whether a job of this type may have `key` (of the keys that depend on the type),
+        on `source` (its config as written; None: on some source of the type)."""
         if key == "site":
             return self.needs_site or self.takes_site
         if key in ("bulk", "search"):
-            return self.discovers
+            needed = self.discovers_with
+            listing = needed is None or source is None or source.get(needed) is not None
+            return key in self.discovers and listing
         return True
 
 

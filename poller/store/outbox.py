@@ -242,20 +242,26 @@ class Outbox(Database):
         # replicas reloading together update the same rows: a deadlock is run again
         return self._retrying(follow)
 
-    def sent_times(self, channel: str, since: float) -> list[float]:
-        """When each delivery to `channel` sent since `since` went out (a digest's share one)."""
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    sa.select(deliveries.c.sent_at)
-                    .where(
-                        deliveries.c.channel == channel,
-                        deliveries.c.status == "sent",
-                        deliveries.c.sent_at >= since,
-                    )
-                    .order_by(deliveries.c.sent_at)
-                ).scalars()
+    def sent_times(
+        self, channel: str, since: float, kinds: Sequence[Event] | None = None
+    ) -> list[float]:
+        """When each delivery to `channel` (of an event of `kinds`, if given) sent since `since`
+        went out (a digest's share one)."""
+        query = (
+            sa.select(deliveries.c.sent_at)
+            .where(
+                deliveries.c.channel == channel,
+                deliveries.c.status == "sent",
+                deliveries.c.sent_at >= since,
             )
+            .order_by(deliveries.c.sent_at)
+        )
+        if kinds is not None:
+            query = query.select_from(_WITH_EVENT).where(
+                events.c.kind.in_([kind.value for kind in kinds])
+            )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     def undelivered(self, status: str = "given_up", limit: int = 50) -> list[Undelivered]:
         """Deliveries with `status` (``given_up`` or ``pending``), newest first."""

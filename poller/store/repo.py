@@ -14,14 +14,15 @@ engine, the schema revision, the daemon lock and the write transactions):
 - `outbox.Outbox`: the deliveries, as the delivery engine claims, renews, releases and
   finishes them (one lease verb each);
 - `gauges.Gauges`: the aggregate reads of monitoring (``/metrics``, ``/readyz``);
-- `browse.Browse`: pages of watches, filtered (the status page and the API).
+- `browse.Browse`: pages of watches by cursor (the status page and the API), over `Reports`'
+  filtered lists (``Reports`` is among the bases through it).
 
 The names other modules import from here (`Store`, `WriteBack`, `safe_url`, ...) stay here.
 """
 
 from __future__ import annotations
 
-from poller.store.browse import Browse, PageFilter, WatchPage
+from poller.store.browse import Browse, WatchPage
 from poller.store.claims import Claims, WriteBack, WriteReport
 from poller.store.db import HEAD_REVISION, MIGRATIONS, safe_url
 from poller.store.gauges import GaugeReading, Gauges
@@ -30,7 +31,6 @@ from poller.store.reports import (
     CONDITIONS,
     ChannelBacklog,
     HistoryEntry,
-    Reports,
     WatchFilter,
     WatchOrder,
 )
@@ -45,7 +45,6 @@ __all__ = [
     "ChannelBacklog",
     "GaugeReading",
     "HistoryEntry",
-    "PageFilter",
     "Pruned",
     "Store",
     "SyncReport",
@@ -59,5 +58,5 @@ __all__ = [
 ]
 
 
-class Store(Watches, Reports, Retention, Claims, Outbox, Gauges, Browse):
+class Store(Watches, Browse, Retention, Claims, Outbox, Gauges):
     """Access to one poller database (SQLite file or PostgreSQL)."""

@@ -150,12 +150,17 @@ class Reports(Database):
         limit: int | None = None,
         offset: int = 0,
         order: WatchOrder = "oldest",
+        after: int = 0,
     ) -> list[Watch]:
         """The watches `filters` lets through, sorted by `order`, `limit` of them from `offset`.
 
         With ``problems``, ties go newest first (the latest end, removal or addition).
+        `after` keeps only watches whose id is above it: with ``oldest``, the page after a
+        cursor (keyset paging, as the status page and the API read, whatever the table's size).
         """
         query = sa.select(*WATCH_COLUMNS).where(*self._where(filters))
+        if after:
+            query = query.where(watches.c.id > after)
         if order == "problems":
             recent = sa.func.coalesce(
                 watches.c.removed_at, watches.c.ended_at, watches.c.created_at

@@ -9,6 +9,7 @@ and the benchmarks. It is not used by the daemon itself.
 - `immuta`: `ImmutaSim`, the Immuta jobs API.
 - `jsonapi`: `JsonJobSim`, a generic JSON job-status API for the ``http`` source type.
 - `webhook`: `WebhookSink`, a receiver for Apprise ``json://`` notifications.
+- `matrix`: `MatrixSim`, the Matrix client-server endpoints Apprise's ``matrix://`` posts to.
 - `script`: `Script`, the timed field changes the Ruler and Immuta simulators apply to a job
   when it is read (their ``script_job``).
 
@@ -19,6 +20,7 @@ server that runs on a `SimThread`. A server can also run on the caller's own loo
 
 from poller.testing.immuta import ImmutaSim, NextStyle
 from poller.testing.jsonapi import JsonJobSim, OAuthClient
+from poller.testing.matrix import MatrixSim
 from poller.testing.ruler import RulerSim
 from poller.testing.server import (
     Delivery,
@@ -40,6 +42,7 @@ __all__ = [
     "HttpServer",
     "ImmutaSim",
     "JsonJobSim",
+    "MatrixSim",
     "NextStyle",
     "OAuthClient",
     "Request",

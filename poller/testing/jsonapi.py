@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -40,6 +41,11 @@ def _default_shape(job: Mapping[str, Any]) -> JsonValue:
     return {"data": dict(job)}
 
 
+#: ``attributes.run_id IN ('a', 'b')`` in an MLflow search filter, and each quoted id in it
+_RUN_IDS = re.compile(r"attributes\.run_id\s+IN\s*\(([^)]*)\)", re.IGNORECASE)
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+
+
 class JsonJobSim(HttpServer):
     """A generic JSON job-status API, for the ``http`` source type.
 
@@ -48,7 +54,21 @@ class JsonJobSim(HttpServer):
     shape is ``{"data": {"id": ..., **fields}}``. Auth: ``Authorization: Bearer {token}``;
     with `basic` (``(username, password)``), HTTP Basic instead; with `oauth`, the bearer
     tokens its token endpoint (``POST {base_url}/token``, `OAuthClient`) issued. The
-    `requests` counter kinds are ``job``, ``query``, ``token`` and ``other``.
+    `requests` counter kinds are ``job``, ``query``, ``search``, ``filter``, ``token`` and
+    ``other``.
+
+    Many jobs per request, in two real APIs' shapes, each job as ``item(job)`` (default:
+    `shape`); a job's ``group`` field is its experiment or deployment:
+
+    - MLflow's ``POST {base_url}/runs/search``: body ``{"experiment_ids": [...], "filter":
+      "attributes.run_id IN ('a','b')", "max_results": n, "page_token": t}`` (filter and
+      experiments optional), answer ``{"runs": [...], "next_page_token": t}`` (no token on
+      the last page); pages of at most ``max_results`` and `page_size`.
+    - Prefect's ``POST {base_url}/flow_runs/filter``: body ``{"flow_runs": {"id": {"any_":
+      [...]}, "deployment_id": {"any_": [...]}}, "limit": n, "offset": m}``, answer the list of
+      runs; at most ``limit`` (default and cap `page_size`).
+
+    `batch_answer`, when set, is answered by both instead (a hostile API).
     """
 
     def __init__(
@@ -61,8 +81,15 @@ class JsonJobSim(HttpServer):
         prefix: str = "/v2",
         basic: tuple[str, str] | None = None,
         oauth: OAuthClient | None = None,
+        item: Callable[[Mapping[str, Any]], JsonValue] | None = None,
+        page_size: int = 200,
     ) -> None:
         super().__init__(host=host, port=port, prefix=prefix)
+        self.item = item or shape
+        self.page_size = page_size
+        #: what ``runs/search`` and ``flow_runs/filter`` answer instead, when set (bytes: as
+        #: they are, for answers that are not JSON Python can write)
+        self.batch_answer: JsonValue | bytes | None = None
         self.token = token
         self.shape = shape
         self.basic = basic
@@ -153,6 +180,10 @@ class JsonJobSim(HttpServer):
             return "other", ""
         if parts == ["jobs", "query"]:
             return "query", ""
+        if parts == ["runs", "search"]:
+            return "search", ""
+        if parts == ["flow_runs", "filter"]:
+            return "filter", ""
         if parts == ["token"]:
             return "token", ""
         if len(parts) == 2 and parts[0] == "jobs" and parts[1]:
@@ -160,7 +191,7 @@ class JsonJobSim(HttpServer):
         return "other", ""
 
     def classify(self, request: Request) -> str:
-        """``job``, ``query``, ``token`` or ``other``."""
+        """``job``, ``query``, ``search``, ``filter``, ``token`` or ``other``."""
         return self._route(request)[0]
 
     async def handle(self, request: Request) -> Response:
@@ -170,17 +201,25 @@ class JsonJobSim(HttpServer):
             return Response(404, {"message": "Not found"})
         if kind == "token":
             return self._issue(request)
-        method = "POST" if kind == "query" else "GET"
+        method = "GET" if kind == "job" else "POST"
         if request.method != method:
             return Response(405, {"message": "Method not allowed"}, {"Allow": method})
         if not self._authorized(request.headers.get("authorization")):
             return Response(401, {"message": "Unauthorized"})
-        if kind == "query":
+        body: Any = None
+        if method == "POST":
             try:
                 body = request.json()
             except ValueError:
                 return Response(400, {"message": "body is not JSON"})
-            job_id = str(body.get("id")) if isinstance(body, dict) else ""
+            if not isinstance(body, dict):
+                return Response(400, {"message": "body is not a JSON object"})
+        if kind in ("search", "filter"):
+            if self.batch_answer is not None:
+                return Response(200, self.batch_answer)
+            return self._search(body) if kind == "search" else self._filter(body)
+        if kind == "query":
+            job_id = str(body.get("id"))
         with self._lock:
             found = self._jobs.get(job_id)
             if found is None:
@@ -189,6 +228,55 @@ class JsonJobSim(HttpServer):
         if self.echo_authorization and isinstance(answer, dict):
             answer = {**answer, "echo": request.headers.get("authorization")}
         return Response(200, answer)
+
+    def _matching(
+        self, ids: Collection[str] | None, groups: Collection[str] | None
+    ) -> list[dict[str, Any]]:
+        """The jobs whose id is in `ids` and group in `groups` (None: any), in id order."""
+        with self._lock:
+            return [
+                dict(job)
+                for job_id, job in sorted(self._jobs.items())
+                if (ids is None or job_id in ids)
+                and (groups is None or str(job.get("group")) in groups)
+            ]
+
+    def _search(self, body: dict[str, Any]) -> Response:
+        """MLflow's ``runs/search`` (see the class docstring)."""
+        text = body.get("filter") or ""
+        ids = None
+        if text:
+            found = _RUN_IDS.fullmatch(text.strip())
+            if found is None:
+                return Response(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": text})
+            ids = {m.replace("''", "'") for m in _QUOTED.findall(found.group(1))}
+        experiments = body.get("experiment_ids")
+        groups = [str(e) for e in experiments] if isinstance(experiments, list) else None
+        size = min(int(body.get("max_results") or 1000), self.page_size)
+        token = body.get("page_token") or "0"
+        if not str(token).isdigit():
+            return Response(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "token"})
+        start = int(token)
+        jobs = self._matching(ids, groups)
+        answer: dict[str, Any] = {"runs": [self.item(job) for job in jobs[start : start + size]]}
+        if start + size < len(jobs):
+            answer["next_page_token"] = str(start + size)
+        return Response(200, answer)
+
+    def _filter(self, body: dict[str, Any]) -> Response:
+        """Prefect's ``flow_runs/filter`` (see the class docstring)."""
+        runs = body.get("flow_runs") or {}
+        ids = _strings((runs.get("id") or {}).get("any_"))
+        groups = _strings((runs.get("deployment_id") or {}).get("any_"))
+        limit, offset = body.get("limit", self.page_size), body.get("offset", 0)
+        if not isinstance(limit, int) or not isinstance(offset, int) or limit > self.page_size:
+            return Response(422, {"detail": "limit and offset must be whole numbers"})
+        jobs = self._matching(ids, groups)
+        return Response(200, [self.item(job) for job in jobs[offset : offset + limit]])
+
+
+def _strings(value: object) -> list[str] | None:
+    return [str(v) for v in value] if isinstance(value, list) else None
 
 
 def _basic(username: str, password: str) -> str:

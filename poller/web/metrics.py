@@ -1,21 +1,27 @@
 """``/metrics``: the daemon's numbers in the Prometheus text format, through prometheus-client.
 
-Two kinds of numbers, read at scrape time:
+Three kinds of numbers, read at scrape time:
 
 - **Counted in memory** by the engines as they work (`engine.stats.Stats`: plain ints, dicts
   and bucket lists, because a poll must not pay for a metric object): polls by source and
   outcome, poll durations, events, delivery attempts, group commits, the loop's lag and the
   sources held back by their breaker. A custom collector turns them into metric families
   when Prometheus asks, so the cost is per scrape, not per poll.
+- **Fetched from the job APIs** that count their jobs (Immuta's ``/jobs/summary``) by the
+  daemon on their own interval (`engine.summaries`), read from memory: a scrape never waits
+  for a remote API. Their job types and states are bounded there (at most 32 and 16 per
+  source, the rest as ``other``).
 - **Read from the database** in two aggregate queries (`store.gauges`) through the database
   thread, bounded by a deadline: watches by source and state, pending deliveries and the age
   of the oldest, the schedule's lateness, this process's leases. If the database does not
   answer in time, the scrape still answers with the in-memory numbers and
   ``poller_database_up 0``.
 
-Each daemon has its own `CollectorRegistry` (several daemons may share a process in tests),
-never the global one. Label values are source, channel, state, event and outcome names: all
-bounded by the config and the code, never a job id or a secret.
+Each scrape encodes its own collector (`StatsCollector`, made for that scrape, holding that
+scrape's reading), never the global registry: several daemons may share a process in tests,
+and ``poller_database_up`` always agrees with the gauges beside it. Label values are source,
+channel, state, event and outcome names, bounded by the config and the code, and a source's
+job types and states, bounded by `engine.summaries`: never a job id or a secret.
 """
 
 from __future__ import annotations
@@ -97,20 +103,53 @@ def breaker_open(adapter: object) -> bool | None:
 
 
 class StatsCollector:
-    """The custom collector: the daemon's numbers as metric families, made at scrape time.
+    """The daemon's numbers as metric families for one scrape, made at scrape time.
 
-    `reading` is what the database said for this scrape (None: it did not answer in time);
-    the scrape handler sets it just before the registry is encoded, on the one event loop.
+    `reading` is what the database said for this scrape (None: it did not answer in time).
+    A collector is made per scrape and never changed, so that ``poller_database_up`` and the
+    database's gauges in one answer always come from the same reading: 1 with every gauge
+    of that reading, or 0 with none (two scrapes at once never share a mutable reading).
     """
 
-    def __init__(self, daemon: DaemonView) -> None:
+    def __init__(self, daemon: DaemonView, reading: GaugeReading | None) -> None:
         self.daemon = daemon
-        self.reading: GaugeReading | None = None
+        self.reading = reading
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric family (prometheus-client's collector protocol)."""
+        """Every metric family (the registry protocol the encoders read)."""
         yield from self._in_memory()
+        yield from self._summaries()
         yield from self._from_database(self.reading)
+
+    def _summaries(self) -> Iterator[Metric]:
+        """The job counts of the sources whose API counts them, as last fetched (never asked
+        for by a scrape: `engine.summaries` fetches them on their own interval)."""
+        jobs = GaugeMetricFamily(
+            "poller_source_jobs",
+            "Jobs as the source's API counts them (Immuta's GET /jobs/summary), by job type "
+            "and state, from its last answer; job types past the first 32 by name, and names "
+            "that are not plain words, are counted as other.",
+            labels=["source", "job_type", "state"],
+        )
+        up = GaugeMetricFamily(
+            "poller_source_summary_up",
+            "1 if the last fetch of the source's job counts answered, else 0 (its counts are "
+            "then the last answer's, stale).",
+            labels=["source"],
+        )
+        age = GaugeMetricFamily(
+            "poller_source_summary_age_seconds",
+            "Seconds since the source's job counts were last fetched (none: never yet).",
+            labels=["source"],
+        )
+        now = self.daemon.clock()
+        for source, summary in sorted(self.daemon.summaries.latest.items()):
+            up.add_metric([source], 0 if summary.stale else 1)
+            if summary.fetched_at is not None:
+                age.add_metric([source], max(0.0, now - summary.fetched_at))
+            for count in summary.counts:
+                jobs.add_metric([source, count.job_type, count.state], count.count)
+        yield from (jobs, up, age)
 
     def _in_memory(self) -> Iterator[Metric]:
         daemon, stats = self.daemon, self.daemon.stats
@@ -289,14 +328,11 @@ class StatsCollector:
 
 
 class Metrics:
-    """The ``/metrics`` endpoint of one daemon, with its own registry."""
+    """The ``/metrics`` endpoint of one daemon."""
 
     def __init__(self, daemon: DaemonView, reads: DatabaseReads) -> None:
         self.daemon = daemon
         self.reads = reads
-        self.collector = StatsCollector(daemon)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
 
     def routes(self) -> list[web.RouteDef]:
         """The endpoint, for the listener's route table."""
@@ -313,9 +349,11 @@ class Metrics:
 
     async def scrape(self, request: web.Request) -> web.Response:
         """The metrics, in the format the scraper asked for (text 0.0.4 by default)."""
-        reading = await self.reading()
+        # a registry of its own per scrape (cheap: without auto_describe, registering calls
+        # nothing), holding a collector made for this scrape's reading: nothing another
+        # scrape does can change what this one shows
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatsCollector(self.daemon, await self.reading()))
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # no await between these two: no other scrape can change the reading in between
-        self.collector.reading = reading
-        body = encode(self.registry)
+        body = encode(registry)
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -18,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from poller.models import MAX_LENGTH, line_problem
-from poller.store.browse import FILTER_STATES
+from poller.store.repo import CONDITIONS
 from poller.store.shapes import ago, iso, state_label
 from poller.web.reads import DaemonView, DatabaseReads, DatabaseUnavailable
 from poller.web.views import BadQuery, Views, parse_query
@@ -123,11 +123,14 @@ class StatusPage:
             title="watches",
             page=page,
             query=query,
-            states=FILTER_STATES,
+            states=CONDITIONS,
             sources=sources,
             tag_max=MAX_LENGTH["tag"],
             next_link=next_link,
             first_link=first_link,
+            # the job counts of the sources that have them, from memory (never asked for by
+            # a request: `engine.summaries` fetches them on their own interval)
+            summaries=sorted(self.daemon.summaries.latest.items()),
         )
 
     async def one(self, request: web.Request) -> web.Response:

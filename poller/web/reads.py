@@ -20,6 +20,7 @@ from sqlalchemy.engine.url import make_url
 from poller.config import Config
 from poller.engine.runtime import DbThread, error_line
 from poller.engine.stats import Stats
+from poller.engine.summaries import Summaries
 from poller.redact import pieces, scrub, scrub_logged
 from poller.sources import Source
 from poller.store.repo import Store
@@ -48,6 +49,8 @@ class DaemonView(Protocol):
     stopping: asyncio.Event
     #: what the engines counted
     stats: Stats
+    #: the job counts of the sources that have them (Immuta's /jobs/summary), from memory
+    summaries: Summaries
 
     def clock(self) -> float:
         """The daemon's clock (wall-clock seconds, as the database's times are)."""

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from poller.models import MAX_LENGTH, Watch, line_problem
-from poller.store.browse import FILTER_STATES, PageFilter, WatchPage
-from poller.store.repo import HistoryEntry, Store
+from poller.store.browse import WatchPage
+from poller.store.repo import CONDITIONS, HistoryEntry, Store, WatchFilter
 from poller.web.reads import DatabaseReads
 
 #: Watches on a page unless ``limit`` says otherwise, and the most ``limit`` may ask for.
@@ -32,19 +32,31 @@ class BadQuery(Exception):
 
 @dataclass(frozen=True)
 class Query:
-    """A page's filter, cursor and size, as the query string gave them."""
+    """A page's filter (a condition as `poller status --state` takes, a source, a tag: each
+    None for any), cursor and size, as the query string gave them."""
 
-    where: PageFilter
+    state: str | None
+    source: str | None
+    tag: str | None
     after: int
     limit: int
+
+    @property
+    def where(self) -> WatchFilter:
+        """The filter, as `poller status` reads it (`store.reports`)."""
+        return WatchFilter(
+            states=(self.state,) if self.state else (),
+            sources=(self.source,) if self.source else (),
+            tags=(self.tag,) if self.tag else (),
+        )
 
     def link(self, *, cursor: int | None = None, **changes: str | None) -> dict[str, str]:
         """The query string's parts of this query at `cursor` (the first page if None), with
         `changes` to the filter; empty parts left out."""
         parts = {
-            "state": self.where.state,
-            "source": self.where.source,
-            "tag": self.where.tag,
+            "state": self.state,
+            "source": self.source,
+            "tag": self.tag,
             "limit": str(self.limit) if self.limit != DEFAULT_LIMIT else None,
             "cursor": str(cursor) if cursor else None,
         } | changes
@@ -79,13 +91,15 @@ def parse_query(params: Mapping[str, str]) -> Query:
     """The filter (``state``, ``source``, ``tag``), ``cursor`` and ``limit`` of a query
     string; `BadQuery` for a part that cannot be used."""
     state = params.get("state") or None
-    if state is not None and state not in FILTER_STATES:
-        raise BadQuery(f"state must be one of {', '.join(FILTER_STATES)}")
-    where = PageFilter(
-        state=state, source=_text(params, "source", "source"), tag=_text(params, "tag", "tag")
+    if state is not None and state not in CONDITIONS:
+        raise BadQuery(f"state must be one of {', '.join(CONDITIONS)}")
+    return Query(
+        state=state,
+        source=_text(params, "source", "source"),
+        tag=_text(params, "tag", "tag"),
+        after=_number(params, "cursor", 0, 0, 10**_CURSOR_DIGITS - 1),
+        limit=_number(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
     )
-    after = _number(params, "cursor", 0, 0, 10**_CURSOR_DIGITS - 1)
-    return Query(where, after, _number(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
 
 
 @dataclass(frozen=True)
@@ -123,5 +137,5 @@ def _watch_view(store: Store, key: str) -> WatchView | None:
     if watch is None or history is None:
         return None
     left_out = max(0, len(history) - HISTORY_LIMIT)
-    undelivered = store.undelivered_of([key]).get(key, {})
+    undelivered = store.undelivered_by_watch([key]).get(key, {})
     return WatchView(watch, undelivered, history[left_out:], left_out)

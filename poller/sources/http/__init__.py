@@ -8,6 +8,7 @@ from poller.sources.http.config import HttpExpressions, HttpSource
 
 __all__ = ["HTTP", "HttpExpressions", "HttpSource"]
 
+#: Its adapter lists the jobs of ``bulk`` entries on a source with ``discover``.
 HTTP = register(
     SourceType(
         "http",
@@ -15,5 +16,7 @@ HTTP = register(
         lazy_build("poller.sources.http.adapter:HttpAdapter"),
         # a job may have a site: the {site} of the templates (Airflow: the dag of a dag run)
         takes_site=True,
+        discovers=("bulk",),
+        discovers_with="discover",
     )
 )

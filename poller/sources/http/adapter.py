@@ -14,15 +14,21 @@ reads its state type); ``name`` the job's name (details ``job_name``, shown when
 none); ``started_at`` and ``ended_at`` the API's own times (details ``remote_created_at`` and
 ``remote_completed_at``, in epoch seconds, read as ``time_unit`` says: `read_time`).
 
+With ``batch``, the jobs are asked ``max_ids`` ids per request instead (`poll_batch`, through
+`batching`): the templates are filled with the ids (`batch_fields`), ``items`` finds the list
+of jobs in the answer and ``id`` each one's id, and each item is read like one job's answer.
+With ``discover``, the adapter lists the jobs of a ``bulk`` entry (`discover`), page after page
+by a token or a page number.
+
 Parsing is total: an answer where the state cannot be found, or is not a plain value, is a
-poll error for that job; nothing raises out of the adapter.
+poll error for that job; nothing raises out of the adapter's `poll`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from aiohttp.abc import AbstractResolver
@@ -33,13 +39,24 @@ from poller.redact import scrub_outcome
 from poller.settings.fields import body_fields, template_fields
 from poller.sources import lenient, read_outcome
 from poller.sources.auth import JsonLogin, OAuth2ClientCredentials, StaticHeaders
+from poller.sources.base import MAX_DISCOVERED, failure_of
+from poller.sources.batching import batch_outcomes, poll_batches
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.http.config import HttpExpressions, HttpSource
 
 if TYPE_CHECKING:
     from jmespath.parser import ParsedResult
 
-__all__ = ["HttpAdapter", "parse_answer", "read_time", "render_body", "render_url"]
+__all__ = [
+    "HttpAdapter",
+    "batch_fields",
+    "fill_body",
+    "fill_url",
+    "parse_answer",
+    "read_time",
+    "render_body",
+    "render_url",
+]
 
 #: The longest detail value kept (text, or objects and lists as JSON).
 MAX_DETAIL = 1000
@@ -50,27 +67,74 @@ MAX_STATUS = 256
 _TIMES = frozenset({"remote_created_at", "remote_completed_at"})
 #: Times after this (epoch seconds, the year 2286) are not real job times.
 _LATEST = 1e10
+#: A batch answer may list at most this many items per id asked: more is an API that
+#: ignored the batch's filter (every run of a server), refused rather than read.
+MAX_ITEMS_PER_ID = 2
+
+
+class Listing(Protocol):
+    """What discovery reads of a config's job entry (a `config.JobConfig`): its ``bulk``,
+    the value of the ``discover`` templates' ``{bulk}``."""
+
+    @property
+    def bulk(self) -> str | None:
+        """The entry's bulk (an MLflow experiment, a Prefect deployment...), or None."""
+        ...
 
 
 def _fields(job: JobRef) -> dict[str, str]:
     return {"id": job.job_id, "site": job.site or "", "source": job.source, "key": job.key}
 
 
+def _text(value: JsonValue) -> str:
+    """A field's value as text in a template: a list joined by commas, null as nothing."""
+    if isinstance(value, list):
+        return ",".join(_text(item) for item in value)
+    return "" if value is None else str(value)
+
+
+def fill_url(template: str, fields: Mapping[str, JsonValue]) -> str:
+    """A URL template filled with `fields`, each URL-quoted (a list's items one by one)."""
+
+    def quoted(value: JsonValue) -> str:
+        if isinstance(value, list):
+            return ",".join(quoted(item) for item in value)
+        return path_segment(_text(value))
+
+    return template.format(**{k: quoted(v) for k, v in fields.items()})
+
+
+def fill_body(template: JsonValue, fields: Mapping[str, JsonValue]) -> JsonValue:
+    """A JSON body template filled with `fields`: a string leaf that is one field alone
+    (``"{ids}"``) becomes its value as it is (a list, a number, null), any other string leaf
+    is filled with the fields as text."""
+    if isinstance(template, str):
+        whole = template[1:-1] if template[:1] == "{" and template[-1:] == "}" else None
+        if whole is not None and whole in fields:
+            return fields[whole]
+        return template.format(**{k: _text(v) for k, v in fields.items()})
+    if isinstance(template, Mapping):
+        return {key: fill_body(value, fields) for key, value in template.items()}
+    if isinstance(template, list | tuple):
+        return [fill_body(value, fields) for value in template]
+    return template
+
+
 def render_url(template: str, job: JobRef) -> str:
     """The URL of one job: the template with its fields, each URL-quoted."""
-    return template.format(**{k: path_segment(v) for k, v in _fields(job).items()})
+    return fill_url(template, _fields(job))
 
 
 def render_body(template: JsonValue, job: JobRef) -> JsonValue:
     """The JSON body of one job: every string leaf of the template filled with its fields."""
-    fields = _fields(job)
-    if isinstance(template, str):
-        return template.format(**fields)
-    if isinstance(template, Mapping):
-        return {key: render_body(value, job) for key, value in template.items()}
-    if isinstance(template, list | tuple):
-        return [render_body(value, job) for value in template]
-    return template
+    return template if template is None else fill_body(template, _fields(job))
+
+
+def batch_fields(ids: Sequence[str]) -> dict[str, JsonValue]:
+    """The fields of a batch request's templates (`config.BATCH_FIELDS`): the ids, and the
+    same ids quoted for a filter expression (``'a','b'``, a quote in an id doubled as SQL does)."""
+    quoted = ",".join("'" + job_id.replace("'", "''") + "'" for job_id in ids)
+    return {"ids": list(ids), "quoted_ids": quoted}
 
 
 def _search(expression: ParsedResult, body: object) -> object:
@@ -174,7 +238,8 @@ def parse_answer(
 
 
 class HttpAdapter:
-    """Polls a generic JSON job API, one request per job."""
+    """Polls a generic JSON job API, one request per job or per ``batch``, and lists the jobs
+    of ``bulk`` entries with ``discover``."""
 
     def __init__(
         self,
@@ -186,6 +251,8 @@ class HttpAdapter:
     ) -> None:
         self.config = config
         self.expressions: HttpExpressions = config.compiled()
+        self._batch = config.batch.compiled() if config.batch is not None else None
+        self._discover = config.discover.compiled() if config.discover is not None else None
         self.states: Mapping[str, State] = dict(config.states)
         # a template naming {site} (Airflow's /dags/{site}/dagRuns/{id}) needs jobs with one
         self.needs_site = "site" in template_fields(config.url) | (
@@ -210,9 +277,121 @@ class HttpAdapter:
         await self.requester.aclose()
 
     async def poll(self, jobs: Sequence[JobRef]) -> Mapping[str, PollOutcome]:
-        """Poll each job (concurrently, within the source's limits)."""
+        """Poll each job (concurrently, within the source's limits): with ``batch``,
+        ``max_ids`` jobs per request, else one request per job."""
+        batch = self.config.batch
+        if batch is not None:
+            return await poll_batches(jobs, batch.max_ids, self.poll_batch, self.requester.each)
         outcomes = await self.requester.each(self.poll_one, jobs)
         return {job.key: outcome for job, outcome in zip(jobs, outcomes, strict=True)}
+
+    async def poll_batch(self, job_ids: list[str]) -> Mapping[str, PollOutcome]:
+        """Poll these jobs with one ``batch`` request; raises `SourceError` if it fails.
+
+        Each item of the answer is read with the source's expressions, as one job's answer.
+        An answer whose items are not a list, or are more than `MAX_ITEMS_PER_ID` per id
+        asked (an API that ignored the filter), costs this batch only.
+        """
+        batch, expressions = self.config.batch, self._batch
+        assert batch is not None and expressions is not None  # `poll` batches only then
+        answer = await self._send(
+            batch.method, batch.url, batch.body, batch_fields(job_ids), "batch"
+        )
+        items = self._items(answer, expressions.items, "batch")
+        if len(items) > MAX_ITEMS_PER_ID * len(job_ids):
+            raise PermanentSourceError(
+                "bad_answer",
+                f"the batch answer lists {len(items)} items for {len(job_ids)} ids "
+                "(does the API apply the batch's filter?)",
+            )
+        entries: dict[str, object] = {}
+        for item in items:
+            job_id = lenient.identifier(_search(expressions.id, item))
+            if job_id is not None:
+                entries.setdefault(job_id, item)
+        outcomes = batch_outcomes(entries, job_ids, self._parse, "the batch answer")
+        return {k: self._scrubbed(outcome) for k, outcome in outcomes.items()}
+
+    async def discover(self, job: Listing) -> dict[str, PollResult | None]:
+        """The jobs the ``discover`` listing gives for a job entry's ``bulk``, every page of
+        them (up to ``max_pages``, and `MAX_DISCOVERED` jobs): each id with its state as
+        listed (read with the source's expressions; None if that fails).
+
+        Raises `SourceError` if a page cannot be had or is not a list of items.
+        """
+        spec, expressions = self.config.discover, self._discover
+        if spec is None or expressions is None or job.bulk is None:
+            return {}  # the config check refuses a bulk on a source without discover
+        found: dict[str, PollResult | None] = {}
+        seen: set[str] = set()  # every id listed, kept or filtered out
+        fields: dict[str, JsonValue] = {"bulk": job.bulk}
+        token: JsonValue = None
+        tokens: set[str] = set()
+        offset = 0
+        for page in range(spec.max_pages):
+            fields.update(next=token, page=page, offset=offset)
+            answer = await self._send(spec.method, spec.url, spec.body, fields, "discover")
+            items = self._items(answer, expressions.items, "discover")
+            before = len(seen)
+            for item in items:
+                job_id = lenient.identifier(_search(expressions.id, item))
+                if job_id is None or job_id in seen:
+                    continue
+                seen.add(job_id)
+                wanted = expressions.filter
+                if wanted is None or _true(_search(wanted, item)):
+                    found[job_id] = self._listed(item)
+                    if len(found) >= MAX_DISCOVERED:
+                        return found
+            offset += len(items)
+            if expressions.next is not None:
+                token = _token(_search(expressions.next, answer))
+                if token is None or str(token) in tokens:
+                    break  # the last page, or a server pointing back at a page it gave
+                tokens.add(str(token))
+            elif not spec.paged or len(seen) == before:
+                break  # one page, or a page without new items: the end
+        return found
+
+    def _listed(self, item: object) -> PollResult | None:
+        outcome = read_outcome(self._parse, item)
+        return outcome if isinstance(outcome, PollResult) else None
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: JsonValue,
+        fields: Mapping[str, JsonValue],
+        what: str,
+    ) -> object:
+        """One ``batch`` or ``discover`` request's answer; raises `SourceError`."""
+        try:
+            target = fill_url(url, fields)
+            sent = None if body is None else fill_body(body, fields)
+        except (ValueError, KeyError, IndexError) as exc:
+            # the config check refuses such templates; a config built in code may not be checked
+            raise PermanentSourceError(
+                "config", f"cannot fill the {what} templates: {exc}"
+            ) from None
+        # partial: an item that cannot be read costs its job only, not the whole answer
+        return await self.requester.json(
+            method, target, body=sent, headers=self.headers, partial=True
+        )
+
+    @staticmethod
+    def _items(answer: object, expression: ParsedResult, what: str) -> list[object]:
+        items = _search(expression, answer)
+        if not isinstance(items, list):
+            found = "nothing" if items is None else f"a {type(items).__name__}, not a list"
+            raise PermanentSourceError("bad_answer", f"the {what} items expression found {found}")
+        return items
+
+    def _scrubbed(self, outcome: PollOutcome) -> PollOutcome:
+        if self._oauth is not None:
+            # the daemon scrubs the config's secrets from what is stored; the token is not one
+            return scrub_outcome(outcome, self._oauth.secrets)
+        return outcome
 
     async def poll_one(self, job: JobRef) -> PollOutcome:
         """Poll one job."""
@@ -231,12 +410,8 @@ class HttpAdapter:
                 self.config.method, url, body=body, headers=self.headers
             )
         except SourceError as exc:
-            return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
-        outcome = read_outcome(self._parse, answer)
-        if self._oauth is not None:
-            # the daemon scrubs the config's secrets from what is stored; the token is not one
-            outcome = scrub_outcome(outcome, self._oauth.secrets)
-        return outcome
+            return failure_of(exc)
+        return self._scrubbed(read_outcome(self._parse, answer))
 
     def _parse(self, answer: object) -> PollResult:
         return parse_answer(answer, self.expressions, self.states, self.config.time_unit)
@@ -266,3 +441,21 @@ def _auth(config: HttpSource) -> httpx.Auth:
         scope=oauth.scope,
         client_auth=oauth.client_auth,
     )
+
+
+def _token(value: object) -> JsonValue:
+    """A next-page token as the answer gave it (text or a whole number), None if there is
+    none: the last page."""
+    if isinstance(value, str):
+        return value[:2000] if value.strip() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _true(value: object) -> bool:
+    """Whether JMESPath takes `value` for true: anything but null, false and empty text,
+    lists and objects (0 is true)."""
+    if value is None or value is False:
+        return False
+    return not isinstance(value, str | list | dict) or bool(value)

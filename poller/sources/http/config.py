@@ -1,19 +1,23 @@
 """The config of an http source: any JSON job-status endpoint, described by a URL template, an
-optional body and JMESPath expressions over the answer."""
+optional body and JMESPath expressions over the answer; optionally a ``batch`` endpoint that
+answers many jobs per request and a ``discover`` listing that finds the jobs to watch."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from jmespath.parser import ParsedResult
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from poller.models import State
+from poller.settings.fields import TEMPLATE_FIELDS as JOB_FIELDS
 from poller.settings.fields import (
+    Count,
     HeaderValue,
     JmesPath,
     Name,
+    PositiveDuration,
     TargetState,
     Text,
     Token,
@@ -40,6 +44,15 @@ class HttpExpressions(NamedTuple):
     ended_at: ParsedResult | None = None
 
 
+class ListExpressions(NamedTuple):
+    """The compiled JMESPath expressions of a ``batch`` or ``discover`` request."""
+
+    items: ParsedResult
+    id: ParsedResult
+    filter: ParsedResult | None = None
+    next: ParsedResult | None = None
+
+
 #: The detail each of ``name``, ``started_at`` and ``ended_at`` fills: a ``detail`` entry of
 #: that name may not be given with it (a ``detail`` entry of a time's name is read as a time).
 FILLED_DETAILS = {
@@ -47,6 +60,38 @@ FILLED_DETAILS = {
     "started_at": "remote_created_at",
     "ended_at": "remote_completed_at",
 }
+
+
+#: The fields of a ``batch`` request's templates: the batch's ids (a whole string leaf of the
+#: body that is ``"{ids}"`` is the JSON list of them; in text they are joined by commas),
+#: and the same ids quoted for a filter expression (``'a','b'``).
+BATCH_FIELDS = ("ids", "quoted_ids")
+#: The fields of a ``discover`` request's templates: the job entry's ``bulk``, the next page's
+#: token (``next``; empty, or null as a whole leaf, on the first page), the page's number
+#: from 0 and the items read so far (``offset``; both numbers as whole leaves).
+DISCOVER_FIELDS = ("bulk", "next", "page", "offset")
+
+
+def _check_method(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _check_body(value: object, method: object, known: Sequence[str]) -> object:
+    """A body template, checked: JSON whose strings name only `known` fields, with POST."""
+    if value is None:
+        return None
+    if method == "GET":
+        raise ValueError("a body needs method: POST")
+    body_fields(value, known=known)
+    return value
+
+
+def _named(url: str, data: Mapping[str, Any], known: Sequence[str]) -> set[str]:
+    """The fields a request's ``url`` and (already checked) ``body`` templates name;
+    ValueError if the url is not an http(s) URL or a template names another field."""
+    http_url(url)
+    body = data.get("body")
+    return template_fields(url, known) | (set() if body is None else body_fields(body, known=known))
 
 
 def _token_url(value: str) -> str:
@@ -116,6 +161,97 @@ class HttpAuth(Frozen):
         return self
 
 
+class _Request(Frozen):
+    """A request of its own an http source sends (``batch``, ``discover``): its ``method``,
+    ``body`` and ``url`` templates over `FIELDS`, and the JMESPath expression of the list of
+    ``items`` in its answer and of each item's ``id``."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    method: Literal["GET", "POST"] = "POST"
+    # body comes before url so that the url's check can see the fields the body names
+    body: Any = None
+    url: Written
+    items: JmesPath
+    id: JmesPath
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: object) -> object:
+        return _check_method(value)
+
+    @field_validator("body")
+    @classmethod
+    def _check_body(cls, value: object, info: ValidationInfo) -> object:
+        return _check_body(value, info.data.get("method"), cls.FIELDS)
+
+    def compiled(self) -> ListExpressions:
+        """``items``, ``id`` (and a ``discover``'s ``filter`` and ``next``), compiled."""
+        return ListExpressions(
+            compile_jmespath(self.items),
+            compile_jmespath(self.id),
+            _compiled(getattr(self, "filter", None)),
+            _compiled(getattr(self, "next", None)),
+        )
+
+
+class HttpBatch(_Request):
+    """``batch``: one request answers many jobs. The ``url`` and ``body`` name ``{ids}`` or
+    ``{quoted_ids}`` (`BATCH_FIELDS`); ``items`` finds the list of jobs in the answer, ``id``
+    each one's id, and each item is read with the source's own expressions (``state``...).
+    At most ``max_ids`` ids go in one request."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = BATCH_FIELDS
+
+    max_ids: Annotated[Count, Field(ge=1, le=1000)] = 100
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        named = _named(value, info.data, cls.FIELDS)
+        if "body" in info.data and not {"ids", "quoted_ids"} & named:
+            raise ValueError("must name {ids} or {quoted_ids} (or the body must)")
+        return value
+
+
+class HttpDiscover(_Request):
+    """``discover``: the listing of the jobs a job entry's ``bulk`` stands for (`DISCOVER_FIELDS`
+    in its templates). ``items`` finds the list of jobs in a page, ``id`` each one's id,
+    ``filter`` (optional) keeps the items for which it is true; ``next`` finds the next page's
+    token (the last page has none), or else the templates name ``{page}`` or ``{offset}`` and
+    a page without new items is the last. At most ``max_pages`` pages are read per listing,
+    every ``interval``."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = DISCOVER_FIELDS
+
+    method: Literal["GET", "POST"] = "GET"
+    filter: JmesPath | None = None
+    next: JmesPath | None = None
+    max_pages: Annotated[Count, Field(ge=1, le=1000)] = 100
+    interval: PositiveDuration = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        _named(value, info.data, cls.FIELDS)
+        return value
+
+    @model_validator(mode="after")
+    def _paging(self) -> HttpDiscover:
+        named = _named(self.url, {"body": self.body}, self.FIELDS)
+        if self.next is not None and "next" not in named:
+            raise ValueError("next is given: the url or the body must name {next}")
+        if self.next is None and "next" in named:
+            raise ValueError("the url or the body names {next}: give next, the expression of it")
+        return self
+
+    @property
+    def paged(self) -> bool:
+        """Whether more pages than the first are asked for."""
+        named = _named(self.url, {"body": self.body}, self.FIELDS)
+        return self.next is not None or bool({"page", "offset"} & named)
+
+
 class HttpSource(SourceConfig):
     """Any JSON job-status endpoint, described by templates and JMESPath expressions.
 
@@ -144,6 +280,13 @@ class HttpSource(SourceConfig):
     ended_at: JmesPath | None = None
     time_unit: Literal["auto", "s", "ms", "iso"] = "auto"
     states: dict[str, TargetState]
+    batch: HttpBatch | None = None
+    discover: HttpDiscover | None = None
+
+    @property
+    def discovery_interval(self) -> float:
+        """How often the jobs of ``bulk`` entries are listed again (``discover.interval``)."""
+        return self.discover.interval if self.discover is not None else 60.0
 
     @field_validator("detail")
     @classmethod
@@ -166,27 +309,19 @@ class HttpSource(SourceConfig):
     @field_validator("method", mode="before")
     @classmethod
     def _upper_method(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
+        return _check_method(value)
 
     @field_validator("body")
     @classmethod
     def _check_body(cls, value: object, info: ValidationInfo) -> object:
-        if value is None:
-            return None
-        if info.data.get("method") == "GET":
-            raise ValueError("a body needs method: POST")
-        body_fields(value)
-        return value
+        return _check_body(value, info.data.get("method"), JOB_FIELDS)
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        http_url(value)
-        names = template_fields(value)
-        if "id" not in names and "body" in info.data:
-            body = info.data["body"]
-            if body is None or "id" not in body_fields(body):
-                raise ValueError("must name {id} (or the body must)")
+        named = _named(value, info.data, JOB_FIELDS)
+        if "body" in info.data and "id" not in named:
+            raise ValueError("must name {id} (or the body must)")
         return value
 
     @field_validator("states")

@@ -14,6 +14,6 @@ IMMUTA = register(
         "immuta",
         ImmutaSource,
         lazy_build("poller.sources.immuta.adapter:ImmutaAdapter"),
-        discovers=True,
+        discovers=("bulk", "search"),
     )
 )

@@ -42,6 +42,8 @@ from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import JobCount, JobSummary, lenient, read_outcome
 from poller.sources.auth import StaticHeaders
+from poller.sources.base import MAX_DISCOVERED, failure_of
+from poller.sources.batching import batch_outcomes, poll_batches
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.immuta.config import ImmutaSource, SearchSpec
 
@@ -93,10 +95,10 @@ LONG_POLL_GRACE = 5.0
 MAX_OUTPUT = 1000
 #: The most (job type, state) counts a summary is read for; the rest are left out, said so.
 MAX_SUMMARY_ROWS = 1000
-#: Discovery pages: jobs asked for per page, pages followed at most, jobs kept at most.
+#: Discovery pages: jobs asked for per page, pages followed at most (and at most
+#: `MAX_DISCOVERED` jobs kept).
 PAGE_SIZE = 100
 MAX_PAGES = 500
-MAX_DISCOVERED = 10_000
 
 _WRAPPERS = ("statuses", "jobs", "data", "results", "items")
 _ID_KEYS = ("id", "jobid", "job_id")
@@ -196,23 +198,7 @@ def parse_statuses(body: object, job_ids: Sequence[str]) -> dict[str, PollOutcom
     if keyed is None:
         failure = PollFailure("bad_answer", "answer is not an object of job statuses", False)
         return dict.fromkeys(job_ids, failure)
-    folded = {k.lower(): v for k, v in keyed.items()}
-    outcomes: dict[str, PollOutcome] = {}
-    for job_id in job_ids:
-        entry = keyed[job_id] if job_id in keyed else folded.get(job_id.lower())
-        if entry is None:
-            outcomes[job_id] = PollFailure(
-                "not_found", "the statuses answer did not mention this job", transient=False
-            )
-            continue
-        why = lenient.unreadable(entry)
-        if why is not None:
-            # one job's entry that cannot be read costs that job's poll, not the others'
-            why = f"this job's entry cannot be read: {why}"
-            outcomes[job_id] = PollFailure("bad_answer", why, transient=False)
-        else:
-            outcomes[job_id] = read_outcome(parse_job, entry)
-    return outcomes
+    return batch_outcomes(keyed, job_ids, parse_job, "the statuses answer")
 
 
 def _summary_rows(body: object) -> list[tuple[object, object, object]]:
@@ -400,12 +386,9 @@ class ImmutaAdapter:
                 self._long_waits -= 1
             return {job.key: by_id[job.job_id] for job in jobs}
         wait = min(ROLL_WAIT, self.long_poll) if self.long_poll and not first else 0.0
-        chunks = [job_ids[i : i + self.batch_size] for i in range(0, len(job_ids), self.batch_size)]
-        answers = await self.requester.each(lambda chunk: self._poll_chunk(chunk, wait), chunks)
-        by_id = {}
-        for answer in answers:
-            by_id.update(answer)
-        return {job.key: by_id[job.job_id] for job in jobs}
+        return await poll_batches(
+            jobs, self.batch_size, lambda chunk: self._poll_chunk(chunk, wait), self.requester.each
+        )
 
     async def _poll_chunk(self, job_ids: list[str], wait: float) -> dict[str, PollOutcome]:
         try:
@@ -417,8 +400,7 @@ class ImmutaAdapter:
                 partial=True,  # an entry that cannot be read costs its job only
             )
         except SourceError as exc:
-            failure = PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)
-            return dict.fromkeys(job_ids, failure)
+            return dict.fromkeys(job_ids, failure_of(exc))
         return parse_statuses(body, job_ids)
 
     # -- summary -----------------------------------------------------------------------
