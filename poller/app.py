@@ -25,14 +25,15 @@ from poller.config import Config, load_config
 from poller.engine.delivery import DeliveryEngine
 from poller.engine.discovery import Discovery, discovery_interval, entry_keys
 from poller.engine.polling import PollEngine
+from poller.engine.reporting import due_run, queue_report
 from poller.engine.runtime import DbThread, Engine, Runtime, Tuning, error_line
 from poller.engine.scheduling import Duties
-from poller.engine.stats import Stats
+from poller.engine.stats import Stats, add
 from poller.engine.summaries import TICK as SUMMARY_TICK
 from poller.engine.summaries import Summaries
 from poller.errors import ConfigError, PollerError
 from poller.logs import get_logger
-from poller.models import WatchSpec
+from poller.models import Event, WatchSpec
 from poller.notify import Notifier
 from poller.sources import Source, answer_memory, build_source
 from poller.store.repo import Store, safe_url
@@ -46,6 +47,8 @@ E = TypeVar("E", bound=Engine)
 #: The first discovery run holds READY back this long at most (issue 3).
 FIRST_DISCOVERY = 30.0
 #: logged when a reload's config is in force but its jobs could not be written
+#: the names of the report duties: this, then the report's name
+REPORT_DUTY = "report:"
 RELOAD_REFUSED = "reload refused; keeping the old config"
 RELOAD_INCOMPLETE = "reload incomplete: deliveries could not follow renamed channels; SIGHUP again"
 
@@ -239,9 +242,13 @@ class Daemon:
                 "retention",
                 first_in=self.tuning.prune_first,
             )
+            self._schedule_reports(db, self.config)
             if self.systemd.watchdog_interval:
                 duties.every(self.systemd.watchdog_interval, self.systemd.watchdog, "watchdog")
             duties.start()
+            # a run missed while no daemon ran (down at 09:00) goes out now, within the hour
+            for scheduled in self.config.reports:
+                self._spawn(self._report_due(db, scheduled.name), "report")
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(db), "reload"))
@@ -304,6 +311,36 @@ class Daemon:
                 log.warning("lease renewal failed", error=error_line(exc))
 
         return renew
+
+    def _schedule_reports(self, db: DbThread, config: Config) -> None:
+        """One cron duty per report of `config`, replacing those of the config before."""
+        if self._duties is None:
+            return
+        self._duties.remove(REPORT_DUTY)
+        for report in config.reports:
+            self._duties.cron(
+                report.trigger(),
+                partial(self._report_due, db, report.name),
+                REPORT_DUTY + report.name,
+            )
+
+    async def _report_due(self, db: DbThread, name: str) -> None:
+        """Queue the latest run of report `name` due within the hour, unless it is queued
+        already (by this process or another replica): at its time, and at start."""
+        report = next((r for r in self.runtime().config.reports if r.name == name), None)
+        now = self.clock()
+        scheduled = due_run(report, now) if report is not None else None
+        if report is None or scheduled is None:
+            return
+        try:
+            queued = await db.call(queue_report, db.store, report, scheduled, now)
+        except Exception as exc:  # the database may be away: the next start makes it up
+            log.error("report not queued", report=name, error=error_line(exc))
+            return
+        if queued:
+            log.info("report queued", report=name, scheduled_at=scheduled, channels=report.notify)
+            add(self.stats.events, Event.REPORT.value)  # poller_events{kind="report"}
+            self.deliveries.wakeup.set()
 
     def _pruner(self, db: DbThread) -> Callable[[], Awaitable[None]]:
         """The retention duty: deletes watches ended longer ago than `retention` (the value
@@ -420,6 +457,7 @@ class Daemon:
             # listed at once rather than an interval later
             self._duties.every(discovery_interval(new), self._discover, "discovery")
             self._spawn(self._discover(), "discovery")
+        self._schedule_reports(db, new)
         try:
             await self.deliveries.follow_channels(channel_urls(old_config), channel_urls(new))
         except Exception as exc:  # the new config is in force; the deliveries wait as kept

@@ -212,6 +212,13 @@ def check(config: ConfigOption = None, credentials: CredentialsOption = None) ->
             f"rule {i}: {', '.join(e.value for e in rule.on)} -> {', '.join(rule.notify)}"
             + (f" ({'; '.join(scope)})" if scope else "")
         )
+    for report in cfg.reports:
+        nxt = report.trigger().get_next_fire_time(None, datetime.now(UTC))
+        say(
+            f"report {report.name}: {report.cron} ({report.timezone}) -> "
+            f"{', '.join(report.notify)}; window {format_duration(report.window)}"
+            + (f"; next {nxt:%Y-%m-%d %H:%M:%S %Z}" if nxt is not None else "")
+        )
     d = cfg.delivery
     say(
         f"delivery: timeout {format_duration(d.timeout)}, retries every "
@@ -338,15 +345,16 @@ def _counted(number: int, one: str, many: str) -> str:
 
 
 def _check_warnings(cfg: Config) -> list[str]:
-    """What `check` warns about without failing: a channel that no rule sends to, and a
+    """What `check` warns about without failing: a channel that no rule or report sends to, and a
     `timeout` shorter than `interval` (a watch would time out before its second poll).
 
     A source's or a job's timings are checked where they set `interval` or `timeout`, so one
     mistake in the top-level `polling` is said once.
     """
     used = {channel for rule in cfg.rules for channel in rule.notify}
+    used |= {channel for report in cfg.reports for channel in report.notify}
     warnings = [
-        f"channel {name} is not used by any rule: nothing will be sent to it"
+        f"channel {name} is not used by any rule or report: nothing will be sent to it"
         for name in cfg.channels
         if name not in used
     ]
@@ -1037,6 +1045,63 @@ def notify_test(
         return failures
 
     raise typer.Exit(1 if asyncio.run(send_all()) else 0)
+
+
+@app.command(short_help="Print a scheduled report, or send it now (--now).")
+def report(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A report of the config.")],
+    now: Annotated[
+        bool, typer.Option("--now", help="Queue it and send it now, as its schedule would.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print what report NAME would say now; with --now, queue it in the outbox and send it
+    to its channels at once (a daemon running meanwhile may send it instead; never twice).
+    Exit 1 if a channel did not get it."""
+    from poller.app import channel_urls
+    from poller.engine.delivery import DeliveryEngine
+    from poller.engine.reporting import build_report, queue_report
+    from poller.engine.runtime import DbThread, Runtime, Tuning
+    from poller.logs import configure, get_logger
+    from poller.notify import Notifier, render_report
+
+    cfg = _config(config)
+    found = next((r for r in cfg.reports if r.name == name), None)
+    if found is None:
+        known = ", ".join(r.name for r in cfg.reports) or "none"
+        _fail(f"no report {name} in the config (reports: {known})", 2)
+    store = _store(cfg)
+    try:
+        at = time.time()
+        if not now:
+            title, body = render_report(build_report(store, found, at, at))
+            print(printable(title))
+            print(printable(body))
+            return
+        queue_report(store, found, at, at)
+        # what each channel answered is printed below; the engine's log says only trouble
+        configure("warning", cfg.log.format)
+        db = DbThread(store)
+        runtime = Runtime(cfg, {}, Notifier(channel_urls(cfg)), cfg.rules)
+        engine = DeliveryEngine(
+            db,
+            lambda: runtime,
+            f"poller-report-{os.getpid()}",
+            log=get_logger(),
+            tuning=Tuning(lease=cfg.replicas.lease),
+        )
+        try:
+            asyncio.run(engine.deliver_due())
+        finally:
+            db.close()
+        failed = 0
+        for channel, status, error in store.report_deliveries(found.name, at):
+            failed += status != "sent"
+            said = "ok" if status == "sent" else status.replace("_", " ").upper()
+            print(printable(f"{channel}: {said}" + (f" ({error})" if error else "")))
+    finally:
+        store.close()
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command(short_help="A self-contained demo: simulated API, real daemon.")

@@ -67,6 +67,9 @@ class Event(StrEnum):
     TIMED_OUT = "timed_out"
     UNREACHABLE = "unreachable"
     RECOVERED = "recovered"
+    #: a scheduled report (``reports:`` in the config): about many watches, never routed by
+    #: rules, never part of a digest
+    REPORT = "report"
 
 
 #: The Apprise message type of each event (README "States and events").
@@ -81,6 +84,7 @@ EVENT_SEVERITY: Mapping[Event, str] = {
     Event.UNREACHABLE: "failure",
     Event.STARTED: "info",
     Event.RECOVERED: "info",
+    Event.REPORT: "info",
 }
 
 

@@ -126,7 +126,8 @@ class TestCheck:
         assert "channel dead: json://127.0.0.1:9/nothing?method=PUT\n" in r.stdout
         assert "overflow=" not in r.stdout and "retry=" not in r.stdout
         assert r.stderr == (
-            "poller: warning: channel dead is not used by any rule: nothing will be sent to it\n"
+            "poller: warning: channel dead is not used by any rule or report: nothing will be "
+            "sent to it\n"
             "poller: warning: polling: timeout 0.05s is shorter than interval 0.1s: a watch "
             "times out before its second poll\n"
             "poller: warning: jobs[1].polling: timeout 0.02s is shorter than interval 0.1s: a "

@@ -392,7 +392,7 @@ class TestYaml:
         """A file that is a list or a scalar is refused with the keys it should have."""
         assert problems(tmp_path, "- a\n- b\n") == [
             "1: : expected a mapping with the keys database, sources, channels, rules, polling, "
-            "delivery, replicas, jobs, log, http, retention"
+            "delivery, replicas, jobs, reports, log, http, retention"
         ]
 
     def test_alias_bomb_is_refused(self, tmp_path: Path) -> None:
@@ -762,7 +762,8 @@ OTHER_PROBLEMS = [
         "source: {}\n",
         [
             "1: source: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, replicas, jobs, log, http, retention (did you mean sources?)"
+            "polling, delivery, replicas, jobs, reports, log, http, retention "
+            "(did you mean sources?)"
         ],
     ),
     (
@@ -909,7 +910,7 @@ class TestProblems:
             "(seconds, or a number with ms, s, m, h, d); got '1x'",
             "12: log.level: expected one of: debug, info, warning, error; got 'chatty'",
             "13: extra: unknown key; expected one of: database, sources, channels, rules, "
-            "polling, delivery, replicas, jobs, log, http, retention",
+            "polling, delivery, replicas, jobs, reports, log, http, retention",
             "None: POLLER_LOG_LEVEL: expected one of: debug, info, warning, error",
         ]
 

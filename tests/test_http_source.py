@@ -535,6 +535,17 @@ jobs:
         assert mine["message"] == "7/nightly-train/0.25 took 1m"
         assert api.requests["token"] == 1
         assert_nowhere(tmp_path, [client.client_secret, *api.issued_tokens])
+        # the job entry has no name: `poller status` shows the API's
+        shown = subprocess.run(
+            [sys.executable, "-m", "poller", "status", "-c", str(tmp_path / "config.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert shown.returncode == 0, shown.stderr
+        (row,) = [line for line in shown.stdout.splitlines() if line.startswith("mlflow/r1")]
+        assert row.split()[1] == "nightly-train", shown.stdout
 
     def test_prefect_late_and_retries_in_history_with_iso_times(self, tmp_path: Path) -> None:
         """Prefect's state names within one state type are recorded in the history; ISO 8601

@@ -49,6 +49,7 @@ from poller.config.models import (
     JobConfig,
     LogConfig,
     ReplicasConfig,
+    ReportConfig,
     Rule,
     TemplateConfig,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "PollingDefaults",
     "PollingOverrides",
     "ReplicasConfig",
+    "ReportConfig",
     "Rule",
     "TemplateConfig",
     "default_database_url",
@@ -156,6 +158,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         checker, data, "http", HttpConfig, "expected a mapping with listen and token_file"
     )
     jobs = _list(checker, data, "jobs", JobConfig, "expected a list of jobs")
+    reports = _list(checker, data, "reports", ReportConfig, "expected a list of reports")
     log = _mapping(checker, data, "log", LogConfig, "expected a mapping with level and format")
     log = _environment_level(doc, environ, log)
     retention = data.get("retention")
@@ -173,6 +176,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
         *channels.values(),
         *rules,
         *jobs,
+        *reports,
     )
     if doc.problems or any(part is None for part in parts):
         return None
@@ -190,6 +194,7 @@ def _check(doc: Document, environ: Mapping[str, str]) -> Config | None:
                 "replicas": replicas,
                 "http": http,
                 "jobs": tuple(jobs),
+                "reports": tuple(reports),
                 "log": log,
                 **({"retention": retention} if retention is not None else {}),
                 "channel_templates": channel_templates,

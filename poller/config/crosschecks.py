@@ -82,7 +82,16 @@ def reference_problems(
         for name, value in sources.items()
     }
     channels: dict[str, Any] = section("channels", dict)
-    found = _rule_problems(section("rules", list), channels, types, quote)
+    found = _rule_problems("rules", section("rules", list), channels, types, quote)
+    found += _rule_problems("reports", section("reports", list), channels, types, quote)
+    named: dict[str, int] = {}
+    for i, report in enumerate(section("reports", list)):
+        name = report.get("name") if isinstance(report, Mapping) else None
+        if not isinstance(name, str):
+            continue
+        if name in named:
+            found.append((("reports", i, "name"), f"reports[{named[name]}] has this name too"))
+        named.setdefault(name, i)
 
     seen: dict[tuple[str | None, ...], int] = {}
     for i, job in enumerate(section("jobs", list)):
@@ -116,9 +125,13 @@ def reference_problems(
 
 
 def _rule_problems(
-    rules: list[Any], channels: Mapping[str, Any], types: Mapping[str, Any], quote: Quote
+    kind: str,
+    rules: list[Any],
+    channels: Mapping[str, Any],
+    types: Mapping[str, Any],
+    quote: Quote,
 ) -> list[tuple[KeyPath, str]]:
-    """The channels and sources rules name that are not configured."""
+    """The channels and sources rules (or reports: `kind`) name that are not configured."""
     found: list[tuple[KeyPath, str]] = []
     for i, rule in enumerate(rules):
         if not isinstance(rule, Mapping):
@@ -126,7 +139,7 @@ def _rule_problems(
         for key, known, what in (("notify", channels, "channel"), ("sources", types, "source")):
             for sub, name in _references(rule.get(key)):
                 if name not in known:
-                    path: KeyPath = ("rules", i, key, *sub)
+                    path: KeyPath = (kind, i, key, *sub)
                     found.append(
                         (path, f"unknown {what}{quote(path, name)}; {_choices(what, known)}")
                     )

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     SerializeAsAny,
@@ -27,6 +28,7 @@ from pydantic import (
 
 from poller.config.crosschecks import policy_problems, reference_problems
 from poller.config.problems import adapter
+from poller.engine.scheduling import CronTrigger, cron_trigger, zone
 from poller.models import Event, Policy, key_problem, watch_key
 from poller.notify import MessageTemplate, check_template, compile_template
 from poller.settings.fields import (
@@ -55,6 +57,9 @@ from poller.sources import SourceConfig
 from poller.sources.base import source_types, source_union
 from poller.sources.immuta import SearchSpec
 from poller.units import format_duration
+
+#: The most watches one section of a report may name (``max_jobs``): a message stays a message.
+MAX_REPORT_JOBS = 200
 
 #: The validation context key that tells `Config` its parts were cross-checked already
 #: (`load_config` checks the file itself, so that each problem has its line): the checks
@@ -173,11 +178,24 @@ class DeliveryConfig(Frozen):
         return value
 
 
+#: The events rules route: every one but ``report`` (a report names its own channels).
+RULE_EVENTS: tuple[str, ...] = tuple(e.value for e in Event if e is not Event.REPORT)
+
+
+def _rule_event(value: object) -> object:
+    if isinstance(value, str) and value not in RULE_EVENTS:
+        raise ValueError(f"expected one of: {', '.join(RULE_EVENTS)}; got {value!r}")
+    return value
+
+
+RuleEvent = Annotated[Event, BeforeValidator(_rule_event)]
+
+
 class Rule(Frozen):
     """Which events go to which channels, optionally only for some sources or tags, and
     optionally with a message template for them."""
 
-    on: Annotated[tuple[Event, ...], BeforeValidator(one_or_many), Field(min_length=1)]
+    on: Annotated[tuple[RuleEvent, ...], BeforeValidator(one_or_many), Field(min_length=1)]
     notify: NonEmptyNames
     sources: OptionalNames = None
     tags: OptionalNames = None
@@ -190,6 +208,40 @@ class Rule(Frozen):
         if self.sources is not None and source not in self.sources:
             return False
         return self.tags is None or not set(self.tags).isdisjoint(tags)
+
+
+def _cron(value: object) -> object:
+    """A cron expression: 5 crontab fields, or 6 with seconds first (`cron_trigger`)."""
+    if isinstance(value, str):
+        cron_trigger(value)
+    return value
+
+
+def _time_zone(value: object) -> object:
+    if isinstance(value, str):
+        zone(value)
+    return value
+
+
+class ReportConfig(Frozen):
+    """A report sent on a schedule (README "Reports"): at each time of ``cron`` (in
+    ``timezone``), one message to each channel of ``notify`` about the watches of ``sources``
+    and ``tags`` (all, when not given): what ended in the last ``window``, what is still
+    running, stalled or unreachable, and the deliveries given up in the window. Each section
+    names at most ``max_jobs`` watches and counts the rest."""
+
+    name: Annotated[Written, watch_part("name")]
+    cron: Annotated[Written, AfterValidator(_cron)]
+    notify: NonEmptyNames
+    window: PositiveDuration = 86400.0
+    timezone: Annotated[Written, AfterValidator(_time_zone)] = "UTC"
+    sources: OptionalNames = None
+    tags: OptionalNames = None
+    max_jobs: Annotated[Count, Field(ge=1, le=MAX_REPORT_JOBS)] = 20
+
+    def trigger(self) -> CronTrigger:
+        """The APScheduler trigger of ``cron`` in ``timezone``."""
+        return cron_trigger(self.cron, self.timezone)
 
 
 class JobConfig(Frozen):
@@ -287,6 +339,7 @@ class Config(Frozen):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
     jobs: tuple[JobConfig, ...] = ()
+    reports: tuple[ReportConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     #: how long an ended watch and its history are kept (README "Retention"); 0 keeps them
@@ -312,6 +365,7 @@ class Config(Frozen):
             "channels": dict.fromkeys(self.channels),
             "rules": [rule.model_dump() for rule in self.rules],
             "jobs": [job.model_dump() for job in self.jobs],
+            "reports": [report.model_dump() for report in self.reports],
         }
         found = reference_problems(view, source_types())
         found += policy_problems(self.polling, self.sources, list(enumerate(self.jobs)))

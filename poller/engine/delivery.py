@@ -49,8 +49,14 @@ from poller.engine.runtime import Engine, Runtime, failure_wait
 from poller.engine.stats import add
 from poller.errors import NotifyError
 from poller.logs import Logger
-from poller.models import Delivery, DeliveryOutcome
-from poller.notify import Format, one_line, render_digest_safely, render_safely
+from poller.models import Delivery, DeliveryOutcome, Event
+from poller.notify import (
+    Format,
+    one_line,
+    render_digest_safely,
+    render_report_safely,
+    render_safely,
+)
 from poller.rules import delivery as policy
 from poller.rules.delivery import ChannelState, Hold, SendDigest
 
@@ -228,6 +234,12 @@ class DeliveryEngine(Engine):
         if channel not in runtime.notifier.names:
             await self._keep_for_missing_channel(channel, claimed, settings)
             return False
+        reports = [d for d in claimed if d.kind is Event.REPORT]
+        if reports:
+            # a report is a message of its own, never part of a digest: the rest is given back
+            # for the next round
+            await self._release([d.id for d in claimed if d.kind is not Event.REPORT])
+            return await self._send_each(runtime, channel, reports, settings)
         digests: list[tuple[Lane, list[Delivery]]] = []
         each: list[Delivery] = []
         for severity, rows in policy.lanes(claimed):
@@ -381,6 +393,13 @@ class DeliveryEngine(Engine):
         """
         payload = delivery.payload
         log = self._bind(channel, delivery)
+        if delivery.kind is Event.REPORT:
+            # a report is about many watches: no template (their variables are one job's)
+            own = runtime.notifier.format_for(channel)
+            (title, body), error = render_report_safely(payload, own)
+            if error is not None:
+                log.warning("report could not be written; sending a minimal one", error=error)
+            return title, body, own
         tags = payload.get("tags")
         template = runtime.config.template_for(
             channel,

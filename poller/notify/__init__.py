@@ -25,6 +25,8 @@ from poller.notify.render import (
     render,
     render_digest,
     render_digest_safely,
+    render_report,
+    render_report_safely,
     render_safely,
 )
 from poller.notify.routing import RuleLike, route
@@ -73,6 +75,8 @@ __all__ = [
     "render_digest",
     "render_digest_safely",
     "render_limited",
+    "render_report",
+    "render_report_safely",
     "render_safely",
     "route",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from poller.events import MAX_COUNT, EventPayload
 from poller.models import EVENT_SEVERITY, Event
@@ -41,6 +42,7 @@ MARKERS: Mapping[Event, str] = {
     Event.UNREACHABLE: "📡",
     Event.RECOVERED: "🔁",
     Event.STARTED: "▶️",
+    Event.REPORT: "📋",
 }
 
 VERBS: Mapping[Event, str] = {
@@ -54,6 +56,7 @@ VERBS: Mapping[Event, str] = {
     Event.UNREACHABLE: "cannot be reached",
     Event.RECOVERED: "can be reached again",
     Event.STARTED: "started",
+    Event.REPORT: "report",
 }
 
 #: Headings of a digest's groups, worst first.
@@ -68,6 +71,8 @@ GROUPS: Mapping[Event, str] = {
     Event.SUCCEEDED: "Succeeded",
     Event.RECOVERED: "Reachable again",
     Event.STARTED: "Started",
+    # the delivery engine never digests a report; a digest given one still shows it
+    Event.REPORT: "Reports",
 }
 
 _SEVERITY_RANK = {"failure": 0, "warning": 1, "success": 2, "info": 3}
@@ -412,7 +417,10 @@ def _blocks(facts: Mapping[str, Any], fmt: Format, field: Callable[[str, str], s
 
 
 def render(kind: Event, payload: Mapping[str, object], fmt: Format = "text") -> tuple[str, str]:
-    """poller's own title and body for one event, from its stored payload."""
+    """poller's own title and body for one event, from its stored payload (a report's:
+    `render_report`)."""
+    if kind is Event.REPORT:
+        return render_report(payload, fmt)
     facts = event_facts(kind, payload)
     return _title(kind, facts), shorten("\n".join(_lines(kind, facts, fmt)), MAX_BODY)
 
@@ -543,3 +551,115 @@ def _digest_line(kind: Event, facts: Mapping[str, Any]) -> str:
     elif kind is Event.STALLED and facts["progress"] is not None:
         why = f"at {facts['progress']:.0f}%"
     return one_line(f"{label}: {why}" if why else label, MAX_DIGEST_LINE)
+
+
+# --- scheduled reports ---------------------------------------------------------------------
+
+
+def _local(ts: object, zone: str) -> str:
+    """A time of a report in its time zone (UTC if the zone cannot be read)."""
+    moment = _number(ts)
+    if moment is None:
+        return "?"
+    try:
+        tz: tzinfo = ZoneInfo(zone)
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        tz = UTC
+    try:
+        return datetime.fromtimestamp(moment, tz).strftime("%Y-%m-%d %H:%M %Z")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def render_report(payload: Mapping[str, Any], fmt: Format = "text") -> tuple[str, str]:
+    """A scheduled report's title and body from its stored payload (`engine.reporting`).
+
+    Each section lists its watches as a digest does (name, key, reason), running ones with
+    their progress and ETA, then says how many more there are; the body is cut to `MAX_BODY`
+    whatever the payload holds.
+    """
+    esc: Callable[[str], str] = md_escape if fmt == "markdown" else (lambda s: s)
+    zone = str(payload.get("timezone") or "UTC")
+    name = one_line(payload.get("name") or "?", 100)
+    sections = _mappings(payload.get("sections"))
+    given_up = payload.get("given_up")
+    given_up = given_up if isinstance(given_up, Mapping) else {}
+    lost = _count(given_up.get("count")) or 0
+    summary = [
+        f"{_count(s.get('count')) or 0} {one_line(s.get('heading'), 40).lower()}" for s in sections
+    ]
+    if lost:
+        summary.append(f"{lost} deliveries given up")
+    title = f"{MARKERS[Event.REPORT]} {name}: " + (", ".join(summary) or "nothing to report")
+    window = _number(payload.get("window"))
+    lines = [
+        esc(
+            f"Report of {_local(payload.get('scheduled_at'), zone)}: ended since "
+            f"{_local(payload.get('since'), zone)}"
+            + (f" (the last {format_duration(window)})" if window else "")
+            + ", and what is still polled."
+        ),
+        "",
+    ]
+    for section in sections:
+        lines += _report_section(section, fmt, esc, zone)
+    if lost:
+        heading = f"Deliveries given up ({lost})"
+        lines.append(f"**{heading}:**" if fmt == "markdown" else f"{heading}:")
+        shown = _mappings(given_up.get("deliveries"))
+        for d in shown:
+            label = one_line(d.get("name") or d.get("key") or "?", 200)
+            line = f"{label}: {one_line(d.get('event'), 20)} to {one_line(d.get('channel'), 60)}"
+            error = _text_or_none(d.get("error"), 200)
+            lines.append("- " + esc(line + (f" ({error})" if error else "")))
+        if lost > len(shown):
+            lines.append(esc(f"… and {lost - len(shown):,} more; see `poller status`."))
+    if not sections and not lost:
+        lines.append("Nothing ended in the window and nothing is being watched.")
+    return one_line(title, MAX_TITLE), shorten("\n".join(lines).strip(), MAX_BODY)
+
+
+def _mappings(value: object) -> list[Mapping[str, Any]]:
+    """The mappings of a stored list (anything else in it, or no list, is left out)."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _report_section(
+    section: Mapping[str, Any], fmt: Format, esc: Callable[[str], str], zone: str
+) -> list[str]:
+    """One section of a report: its heading, a line per watch named, and how many more."""
+    try:
+        kind = Event(str(section.get("event")))
+    except ValueError:
+        kind = Event.STARTED
+    total = _count(section.get("count")) or 0
+    heading = f"{one_line(section.get('heading'), 40)} ({total:,})"
+    lines = [f"**{heading}:**" if fmt == "markdown" else f"{heading}:"]
+    jobs = _mappings(section.get("jobs"))
+    for job in jobs:
+        facts = event_facts(kind, job)
+        if kind is Event.STARTED:
+            # labelled as a digest's lines are (`_digest_line`)
+            line = f"{facts['job_name']} ({facts['key']})" if facts["job_name"] else facts["key"]
+            known = [facts["state"]] if facts["state"] else []
+            if facts["progress"] is not None:
+                known.append(f"{facts['progress']:.0f}%")
+            if (eta := _number(job.get("eta"))) is not None:
+                known.append(f"ETA {_local(eta, zone)}")
+            line = one_line(line + (f": {', '.join(known)}" if known else ""), MAX_DIGEST_LINE)
+        else:
+            line = _digest_line(kind, facts)
+        lines.append("- " + esc(line))
+    if total > len(jobs):
+        lines.append(esc(f"… and {total - len(jobs):,} more"))
+    return [*lines, ""]
+
+
+def render_report_safely(
+    payload: Mapping[str, Any], fmt: Format = "text"
+) -> tuple[tuple[str, str], str | None]:
+    """`render_report`, else a minimal message naming the report; and why (or None)."""
+    try:
+        return render_report(payload, fmt), None
+    except Exception as exc:
+        return minimal_message(Event.REPORT, payload), _describe(exc)

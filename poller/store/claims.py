@@ -19,8 +19,9 @@ from sqlalchemy.engine import Connection
 
 from poller.models import EventRecord, Transition, Watch, WatchProgress, record
 from poller.store.db import Database
+from poller.store.outbox import insert_event
 from poller.store.rows import WATCH_COLUMNS, watch_from_row
-from poller.store.schema import deliveries, events, lease_free, transitions, watches
+from poller.store.schema import deliveries, lease_free, transitions, watches
 
 
 @record
@@ -338,32 +339,6 @@ def _write_back_params(owner: str, item: WriteBack) -> dict[str, Any]:
 
 def _insert_events(conn: Connection, watch_id: int, records: Sequence[EventRecord]) -> int:
     """Store a poll's events and queue a delivery per channel; returns the deliveries."""
-    queued = 0
     for event in records:
-        event_id = conn.execute(
-            sa.insert(events)
-            .values(
-                watch_id=watch_id,
-                at=event.at,
-                kind=event.kind.value,
-                payload=dict(event.payload),
-            )
-            .returning(events.c.id)
-        ).scalar_one()
-        if event.channels:
-            conn.execute(
-                sa.insert(deliveries),
-                [
-                    {
-                        "event_id": event_id,
-                        "channel": channel,
-                        "status": "pending",
-                        "attempts": 0,
-                        "created_at": event.at,
-                        "next_attempt_at": event.at,
-                    }
-                    for channel in event.channels
-                ],
-            )
-            queued += len(event.channels)
-    return queued
+        insert_event(conn, watch_id, event)
+    return sum(len(event.channels) for event in records)

@@ -21,9 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from poller.models import Delivery, DeliveryOutcome, Event
+from poller.models import Delivery, DeliveryOutcome, Event, EventRecord, JsonValue
 from poller.store.db import IN_CHUNK, Database
-from poller.store.schema import deliveries, events, lease_free, watches
+from poller.store.schema import deliveries, events, lease_free, report_runs, watches
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,10 @@ class Undelivered:
     last_error: str | None
 
 
-#: deliveries with their event (its kind, its payload), and with the watch it is about
+#: deliveries with their event (its kind, its payload), and with the watch it is about (none
+#: for a report)
 _WITH_EVENT = deliveries.join(events, events.c.id == deliveries.c.event_id)
-_WITH_WATCH = _WITH_EVENT.join(watches, watches.c.id == events.c.watch_id)
+_WITH_WATCH = _WITH_EVENT.outerjoin(watches, watches.c.id == events.c.watch_id)
 #: what both a claim (`Delivery`) and `poller status` (`Undelivered`) read of a delivery
 #: under the same names; each also reads its event's kind (an `Event`, or text to show)
 _LISTED = (deliveries.c.id, deliveries.c.channel, deliveries.c.attempts, deliveries.c.created_at)
@@ -263,8 +264,14 @@ class Outbox(Database):
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def undelivered(self, status: str = "given_up", limit: int = 50) -> list[Undelivered]:
-        """Deliveries with `status` (``given_up`` or ``pending``), newest first."""
+    def undelivered(
+        self, status: str = "given_up", limit: int = 50, since: float | None = None
+    ) -> list[Undelivered]:
+        """Deliveries with `status` (``given_up`` or ``pending``), newest first; only those
+        queued at or after `since`, when given. A report's key is ``report``."""
+        where = [deliveries.c.status == status]
+        if since is not None:
+            where.append(deliveries.c.created_at >= since)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
@@ -272,11 +279,11 @@ class Outbox(Database):
                     events.c.kind,
                     deliveries.c.next_attempt_at,
                     deliveries.c.last_error,
-                    watches.c.key,
+                    sa.func.coalesce(watches.c.key, events.c.kind).label("key"),
                     watches.c.name,
                 )
                 .select_from(_WITH_WATCH)
-                .where(deliveries.c.status == status)
+                .where(*where)
                 .order_by(deliveries.c.id.desc())
                 .limit(limit)
             ).all()
@@ -292,3 +299,102 @@ class Outbox(Database):
             )
             for row in rows
         ]
+
+    # -- scheduled reports ---------------------------------------------------------------
+
+    def report_enqueued(self, report: str, scheduled_at: float) -> bool:
+        """Whether the run of `report` scheduled at `scheduled_at` is in the outbox already."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(sa.literal(1)).where(
+                    report_runs.c.report == report, report_runs.c.scheduled_at == scheduled_at
+                )
+            ).first()
+        return found is not None
+
+    def enqueue_report(
+        self,
+        report: str,
+        scheduled_at: float,
+        payload: Mapping[str, JsonValue],
+        channels: Sequence[str],
+        now: float,
+    ) -> bool:
+        """Queue `report`'s run scheduled at `scheduled_at`: an event (about no watch) and one
+        delivery per channel, in one transaction; False if that run was queued already.
+
+        The run's row is inserted first, keyed by report and scheduled time: of replicas that
+        enqueue the 09:00 report together, PostgreSQL makes all but the first wait for its
+        commit and then insert nothing, so one message goes out.
+        """
+
+        def write(conn: Connection) -> bool:
+            insert = (
+                _insert_ignoring_duplicates(conn, report_runs)
+                .values(report=report, scheduled_at=scheduled_at, created_at=now)
+                .returning(report_runs.c.report)
+            )
+            # RETURNING says whether the row went in (psycopg gave a rowcount of 1 for a
+            # row ON CONFLICT skipped)
+            if conn.execute(insert).first() is None:
+                return False
+            event = EventRecord(Event.REPORT, now, payload, tuple(channels))
+            event_id = insert_event(conn, None, event)
+            conn.execute(
+                sa.update(report_runs)
+                .where(report_runs.c.report == report, report_runs.c.scheduled_at == scheduled_at)
+                .values(event_id=event_id)
+            )
+            return True
+
+        return self._retrying(write)
+
+    def report_deliveries(
+        self, report: str, scheduled_at: float
+    ) -> list[tuple[str, str, str | None]]:
+        """The deliveries of `report`'s run scheduled at `scheduled_at`: (channel, status, last
+        error) each, by channel."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(deliveries.c.channel, deliveries.c.status, deliveries.c.last_error)
+                .join(report_runs, report_runs.c.event_id == deliveries.c.event_id)
+                .where(report_runs.c.report == report, report_runs.c.scheduled_at == scheduled_at)
+                .order_by(deliveries.c.channel)
+            ).all()
+        return [(row.channel, row.status, row.last_error) for row in rows]
+
+
+def insert_event(conn: Connection, watch_id: int | None, event: EventRecord) -> int:
+    """Store an event (of a watch; of none for a report) and queue a delivery to each of its
+    channels, in `conn`'s transaction; returns the event's id."""
+    event_id: int = conn.execute(
+        sa.insert(events)
+        .values(watch_id=watch_id, at=event.at, kind=event.kind.value, payload=dict(event.payload))
+        .returning(events.c.id)
+    ).scalar_one()
+    if event.channels:
+        conn.execute(
+            sa.insert(deliveries),
+            [
+                {
+                    "event_id": event_id,
+                    "channel": channel,
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": event.at,
+                    "next_attempt_at": event.at,
+                }
+                for channel in event.channels
+            ],
+        )
+    return event_id
+
+
+def _insert_ignoring_duplicates(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT of `table` that inserts nothing where the primary key is taken (each
+    database's own ON CONFLICT DO NOTHING)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()

@@ -62,6 +62,8 @@ class WatchFilter:
     states: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    #: only watches that ended (or timed out) at or after this time (a report's window)
+    ended_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class Reports(Database):
             where.append(watches.c.source.in_(list(filters.sources)))
         for tag in filters.tags:
             where.append(self._has_tag(tag))
+        if filters.ended_after is not None:
+            where.append(watches.c.ended_at >= filters.ended_after)
         return where
 
     def _has_tag(self, tag: str) -> ColumnElement[bool]:
@@ -184,12 +188,14 @@ class Reports(Database):
             rows = conn.execute(query).all()
         return {name: count for name, count in rows}
 
-    def delivery_counts(self) -> dict[str, int]:
-        """How many deliveries are pending, sent and given up."""
+    def delivery_counts(self, since: float | None = None) -> dict[str, int]:
+        """How many deliveries are pending, sent and given up (of those queued at or after
+        `since`, when given)."""
+        query = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
+        if since is not None:
+            query = query.where(deliveries.c.created_at >= since)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
-            ).all()
+            rows = conn.execute(query).all()
         return {status: count for status, count in rows}
 
     def undelivered_by_watch(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, int]]:

@@ -12,6 +12,10 @@ was removed before it) and nothing brings it back or still needs it:
   discovery would add it again as new (removing its entry from the config, then
   `poller remove`, does not change that; see README "Retention").
 
+Reports (events about no watch) go the same way: those queued before the cutoff whose
+deliveries are all done, with their run's row (so the same scheduled time is never sent
+again: it is long past the hour a missed report is made up in).
+
 Each batch of watches goes in one transaction with its transitions, events and deliveries,
 and the watches are read again under that transaction (locked on PostgreSQL) so that one
 re-armed meanwhile (`poller add --again`) stays.
@@ -26,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from poller.store.db import IN_CHUNK, Database
-from poller.store.schema import deliveries, events, transitions, watches
+from poller.store.schema import deliveries, events, report_runs, transitions, watches
 
 
 @dataclass
@@ -70,7 +74,11 @@ class Retention(Database):
             pruned.events += batch.events
             pruned.deliveries += batch.deliveries
             if batch.watches < IN_CHUNK:
-                return pruned
+                break
+        gone = self._retrying(lambda conn: _prune_reports(conn, before))
+        pruned.events += gone.events
+        pruned.deliveries += gone.deliveries
+        return pruned
 
 
 def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
@@ -93,3 +101,29 @@ def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
     ).rowcount
     gone_watches = conn.execute(sa.delete(watches).where(watches.c.id.in_(ids))).rowcount
     return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries)
+
+
+def _prune_reports(conn: Connection, before: float) -> Pruned:
+    """Delete the reports queued before `before` that have no pending delivery."""
+    pending = (
+        sa.select(sa.literal(1))
+        .select_from(deliveries)
+        .where(deliveries.c.event_id == events.c.id, deliveries.c.status == "pending")
+    )
+    old = (
+        sa.select(events.c.id)
+        .where(events.c.watch_id.is_(None), events.c.at < before, sa.not_(sa.exists(pending)))
+        .scalar_subquery()
+    )
+    ids = list(conn.execute(sa.select(events.c.id).where(events.c.id.in_(old))).scalars())
+    if not ids:
+        return Pruned()
+    gone = Pruned()
+    for first in range(0, len(ids), IN_CHUNK):
+        chunk = ids[first : first + IN_CHUNK]
+        conn.execute(sa.delete(report_runs).where(report_runs.c.event_id.in_(chunk)))
+        gone.deliveries += conn.execute(
+            sa.delete(deliveries).where(deliveries.c.event_id.in_(chunk))
+        ).rowcount
+        gone.events += conn.execute(sa.delete(events).where(events.c.id.in_(chunk))).rowcount
+    return gone

@@ -127,13 +127,25 @@ events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE"), nullable=False),
+    # None for an event about no watch: a scheduled report (`report_runs`)
+    Column("watch_id", Integer, ForeignKey("watches.id", ondelete="CASCADE")),
     Column("at", Float, nullable=False),
     Column("kind", CleanText(32), nullable=False),
     # a snapshot of everything a message may show, taken when the event happened
     Column("payload", JSON, nullable=False),
 )
 Index("ix_events_watch", events.c.watch_id, events.c.id)
+
+#: each report (``reports:`` in the config) once per scheduled time: its primary key is what
+#: makes replicas sharing a database enqueue the 09:00 report once (`Outbox.enqueue_report`)
+report_runs = Table(
+    "report_runs",
+    metadata,
+    Column("report", CleanText(MAX_LENGTH["name"]), primary_key=True),
+    Column("scheduled_at", Float, primary_key=True),
+    Column("event_id", Integer, ForeignKey("events.id", ondelete="CASCADE")),
+    Column("created_at", Float, nullable=False),
+)
 
 deliveries = Table(
     "deliveries",
