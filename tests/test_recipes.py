@@ -3,8 +3,8 @@ servers (tests/recipes/, replayed on loopback by `recorded.RecordedApi`): `polle
 a loopback webhook, `poller wait` summarises, for a run that succeeded, one that failed, one
 still running and one that does not exist.
 
-The tests marked ``realserver`` run the same recipes against the real servers, when they are
-installed (docs/recipes/README.md says how); they are left out by default."""
+tests/test_recipes_realserver.py (marked ``realserver``, left out by default) runs the same
+recipes against the real servers, when they are installed (docs/recipes/README.md says how)."""
 
 from __future__ import annotations
 
