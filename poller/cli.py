@@ -79,7 +79,12 @@ SourceArgument = Annotated[
 ]
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="The remote job id.")]
 SiteOption = Annotated[
-    str | None, typer.Option("--site", metavar="SITE", help="Site id (ruler sources).")
+    str | None,
+    typer.Option(
+        "--site",
+        metavar="SITE",
+        help="Site id (ruler sources; for http sources, the {site} of the url, optional).",
+    ),
 ]
 
 DEFAULT_CONFIG = "/etc/poller/config.yaml"
@@ -530,13 +535,6 @@ def _summary_line(total: int, counts: Mapping[str, int], deliveries: Mapping[str
     return line + (f", {given_up} given up" if given_up else "")
 
 
-def shown_name(watch: Watch) -> str:
-    """The name `status` shows: the watch's own, else the job's name from its API (the
-    ``job_name`` detail an http source's ``name`` reads), else nothing."""
-    api_name = watch.progress.details.get("job_name")
-    return watch.name or (api_name if isinstance(api_name, str) else "")
-
-
 def _watches_table(watches: Sequence[Watch], now: float, width: int) -> Table:
     """The `status` table: one row per watch, every cell `plain` text.
 
@@ -548,7 +546,7 @@ def _watches_table(watches: Sequence[Watch], now: float, width: int) -> Table:
     key_width = max(k.cell_len for k in keys)
     rows: list[dict[str, str | Text]] = [
         {
-            "NAME": plain(shown_name(w)),
+            "NAME": plain(w.shown_name or ""),
             "STATE": plain(_state_label(w)),
             "PROGRESS": f"{w.progress.progress:.0f}%" if w.progress.progress is not None else "-",
             "LAST POLL": _ago(w.last_poll_at, now),

@@ -277,6 +277,13 @@ class Watch:
         """The name if it has one, else the key: how messages and logs name the job."""
         return self.name or self.key
 
+    @property
+    def shown_name(self) -> str | None:
+        """The name to show: the watch's own, else the one its API gave (the detail
+        ``job_name`` of an http source's ``name``), as messages title it."""
+        given = self.progress.details.get("job_name")
+        return self.name or (given if isinstance(given, str) and given else None)
+
 
 @record
 class Transition:

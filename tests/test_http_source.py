@@ -4,10 +4,8 @@ daemon polling it end to end."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from world import AnyAnswer, eventually
+from world import AnyAnswer, daemon, eventually
 
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
@@ -429,32 +427,6 @@ jobs:
         assert_nowhere(tmp_path, [TOKEN])
 
 
-@contextlib.contextmanager
-def daemon(tmp_path: Path, config: str, env: Mapping[str, str] = {}) -> Iterator[Path]:
-    """`poller run` on `config` (written to tmp_path/config.yaml) until the block ends; it
-    must then stop cleanly on SIGTERM. Yields the config's path."""
-    path = tmp_path / "config.yaml"
-    path.write_text(config)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
-    environ.pop("NOTIFY_SOCKET", None)
-    environ.update(env)
-    with (tmp_path / "daemon.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "poller", "run", "-c", str(path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=environ,
-        )
-    try:
-        yield path
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def oauth_config_head(tmp_path: Path, api: JsonJobSim, name: str) -> str:
     """The start of a config whose source `name` is `api`'s jobs with OAuth 2 credentials
     (the client secret in tmp_path/client-secret); its ``oauth2`` block may go on."""
@@ -709,7 +681,7 @@ sources:
             ":12: sources.b: ended_at fills the detail remote_completed_at: give one of them, "
             "not both",
             ":19: sources.c: auth and an Authorization header cannot both be given",
-            ":30: sources.d.auth: give exactly one of basic and oauth2",
+            ":30: sources.d.auth: give exactly one of basic, oauth2 and login",
         ]
 
 

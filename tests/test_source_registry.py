@@ -149,7 +149,7 @@ def test_the_site_rule_comes_from_the_registry(
     path = write_config(tmp_path, api.base_url, {"id": "j1", "site": "s"})
     result = CliRunner().invoke(app, ["check", "-c", str(path)])
     assert result.exit_code == 2
-    assert "jobs[0].site: only for a ruler source; this one is toy" in result.output
+    assert "jobs[0].site: only for a ruler or http source; this one is toy" in result.output
 
 
 def test_the_daemon_polls_it_and_records_its_state(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -196,3 +197,29 @@ jobs:
 def job_yaml(job_id: str, name: str = "") -> str:
     text = f"  - {{source: ruler-prod, site: '{SITE}', id: '{job_id}'"
     return text + (f", name: '{name}'}}\n" if name else "}\n")
+
+
+@contextlib.contextmanager
+def daemon(tmp_path: Path, config: str, env: Mapping[str, str] = {}) -> Iterator[Path]:
+    """`poller run` on `config` (written to tmp_path/config.yaml) until the block ends; it
+    must then stop cleanly on SIGTERM. Yields the config's path."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    environ.pop("NOTIFY_SOCKET", None)
+    environ.update(env)
+    with (tmp_path / "daemon.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "poller", "run", "-c", str(path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+    try:
+        yield path
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

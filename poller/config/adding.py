@@ -33,8 +33,8 @@ def watch_spec(
     # the same rule as the config's cross-check (`SourceType.needs_site`)
     if kind is not None and kind.needs_site and site is None:
         raise Refused(f"--site is required for a {type_name} source")
-    if kind is not None and not kind.needs_site and site is not None:
-        takers = " or ".join(n for n, other in registered().items() if other.needs_site)
+    if kind is not None and not kind.takes("site") and site is not None:
+        takers = " or ".join(n for n, other in registered().items() if other.takes("site"))
         raise Refused(f"--site is only for {takers} sources; {source} is {type_name}")
     spec = WatchSpec(source=source, job_id=job_id, site=site, name=name, tags=tuple(tags))
     # the config's rule for the same parts (models.text_problem), checked before any database

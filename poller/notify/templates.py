@@ -43,7 +43,7 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
     "job_name": "the job's name, the job entry's or else its API's (empty if neither)",
     "key": "the watch key, e.g. ruler-prod/4f2a/9c1e-77",
     "source": "the source name",
-    "site": "the site (ruler)",
+    "site": "the site (ruler; an http job's, when it has one)",
     "job_id": "the remote job id",
     "tags": "the watch's tags (a list)",
     "state": "poller's state of the job",

@@ -172,11 +172,33 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._refresh_at = self._clock() + lifetime - margin
 
 
+class JsonLogin(OAuth2ClientCredentials):
+    """A bearer token from a login endpoint: ``POST`` a JSON ``{"username", "password"}``,
+    answered ``{"access_token"}`` (Airflow 3's ``/auth/token``, 201 Created). Kept, refreshed and
+    refused like `OAuth2ClientCredentials` tokens; without an ``expires_in`` it is fetched again
+    every `DEFAULT_LIFETIME`, well within Airflow's default 24 h."""
+
+    def __init__(
+        self, url: str, username: str, password: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(url, username, password, clock=clock)
+
+    def _new_token_request(self) -> httpx.Request:
+        login = {"username": self._client_id, "password": self._client_secret}
+        return httpx.Request(
+            "POST",
+            self._token_url,
+            json=login,
+            headers={"Accept": "application/json"},
+            extensions={"timeout": httpx.Timeout(None).as_dict()},
+        )
+
+
 def read_token_answer(response: httpx.Response) -> tuple[str, float]:
     """The access token and its lifetime in seconds from a token endpoint's answer; raises
     `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token."""
     status = response.status_code
-    if status != 200:
+    if status not in (200, 201):  # a login endpoint may answer 201 Created
         code = ""
         if status < 500 and len(response.content) <= MAX_TOKEN_ANSWER:
             # RFC 6749 §5.2: {"error": "invalid_client", ...}; only a short code is shown

@@ -190,7 +190,9 @@ class SourceType:
 
     `model` is its config model: a `SourceConfig` subclass whose ``type`` field is
     ``Literal[name]``. `needs_site`: its jobs are named by a site and an id (``site`` is
-    required for a job with an id, and refused by every other type). `discovers`: the job keys
+    required for a job with an id, and refused by every type that does not take one).
+    `takes_site`: its jobs may have a site, and need not (an http source's ``{site}``, the
+    first part of a two-part id such as an Airflow dag run's). `discovers`: the job keys
     whose entries it lists the jobs of (``bulk``, ``search``; its adapter is a `Discoverer`),
     and `discovers_with` the source key without which a source of the type lists none
     (http's ``discover``; None: every source of the type lists them).
@@ -202,6 +204,7 @@ class SourceType:
     model: type[SourceConfig]
     build: Build
     needs_site: bool = False
+    takes_site: bool = False
     discovers: tuple[str, ...] = ()
     discovers_with: str | None = None
     answer_cap: int | None = None
@@ -210,7 +213,7 @@ class SourceType:
         """Whether a job of this type may have `key` (of the keys that depend on the type),
         on `source` (its config as written; None: on some source of the type)."""
         if key == "site":
-            return self.needs_site
+            return self.needs_site or self.takes_site
         if key in ("bulk", "search"):
             needed = self.discovers_with
             listing = needed is None or source is None or source.get(needed) is not None

@@ -151,7 +151,7 @@ class StatusPage:
             return self._render(
                 "problem.html", 404, up, title="no such watch", problem=f"no watch {key}"
             )
-        return self._render("watch.html", root=up, title=view.watch.name or key, view=view)
+        return self._render("watch.html", root=up, title=view.watch.shown_name or key, view=view)
 
     async def file(self, request: web.Request) -> web.Response:
         """A static file of the page."""

@@ -14,6 +14,8 @@ HTTP = register(
         "http",
         HttpSource,
         lazy_build("poller.sources.http.adapter:HttpAdapter"),
+        # a job may have a site: the {site} of the templates (Airflow: the dag of a dag run)
+        takes_site=True,
         discovers=("bulk",),
         discovers_with="discover",
     )

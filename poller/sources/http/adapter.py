@@ -2,7 +2,9 @@
 
 One request per job: the ``url`` template (and the string leaves of the optional JSON ``body``
 template) are filled with the job's fields (`config.TEMPLATE_FIELDS`: ``id``, ``site``,
-``source``, ``key``; URL-quoted in the URL), sent with ``method`` and ``headers``. In the JSON
+``source``, ``key``; URL-quoted in the URL), sent with ``method`` and ``headers``. A job's
+``site`` is optional; a source whose templates name ``{site}`` refuses to poll a job without
+one (a two-part id such as Airflow's dag and run, ``/dags/{site}/dagRuns/{id}``). In the JSON
 answer, the ``state`` JMESPath expression finds the remote state, ``progress`` the percentage,
 and each ``detail`` expression a value kept in the details under its name (so that messages
 can show it). ``states`` maps remote values, case-insensitively, to poller's states; a value it
@@ -34,8 +36,9 @@ from aiohttp.abc import AbstractResolver
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, JsonValue, PollFailure, PollOutcome, PollResult, State
 from poller.redact import scrub_outcome
+from poller.settings.fields import body_fields, template_fields
 from poller.sources import lenient, read_outcome
-from poller.sources.auth import OAuth2ClientCredentials, StaticHeaders
+from poller.sources.auth import JsonLogin, OAuth2ClientCredentials, StaticHeaders
 from poller.sources.base import MAX_DISCOVERED, failure_of
 from poller.sources.batching import batch_outcomes, poll_batches
 from poller.sources.client import Requester, SourceHealth, path_segment
@@ -251,6 +254,10 @@ class HttpAdapter:
         self._batch = config.batch.compiled() if config.batch is not None else None
         self._discover = config.discover.compiled() if config.discover is not None else None
         self.states: Mapping[str, State] = dict(config.states)
+        # a template naming {site} (Airflow's /dags/{site}/dagRuns/{id}) needs jobs with one
+        self.needs_site = "site" in template_fields(config.url) | (
+            set() if config.body is None else body_fields(config.body)
+        )
         # with an ``auth``, the headers go with each job request (not the token request)
         self.headers = _headers(config) if config.auth is not None and config.headers else None
         auth = _auth(config)
@@ -388,6 +395,10 @@ class HttpAdapter:
 
     async def poll_one(self, job: JobRef) -> PollOutcome:
         """Poll one job."""
+        if self.needs_site and not job.site:
+            return PollFailure(
+                "config", "the source's url or body names {site}: give the job a site", False
+            )
         try:
             url = render_url(self.config.url, job)
             body = None if self.config.body is None else render_body(self.config.body, job)
@@ -411,12 +422,16 @@ def _headers(config: HttpSource) -> dict[str, str]:
 
 
 def _auth(config: HttpSource) -> httpx.Auth:
-    """The source's ``auth`` (Basic or OAuth 2), else its ``headers`` on every request."""
+    """The source's ``auth`` (Basic, OAuth 2 or a login), else its ``headers`` on every
+    request."""
     if config.auth is None:
         return StaticHeaders(_headers(config))
     auth = config.auth
     if auth.basic is not None:
         return httpx.BasicAuth(auth.basic.username, auth.basic.password.get_secret_value())
+    if auth.login is not None:
+        login = auth.login
+        return JsonLogin(login.url, login.username, login.password.get_secret_value())
     assert auth.oauth2 is not None  # HttpAuth holds exactly one
     oauth = auth.oauth2
     return OAuth2ClientCredentials(

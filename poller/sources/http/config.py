@@ -131,16 +131,33 @@ class OAuth2Credentials(Frozen):
         return _token_url(value)
 
 
+class LoginCredentials(Frozen):
+    """``auth: {login: {url, username, password}}``: a bearer token from a login endpoint that
+    takes a JSON ``{"username", "password"}`` and answers ``{"access_token"}`` (Airflow 3's
+    ``POST /auth/token``), kept and fetched again like an OAuth 2 token (`auth.JsonLogin`)."""
+
+    url: Written
+    username: Text
+    password: Token
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _token_url(value)
+
+
 class HttpAuth(Frozen):
-    """``auth``: how an http source proves who it is, one of ``basic`` and ``oauth2``."""
+    """``auth``: how an http source proves who it is, one of ``basic``, ``oauth2`` and
+    ``login``."""
 
     basic: BasicCredentials | None = None
     oauth2: OAuth2Credentials | None = None
+    login: LoginCredentials | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HttpAuth:
-        if (self.basic is None) == (self.oauth2 is None):
-            raise ValueError("give exactly one of basic and oauth2")
+        if [self.basic, self.oauth2, self.login].count(None) != 2:
+            raise ValueError("give exactly one of basic, oauth2 and login")
         return self
 
 
