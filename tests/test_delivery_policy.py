@@ -326,4 +326,9 @@ class TestLanes:
         every = sorted(
             k.value for lane in ("failure", "warning", "success", "info") for k in lane_kinds(lane)
         )
-        assert every == sorted(k.value for k in Event)
+        assert every == sorted(k.value for k in Event if k is not Event.REPORT)
+
+    def test_reports_do_not_count_toward_the_info_window(self) -> None:
+        """A scheduled report is sent alone, never digested: it is not in any lane's count."""
+        assert Event.REPORT not in lane_kinds("info")
+        assert lane_kinds("info") == [Event.STARTED, Event.RECOVERED]

@@ -473,7 +473,9 @@ class DeliveryEngine(Engine):
             else:
                 now = self.clock()
                 await self._finish(channel, [DeliveryOutcome(delivery.id, sent=True)], now)
-                self._note_sent((channel, policy.lane_of(delivery.kind)), now, 1)
+                if delivery.kind is not Event.REPORT:
+                    # a report is outside the lanes' storm counts (`policy.lane_kinds`)
+                    self._note_sent((channel, policy.lane_of(delivery.kind)), now, 1)
                 self.sent += 1
                 self.delivered += 1
                 failures = 0

@@ -84,8 +84,14 @@ def lane_of(kind: Event) -> str:
 
 
 def lane_kinds(severity: str) -> list[Event]:
-    """The events of lane `severity`."""
-    return [kind for kind, lane in EVENT_SEVERITY.items() if lane == severity]
+    """The events whose sends count toward lane `severity`'s storm window.
+
+    Reports are left out: they are scheduled, sent alone and never digested, so a daily
+    report must not push the lane's next ``started`` events into a digest.
+    """
+    return [
+        kind for kind, lane in EVENT_SEVERITY.items() if lane == severity and kind is not Event.REPORT
+    ]
 
 
 def lanes(claimed: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]]:
