@@ -89,9 +89,7 @@ def lane_kinds(severity: str) -> list[Event]:
     Reports are left out: they are scheduled, sent alone and never digested, so a daily
     report must not push the lane's next ``started`` events into a digest.
     """
-    return [
-        kind for kind, lane in EVENT_SEVERITY.items() if lane == severity and kind is not Event.REPORT
-    ]
+    return [k for k, lane in EVENT_SEVERITY.items() if lane == severity and k is not Event.REPORT]
 
 
 def lanes(claimed: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]]:
