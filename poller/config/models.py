@@ -293,7 +293,7 @@ class HttpConfig(Frozen):
 
     ``listen`` is ``host:port`` (``127.0.0.1:9180``); without it there is no listener, so
     that several daemons on one host never fight over a port. There is no TLS: put a reverse
-    proxy in front of it to reach it from another host (README "HTTP endpoints").
+    proxy in front of it to reach it from another host (README "Monitoring over HTTP").
     ``token`` (written ``token_file``, like every secret) turns on the API's writes
     (``POST``/``DELETE /api/v1/watches``) for requests that bring it as a Bearer token;
     without it the API only reads.

@@ -9,7 +9,7 @@ headers), a 64 KiB body at most (only the API's ``POST`` takes one; 413 beyond),
 connection that sends nothing for `IDLE_TIMEOUT` closed, every database read bounded by
 `DatabaseReads`, and handlers that do nothing slow on the loop. It has no TLS: it listens on
 loopback unless told otherwise, and a reverse proxy in front of it serves other hosts
-(README "HTTP endpoints"). Only the API's writes ask for a token (`api`).
+(README "Monitoring over HTTP"). Only the API's writes ask for a token (`api`).
 """
 
 from __future__ import annotations
