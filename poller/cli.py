@@ -227,7 +227,7 @@ def check(config: ConfigOption = None, credentials: CredentialsOption = None) ->
     )
     if d.digest.enabled:
         say(
-            f"digests: more than {d.digest.threshold} events for a channel within "
+            f"digests: more than {d.digest.threshold} events of one severity for a channel within "
             f"{format_duration(d.digest.window)} go out as one message "
             f"(events wait {format_duration(d.digest.wait)} for others)"
         )
