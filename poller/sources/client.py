@@ -494,7 +494,7 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> object:
     reading only ever happens to such answers: others cost one `json.loads`.
     """
     text: bytes | bytearray | str = raw
-    if b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8":
+    if b"\\u" in raw or b"\xed" in raw or not _plain_utf8(raw):
         text = _without_surrogates(raw)
     try:
         return json.loads(text)
@@ -517,6 +517,19 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> object:
         except (RecursionError, ValueError):
             pass  # unbalanced brackets, say: nothing of it can be read
     raise PermanentSourceError("bad_answer", f"answer cannot be read: {why}")
+
+
+#: What a JSON object or list starts with: no BOM, no zero byte (see `_plain_utf8`).
+_OPENERS = (b"{", b"[")
+
+
+def _plain_utf8(raw: bytes | bytearray) -> bool:
+    """``json.detect_encoding(raw) == "utf-8"``, without its Python steps for an answer that
+    opens with ``{`` or ``[`` and has no zero byte second: no BOM starts so, and only a zero
+    byte among the first ones makes `detect_encoding` say UTF-16 or UTF-32."""
+    if raw[:1] in _OPENERS and raw[1:2] != b"\x00":
+        return True
+    return json.detect_encoding(raw) == "utf-8"
 
 
 #: A lone UTF-16 surrogate, as an escape (a pair is one character) or as a character (raw
