@@ -317,10 +317,21 @@ class RulerAdapter:
             previous[job.site] = max(previous.get(job.site, -math.inf), last)
             asked[job.job_id] = now
 
-        async def poll_site(site: str) -> Mapping[str, PollOutcome]:
-            return await self._poll_site(site, by_site[site], now, previous[site])
+        # One request at a time per part: a site that one list answers, or a job of a site
+        # polled job by job (the usual case, so its status request is not wrapped in a site's).
+        parts: list[str | JobRef] = []
+        for site, refs in by_site.items():
+            if self._use_list(site, now):
+                parts.append(site)
+            else:
+                parts.extend(refs)
 
-        for group in await self.requester.each(poll_site, list(by_site)):
+        async def poll_part(part: str | JobRef) -> Mapping[str, PollOutcome]:
+            if isinstance(part, JobRef):
+                return {part.key: await self.poll_one(part)}
+            return await self._poll_site(part, by_site[part], now, previous[part])
+
+        for group in await self.requester.each(poll_part, parts):
             outcomes.update(group)
         for job in jobs:
             outcome = outcomes.get(job.key)
@@ -370,7 +381,9 @@ class RulerAdapter:
     async def _poll_site(
         self, site: str, refs: list[JobRef], now: float, newer_than: float
     ) -> Mapping[str, PollOutcome]:
-        if not self._use_list(site, now):
+        """The site's jobs answered by its list (and the status of each job the list shows
+        news of), or one by one if the list cannot be had."""
+        if not self._use_list(site, now):  # refused meanwhile, by another group's request
             return await self._one_by_one(refs)
         try:
             entries = await self._site_list(site, now, newer_than)
