@@ -16,11 +16,13 @@ hands back the body already read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -271,7 +273,7 @@ class Requester:
         self.max_body = max_body
         self.health = health or SourceHealth()
         self._max_concurrency = max_concurrency
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
         transport = transport or AiohttpTransport(
             max_connections=max_concurrency, max_body=max_body, resolver=resolver
@@ -322,7 +324,10 @@ class Requester:
         except httpx.InvalidURL:
             # its text may hold the URL, which may carry a secret
             raise PermanentSourceError("config", "the URL is not a valid http(s) URL") from None
-        async with self._semaphore:
+        slots = self._slots
+        if not slots.take_now():
+            await slots.take()
+        try:
             if self._limiter is not None:
                 await self._limiter.acquire()
             # after the waits: the source may have gone down meanwhile, and only a request
@@ -353,6 +358,56 @@ class Requester:
                     self.health.probe_ended(probe)
             self.health.succeeded()
             return answer
+        finally:
+            slots.give()
+
+
+class _Slots:
+    """At most `size` holders at a time, served in the order they came: the contract of
+    `asyncio.Semaphore`, for less CPU per request.
+
+    A free slot is taken without a coroutine (`take_now`). A slot given back goes straight
+    to the first waiter: nothing scans the waiters already woken, as the semaphore does on
+    every release, nor searches the queue to remove a waiter that was served.
+    """
+
+    def __init__(self, size: int) -> None:
+        #: slots free; never above 0 while anyone waits
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        """Take a free slot if there is one."""
+        if self.free:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot, behind those already waiting."""
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # a slot was handed over as this waiter was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 def _answer_json(response: httpx.Response, partial: bool) -> object:
