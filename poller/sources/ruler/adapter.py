@@ -223,9 +223,10 @@ def _failure_row(item: object) -> dict[str, Any] | None:
     return {"row": row, "message": lenient.shorten(" ".join(shown.split()), MAX_ROW_MESSAGE)}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Known:
-    """What the adapter remembers of one job between polls."""
+    """What the adapter remembers of one job between polls (one per job polled in the last
+    hour: slots, not a dict per job, and a new one per status answer)."""
 
     #: lower-cased status of the last status answer
     status: str
