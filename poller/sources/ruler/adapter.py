@@ -318,8 +318,9 @@ class RulerAdapter:
             previous[job.site] = max(previous.get(job.site, -math.inf), last)
             asked[job.job_id] = now
 
-        # One request at a time per part: a site that one list answers, or a job of a site
-        # polled job by job (the usual case, so its status request is not wrapped in a site's).
+        # The poll's parts, taken in turn by the Requester's workers: a site that its list
+        # answers, or a job of a site polled job by job (the usual case: its status request
+        # is then not wrapped in a group of its site's).
         parts: list[str | JobRef] = []
         for site, refs in by_site.items():
             if self._use_list(site, now):
