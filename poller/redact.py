@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, SecretStr
@@ -82,21 +83,53 @@ def scrub_value(value: object, secrets: Sequence[str]) -> object:
     return value
 
 
+#: What `_finder` puts between the texts it searches at once. A match of a secret that does
+#: not hold it cannot span two texts, so one search over the joined texts finds what a search
+#: of each would find; a secret that holds it makes `_finder` search text by text.
+_SEPARATOR = "\x00"
+#: Exact types of a JSON-like value that hold no text (checked before any `isinstance`).
+_NO_TEXT = frozenset({int, float, bool, type(None)})
+
+
 @functools.lru_cache(maxsize=64)
-def _finder(secrets: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
-    """One search for any of `secrets`: a poll's texts are scanned once, not once a secret."""
-    return re.compile("|".join(map(re.escape, secrets))).search
+def _finder(secrets: tuple[str, ...]) -> Callable[[list[str]], bool]:
+    """Whether any of `texts` holds any of `secrets`: one search of all of a poll's texts,
+    not one search a secret, nor one a text."""
+    search = re.compile("|".join(map(re.escape, secrets))).search
+    if any(_SEPARATOR in secret for secret in secrets):
+        return lambda texts: any(search(text) is not None for text in texts)
+    return lambda texts: search(_SEPARATOR.join(texts)) is not None
 
 
-def _holds(value: object, find: Callable[[str], re.Match[str] | None]) -> bool:
-    """Whether any string in a JSON-like value (keys included) is matched by `find`."""
+def _texts(value: object, out: list[str]) -> None:
+    """Append every string in a JSON-like value (keys included) to `out`.
+
+    Exact types are asked first: most members of an answer are numbers or plain strings, and
+    an `isinstance` against `Mapping` costs more than the rest of the walk (this runs on every
+    poll's details).
+    """
+    kind = type(value)
+    if kind in _NO_TEXT:
+        return
     if isinstance(value, str):
-        return find(value) is not None
-    if isinstance(value, Mapping):
-        return any(_holds(k, find) or _holds(v, find) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds(v, find) for v in value)
-    return False
+        out.append(value)
+        return
+    if kind is dict or isinstance(value, Mapping):
+        for key, member in cast("Mapping[object, object]", value).items():
+            if type(key) is str:
+                out.append(key)
+            elif type(key) not in _NO_TEXT:
+                _texts(key, out)
+            if type(member) is str:
+                out.append(member)
+            elif type(member) not in _NO_TEXT:
+                _texts(member, out)
+    elif isinstance(value, list | tuple):
+        for member in value:
+            if type(member) is str:
+                out.append(member)
+            elif type(member) not in _NO_TEXT:
+                _texts(member, out)
 
 
 def scrub_outcome(outcome: PollOutcome, secrets: tuple[str, ...]) -> PollOutcome:
@@ -105,13 +138,15 @@ def scrub_outcome(outcome: PollOutcome, secrets: tuple[str, ...]) -> PollOutcome
     itself when it holds none (the common case costs one search and no copy)."""
     if not secrets:
         return outcome
-    find = _finder(secrets)
+    found = _finder(secrets)
     if isinstance(outcome, PollFailure):
-        if find(outcome.message) is None:
+        if not found([outcome.message]):
             return outcome
         return dataclasses.replace(outcome, message=scrub(outcome.message, secrets))
     if isinstance(outcome, PollResult):
-        if find(outcome.remote_status) is None and not _holds(outcome.details, find):
+        texts = [outcome.remote_status]
+        _texts(outcome.details, texts)
+        if not found(texts):
             return outcome
         return dataclasses.replace(
             outcome,

@@ -24,6 +24,15 @@ def number(value: object, *, strings: bool = True) -> float | None:
     A numeric string (``" 42.5 "``) counts as a number unless `strings` is False: the sources
     read APIs that quote their numbers, while an event's stored payload holds numbers only.
     """
+    # JSON's own numbers first, asked by exact type (a bool is neither): the sources read
+    # several per answer
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)  # finite, or too big for a float
+        except OverflowError:
+            return None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -215,7 +215,8 @@ class PollEngine(Engine):
         """`Config.policy_for`, remembered per source and overrides until the next reload."""
         if self._policies_of is not runtime.config:
             self._policies, self._policies_of = {}, runtime.config
-        key = (watch.source, tuple(sorted(watch.overrides.items())))
+        overrides = watch.overrides
+        key = (watch.source, tuple(sorted(overrides.items())) if overrides else ())
         policy = self._policies.get(key)
         if policy is None:
             policy = self._policies[key] = runtime.config.policy_for(watch.source, watch.overrides)

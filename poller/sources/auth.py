@@ -33,10 +33,21 @@ class StaticHeaders(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Set the headers, then send the request once."""
+        self._set(request)
+        yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """`auth_flow` for the async client, written out: httpx's default drives the sync
+        flow from an async one (a second generator and a `StopIteration` per request)."""
+        self._set(request)
+        yield request
+
+    def _set(self, request: httpx.Request) -> None:
         headers = request.headers
         for name, value in self._items:  # one at a time: cheaper than merging a Headers
             headers[name] = value
-        yield request
 
 
 def bearer(token: str) -> StaticHeaders:

@@ -16,11 +16,13 @@ hands back the body already read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -69,17 +71,22 @@ def path_segment(text: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
+#: The characters httpx keeps as they are in a path segment, and in a query.
+_SEGMENT_CHAR = r"[A-Za-z0-9_.~!$&'()*+,;=:@-]"
+_QUERY_CHAR = r"[A-Za-z0-9_.~!$&'()*+,;=:@/?-]"
 #: A URL that `whole_url` can take apart without httpx's parser: http(s), a lower-case host
 #: name or IPv4 address, an optional port, and a path and query of characters that httpx keeps
-#: as they are. The path has no dot-segment (httpx would resolve it) and no fragment.
+#: as they are. The path has no dot-segment (httpx would resolve it) and no fragment. A run
+#: of plain characters is one repeat of its class, broken only by percent-escapes (``c*(%XX
+#: c*)*``, not ``(c|%XX)*``): the same URLs, matched in a third of the time.
 _PLAIN_URL = re.compile(
     r"(https?)://"
     r"((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
     r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
     r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))"
     r"(?::([1-9][0-9]{0,4}))?"
-    r"((?:/(?!\.\.?(?:[/?]|$))(?:[A-Za-z0-9_.~!$&'()*+,;=:@-]|%[0-9A-F]{2})*)*)"
-    r"(?:\?((?:[A-Za-z0-9_.~!$&'()*+,;=:@/?-]|%[0-9A-F]{2})*))?"
+    rf"((?:/(?!\.\.?(?:[/?]|$)){_SEGMENT_CHAR}*(?:%[0-9A-F]{{2}}{_SEGMENT_CHAR}*)*)*)"
+    rf"(?:\?({_QUERY_CHAR}*(?:%[0-9A-F]{{2}}{_QUERY_CHAR}*)*))?"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -266,7 +273,7 @@ class Requester:
         self.max_body = max_body
         self.health = health or SourceHealth()
         self._max_concurrency = max_concurrency
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
         transport = transport or AiohttpTransport(
             max_connections=max_concurrency, max_body=max_body, resolver=resolver
@@ -317,7 +324,10 @@ class Requester:
         except httpx.InvalidURL:
             # its text may hold the URL, which may carry a secret
             raise PermanentSourceError("config", "the URL is not a valid http(s) URL") from None
-        async with self._semaphore:
+        slots = self._slots
+        if not slots.take_now():
+            await slots.take()
+        try:
             if self._limiter is not None:
                 await self._limiter.acquire()
             # after the waits: the source may have gone down meanwhile, and only a request
@@ -348,6 +358,56 @@ class Requester:
                     self.health.probe_ended(probe)
             self.health.succeeded()
             return answer
+        finally:
+            slots.give()
+
+
+class _Slots:
+    """At most `size` holders at a time, served in the order they came: the contract of
+    `asyncio.Semaphore`, for less CPU per request.
+
+    A free slot is taken without a coroutine (`take_now`). A slot given back goes straight
+    to the first waiter: nothing scans the waiters already woken, as the semaphore does on
+    every release, nor searches the queue to remove a waiter that was served.
+    """
+
+    def __init__(self, size: int) -> None:
+        #: slots free; never above 0 while anyone waits
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        """Take a free slot if there is one."""
+        if self.free:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot, behind those already waiting."""
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # a slot was handed over as this waiter was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 def _answer_json(response: httpx.Response, partial: bool) -> object:
@@ -494,7 +554,7 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> object:
     reading only ever happens to such answers: others cost one `json.loads`.
     """
     text: bytes | bytearray | str = raw
-    if b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8":
+    if b"\\u" in raw or b"\xed" in raw or not _plain_utf8(raw):
         text = _without_surrogates(raw)
     try:
         return json.loads(text)
@@ -517,6 +577,19 @@ def load_json(raw: bytes | bytearray, *, partial: bool = False) -> object:
         except (RecursionError, ValueError):
             pass  # unbalanced brackets, say: nothing of it can be read
     raise PermanentSourceError("bad_answer", f"answer cannot be read: {why}")
+
+
+#: What a JSON object or list starts with: no BOM, no zero byte (see `_plain_utf8`).
+_OPENERS = (b"{", b"[")
+
+
+def _plain_utf8(raw: bytes | bytearray) -> bool:
+    """``json.detect_encoding(raw) == "utf-8"``, without its Python steps for an answer that
+    opens with ``{`` or ``[`` and has no zero byte second: no BOM starts so, and only a zero
+    byte among the first ones makes `detect_encoding` say UTF-16 or UTF-32."""
+    if raw[:1] in _OPENERS and raw[1:2] != b"\x00":
+        return True
+    return json.detect_encoding(raw) == "utf-8"
 
 
 #: A lone UTF-16 surrogate, as an escape (a pair is one character) or as a character (raw

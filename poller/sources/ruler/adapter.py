@@ -223,9 +223,10 @@ def _failure_row(item: object) -> dict[str, Any] | None:
     return {"row": row, "message": lenient.shorten(" ".join(shown.split()), MAX_ROW_MESSAGE)}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Known:
-    """What the adapter remembers of one job between polls."""
+    """What the adapter remembers of one job between polls (one per job polled in the last
+    hour: slots, not a dict per job, and a new one per status answer)."""
 
     #: lower-cased status of the last status answer
     status: str
@@ -317,10 +318,22 @@ class RulerAdapter:
             previous[job.site] = max(previous.get(job.site, -math.inf), last)
             asked[job.job_id] = now
 
-        async def poll_site(site: str) -> Mapping[str, PollOutcome]:
-            return await self._poll_site(site, by_site[site], now, previous[site])
+        # The poll's parts, taken in turn by the Requester's workers: a site that its list
+        # answers, or a job of a site polled job by job (the usual case: its status request
+        # is then not wrapped in a group of its site's).
+        parts: list[str | JobRef] = []
+        for site, refs in by_site.items():
+            if self._use_list(site, now):
+                parts.append(site)
+            else:
+                parts.extend(refs)
 
-        for group in await self.requester.each(poll_site, list(by_site)):
+        async def poll_part(part: str | JobRef) -> Mapping[str, PollOutcome]:
+            if isinstance(part, JobRef):
+                return {part.key: await self.poll_one(part)}
+            return await self._poll_site(part, by_site[part], now, previous[part])
+
+        for group in await self.requester.each(poll_part, parts):
             outcomes.update(group)
         for job in jobs:
             outcome = outcomes.get(job.key)
@@ -370,7 +383,9 @@ class RulerAdapter:
     async def _poll_site(
         self, site: str, refs: list[JobRef], now: float, newer_than: float
     ) -> Mapping[str, PollOutcome]:
-        if not self._use_list(site, now):
+        """The site's jobs answered by its list (and the status of each job the list shows
+        news of), or one by one if the list cannot be had."""
+        if not self._use_list(site, now):  # refused meanwhile, by another group's request
             return await self._one_by_one(refs)
         try:
             entries = await self._site_list(site, now, newer_than)
