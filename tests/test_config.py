@@ -830,7 +830,7 @@ JOB_PROBLEMS = [
     ("site missing for ruler", "  - {source: ruler-prod, id: a}\n",
      ["12: jobs[0].site: required for a ruler source"]),
     ("site on immuta", "  - {source: immuta, id: a, site: s}\n",
-     ["12: jobs[0].site: only for a ruler source; this one is immuta"]),
+     ["12: jobs[0].site: only for a ruler or http source; this one is immuta"]),
     ("unknown source", "  - {source: rulr-prod, id: a}\n",
      ["12: jobs[0].source: unknown source 'rulr-prod'; expected one of: immuta, ruler-prod"]),
     ("bulk on ruler", "  - {source: ruler-prod, bulk: b, site: s}\n",
