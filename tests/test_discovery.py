@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from structlog.testing import capture_logs
 from world import eventually
 
@@ -30,6 +31,7 @@ from poller.models import State, WatchSpec
 from poller.sources import Source
 from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.store.repo import Store
+from poller.store.schema import tombstones
 from poller.testing import ImmutaSim, SimThread, WebhookSink
 
 KEY = "immuta-key-2468"
@@ -86,6 +88,9 @@ class Run:
 
     async def mark_listed(self, entries: Sequence[str]) -> None:
         self.store.mark_listed(entries, time.time())
+
+    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
+        return self.store.drop_tombstones(listed)
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:
@@ -236,6 +241,28 @@ class TestDiscovery:
         assert (sorted(report.added), report.recorded) == (["im/x", "im/y"], ())
         assert all(w.progress.active for w in store.list_watches())
 
+    def test_a_pruned_job_stays_away_until_a_complete_listing_drops_it(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """Pruning an ended discovered watch leaves a tombstone: a new process's discovery
+        does not add the job again. A failed or incomplete listing keeps the tombstone; a
+        complete one without the job drops it, and the job listed again later is new."""
+        sim.add_job("done", state="failed", job_type="sdd")
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd}}")
+        assert Run(store, config)().recorded == ("im/done",)
+        pruned = store.prune(time.time() + 1)
+        assert (pruned.watches, pruned.tombstones) == (1, 1)
+        assert Run(store, config)().added == ()  # a new process: the tombstone keeps it away
+        assert store.get_watch("im/done") is None
+        sim.remove_job("done")
+        assert Run(store, config)({}).failed  # no source: a failed listing
+        Run(store, config)({"im": _BareIds()})  # ids without `complete`: maybe truncated
+        assert _tombstones(store) == [("im/done",)]
+        Run(store, config)()  # complete, without the job
+        assert _tombstones(store) == []
+        sim.add_job("done", state="failed", job_type="sdd")
+        assert Run(store, config)().added == ("im/done",)
+
     def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
         """discovery_interval of sources with bulks or searches; the default otherwise."""
         fast = write_config(
@@ -275,6 +302,15 @@ class _Never:
 
     async def mark_listed(self, entries: Sequence[str]) -> None:
         raise AssertionError("nothing to mark")
+
+    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
+        raise AssertionError("nothing to drop")
+
+
+def _tombstones(store: Store) -> list[tuple[str, ...]]:
+    """The watch keys the tombstones table holds."""
+    with store.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(tombstones.c.key))]
 
 
 def _logger() -> Any:
