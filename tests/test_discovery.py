@@ -334,8 +334,10 @@ class Daemon:
         *,
         source: str = "long_poll: 2s\n    discovery_interval: 500ms",
         polling: str = "polling: {interval: 200ms, max_interval: 500ms}",
+        database: str | None = None,
     ) -> None:
         self.sink, self.tmp, self.immuta = sink, tmp, immuta
+        self.database = database or f"sqlite:///{tmp}/poller.db"
         self.log = tmp / "daemon.log"
         self.config = tmp / "config.yaml"
         self.write(jobs, source=source, polling=polling)
@@ -353,7 +355,7 @@ class Daemon:
     def write(self, jobs: str, *, source: str, polling: str) -> None:
         """Write the config file (a running daemon reads it again on `reload`)."""
         self.config.write_text(f"""
-database: sqlite:///{self.tmp}/poller.db
+database: {self.database}
 log: {{level: debug}}
 sources:
   immuta:
@@ -403,6 +405,16 @@ jobs:
         assert shown.returncode == 0, shown.stderr
         (found,) = [w for w in json.loads(shown.stdout)["watches"] if w["key"] == key]
         return dict(found)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A `poller` command on the daemon's config."""
+        return subprocess.run(
+            [*POLLER, *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "IMMUTA_KEY": KEY},
+        )
 
     def seen_at(self, key: str, state: str) -> float:
         """When the daemon logged the watch's transition to `state` (epoch seconds)."""
@@ -604,3 +616,62 @@ class TestQuietDiscovery:
             assert daemon.stop() == 0
         finally:
             daemon.kill()
+
+
+class TestTombstones:
+    """Retention prunes ended discovered watches; discovery does not bring them back."""
+
+    def test_pruned_job_is_not_added_again_nor_notified(
+        self, world: tuple[Path, ImmutaSim, WebhookSink], db_url: str
+    ) -> None:
+        """A searched job ends and is notified; `poller prune` removes it while the daemon
+        runs, and neither that daemon nor a restarted one (which has forgotten what it saw)
+        adds it again or notifies it, though the search still lists it. `poller add` watches
+        it again on request. Once the search stops listing it, its tombstone goes."""
+        tmp, immuta, sink = world
+        immuta.add_job("s-1", state="active", job_type="sdd")
+        jobs = "  - {source: immuta, search: {jobType: [sdd]}, name: Searched}"
+        daemon = Daemon(tmp, immuta, sink, jobs, database=db_url)
+        try:
+            eventually(lambda: daemon.about("info", "immuta/s-1"), what="s-1 started")
+            immuta.set_job("s-1", state="completed")
+            eventually(lambda: daemon.about("success", "immuta/s-1"), what="s-1 succeeded")
+            # once its deliveries are done (a pending one keeps it) and it ended over 1 s ago
+            pruned = eventually(
+                lambda: daemon.cli("prune", "--older-than", "1s").stdout.partition("1 watch")[2],
+                what="s-1 pruned",
+            )
+            assert pruned.startswith(" (1 discovered, tombstoned), 2 transitions, 2 events")
+            told = len(daemon.names("immuta/s-1"))
+            immuta.add_job("s-2", state="failed", job_type="sdd")  # a later listing finds it
+            eventually(lambda: daemon.about("failure", "immuta/s-2"), what="s-2 failed")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+
+        # a new process lists the search afresh: only the tombstone keeps s-1 away
+        again = Daemon(tmp, immuta, sink, jobs, database=db_url)
+        try:
+            immuta.add_job("s-3", state="failed", job_type="sdd")
+            eventually(lambda: again.about("failure", "immuta/s-3"), what="s-3 failed")
+            keys = [w["key"] for w in json.loads(again.cli("status", "--json").stdout)["watches"]]
+            assert "immuta/s-1" not in keys and "immuta/s-2" in keys
+            assert len(again.names("immuta/s-1")) == told
+            assert _tombstones_at(db_url) == [("immuta/s-1",)]
+
+            immuta.remove_job("s-1")  # the search lists it no more: its tombstone goes
+            eventually(lambda: _tombstones_at(db_url) == [], what="tombstone dropped")
+            added = again.cli("add", "immuta", "s-1")  # an explicit add still watches it
+            assert added.returncode == 0, added.stderr
+            assert again.watch("immuta/s-1")["key"] == "immuta/s-1"
+            assert again.stop() == 0
+        finally:
+            again.kill()
+
+
+def _tombstones_at(url: str) -> list[tuple[str, ...]]:
+    store = Store(url)
+    try:
+        return _tombstones(store)
+    finally:
+        store.close()

@@ -124,7 +124,7 @@ def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
         sa.delete(transitions).where(transitions.c.watch_id.in_(ids))
     ).rowcount
     # a discovered job whose entry is listed: discovery must not add it again as new
-    buried = sa.select(watches.c.discovered_by, watches.c.key, sa.literal(time.time())).where(
+    buried = sa.select(watches.c.discovered_by, watches.c.key).where(
         watches.c.id.in_(ids),
         watches.c.origin == "discovered",
         watches.c.discovered_by.in_(sa.select(discovery_entries.c.entry)),
@@ -135,11 +135,12 @@ def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
             )
         ),
     )
-    gone_tombstones = conn.execute(
-        sa.insert(tombstones).from_select(["entry", "key", "pruned_at"], buried)
-    ).rowcount
+    now = time.time()
+    rows = [{"entry": e, "key": k, "pruned_at": now} for e, k in conn.execute(buried)]
+    if rows:
+        conn.execute(sa.insert(tombstones), rows)
     gone_watches = conn.execute(sa.delete(watches).where(watches.c.id.in_(ids))).rowcount
-    return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries, gone_tombstones)
+    return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries, len(rows))
 
 
 def _prune_reports(conn: Connection, before: float) -> Pruned:
