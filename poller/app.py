@@ -484,9 +484,9 @@ class _StoreLedger:
         """`Store.mark_listed`, now."""
         await self.db.call(self.db.store.mark_listed, entries, self.clock())
 
-    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
         """`Store.drop_tombstones`."""
-        return await self.db.call(self.db.store.drop_tombstones, listed)
+        return await self.db.call(self.db.store.drop_tombstones, complete, listed)
 
 
 #: The collector's first threshold in `poller run` (CPython's default is 700). The daemon keeps

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,8 @@ class Run:
     async def mark_listed(self, entries: Sequence[str]) -> None:
         self.store.mark_listed(entries, time.time())
 
-    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
-        return self.store.drop_tombstones(listed)
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        return self.store.drop_tombstones(complete, listed)
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:
@@ -303,7 +303,7 @@ class _Never:
     async def mark_listed(self, entries: Sequence[str]) -> None:
         raise AssertionError("nothing to mark")
 
-    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
         raise AssertionError("nothing to drop")
 
 

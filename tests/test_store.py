@@ -215,8 +215,11 @@ class TestWatches:
         assert (pruned.watches, pruned.tombstones) == (2, 2)
         assert [w.key for w in store.list_watches()] == ["im/c"]
         assert store.add_new_watches(found[:2], T0 + 2) == []
+        # another bulk or search listing the same job does not bring it back either
+        elsewhere = WatchSpec("im", "b", origin="discovered", entry="im/bulk/C")
+        assert store.add_new_watches([elsewhere], T0 + 2) == []
         assert store.add_watch(WatchSpec("im", "a"), T0 + 2)[1]  # `poller add` watches it
-        assert store.drop_tombstones({"im/bulk/B": {"im/a"}}) == 1  # b is listed no more
+        assert store.drop_tombstones(["im/bulk/B"], {"im/a"}) == 1  # b is listed no more
         assert tombstone_keys(store) == ["im/a"]
         store.stop_discovered(["im/bulk/C"], T0 + 3)
         assert tombstone_keys(store) == []

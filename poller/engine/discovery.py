@@ -17,10 +17,10 @@ once, which are notified as any other. Each discovered watch remembers its entry
 (`entry_key`): when the entry leaves the config, its watches stop (`Store.stop_discovered`,
 from the config sync at start and reload).
 
-Retention prunes ended discovered watches, leaving a tombstone (entry and watch key): a job
-tombstoned for its entry is never added again, so its end is not notified twice. Each
-complete listing (`Discovered.complete`: not failed, cut short or missing an entry) drops the
-tombstones of its entry whose jobs it no longer lists.
+Retention prunes ended discovered watches, leaving a tombstone (entry and watch key): a
+tombstoned job is never added again, so its end is not notified twice. Each complete listing
+(`Discovered.complete`: not failed, cut short or missing an entry) drops the tombstones of
+its entry whose jobs no listing of the run holds.
 
 A watch that exists is never touched again (not relabelled, not re-activated after
 ``poller remove``): an update would bump its version and fence off a poll in flight. Failures
@@ -76,9 +76,9 @@ class Ledger(Protocol):
         """Remember that these entries have been listed."""
         ...
 
-    async def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
-        """Forget the pruned jobs each entry's complete listing (its watch keys) no longer
-        holds; how many."""
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        """Forget the pruned jobs of the entries listed completely (`complete`) that no
+        listing holds (`listed`: the watch keys listed); how many."""
         ...
 
 
@@ -160,7 +160,7 @@ class Discovery:
         )
         specs: dict[str, WatchSpec] = {}
         listed_keys: set[str] = set()
-        complete: dict[str, set[str]] = {}  # entry: the keys of a complete listing
+        complete: list[str] = []  # the entries listed to their end
         failed: list[str] = []
         found = 0
         keys = [entry_key(job) for _index, job in entries]
@@ -173,7 +173,8 @@ class Discovery:
             found += len(jobs)
             # a first listing records the jobs that had already ended, without a message
             quiet = key in first and not job.notify_existing
-            keys_listed = complete.setdefault(key, set()) if jobs.complete else set()
+            if jobs.complete:
+                complete.append(key)
             for job_id, as_listed in jobs.items():
                 spec = WatchSpec(
                     source=job.source,
@@ -192,7 +193,6 @@ class Discovery:
                     self._skip(index, job, job_id, problems)
                     continue
                 listed_keys.add(spec.key)
-                keys_listed.add(spec.key)
                 if spec.key not in self._known:
                     specs.setdefault(spec.key, spec)
         added: Sequence[str] = ()
@@ -202,7 +202,7 @@ class Discovery:
             # after the watches: an entry whose jobs were not all added is listed as first again
             await self.ledger.mark_listed(sorted(first))
         if complete:
-            await self.ledger.drop_tombstones(complete)
+            await self.ledger.drop_tombstones(complete, listed_keys)
         # Only keys listed now need remembering (plus, while an entry fails, the old ones):
         # the memory follows what the bulks and searches hold, not every job ever seen.
         self._known = listed_keys | self._known if failed else listed_keys

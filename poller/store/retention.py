@@ -72,7 +72,7 @@ def prunable(before: float) -> ColumnElement[bool]:
         sa.or_(watches.c.removed_at.is_(None), watches.c.removed_at < before),
         sa.or_(
             watches.c.origin == "cli",
-            sa.and_(watches.c.origin == "config", watches.c.removed_at.is_not(None)),
+            sa.and_(watches.c.origin != "discovered", watches.c.removed_at.is_not(None)),
             sa.and_(
                 watches.c.origin == "discovered",
                 watches.c.discovered_by.is_not(None),

@@ -104,7 +104,8 @@ class Watches(Database):
 
     def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
         """Start watching each spec whose key has no watch yet (a removed one counts) and no
-        tombstone for its entry (retention pruned it); the keys added. For discovery:
+        tombstone (retention pruned it; whichever entry found it, as bulks and searches may
+        overlap); the keys added. For discovery:
         thousands of jobs cost a few statements, not one transaction each. A key another
         replica inserts meanwhile is left as that replica wrote it (no error), though it is
         still among the keys returned."""
@@ -123,12 +124,11 @@ class Watches(Database):
                 )
                 # read after the watches: a prune committing in between deleted the watch and
                 # wrote its tombstone together, so one of the two reads sees the job
-                dead = conn.execute(
-                    sa.select(tombstones.c.key, tombstones.c.entry).where(
-                        tombstones.c.key.in_(list(chunk))
-                    )
+                existing.update(
+                    conn.execute(
+                        sa.select(tombstones.c.key).where(tombstones.c.key.in_(list(chunk)))
+                    ).scalars()
                 )
-                existing.update(key for key, entry in dead if chunk[key].entry == entry)
                 rows = [_new_watch_row(s, now) for k, s in chunk.items() if k not in existing]
                 if rows:
                     conn.execute(self._insert_new_watches, rows)
@@ -163,14 +163,14 @@ class Watches(Database):
 
         self._retrying(mark)
 
-    def drop_tombstones(self, listed: Mapping[str, Collection[str]]) -> int:
-        """Drop the tombstones of each entry whose complete listing (`listed`: entry to the
-        watch keys it lists) no longer holds their job, so that the table holds no more than
-        the APIs list; how many went."""
+    def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        """Drop the tombstones of the entries listed completely (`complete`) whose job no
+        listing of the run holds (`listed`: every watch key listed), so that the table
+        holds no more than the APIs list; how many went."""
 
         def drop(conn: Connection) -> int:
             gone = 0
-            entries = sorted(listed)
+            entries = sorted(complete)
             for first in range(0, len(entries), IN_CHUNK):
                 found = conn.execute(
                     sa.select(tombstones.c.entry, tombstones.c.key).where(
@@ -178,7 +178,7 @@ class Watches(Database):
                     )
                 ).all()
                 for entry, key in found:
-                    if key not in listed[entry]:
+                    if key not in listed:
                         gone += conn.execute(
                             sa.delete(tombstones).where(
                                 tombstones.c.entry == entry, tombstones.c.key == key
