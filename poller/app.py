@@ -15,7 +15,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -362,6 +362,7 @@ class Daemon:
                     transitions=pruned.transitions,
                     events=pruned.events,
                     deliveries=pruned.deliveries,
+                    tombstones=pruned.tombstones,
                 )
 
         return prune
@@ -482,6 +483,10 @@ class _StoreLedger:
     async def mark_listed(self, entries: Sequence[str]) -> None:
         """`Store.mark_listed`, now."""
         await self.db.call(self.db.store.mark_listed, entries, self.clock())
+
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        """`Store.drop_tombstones`."""
+        return await self.db.call(self.db.store.drop_tombstones, complete, listed)
 
 
 #: The collector's first threshold in `poller run` (CPython's default is 700). The daemon keeps

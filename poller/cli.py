@@ -688,8 +688,9 @@ def prune(
     or were removed longer ago than `retention` (or --older-than), with their transitions,
     events and deliveries, and say how many of each went.
 
-    A watch with a delivery still pending is kept, and so are a job the config lists and a
-    discovered job (they would be watched again as new).
+    A watch with a delivery still pending is kept, and so is a job the config lists (it
+    would be watched again as new). A discovered job goes and leaves a tombstone, so that
+    discovery does not add it again while its bulk or search still lists it.
     """
     cfg = _config(config, credentials)
     if older_than is not None:
@@ -704,9 +705,10 @@ def prune(
         pruned = store.prune(time.time() - keep)
     finally:
         store.close()
+    buried = f" ({pruned.tombstones} discovered, tombstoned)" if pruned.tombstones else ""
     print(
         f"pruned what ended more than {format_duration(keep, rounded=True)} ago: "
-        f"{_counted(pruned.watches, 'watch', 'watches')}, "
+        f"{_counted(pruned.watches, 'watch', 'watches')}{buried}, "
         f"{_counted(pruned.transitions, 'transition', 'transitions')}, "
         f"{_counted(pruned.events, 'event', 'events')}, "
         f"{_counted(pruned.deliveries, 'delivery', 'deliveries')}"

@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from structlog.testing import capture_logs
 from world import eventually
 
@@ -30,6 +31,7 @@ from poller.models import State, WatchSpec
 from poller.sources import Source
 from poller.sources.immuta.adapter import ImmutaAdapter
 from poller.store.repo import Store
+from poller.store.schema import tombstones
 from poller.testing import ImmutaSim, SimThread, WebhookSink
 
 KEY = "immuta-key-2468"
@@ -86,6 +88,9 @@ class Run:
 
     async def mark_listed(self, entries: Sequence[str]) -> None:
         self.store.mark_listed(entries, time.time())
+
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        return self.store.drop_tombstones(complete, listed)
 
     def __call__(self, sources: dict[str, Source] | None = None) -> DiscoveryReport:
         async def go() -> DiscoveryReport:
@@ -236,6 +241,28 @@ class TestDiscovery:
         assert (sorted(report.added), report.recorded) == (["im/x", "im/y"], ())
         assert all(w.progress.active for w in store.list_watches())
 
+    def test_a_pruned_job_stays_away_until_a_complete_listing_drops_it(
+        self, tmp_path: Path, sim: ImmutaSim, store: Store
+    ) -> None:
+        """Pruning an ended discovered watch leaves a tombstone: a new process's discovery
+        does not add the job again. A failed or incomplete listing keeps the tombstone; a
+        complete one without the job drops it, and the job listed again later is new."""
+        sim.add_job("done", state="failed", job_type="sdd")
+        config = write_config(tmp_path, sim.base_url, "  - {source: im, search: {jobType: sdd}}")
+        assert Run(store, config)().recorded == ("im/done",)
+        pruned = store.prune(time.time() + 1)
+        assert (pruned.watches, pruned.tombstones) == (1, 1)
+        assert Run(store, config)().added == ()  # a new process: the tombstone keeps it away
+        assert store.get_watch("im/done") is None
+        sim.remove_job("done")
+        assert Run(store, config)({}).failed  # no source: a failed listing
+        Run(store, config)({"im": _BareIds()})  # ids without `complete`: maybe truncated
+        assert _tombstones(store) == [("im/done",)]
+        Run(store, config)()  # complete, without the job
+        assert _tombstones(store) == []
+        sim.add_job("done", state="failed", job_type="sdd")
+        assert Run(store, config)().added == ("im/done",)
+
     def test_interval_is_the_shortest_of_the_sources_that_discover(self, tmp_path: Path) -> None:
         """discovery_interval of sources with bulks or searches; the default otherwise."""
         fast = write_config(
@@ -276,6 +303,15 @@ class _Never:
     async def mark_listed(self, entries: Sequence[str]) -> None:
         raise AssertionError("nothing to mark")
 
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        raise AssertionError("nothing to drop")
+
+
+def _tombstones(store: Store) -> list[tuple[str, ...]]:
+    """The watch keys the tombstones table holds."""
+    with store.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(tombstones.c.key))]
+
 
 def _logger() -> Any:
     from poller.logs import get_logger
@@ -298,8 +334,10 @@ class Daemon:
         *,
         source: str = "long_poll: 2s\n    discovery_interval: 500ms",
         polling: str = "polling: {interval: 200ms, max_interval: 500ms}",
+        database: str | None = None,
     ) -> None:
         self.sink, self.tmp, self.immuta = sink, tmp, immuta
+        self.database = database or f"sqlite:///{tmp}/poller.db"
         self.log = tmp / "daemon.log"
         self.config = tmp / "config.yaml"
         self.write(jobs, source=source, polling=polling)
@@ -317,7 +355,7 @@ class Daemon:
     def write(self, jobs: str, *, source: str, polling: str) -> None:
         """Write the config file (a running daemon reads it again on `reload`)."""
         self.config.write_text(f"""
-database: sqlite:///{self.tmp}/poller.db
+database: {self.database}
 log: {{level: debug}}
 sources:
   immuta:
@@ -367,6 +405,16 @@ jobs:
         assert shown.returncode == 0, shown.stderr
         (found,) = [w for w in json.loads(shown.stdout)["watches"] if w["key"] == key]
         return dict(found)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A `poller` command on the daemon's config."""
+        return subprocess.run(
+            [*POLLER, *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "IMMUTA_KEY": KEY},
+        )
 
     def seen_at(self, key: str, state: str) -> float:
         """When the daemon logged the watch's transition to `state` (epoch seconds)."""
@@ -568,3 +616,62 @@ class TestQuietDiscovery:
             assert daemon.stop() == 0
         finally:
             daemon.kill()
+
+
+class TestTombstones:
+    """Retention prunes ended discovered watches; discovery does not bring them back."""
+
+    def test_pruned_job_is_not_added_again_nor_notified(
+        self, world: tuple[Path, ImmutaSim, WebhookSink], db_url: str
+    ) -> None:
+        """A searched job ends and is notified; `poller prune` removes it while the daemon
+        runs, and neither that daemon nor a restarted one (which has forgotten what it saw)
+        adds it again or notifies it, though the search still lists it. `poller add` watches
+        it again on request. Once the search stops listing it, its tombstone goes."""
+        tmp, immuta, sink = world
+        immuta.add_job("s-1", state="active", job_type="sdd")
+        jobs = "  - {source: immuta, search: {jobType: [sdd]}, name: Searched}"
+        daemon = Daemon(tmp, immuta, sink, jobs, database=db_url)
+        try:
+            eventually(lambda: daemon.about("info", "immuta/s-1"), what="s-1 started")
+            immuta.set_job("s-1", state="completed")
+            eventually(lambda: daemon.about("success", "immuta/s-1"), what="s-1 succeeded")
+            # once its deliveries are done (a pending one keeps it) and it ended over 1 s ago
+            pruned = eventually(
+                lambda: daemon.cli("prune", "--older-than", "1s").stdout.partition("1 watch")[2],
+                what="s-1 pruned",
+            )
+            assert pruned.startswith(" (1 discovered, tombstoned), 2 transitions, 2 events")
+            told = len(daemon.names("immuta/s-1"))
+            immuta.add_job("s-2", state="failed", job_type="sdd")  # a later listing finds it
+            eventually(lambda: daemon.about("failure", "immuta/s-2"), what="s-2 failed")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+
+        # a new process lists the search afresh: only the tombstone keeps s-1 away
+        again = Daemon(tmp, immuta, sink, jobs, database=db_url)
+        try:
+            immuta.add_job("s-3", state="failed", job_type="sdd")
+            eventually(lambda: again.about("failure", "immuta/s-3"), what="s-3 failed")
+            keys = [w["key"] for w in json.loads(again.cli("status", "--json").stdout)["watches"]]
+            assert "immuta/s-1" not in keys and "immuta/s-2" in keys
+            assert len(again.names("immuta/s-1")) == told
+            assert _tombstones_at(db_url) == [("immuta/s-1",)]
+
+            immuta.remove_job("s-1")  # the search lists it no more: its tombstone goes
+            eventually(lambda: _tombstones_at(db_url) == [], what="tombstone dropped")
+            added = again.cli("add", "immuta", "s-1")  # an explicit add still watches it
+            assert added.returncode == 0, added.stderr
+            assert again.watch("immuta/s-1")["key"] == "immuta/s-1"
+            assert again.stop() == 0
+        finally:
+            again.kill()
+
+
+def _tombstones_at(url: str) -> list[tuple[str, ...]]:
+    store = Store(url)
+    try:
+        return _tombstones(store)
+    finally:
+        store.close()

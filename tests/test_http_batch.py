@@ -21,7 +21,7 @@ from poller.config import JobConfig
 from poller.errors import SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import Discoverer
-from poller.sources.base import MAX_DISCOVERED
+from poller.sources.base import MAX_DISCOVERED, Discovered
 from poller.sources.http import HttpSource
 from poller.sources.http.adapter import HttpAdapter
 from poller.store.repo import Store
@@ -139,12 +139,14 @@ def poll(config: HttpSource, job_ids: Sequence[str]) -> dict[str, PollOutcome]:
     return {key.removeprefix("s/"): outcome for key, outcome in asyncio.run(go()).items()}
 
 
-def discover(config: HttpSource, bulk: str) -> dict[str, PollResult | None]:
-    async def go() -> dict[str, PollResult | None]:
+def discover(config: HttpSource, bulk: str) -> Discovered:
+    async def go() -> Discovered:
         adapter = HttpAdapter(config)
         assert isinstance(adapter, Discoverer)
         try:
-            return dict(await adapter.discover(JobConfig(source="s", bulk=bulk)))
+            listed = await adapter.discover(JobConfig(source="s", bulk=bulk))
+            assert isinstance(listed, Discovered)
+            return listed
         finally:
             await adapter.aclose()
 
@@ -258,6 +260,7 @@ class TestDiscover:
         found = discover(mlflow_source(mlflow), "7")
         assert sorted(found) == [f"r{i:02}" for i in range(12)]
         assert mlflow.requests["search"] == 3
+        assert found.complete  # the last page named no next: pruned jobs' tombstones may go
         assert found["r00"] is not None and found["r00"].state is State.SUCCEEDED
         assert found["r11"] is not None and found["r11"].state is State.RUNNING
 
@@ -266,7 +269,8 @@ class TestDiscover:
         for i in range(7):
             prefect.add_job(f"f{i}", group="dep", status="FAILED" if i == 3 else "RUNNING")
         config = prefect_source(prefect)
-        assert len(discover(config, "dep")) == 7
+        listed = discover(config, "dep")
+        assert len(listed) == 7 and listed.complete
         assert prefect.requests["filter"] == 3  # 5, 2 and an empty page
         spec = config.discover.model_dump() | {"filter": "state_type != 'FAILED'"}  # type: ignore[union-attr]
         found = discover(prefect_source(prefect, discover=spec), "dep")
@@ -275,17 +279,20 @@ class TestDiscover:
         assert len(discover(prefect_source(prefect, discover=zero), "dep")) == 7
 
     def test_page_cap_and_a_token_that_loops(self, mlflow: JsonJobSim) -> None:
-        """max_pages stops a long listing; a server giving the same token again stops too."""
+        """max_pages stops a long listing; a server giving the same token again stops too.
+        Neither listing is complete (tombstones stay)."""
         for i in range(12):
             mlflow.add_job(f"r{i:02}", group=7, status="RUNNING")
         capped = mlflow_source(mlflow).discover.model_dump() | {"max_pages": 2}  # type: ignore[union-attr]
-        assert len(discover(mlflow_source(mlflow, discover=capped), "7")) == 10
+        cut = discover(mlflow_source(mlflow, discover=capped), "7")
+        assert len(cut) == 10 and not cut.complete
         mlflow.reset_counters()
         mlflow.batch_answer = {
             "runs": [run_info({"id": "r0", "status": "RUNNING"})],
             "next_page_token": "again",
         }
-        assert list(discover(mlflow_source(mlflow), "7")) == ["r0"]
+        looped = discover(mlflow_source(mlflow), "7")
+        assert list(looped) == ["r0"] and not looped.complete
         assert mlflow.requests["search"] == 2
 
     def test_hostile_pages(self, mlflow: JsonJobSim) -> None:

@@ -23,6 +23,7 @@ from poller.config import JobConfig
 from poller.errors import PermanentSourceError, SourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import JobCount
+from poller.sources.base import Discovered
 from poller.sources.immuta import ImmutaSource, SearchSpec
 from poller.sources.immuta.adapter import (
     IMMUTA_STATES,
@@ -70,10 +71,14 @@ def poll(
 
 
 def discover(source: ImmutaSource, job: JobConfig) -> list[str]:
-    async def go() -> list[str]:
+    return list(listing(source, job))
+
+
+def listing(source: ImmutaSource, job: JobConfig) -> Discovered:
+    async def go() -> Discovered:
         adapter = ImmutaAdapter(source)
         try:
-            return list(await adapter.discover(job))
+            return await adapter.discover(job)
         finally:
             await adapter.aclose()
 
@@ -351,9 +356,17 @@ class TestDiscover:
         """GET /jobs?bulkId= across pages gives the bulk's jobs and no others."""
         for i in range(230):
             sim.add_job(f"b-{i}", bulk_id="bulk-1" if i % 2 == 0 else "bulk-2")
-        ids = discover(config(sim.base_url), JobConfig(source="im", bulk="bulk-1"))
-        assert sorted(ids) == sorted(f"b-{i}" for i in range(0, 230, 2))
+        listed = listing(config(sim.base_url), JobConfig(source="im", bulk="bulk-1"))
+        assert sorted(listed) == sorted(f"b-{i}" for i in range(0, 230, 2))
         assert sim.requests["jobs"] == 2
+        assert listed.complete  # read to its end: pruned jobs' tombstones may go
+
+    def test_a_listing_missing_an_entry_is_not_complete(self, sim: ImmutaSim) -> None:
+        """A job whose entry has no readable id is left out, and the listing says it is not
+        complete (a tombstone of that job must stay)."""
+        sim.fail("/jobs/search", status=200, body={"jobs": [{"id": "x"}, {"id": []}]})
+        listed = listing(config(sim.base_url), JobConfig(source="im", search=SearchSpec()))
+        assert list(listed) == ["x"] and not listed.complete
 
     @pytest.mark.parametrize("style", ["offset", "url", "absent"])
     def test_search_follows_paging_to_the_end(self, style: NextStyle) -> None:

@@ -12,6 +12,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from poller.models import (
     WatchSpec,
 )
 from poller.store.repo import HEAD_REVISION, MIGRATIONS, Store, WriteBack
+from poller.store.schema import tombstones
 
 T0 = 1_700_000_000.0
 #: unique job ids across hypothesis examples, which share one database
@@ -38,6 +40,11 @@ def store(db_url: str) -> Iterator[Store]:
     s.migrate()
     yield s
     s.close()
+
+
+def tombstone_keys(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return sorted(conn.execute(sa.select(tombstones.c.key)).scalars())
 
 
 def spec(job: str = "j1", **kw: object) -> WatchSpec:
@@ -190,6 +197,32 @@ class TestWatches:
         assert still is not None and still.removed_at is None and still.progress.active
         assert store.listed_entries(["im/bulk/B", "im/bulk/C"]) == {"im/bulk/C"}
         assert store.stop_discovered([], T0 + 3) == ["im/c"]
+
+    def test_pruned_discovered_watches_leave_tombstones(self, store: Store) -> None:
+        """Pruning an ended discovered watch of a listed entry leaves a tombstone that keeps
+        discovery from adding the job again; one of an entry never listed stays unpruned; an
+        explicit add is not refused; a complete listing without the job, or the entry leaving
+        the config, drops the tombstone."""
+        ended = (State.FAILED, "failed")
+        found = [
+            WatchSpec("im", "a", origin="discovered", entry="im/bulk/B", ended_as=ended),
+            WatchSpec("im", "b", origin="discovered", entry="im/bulk/B", ended_as=ended),
+            WatchSpec("im", "c", origin="discovered", entry="im/bulk/C", ended_as=ended),
+        ]
+        store.add_new_watches(found, T0)
+        store.mark_listed(["im/bulk/B"], T0)
+        pruned = store.prune(T0 + 1)
+        assert (pruned.watches, pruned.tombstones) == (2, 2)
+        assert [w.key for w in store.list_watches()] == ["im/c"]
+        assert store.add_new_watches(found[:2], T0 + 2) == []
+        # another bulk or search listing the same job does not bring it back either
+        elsewhere = WatchSpec("im", "b", origin="discovered", entry="im/bulk/C")
+        assert store.add_new_watches([elsewhere], T0 + 2) == []
+        assert store.add_watch(WatchSpec("im", "a"), T0 + 2)[1]  # `poller add` watches it
+        assert store.drop_tombstones(["im/bulk/B"], {"im/a"}) == 1  # b is listed no more
+        assert tombstone_keys(store) == ["im/a"]
+        store.stop_discovered(["im/bulk/C"], T0 + 3)
+        assert tombstone_keys(store) == []
 
     def test_sync_adds_and_stops_config_watches_only(self, store: Store) -> None:
         """A job dropped from the config stops; CLI watches are untouched."""

@@ -17,6 +17,11 @@ once, which are notified as any other. Each discovered watch remembers its entry
 (`entry_key`): when the entry leaves the config, its watches stop (`Store.stop_discovered`,
 from the config sync at start and reload).
 
+Retention prunes ended discovered watches, leaving a tombstone (entry and watch key): a
+tombstoned job is never added again, so its end is not notified twice. Each complete listing
+(`Discovered.complete`: not failed, cut short or missing an entry) drops the tombstones of
+its entry whose jobs no listing of the run holds.
+
 A watch that exists is never touched again (not relabelled, not re-activated after
 ``poller remove``): an update would bump its version and fence off a poll in flight. Failures
 (an API that cannot be listed, a source that cannot discover) are logged and retried at the
@@ -28,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +42,7 @@ from poller.errors import SourceError
 from poller.logs import Logger
 from poller.models import TERMINAL_STATES, PollResult, State, WatchSpec
 from poller.sources import Discoverer, Source
+from poller.sources.base import Discovered
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -68,6 +74,11 @@ class Ledger(Protocol):
 
     async def mark_listed(self, entries: Sequence[str]) -> None:
         """Remember that these entries have been listed."""
+        ...
+
+    async def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        """Forget the pruned jobs of the entries listed completely (`complete`) that no
+        listing holds (`listed`: the watch keys listed); how many."""
         ...
 
 
@@ -149,6 +160,7 @@ class Discovery:
         )
         specs: dict[str, WatchSpec] = {}
         listed_keys: set[str] = set()
+        complete: list[str] = []  # the entries listed to their end
         failed: list[str] = []
         found = 0
         keys = [entry_key(job) for _index, job in entries]
@@ -161,6 +173,8 @@ class Discovery:
             found += len(jobs)
             # a first listing records the jobs that had already ended, without a message
             quiet = key in first and not job.notify_existing
+            if jobs.complete:
+                complete.append(key)
             for job_id, as_listed in jobs.items():
                 spec = WatchSpec(
                     source=job.source,
@@ -187,6 +201,8 @@ class Discovery:
         if first:
             # after the watches: an entry whose jobs were not all added is listed as first again
             await self.ledger.mark_listed(sorted(first))
+        if complete:
+            await self.ledger.drop_tombstones(complete, listed_keys)
         # Only keys listed now need remembering (plus, while an entry fails, the old ones):
         # the memory follows what the bulks and searches hold, not every job ever seen.
         self._known = listed_keys | self._known if failed else listed_keys
@@ -215,9 +231,7 @@ class Discovery:
             problems=list(problems),
         )
 
-    async def _list(
-        self, index: int, job: JobConfig, source: Source | None
-    ) -> Mapping[str, PollResult | None] | None:
+    async def _list(self, index: int, job: JobConfig, source: Source | None) -> Discovered | None:
         """The jobs an entry stands for, each with its state as listed, or None (logged) if
         they cannot be had now."""
         where = _describe(index, job)
@@ -226,8 +240,10 @@ class Discovery:
             return None
         try:
             jobs = await source.discover(job)
-            # a type that lists bare ids (no states) is read too: none is taken for ended
-            return dict(jobs) if isinstance(jobs, Mapping) else dict.fromkeys(jobs)
+            # a type that lists bare ids (no states) is read too: none is taken for ended;
+            # a listing that does not say it is complete is taken for incomplete
+            listed = jobs if isinstance(jobs, Mapping) else dict.fromkeys(jobs)
+            return Discovered(listed, complete=getattr(jobs, "complete", False) is True)
         except SourceError as exc:
             self.log.warning("discovery failed", entry=where, kind=exc.kind, error=exc.message)
         except Exception as exc:  # an adapter bug costs this run, not the daemon

@@ -128,6 +128,17 @@ class Splitter(Protocol):
 MAX_DISCOVERED = 10_000
 
 
+class Discovered(dict[str, PollResult | None]):
+    """What `Discoverer.discover` may answer: the jobs, and whether the listing was
+    `complete` (every page read to its end, no job left out for a cap or an unreadable
+    entry). Only a complete listing may drop a pruned job's tombstone: a plain mapping
+    counts as incomplete."""
+
+    def __init__(self, jobs: Mapping[str, PollResult | None], *, complete: bool) -> None:
+        super().__init__(jobs)
+        self.complete = complete
+
+
 def failure_of(exc: SourceError) -> PollFailure:
     """The `PollFailure` a `SourceError` describes."""
     return PollFailure(exc.kind, exc.message, exc.transient, exc.retry_after)

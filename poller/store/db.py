@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 #: The newest migration; a test checks it against alembic's head. Comparing it with the
 #: database's version lets every CLI call skip loading alembic when nothing needs doing.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

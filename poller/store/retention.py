@@ -8,9 +8,12 @@ was removed before it) and nothing brings it back or still needs it:
   never lost to pruning);
 - a watch the config still lists stays: the next reload would add it again as new and
   notify its end a second time (a removed config watch may go);
-- a discovered watch stays: the bulk or search that found it may still list its job, and
-  discovery would add it again as new (removing its entry from the config, then
-  `poller remove`, does not change that; see README "Retention").
+- a discovered watch goes, leaving a tombstone (`schema.tombstones`, written in the
+  transaction that deletes it) while its bulk or search is in the config: discovery never
+  adds a tombstoned job again (nor notifies its end a second time), and a complete listing
+  of the entry that no longer holds the job drops the tombstone. One whose entry left the
+  config (stopped, its entry forgotten) goes without one. Watches discovered before poller
+  recorded their entry stay, as there is nothing to key a tombstone by.
 
 Reports (events about no watch) go the same way: those queued before the cutoff whose
 deliveries are all done, with their run's row (so the same scheduled time is never sent
@@ -23,6 +26,7 @@ re-armed meanwhile (`poller add --again`) stays.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -30,7 +34,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from poller.store.db import IN_CHUNK, Database
-from poller.store.schema import deliveries, events, report_runs, transitions, watches
+from poller.store.schema import (
+    deliveries,
+    discovery_entries,
+    events,
+    report_runs,
+    tombstones,
+    transitions,
+    watches,
+)
 
 
 @dataclass
@@ -41,6 +53,8 @@ class Pruned:
     transitions: int = 0
     events: int = 0
     deliveries: int = 0
+    #: discovered watches among `watches` that left a tombstone
+    tombstones: int = 0
 
 
 def prunable(before: float) -> ColumnElement[bool]:
@@ -50,13 +64,22 @@ def prunable(before: float) -> ColumnElement[bool]:
         .select_from(deliveries.join(events, events.c.id == deliveries.c.event_id))
         .where(events.c.watch_id == watches.c.id, deliveries.c.status == "pending")
     )
+    listed = sa.select(sa.literal(1)).where(discovery_entries.c.entry == watches.c.discovered_by)
     return sa.and_(
         sa.not_(watches.c.active),
         sa.or_(watches.c.ended_at.is_not(None), watches.c.removed_at.is_not(None)),
         sa.or_(watches.c.ended_at.is_(None), watches.c.ended_at < before),
         sa.or_(watches.c.removed_at.is_(None), watches.c.removed_at < before),
-        sa.or_(watches.c.origin == "cli", watches.c.removed_at.is_not(None)),
-        watches.c.origin != "discovered",
+        sa.or_(
+            watches.c.origin == "cli",
+            sa.and_(watches.c.origin != "discovered", watches.c.removed_at.is_not(None)),
+            sa.and_(
+                watches.c.origin == "discovered",
+                watches.c.discovered_by.is_not(None),
+                # its entry listed (a tombstone keeps it away), or left the config
+                sa.or_(sa.exists(listed), watches.c.removed_at.is_not(None)),
+            ),
+        ),
         sa.not_(sa.exists(pending)),
     )
 
@@ -73,6 +96,7 @@ class Retention(Database):
             pruned.transitions += batch.transitions
             pruned.events += batch.events
             pruned.deliveries += batch.deliveries
+            pruned.tombstones += batch.tombstones
             if batch.watches < IN_CHUNK:
                 break
         gone = self._retrying(lambda conn: _prune_reports(conn, before))
@@ -99,8 +123,24 @@ def _prune_batch(conn: Connection, before: float, sqlite: bool) -> Pruned:
     gone_transitions = conn.execute(
         sa.delete(transitions).where(transitions.c.watch_id.in_(ids))
     ).rowcount
+    # a discovered job whose entry is listed: discovery must not add it again as new
+    buried = sa.select(watches.c.discovered_by, watches.c.key).where(
+        watches.c.id.in_(ids),
+        watches.c.origin == "discovered",
+        watches.c.discovered_by.in_(sa.select(discovery_entries.c.entry)),
+        # one there already (another replica pruned the same job before) stays as it is
+        sa.not_(
+            sa.exists().where(
+                tombstones.c.entry == watches.c.discovered_by, tombstones.c.key == watches.c.key
+            )
+        ),
+    )
+    now = time.time()
+    rows = [{"entry": e, "key": k, "pruned_at": now} for e, k in conn.execute(buried)]
+    if rows:
+        conn.execute(sa.insert(tombstones), rows)
     gone_watches = conn.execute(sa.delete(watches).where(watches.c.id.in_(ids))).rowcount
-    return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries)
+    return Pruned(gone_watches, gone_transitions, gone_events, gone_deliveries, len(rows))
 
 
 def _prune_reports(conn: Connection, before: float) -> Pruned:

@@ -110,6 +110,17 @@ discovery_entries = Table(
     Column("listed_at", Float, nullable=False),
 )
 
+#: the discovered jobs retention pruned (`Retention.prune`), by entry and watch key: discovery
+#: never adds them again while their entry's listings still hold them; a complete listing
+#: without the job drops its row (`Store.drop_tombstones`)
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("entry", CleanText(512), primary_key=True),
+    Column("key", CleanText(MAX_LENGTH["key"]), primary_key=True),
+    Column("pruned_at", Float, nullable=False),
+)
+
 transitions = Table(
     "transitions",
     metadata,

@@ -3,7 +3,7 @@ are `reports.Reports`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from poller.models import Watch, WatchSpec
 from poller.store.db import IN_CHUNK, Database
 from poller.store.rows import WATCH_COLUMNS, watch_from_row
-from poller.store.schema import discovery_entries, watches
+from poller.store.schema import discovery_entries, tombstones, watches
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,12 @@ class Watches(Database):
         return Added(watch_from_row(row), False, reactivated, changes, rearmed)
 
     def add_new_watches(self, specs: Sequence[WatchSpec], now: float) -> list[str]:
-        """Start watching each spec whose key has no watch yet (a removed one counts); the keys
-        added. For discovery: thousands of jobs cost a few statements, not one transaction
-        each. A key another replica inserts meanwhile is left as that replica wrote it (no
-        error), though it is still among the keys returned."""
+        """Start watching each spec whose key has no watch yet (a removed one counts) and no
+        tombstone (retention pruned it; whichever entry found it, as bulks and searches may
+        overlap); the keys added. For discovery:
+        thousands of jobs cost a few statements, not one transaction each. A key another
+        replica inserts meanwhile is left as that replica wrote it (no error), though it is
+        still among the keys returned."""
         # In key order: replicas inserting the same keys together wait for one another
         # instead of deadlocking; a deadlock PostgreSQL breaks off anyway is run again.
         ordered = sorted(specs, key=lambda spec: spec.key)
@@ -118,6 +120,13 @@ class Watches(Database):
                 existing = set(
                     conn.execute(
                         sa.select(watches.c.key).where(watches.c.key.in_(list(chunk)))
+                    ).scalars()
+                )
+                # read after the watches: a prune committing in between deleted the watch and
+                # wrote its tombstone together, so one of the two reads sees the job
+                existing.update(
+                    conn.execute(
+                        sa.select(tombstones.c.key).where(tombstones.c.key.in_(list(chunk)))
                     ).scalars()
                 )
                 rows = [_new_watch_row(s, now) for k, s in chunk.items() if k not in existing]
@@ -154,9 +163,35 @@ class Watches(Database):
 
         self._retrying(mark)
 
+    def drop_tombstones(self, complete: Collection[str], listed: Collection[str]) -> int:
+        """Drop the tombstones of the entries listed completely (`complete`) whose job no
+        listing of the run holds (`listed`: every watch key listed), so that the table
+        holds no more than the APIs list; how many went."""
+
+        def drop(conn: Connection) -> int:
+            gone = 0
+            entries = sorted(complete)
+            for first in range(0, len(entries), IN_CHUNK):
+                found = conn.execute(
+                    sa.select(tombstones.c.entry, tombstones.c.key).where(
+                        tombstones.c.entry.in_(entries[first : first + IN_CHUNK])
+                    )
+                ).all()
+                for entry, key in found:
+                    if key not in listed:
+                        gone += conn.execute(
+                            sa.delete(tombstones).where(
+                                tombstones.c.entry == entry, tombstones.c.key == key
+                            )
+                        ).rowcount
+            return gone
+
+        return self._retrying(drop)
+
     def stop_discovered(self, entries: Sequence[str], now: float) -> list[str]:
         """Stop the discovered watches whose bulk or search is not among `entries` (the
-        config's), history kept, and forget that those entries were listed; the keys stopped.
+        config's), history kept, and forget that those entries were listed (and their
+        tombstones: an entry back in the config lists quietly again); the keys stopped.
         Watches discovered before poller recorded their entry are left alone."""
         keep = list(entries)
 
@@ -170,6 +205,7 @@ class Watches(Database):
             for key in keys:
                 conn.execute(_removal(key, now))
             conn.execute(sa.delete(discovery_entries).where(discovery_entries.c.entry.not_in(keep)))
+            conn.execute(sa.delete(tombstones).where(tombstones.c.entry.not_in(keep)))
             return keys
 
         return self._retrying(stop)

@@ -39,7 +39,7 @@ from poller.redact import scrub_outcome
 from poller.settings.fields import body_fields, template_fields
 from poller.sources import lenient, read_outcome
 from poller.sources.auth import JsonLogin, OAuth2ClientCredentials, StaticHeaders
-from poller.sources.base import MAX_DISCOVERED, failure_of
+from poller.sources.base import MAX_DISCOVERED, Discovered, failure_of
 from poller.sources.batching import batch_outcomes, poll_batches
 from poller.sources.client import Requester, SourceHealth, path_segment
 from poller.sources.http.config import HttpExpressions, HttpSource
@@ -312,22 +312,25 @@ class HttpAdapter:
         outcomes = batch_outcomes(entries, job_ids, self._parse, "the batch answer")
         return {k: self._scrubbed(outcome) for k, outcome in outcomes.items()}
 
-    async def discover(self, job: Listing) -> dict[str, PollResult | None]:
+    async def discover(self, job: Listing) -> Discovered:
         """The jobs the ``discover`` listing gives for a job entry's ``bulk``, every page of
         them (up to ``max_pages``, and `MAX_DISCOVERED` jobs): each id with its state as
-        listed (read with the source's expressions; None if that fails).
+        listed (read with the source's expressions; None if that fails). `complete` if the
+        last page was reached and every item had an id.
 
         Raises `SourceError` if a page cannot be had or is not a list of items.
         """
         spec, expressions = self.config.discover, self._discover
         if spec is None or expressions is None or job.bulk is None:
-            return {}  # the config check refuses a bulk on a source without discover
+            # the config check refuses a bulk on a source without discover
+            return Discovered({}, complete=False)
         found: dict[str, PollResult | None] = {}
         seen: set[str] = set()  # every id listed, kept or filtered out
         fields: dict[str, JsonValue] = {"bulk": job.bulk}
         token: JsonValue = None
         tokens: set[str] = set()
         offset = 0
+        left_out = False  # an item without an id: the listing is not complete
         for page in range(spec.max_pages):
             fields.update(next=token, page=page, offset=offset)
             answer = await self._send(spec.method, spec.url, spec.body, fields, "discover")
@@ -335,6 +338,7 @@ class HttpAdapter:
             before = len(seen)
             for item in items:
                 job_id = lenient.identifier(_search(expressions.id, item))
+                left_out = left_out or job_id is None
                 if job_id is None or job_id in seen:
                     continue
                 seen.add(job_id)
@@ -342,16 +346,20 @@ class HttpAdapter:
                 if wanted is None or _true(_search(wanted, item)):
                     found[job_id] = self._listed(item)
                     if len(found) >= MAX_DISCOVERED:
-                        return found
+                        return Discovered(found, complete=False)
             offset += len(items)
             if expressions.next is not None:
                 token = _token(_search(expressions.next, answer))
-                if token is None or str(token) in tokens:
-                    break  # the last page, or a server pointing back at a page it gave
+                if token is None:
+                    return Discovered(found, complete=not left_out)  # the last page
+                if str(token) in tokens:
+                    break  # a server pointing back at a page it gave
                 tokens.add(str(token))
-            elif not spec.paged or len(seen) == before:
-                break  # one page, or a page without new items: the end
-        return found
+            elif not spec.paged or not items:
+                return Discovered(found, complete=not left_out)  # one page, or the end
+            elif len(seen) == before:
+                break  # a page without new items: it may ignore paging
+        return Discovered(found, complete=False)
 
     def _listed(self, item: object) -> PollResult | None:
         outcome = read_outcome(self._parse, item)

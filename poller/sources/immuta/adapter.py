@@ -42,7 +42,7 @@ from poller.errors import PermanentSourceError, SourceError
 from poller.models import JobRef, PollFailure, PollOutcome, PollResult, State
 from poller.sources import JobCount, JobSummary, lenient, read_outcome
 from poller.sources.auth import StaticHeaders
-from poller.sources.base import MAX_DISCOVERED, failure_of
+from poller.sources.base import MAX_DISCOVERED, Discovered, failure_of
 from poller.sources.batching import batch_outcomes, poll_batches
 from poller.sources.client import Requester, SourceHealth
 from poller.sources.immuta.config import ImmutaSource, SearchSpec
@@ -256,7 +256,7 @@ def parse_page(body: object) -> tuple[list[str], object]:
     The marker is what ``next`` said, or `_NO_MARKER` if the answer has none. Raises
     `PermanentSourceError` if the answer is not a page of jobs.
     """
-    entries, marker = _page(body)
+    entries, marker, _left_out = _page(body)
     return [job_id for job_id, _item in entries], marker
 
 
@@ -268,8 +268,9 @@ def listed_state(item: object) -> PollResult | None:
     return outcome if isinstance(outcome, PollResult) else None
 
 
-def _page(body: object) -> tuple[list[tuple[str, object]], object]:
-    """`parse_page`, with each id's entry as the page gave it."""
+def _page(body: object) -> tuple[list[tuple[str, object]], object, bool]:
+    """`parse_page`, with each id's entry as the page gave it, and whether an entry was left
+    out (no id could be read from it)."""
     if isinstance(body, list):
         items: object = body
         marker: object = _NO_MARKER
@@ -291,7 +292,7 @@ def _page(body: object) -> tuple[list[tuple[str, object]], object]:
             job_id = lenient.identifier(item)
         if job_id is not None:
             entries.append((job_id, item))
-    return entries, marker
+    return entries, marker, len(entries) < len(items)
 
 
 class ImmutaAdapter:
@@ -417,11 +418,12 @@ class ImmutaAdapter:
 
     # -- discovery ---------------------------------------------------------------------
 
-    async def discover(self, job: Listing) -> dict[str, PollResult | None]:
+    async def discover(self, job: Listing) -> Discovered:
         """The jobs a config entry's ``bulk`` or ``search`` finds, every page of them: each
         id with its state as listed (`listed_state`; None if the listing gives none).
 
-        Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs.
+        Raises `SourceError` if a page cannot be had; stops after `MAX_DISCOVERED` jobs
+        (the listing is then not `Discovered.complete`).
         """
         if job.bulk is not None:
             return await self._list("/jobs", [("bulkId", str(job.bulk))])
@@ -434,11 +436,13 @@ class ImmutaAdapter:
                 if value is not None:
                     params.append((name, str(value)))
             return await self._list("/jobs/search", params)
-        return {}
+        return Discovered({}, complete=False)
 
-    async def _list(self, path: str, params: list[tuple[str, str]]) -> dict[str, PollResult | None]:
+    async def _list(self, path: str, params: list[tuple[str, str]]) -> Discovered:
         """Follow a listing's pages to the end: by ``next`` when given, else by offset."""
         found: dict[str, PollResult | None] = {}
+        complete = False  # a listing cut short by MAX_PAGES is not
+        left_out = False  # an entry without a readable id: the listing is not complete
         offset = 0
         url: str | None = None  # a next-page URL the server gave
         token: str | None = None  # an opaque next-page token the server gave
@@ -455,22 +459,26 @@ class ImmutaAdapter:
                 if token is not None:
                     query.append(("next", token))
                 target = f"{self.base_url}{path}?{urlencode(query)}"
-            entries, marker = _page(
+            entries, marker, skipped = _page(
                 # partial: a job that cannot be read is left out, not the whole page
                 await self.requester.json("GET", target, deadline=self._deadline, partial=True)
             )
+            left_out = left_out or skipped
             ids = [job_id for job_id, _item in entries]
             before = len(found)
             for job_id, item in entries:
                 found.setdefault(job_id, listed_state(item))
             if len(found) >= MAX_DISCOVERED or len(found) == before:
+                # an empty page ends a listing; a repeated one or a cap may hide more
+                complete = not ids and not left_out
                 break  # an empty page, or one the server gave before (it ignores offset)
             step = self._next_page(marker, offset, len(ids), largest)
             largest = max(largest, len(ids))
             if step is None:
+                complete = not left_out and len(found) < MAX_DISCOVERED
                 break
             url, token, offset = step
-        return dict(list(found.items())[:MAX_DISCOVERED])
+        return Discovered(dict(list(found.items())[:MAX_DISCOVERED]), complete=complete)
 
     def _next_page(
         self, marker: object, offset: int, got: int, largest: int
