@@ -247,6 +247,8 @@ class TestAdapterBugs:
             async def go() -> int:
                 daemon = Daemon(config, resolver=resolver, tuning=Tuning(idle_wait=0.1))
                 runner = asyncio.create_task(daemon.run())
+                # the daemon creates the tables: read them only once it says it is ready
+                await asyncio.wait_for(daemon.ready.wait(), timeout=10)
                 store = Store(config.database)
                 try:
                     deadline = time.monotonic() + 10
