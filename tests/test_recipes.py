@@ -58,6 +58,8 @@ class Recipe:
     login: Mapping[str, str] | None = None
     #: what `poller wait` says when the secret is wrong
     refused_says: str = "auth: HTTP 401: credentials refused"
+    #: the server's own words about the missing job, as poller quotes them
+    missing_says: str = ""
 
     def config(self, extra: str = "") -> str:
         """The recipe as written, with the test's own top-level keys after it."""
@@ -99,6 +101,7 @@ MLFLOW = Recipe(
         "failed": ("State: failed (remote: FAILED)", "Started: 2026-12-01 14:11:46 UTC, took 1s"),
     },
     running_name="backfill-2024",
+    missing_says='the API says: "Run with id=0123456789abcdef0123456789abcdef not found"',
 )
 PREFECT = Recipe(
     "prefect",
@@ -119,6 +122,7 @@ PREFECT = Recipe(
     },
     succeeded="completed",
     running_name="nostalgic-bullfinch",
+    missing_says='the API says: "Flow run not found"',
 )
 FLOWER = Recipe(
     "flower",
@@ -140,6 +144,7 @@ FLOWER = Recipe(
     secret_env="FLOWER_PASSWORD_FILE",
     secret=FLOWER_PASSWORD,
     authorization="Basic " + base64.b64encode(f"poller:{FLOWER_PASSWORD}".encode()).decode(),
+    missing_says="the API says: \"Unknown task '6b9c2bd9-0c8a-4d0e-9d7e-1f2a3b4c5d6e'\"",
 )
 AIRFLOW = Recipe(
     "airflow",
@@ -161,6 +166,8 @@ AIRFLOW = Recipe(
     refused="bad_token",
     login={"username": "poller", "password": AIRFLOW_PASSWORD},
     refused_says="auth: the token endpoint refused: HTTP 401",
+    missing_says='the API says: "The DagRun with dag_id: `nightly_etl` and run_id:'
+    ' `manual__2020-01-01T00:00:00+00:00` was not found"',
 )
 RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER, AIRFLOW]
 
@@ -237,6 +244,7 @@ class TestRecorded:
         missing = job_key(recipe, api, "missing")
         (gone,) = [m for m in messages if missing in m["title"]]
         assert gone["title"].endswith("cannot be reached") and "not found" in gone["message"], gone
+        assert recipe.missing_says in gone["message"], gone
         # the job entry has no name: the API's is shown, in the table as in messages
         assert watch["details"]["job_name"] == recipe.running_name, watch
         (row,) = [line for line in table.splitlines() if watch["key"] in line]
@@ -273,6 +281,7 @@ class TestRecorded:
         assert running.returncode == 3, running.stderr
         assert missing.returncode == 4, missing.stdout
         assert "not found" in missing.stderr, missing.stderr
+        assert recipe.missing_says in missing.stderr, missing.stderr
 
     @pytest.mark.parametrize("recipe", [FLOWER, AIRFLOW], ids=lambda r: r.system)
     def test_refused_credentials(self, recipe: Recipe, tmp_path: Path) -> None:
