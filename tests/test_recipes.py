@@ -23,7 +23,7 @@ import pytest
 from recorded import RecordedApi, recording
 from world import daemon, eventually
 
-from poller.testing import SimThread, WebhookSink
+from poller.testing import HttpServer, Request, Response, SimThread, WebhookSink
 
 RECIPES = Path(__file__).parent.parent / "docs" / "recipes"
 #: appended to a recipe in tests: quick polls, and a missing job unreachable after 1 s
@@ -300,6 +300,76 @@ class TestRecorded:
         assert r.returncode == 4, r.stdout
         assert recipe.refused_says in r.stderr, r.stderr
         assert wrong not in r.stderr + r.stdout
+
+
+def test_flower_without_api_auth_says_why(tmp_path: Path) -> None:
+    """A Flower started without --basic-auth nor FLOWER_UNAUTHENTICATED_API refuses every API
+    request with 401 and a text that names the fix: `poller wait` shows it after the status.
+    A wrong password (Flower's empty HTML 401) has nothing to add."""
+    for refused, says in [
+        (
+            "no_auth",
+            'auth: HTTP 401: credentials refused; the API says: "FLOWER_UNAUTHENTICATED_API'
+            ' environment variable is required to enable API without authentication"\n',
+        ),
+        ("refused", "auth: HTTP 401: credentials refused\n"),
+    ]:
+        api = RecordedApi("flower", authorization="Basic not-this-one", refused=refused)
+        with SimThread(api):
+            env = FLOWER.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
+            config = tmp_path / "recipe.yaml"
+            config.write_text(FLOWER.config())
+            _, job_id = job(api, FLOWER.succeeded)
+            r = cli("wait", "flower", job_id, "-c", str(config), env=env)
+        assert r.returncode == 4, r.stdout
+        assert r.stderr.endswith(says), r.stderr
+
+
+#: What a hostile API answers to a refused request: terminal escapes that would clear the
+#: screen and retitle the terminal, lines, a bidi override, the credentials it was sent (as
+#: they came, decoded, and split by a control character), and 100,000 characters more.
+def _hostile(request: Request) -> Response:
+    header = request.headers.get("authorization", "")
+    said = (
+        f"\x1b[2J\x1b]0;pwned\x07denied: {header}\r\nuser poller:{FLOWER_PASSWORD}"
+        f" \u202e{FLOWER_PASSWORD[:5]}\x00{FLOWER_PASSWORD[5:]} {'A' * 100_000}"
+    )
+    return Response(401, {"message": said})
+
+
+def test_hostile_error_text(tmp_path: Path) -> None:
+    """The words of a 401 that reflects the credentials, with escapes, lines and 100,000
+    characters: `poller wait`'s stderr, the webhook's unreachable message and `poller status`
+    show them on one line, cut to 200 characters, with no escape or control character and no
+    credential."""
+
+    async def handle(request: Request) -> Response:
+        return _hostile(request)
+
+    api, sink = HttpServer(handle), WebhookSink()
+    basic = FLOWER.authorization or ""
+    forbidden = [FLOWER_PASSWORD, basic.partition(" ")[2], "\x1b", "\u202e", "\r", "A" * 200]
+    words = "denied: *** user *** *** "
+    quoted = f'; the API says: "{words}{"A" * (199 - len(words))}…"'
+    with SimThread(api, sink):
+        env = FLOWER.env(tmp_path, api.origin, sink.apprise_url)
+        config = tmp_path / "recipe.yaml"
+        config.write_text(FLOWER.config())
+        waited = cli("wait", "flower", "t1", "-c", str(config), env=env)
+        jobs = "jobs:\n  - {source: flower, id: t1}\n"
+        with daemon(tmp_path, FLOWER.config(jobs), env) as path:
+            (message,) = sink.wait_for(1, timeout=30)
+            status = cli("status", "--json", "-c", str(path), env=env).stdout
+    (watch,) = json.loads(status)["watches"]
+    assert watch["last_error"] == "auth: HTTP 401: credentials refused" + quoted, watch
+    assert waited.returncode == 4, waited.stdout
+    (line,) = waited.stderr.splitlines()
+    assert line.endswith("auth: HTTP 401: credentials refused" + quoted), line
+    assert message["title"].endswith("cannot be reached"), message
+    assert "auth: HTTP 401: credentials refused" + quoted in message["message"], message
+    for shown in (waited.stderr, waited.stdout, status, json.dumps(message, ensure_ascii=False)):
+        for secret in forbidden:
+            assert secret not in shown, (secret, shown)
 
 
 def test_a_dag_run_needs_its_dag(tmp_path: Path) -> None:
