@@ -21,6 +21,7 @@ from world import AnyAnswer, daemon, eventually
 
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources.auth import STALE_403
 from poller.sources.http import HttpSource
 from poller.sources.http.adapter import (
     HttpAdapter,
@@ -29,7 +30,7 @@ from poller.sources.http.adapter import (
     render_body,
     render_url,
 )
-from poller.testing import JsonJobSim, OAuthClient, SimThread, WebhookSink
+from poller.testing import JsonJobSim, LoginUser, OAuthClient, SimThread, WebhookSink
 
 TOKEN = "warehouse-token-8899"
 STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}
@@ -293,6 +294,53 @@ class TestAuth:
         assert isinstance(outcome, PollFailure) and outcome.kind == "auth", outcome
         assert why in outcome.message
         assert api.requests["job"] == 0
+
+    def test_login_token_expired_with_403(self) -> None:
+        """Airflow 3 answers an expired token with 403, not 401: a token older than
+        `STALE_403` is then fetched again and the request sent once more. A 403 to a token
+        just fetched is a permission refused: an auth error at once, with the API's words,
+        and no token request."""
+        user = LoginUser("poller", "airflow-pass-3141", lifetime=STALE_403 - 2)
+        api = JsonJobSim(login=user)
+        with SimThread(api):
+            api.add_job("j1", status="DONE")
+            api.add_job("j2", status="DONE")
+            api.fail(
+                "/jobs/j2", status=403, body={"detail": "Forbidden: no read on j2"}, times=None
+            )
+            login = {
+                "url": api.base_url + "/auth/token",
+                "username": "poller",
+                "password": SecretStr(user.password),
+            }
+            config = source(api.base_url + "/jobs/{id}", headers={}, auth={"login": login})
+
+            def between(i: int) -> None:
+                if i == 0:  # the token expires (server side) and grows older than STALE_403
+                    time.sleep(STALE_403 + 0.5)
+
+            first, expired, fresh = poll_rounds(config, [["j1", "j2"], ["j1"], ["j2"]], between)
+        assert isinstance(first["j1"], PollResult) and isinstance(expired["j1"], PollResult)
+        for refused in (first["j2"], fresh["j2"]):
+            assert isinstance(refused, PollFailure) and refused.kind == "auth", refused
+            assert refused.message == (
+                'HTTP 403: credentials refused; the API says: "Forbidden: no read on j2"'
+            )
+        # one login, the 403 of the expired token, one login again and its request once more
+        assert api.requests["login"] == 2
+        assert api.requests["job"] == 2 + 2 + 1
+
+    def test_a_403_to_an_old_token_is_retried_once(self, api: JsonJobSim) -> None:
+        """A permission refused to a token older than `STALE_403`: one new token and one
+        more request, then the auth error; never a loop."""
+        api.fail("/jobs/j1", status=403, times=None)
+        config = oauth_source(api)
+        first, second = poll_rounds(
+            config, [["j2"], ["j1"]], between=lambda i: time.sleep(STALE_403 + 0.5)
+        )
+        assert succeeded(first)
+        assert isinstance(second["j1"], PollFailure) and second["j1"].kind == "auth"
+        assert (api.requests["token"], api.requests["job"]) == (2, 3)
 
     def test_basic(self) -> None:
         """auth.basic sends the username and password; a wrong password is an auth error."""
