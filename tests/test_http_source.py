@@ -271,7 +271,9 @@ class TestAuth:
         outcomes = poll(oauth_source(api, secret="wrong-secret-4455"), jobs)
         for outcome in outcomes.values():
             assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
-            assert outcome.message == "the token endpoint refused: HTTP 401 (invalid_client)"
+            assert outcome.message == (
+                'the token endpoint refused: HTTP 401 (invalid_client); the API says: "bad secret"'
+            )
         assert (api.requests["token"], api.requests["job"]) == (1, 0)
 
     @pytest.mark.parametrize(
@@ -329,6 +331,27 @@ class TestAuth:
         # one login, the 403 of the expired token, one login again and its request once more
         assert api.requests["login"] == 2
         assert api.requests["job"] == 2 + 2 + 1
+
+    def test_a_refused_login_quotes_the_endpoint_not_the_password(self) -> None:
+        """A login endpoint that echoes the password it refused: its words are quoted, the
+        password masked; a bare ``{"error": code}`` is not said twice."""
+        api = JsonJobSim(login=LoginUser("poller", "the-right-one"))
+        wrong = "wrong-pass-2424"
+        with SimThread(api):
+            login = {"url": api.base_url + "/auth/token", "username": "poller", "password": wrong}
+            config = source(api.base_url + "/jobs/{id}", headers={}, auth={"login": login})
+            api.add_job("j", status="DONE")
+            echoed = poll(config, ["j"])["j"]
+            api.fail("/auth/token", status=400, body={"error": "invalid_request"})
+            coded = poll(config, ["j"])["j"]
+            api.fail("/auth/token", status=401, body={"detail": f"no user with {wrong}"})
+            reflected = poll(config, ["j"])["j"]
+        said = [o.message if isinstance(o, PollFailure) else o for o in (echoed, coded, reflected)]
+        assert said == [
+            'the token endpoint refused: HTTP 401; the API says: "Invalid credentials"',
+            "the token endpoint refused: HTTP 400 (invalid_request)",
+            'the token endpoint refused: HTTP 401; the API says: "no user with ***"',
+        ]
 
     def test_a_403_to_an_old_token_is_retried_once(self, api: JsonJobSim) -> None:
         """A permission refused to a token older than `STALE_403`: one new token and one
@@ -804,6 +827,9 @@ jobs:
 
             with daemon(tmp_path, config) as path:
                 found = eventually(errors, what="an error on every watch")
-        assert set(found) == {"auth: the token endpoint refused: HTTP 401 (invalid_client)"}
+        assert set(found) == {
+            "auth: the token endpoint refused: HTTP 401 (invalid_client);"
+            ' the API says: "bad secret"'
+        }
         assert api.requests["job"] == 0 and api.requests["token"] >= 1
         assert_nowhere(tmp_path, ["a-wrong-secret-1414"])

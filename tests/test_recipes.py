@@ -165,7 +165,7 @@ AIRFLOW = Recipe(
     authorization="Bearer " + recording("airflow", "token")["body"]["access_token"],
     refused="bad_token",
     login={"username": "poller", "password": AIRFLOW_PASSWORD},
-    refused_says="auth: the token endpoint refused: HTTP 401",
+    refused_says='auth: the token endpoint refused: HTTP 401; the API says: "Invalid credentials"',
     missing_says='the API says: "The DagRun with dag_id: `nightly_etl` and run_id:'
     ' `manual__2020-01-01T00:00:00+00:00` was not found"',
 )

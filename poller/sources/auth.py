@@ -16,13 +16,14 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from urllib.parse import quote_plus
 
 import httpx
 
 from poller import redact
 from poller.errors import PermanentSourceError
+from poller.sources.errortext import api_says
 
 
 class StaticHeaders(httpx.Auth):
@@ -188,7 +189,7 @@ class OAuth2ClientCredentials(httpx.Auth):
     def _accept(self, response: httpx.Response) -> None:
         """Keep the token of a token answer, or raise the ``auth`` error it is."""
         try:
-            token, lifetime = read_token_answer(response)
+            token, lifetime = read_token_answer(response, redact.pieces(self._client_secret))
         except PermanentSourceError as exc:
             self._refused = (exc, self._clock() + REFUSAL_HOLD)
             raise
@@ -226,20 +227,27 @@ class JsonLogin(OAuth2ClientCredentials):
         )
 
 
-def read_token_answer(response: httpx.Response) -> tuple[str, float]:
+def read_token_answer(response: httpx.Response, secrets: Iterable[str] = ()) -> tuple[str, float]:
     """The access token and its lifetime in seconds from a token endpoint's answer; raises
-    `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token."""
+    `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token. A
+    refusal names the endpoint's error code and quotes its words (`errortext.api_says`, with
+    `secrets`, the ones the request carried in its body, masked)."""
     status = response.status_code
     if status not in (200, 201):  # a login endpoint may answer 201 Created
         code = ""
         if status < 500 and len(response.content) <= MAX_TOKEN_ANSWER:
-            # RFC 6749 §5.2: {"error": "invalid_client", ...}; only a short code is shown
-            with contextlib.suppress(ValueError):
+            # RFC 6749 §5.2: {"error": "invalid_client", ...}
+            with contextlib.suppress(ValueError, RecursionError):
                 body = json.loads(response.content)
                 error = body.get("error") if isinstance(body, dict) else None
                 if isinstance(error, str) and _ERROR_CODE.fullmatch(error):
-                    code = f" ({error})"
-        raise PermanentSourceError("auth", f"the token endpoint refused: HTTP {status}{code}")
+                    code = error
+        said = api_says(response, secrets)
+        words = f'; the API says: "{said}"' if said and said != code else ""
+        code = f" ({code})" if code else ""
+        raise PermanentSourceError(
+            "auth", f"the token endpoint refused: HTTP {status}{code}{words}"
+        )
     if len(response.content) > MAX_TOKEN_ANSWER:
         raise PermanentSourceError("auth", "the token endpoint's answer is too large")
     try:

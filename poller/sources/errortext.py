@@ -19,6 +19,7 @@ import contextlib
 import http
 import json
 import re
+from collections.abc import Iterable
 
 import httpx
 
@@ -46,10 +47,11 @@ _NOT_TEXT = re.compile(
 _SPACES = re.compile(r"\s+")
 
 
-def api_says(response: httpx.Response) -> str:
+def api_says(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
     """A one-line excerpt of the message in an error answer's body, or ``""`` if it has none
     worth showing (no body, HTML, a long text, JSON without a message, only the status's
-    reason phrase). The credentials of the request that got the answer are masked."""
+    reason phrase). The credentials of the request that got the answer are masked, and so
+    are `secrets` (those it carried in its body: a login's password)."""
     raw = response.content
     if not raw or not raw.strip():
         return ""
@@ -66,7 +68,8 @@ def api_says(response: httpx.Response) -> str:
         return ""
     text = _SPACES.sub(" ", _NOT_TEXT.sub("", _ESCAPES.sub("", text))).strip()
     # scrubbed whole, before it is cut: a secret cut in two would no longer be found
-    text = redact.scrub(text, request_secrets(response.request))
+    found = {*request_secrets(response.request), *secrets}
+    text = redact.scrub(text, sorted(found, key=len, reverse=True))
     if text.rstrip(".").casefold() == _reason(response.status_code).casefold():
         return ""
     return text if len(text) <= MAX_SAID else text[: MAX_SAID - 1].rstrip() + "…"
