@@ -833,3 +833,48 @@ jobs:
         }
         assert api.requests["job"] == 0 and api.requests["token"] >= 1
         assert_nowhere(tmp_path, ["a-wrong-secret-1414"])
+
+
+def test_daemon_renews_a_login_token_airflow_expired_with_403(tmp_path: Path) -> None:
+    """`poller run` with ``auth: {login}`` against a loopback Airflow-style login whose tokens
+    expire after 6 s and are then answered 403 (no ``expires_in`` said, so poller would keep
+    the token an hour): polls go on without one error across the expiry, with a new login,
+    and the job's end reaches the webhook."""
+    password = "airflow-pass-8080"
+    api, sink = JsonJobSim(login=LoginUser("poller", password, lifetime=6.0)), WebhookSink()
+    (tmp_path / "password").write_text(password)
+    with SimThread(api, sink):
+        api.add_job("run1", status="RUNNING")
+        config = f"""
+database: sqlite:///{tmp_path}/poller.db
+sources:
+  airflow:
+    type: http
+    url: {api.base_url}/jobs/{{id}}
+    auth: {{login: {{url: {api.base_url}/auth/token, username: poller,
+                    password_file: {tmp_path}/password}}}}
+    state: data.status
+    states: {{RUNNING: running, DONE: succeeded}}
+channels:
+  hook: {sink.apprise_url}
+rules:
+  - on: [succeeded, unreachable]
+    notify: [hook]
+polling: {{interval: 200ms, max_interval: 500ms, error_after: 1s}}
+jobs:
+  - {{source: airflow, id: run1}}
+"""
+        with daemon(tmp_path, config) as path:
+            eventually(lambda: api.requests["login"] >= 2, timeout=30, what="a second login")
+            api.set_job("run1", status="DONE")
+            (message,) = sink.wait_for(1, timeout=30)
+            status = subprocess.run(
+                [sys.executable, "-m", "poller", "status", "--json", "-c", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+    assert message["type"] == "success", message
+    (watch,) = json.loads(status.stdout)["watches"]
+    assert (watch["error_count"], watch["last_error"]) == (0, None), watch
+    assert_nowhere(tmp_path, [password, *api.issued_tokens])
