@@ -593,3 +593,16 @@ class TestErrorWords:
         assert isinstance(outcome, PollFailure) and outcome.kind == "not_found", outcome
         quoted = outcome.message.partition('the API says: "')[2].removesuffix('"')
         assert len(quoted) == 200 and quoted == "x" * 190 + "***" + "y" * 6 + "…", quoted
+
+    def test_a_key_in_the_query_is_masked(self, json_api: JsonJobSim) -> None:
+        """A credential in the URL's query (``?api_key=``), echoed back: masked; the job's
+        id, which the message is about, stays."""
+        config = http_source(json_api).model_copy(
+            update={"url": json_api.base_url + "/jobs/{id}?run=j&api_key=qkey-5566"}
+        )
+        json_api.fail("/jobs/", status=404, body={"message": "no run j for api_key=qkey-5566"})
+        (outcome,) = poll(HttpAdapter(config), [ref("j")]).values()
+        assert isinstance(outcome, PollFailure), outcome
+        assert (
+            outcome.message == 'HTTP 404: job not found; the API says: "no run j for api_key=***"'
+        )

@@ -45,6 +45,9 @@ _NOT_TEXT = re.compile(
     "[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
 )
 _SPACES = re.compile(r"\s+")
+#: Query parameters whose values are credentials (``?api_key=...``, ``&access_token=...``);
+#: other values (a run id) are what an error message is about, and stay.
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
 
 
 def api_says(response: httpx.Response, secrets: Iterable[str] = ()) -> str:
@@ -102,7 +105,7 @@ def _reason(status: int) -> str:
 def request_secrets(request: httpx.Request) -> tuple[str, ...]:
     """The pieces (`redact.pieces`) of every credential a request carried, longest first:
     each header value other than the plain ones, a Basic password decoded, the URL's
-    password."""
+    password and its query parameters named like credentials."""
     found: set[str] = set()
     for name, value in request.headers.items():
         if name.lower() in _PLAIN_HEADERS:
@@ -114,6 +117,10 @@ def request_secrets(request: httpx.Request) -> tuple[str, ...]:
                 pair = base64.b64decode(encoded.strip(), validate=True).decode()
                 found.update(redact.pieces(pair))
                 found.update(redact.pieces(pair.partition(":")[2]))
-    if request.url.password:
-        found.update(redact.pieces(request.url.password))
+    url = request.url
+    if url.password:
+        found.update(redact.pieces(url.password))
+    for name, value in url.params.multi_items():
+        if _SECRET_PARAM.search(name):
+            found.update(redact.pieces(value))
     return tuple(sorted(found, key=len, reverse=True))
