@@ -512,3 +512,97 @@ def test_overrides_stored_as_text_never_stop_a_watch(world: World) -> None:
     watches = eventually(recorded, what="both watches polled again")
     for watch in watches.values():
         assert watch["last_error"] is None and watch["state"] == "running"
+
+
+# -- the API's own words after an error status ---------------------------------------------
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class TestErrorWords:
+    """What an error answer says in its own words follows its status, in quotes: one line, no
+    terminal escapes or controls, at most 200 characters, the request's token masked; HTML,
+    dumps and bare reason phrases add nothing, and the category is the status's."""
+
+    @pytest.mark.parametrize(
+        ("status", "body", "content_type", "kind", "message"),
+        [
+            (
+                401,
+                {"message": "\x1b[2J\x1b[31mno\x1b[0m\nway\r\n\x00\u202eout\x1b]0;owned\x07"},
+                _JSON,
+                "auth",
+                'HTTP 401: credentials refused; the API says: "no way out"',
+            ),
+            (
+                403,
+                {"detail": f"token Bearer {TOKEN} is revoked (hostile-tok\x1b[0men-4711)"},
+                "application/problem+json",
+                "auth",
+                'HTTP 403: credentials refused; the API says: "token *** is revoked (***)"',
+            ),
+            (404, {"detail": "Not Found"}, _JSON, "not_found", "HTTP 404: job not found"),
+            (
+                422,
+                {"detail": [{"loc": ["body"], "msg": "field required", "type": "missing"}]},
+                _JSON,
+                "http",
+                'HTTP 422; the API says: "field required"',
+            ),
+            (
+                400,
+                {"error": {"code": 3, "message": "bad id"}, "title": "later"},
+                _JSON,
+                "http",
+                'HTTP 400; the API says: "bad id"',
+            ),
+            (429, "slow down", _TEXT, "rate_limited", 'HTTP 429; the API says: "slow down"'),
+            (
+                502,
+                "<html><h1>502 Bad Gateway</h1>nginx</html>",
+                "text/html",
+                "server_error",
+                "HTTP 502",
+            ),
+            (403, "<html>sign in</html>", _TEXT, "auth", "HTTP 403: credentials refused"),
+            (500, "Traceback (most recent call last):\n" * 100, _TEXT, "server_error", "HTTP 500"),
+            (401, b"\xff\xfe{not json", _JSON, "auth", "HTTP 401: credentials refused"),
+        ],
+    )
+    def test_error_answers(
+        self,
+        json_api: JsonJobSim,
+        status: int,
+        body: Any,
+        content_type: str,
+        kind: str,
+        message: str,
+    ) -> None:
+        json_api.fail("/jobs/", status=status, body=body, headers={"Content-Type": content_type})
+        (outcome,) = poll(HttpAdapter(http_source(json_api)), [ref("j")]).values()
+        assert isinstance(outcome, PollFailure), outcome
+        assert (outcome.kind, outcome.message) == (kind, message)
+
+    def test_a_long_message_is_cut(self, json_api: JsonJobSim) -> None:
+        """10,000 characters of message: 200 shown, the cut marked; a token past the cut is
+        masked before it, not cut in two."""
+        said = "x" * 190 + TOKEN + "y" * 10_000
+        json_api.fail("/jobs/", status=404, body={"message": said})
+        (outcome,) = poll(HttpAdapter(http_source(json_api)), [ref("j")]).values()
+        assert isinstance(outcome, PollFailure) and outcome.kind == "not_found", outcome
+        quoted = outcome.message.partition('the API says: "')[2].removesuffix('"')
+        assert len(quoted) == 200 and quoted == "x" * 190 + "***" + "y" * 6 + "…", quoted
+
+    def test_a_key_in_the_query_is_masked(self, json_api: JsonJobSim) -> None:
+        """A credential in the URL's query (``?api_key=``), echoed back: masked; the job's
+        id, which the message is about, stays."""
+        config = http_source(json_api).model_copy(
+            update={"url": json_api.base_url + "/jobs/{id}?run=j&api_key=qkey-5566"}
+        )
+        json_api.fail("/jobs/", status=404, body={"message": "no run j for api_key=qkey-5566"})
+        (outcome,) = poll(HttpAdapter(config), [ref("j")]).values()
+        assert isinstance(outcome, PollFailure), outcome
+        assert (
+            outcome.message == 'HTTP 404: job not found; the API says: "no run j for api_key=***"'
+        )

@@ -21,6 +21,7 @@ from world import AnyAnswer, daemon, eventually
 
 from poller.errors import PermanentSourceError
 from poller.models import TERMINAL_STATES, JobRef, PollFailure, PollOutcome, PollResult, State
+from poller.sources.auth import STALE_403
 from poller.sources.http import HttpSource
 from poller.sources.http.adapter import (
     HttpAdapter,
@@ -29,7 +30,7 @@ from poller.sources.http.adapter import (
     render_body,
     render_url,
 )
-from poller.testing import JsonJobSim, OAuthClient, SimThread, WebhookSink
+from poller.testing import JsonJobSim, LoginUser, OAuthClient, SimThread, WebhookSink
 
 TOKEN = "warehouse-token-8899"
 STATES = {"QUEUED": "pending", "RUNNING": "running", "DONE": "succeeded", "ERROR": "failed"}
@@ -270,7 +271,9 @@ class TestAuth:
         outcomes = poll(oauth_source(api, secret="wrong-secret-4455"), jobs)
         for outcome in outcomes.values():
             assert isinstance(outcome, PollFailure) and outcome.kind == "auth"
-            assert outcome.message == "the token endpoint refused: HTTP 401 (invalid_client)"
+            assert outcome.message == (
+                'the token endpoint refused: HTTP 401 (invalid_client); the API says: "bad secret"'
+            )
         assert (api.requests["token"], api.requests["job"]) == (1, 0)
 
     @pytest.mark.parametrize(
@@ -293,6 +296,74 @@ class TestAuth:
         assert isinstance(outcome, PollFailure) and outcome.kind == "auth", outcome
         assert why in outcome.message
         assert api.requests["job"] == 0
+
+    def test_login_token_expired_with_403(self) -> None:
+        """Airflow 3 answers an expired token with 403, not 401: a token older than
+        `STALE_403` is then fetched again and the request sent once more. A 403 to a token
+        just fetched is a permission refused: an auth error at once, with the API's words,
+        and no token request."""
+        user = LoginUser("poller", "airflow-pass-3141", lifetime=STALE_403 - 2)
+        api = JsonJobSim(login=user)
+        with SimThread(api):
+            api.add_job("j1", status="DONE")
+            api.add_job("j2", status="DONE")
+            api.fail(
+                "/jobs/j2", status=403, body={"detail": "Forbidden: no read on j2"}, times=None
+            )
+            login = {
+                "url": api.base_url + "/auth/token",
+                "username": "poller",
+                "password": SecretStr(user.password),
+            }
+            config = source(api.base_url + "/jobs/{id}", headers={}, auth={"login": login})
+
+            def between(i: int) -> None:
+                if i == 0:  # the token expires (server side) and grows older than STALE_403
+                    time.sleep(STALE_403 + 0.5)
+
+            first, expired, fresh = poll_rounds(config, [["j1", "j2"], ["j1"], ["j2"]], between)
+        assert isinstance(first["j1"], PollResult) and isinstance(expired["j1"], PollResult)
+        for refused in (first["j2"], fresh["j2"]):
+            assert isinstance(refused, PollFailure) and refused.kind == "auth", refused
+            assert refused.message == (
+                'HTTP 403: credentials refused; the API says: "Forbidden: no read on j2"'
+            )
+        # one login, the 403 of the expired token, one login again and its request once more
+        assert api.requests["login"] == 2
+        assert api.requests["job"] == 2 + 2 + 1
+
+    def test_a_refused_login_quotes_the_endpoint_not_the_password(self) -> None:
+        """A login endpoint that echoes the password it refused: its words are quoted, the
+        password masked; a bare ``{"error": code}`` is not said twice."""
+        api = JsonJobSim(login=LoginUser("poller", "the-right-one"))
+        wrong = "wrong-pass-2424"
+        with SimThread(api):
+            login = {"url": api.base_url + "/auth/token", "username": "poller", "password": wrong}
+            config = source(api.base_url + "/jobs/{id}", headers={}, auth={"login": login})
+            api.add_job("j", status="DONE")
+            echoed = poll(config, ["j"])["j"]
+            api.fail("/auth/token", status=400, body={"error": "invalid_request"})
+            coded = poll(config, ["j"])["j"]
+            api.fail("/auth/token", status=401, body={"detail": f"no user with {wrong}"})
+            reflected = poll(config, ["j"])["j"]
+        said = [o.message if isinstance(o, PollFailure) else o for o in (echoed, coded, reflected)]
+        assert said == [
+            'the token endpoint refused: HTTP 401; the API says: "Invalid credentials"',
+            "the token endpoint refused: HTTP 400 (invalid_request)",
+            'the token endpoint refused: HTTP 401; the API says: "no user with ***"',
+        ]
+
+    def test_a_403_to_an_old_token_is_retried_once(self, api: JsonJobSim) -> None:
+        """A permission refused to a token older than `STALE_403`: one new token and one
+        more request, then the auth error; never a loop."""
+        api.fail("/jobs/j1", status=403, times=None)
+        config = oauth_source(api)
+        first, second = poll_rounds(
+            config, [["j2"], ["j1"]], between=lambda i: time.sleep(STALE_403 + 0.5)
+        )
+        assert succeeded(first)
+        assert isinstance(second["j1"], PollFailure) and second["j1"].kind == "auth"
+        assert (api.requests["token"], api.requests["job"]) == (2, 3)
 
     def test_basic(self) -> None:
         """auth.basic sends the username and password; a wrong password is an auth error."""
@@ -756,6 +827,54 @@ jobs:
 
             with daemon(tmp_path, config) as path:
                 found = eventually(errors, what="an error on every watch")
-        assert set(found) == {"auth: the token endpoint refused: HTTP 401 (invalid_client)"}
+        assert set(found) == {
+            "auth: the token endpoint refused: HTTP 401 (invalid_client);"
+            ' the API says: "bad secret"'
+        }
         assert api.requests["job"] == 0 and api.requests["token"] >= 1
         assert_nowhere(tmp_path, ["a-wrong-secret-1414"])
+
+
+def test_daemon_renews_a_login_token_airflow_expired_with_403(tmp_path: Path) -> None:
+    """`poller run` with ``auth: {login}`` against a loopback Airflow-style login whose tokens
+    expire after 6 s and are then answered 403 (no ``expires_in`` said, so poller would keep
+    the token an hour): polls go on without one error across the expiry, with a new login,
+    and the job's end reaches the webhook."""
+    password = "airflow-pass-8080"
+    api, sink = JsonJobSim(login=LoginUser("poller", password, lifetime=6.0)), WebhookSink()
+    (tmp_path / "password").write_text(password)
+    with SimThread(api, sink):
+        api.add_job("run1", status="RUNNING")
+        config = f"""
+database: sqlite:///{tmp_path}/poller.db
+sources:
+  airflow:
+    type: http
+    url: {api.base_url}/jobs/{{id}}
+    auth: {{login: {{url: {api.base_url}/auth/token, username: poller,
+                    password_file: {tmp_path}/password}}}}
+    state: data.status
+    states: {{RUNNING: running, DONE: succeeded}}
+channels:
+  hook: {sink.apprise_url}
+rules:
+  - on: [succeeded, unreachable]
+    notify: [hook]
+polling: {{interval: 200ms, max_interval: 500ms, error_after: 1s}}
+jobs:
+  - {{source: airflow, id: run1}}
+"""
+        with daemon(tmp_path, config) as path:
+            eventually(lambda: api.requests["login"] >= 2, timeout=30, what="a second login")
+            api.set_job("run1", status="DONE")
+            (message,) = sink.wait_for(1, timeout=30)
+            status = subprocess.run(
+                [sys.executable, "-m", "poller", "status", "--json", "-c", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+    assert message["type"] == "success", message
+    (watch,) = json.loads(status.stdout)["watches"]
+    assert (watch["error_count"], watch["last_error"]) == (0, None), watch
+    assert_nowhere(tmp_path, [password, *api.issued_tokens])

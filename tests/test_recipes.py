@@ -23,7 +23,7 @@ import pytest
 from recorded import RecordedApi, recording
 from world import daemon, eventually
 
-from poller.testing import SimThread, WebhookSink
+from poller.testing import HttpServer, Request, Response, SimThread, WebhookSink
 
 RECIPES = Path(__file__).parent.parent / "docs" / "recipes"
 #: appended to a recipe in tests: quick polls, and a missing job unreachable after 1 s
@@ -58,6 +58,8 @@ class Recipe:
     login: Mapping[str, str] | None = None
     #: what `poller wait` says when the secret is wrong
     refused_says: str = "auth: HTTP 401: credentials refused"
+    #: the server's own words about the missing job, as poller quotes them
+    missing_says: str = ""
 
     def config(self, extra: str = "") -> str:
         """The recipe as written, with the test's own top-level keys after it."""
@@ -99,6 +101,7 @@ MLFLOW = Recipe(
         "failed": ("State: failed (remote: FAILED)", "Started: 2026-12-01 14:11:46 UTC, took 1s"),
     },
     running_name="backfill-2024",
+    missing_says='the API says: "Run with id=0123456789abcdef0123456789abcdef not found"',
 )
 PREFECT = Recipe(
     "prefect",
@@ -119,6 +122,7 @@ PREFECT = Recipe(
     },
     succeeded="completed",
     running_name="nostalgic-bullfinch",
+    missing_says='the API says: "Flow run not found"',
 )
 FLOWER = Recipe(
     "flower",
@@ -140,6 +144,7 @@ FLOWER = Recipe(
     secret_env="FLOWER_PASSWORD_FILE",
     secret=FLOWER_PASSWORD,
     authorization="Basic " + base64.b64encode(f"poller:{FLOWER_PASSWORD}".encode()).decode(),
+    missing_says="the API says: \"Unknown task '6b9c2bd9-0c8a-4d0e-9d7e-1f2a3b4c5d6e'\"",
 )
 AIRFLOW = Recipe(
     "airflow",
@@ -160,7 +165,9 @@ AIRFLOW = Recipe(
     authorization="Bearer " + recording("airflow", "token")["body"]["access_token"],
     refused="bad_token",
     login={"username": "poller", "password": AIRFLOW_PASSWORD},
-    refused_says="auth: the token endpoint refused: HTTP 401",
+    refused_says='auth: the token endpoint refused: HTTP 401; the API says: "Invalid credentials"',
+    missing_says='the API says: "The DagRun with dag_id: `nightly_etl` and run_id:'
+    ' `manual__2020-01-01T00:00:00+00:00` was not found"',
 )
 RECIPES_TESTED = [MLFLOW, PREFECT, FLOWER, AIRFLOW]
 
@@ -237,6 +244,7 @@ class TestRecorded:
         missing = job_key(recipe, api, "missing")
         (gone,) = [m for m in messages if missing in m["title"]]
         assert gone["title"].endswith("cannot be reached") and "not found" in gone["message"], gone
+        assert recipe.missing_says in gone["message"], gone
         # the job entry has no name: the API's is shown, in the table as in messages
         assert watch["details"]["job_name"] == recipe.running_name, watch
         (row,) = [line for line in table.splitlines() if watch["key"] in line]
@@ -273,6 +281,7 @@ class TestRecorded:
         assert running.returncode == 3, running.stderr
         assert missing.returncode == 4, missing.stdout
         assert "not found" in missing.stderr, missing.stderr
+        assert recipe.missing_says in missing.stderr, missing.stderr
 
     @pytest.mark.parametrize("recipe", [FLOWER, AIRFLOW], ids=lambda r: r.system)
     def test_refused_credentials(self, recipe: Recipe, tmp_path: Path) -> None:
@@ -291,6 +300,76 @@ class TestRecorded:
         assert r.returncode == 4, r.stdout
         assert recipe.refused_says in r.stderr, r.stderr
         assert wrong not in r.stderr + r.stdout
+
+
+def test_flower_without_api_auth_says_why(tmp_path: Path) -> None:
+    """A Flower started without --basic-auth nor FLOWER_UNAUTHENTICATED_API refuses every API
+    request with 401 and a text that names the fix: `poller wait` shows it after the status.
+    A wrong password (Flower's empty HTML 401) has nothing to add."""
+    for refused, says in [
+        (
+            "no_auth",
+            'auth: HTTP 401: credentials refused; the API says: "FLOWER_UNAUTHENTICATED_API'
+            ' environment variable is required to enable API without authentication"\n',
+        ),
+        ("refused", "auth: HTTP 401: credentials refused\n"),
+    ]:
+        api = RecordedApi("flower", authorization="Basic not-this-one", refused=refused)
+        with SimThread(api):
+            env = FLOWER.env(tmp_path, api.origin, "json://127.0.0.1:9/unused")
+            config = tmp_path / "recipe.yaml"
+            config.write_text(FLOWER.config())
+            _, job_id = job(api, FLOWER.succeeded)
+            r = cli("wait", "flower", job_id, "-c", str(config), env=env)
+        assert r.returncode == 4, r.stdout
+        assert r.stderr.endswith(says), r.stderr
+
+
+#: What a hostile API answers to a refused request: terminal escapes that would clear the
+#: screen and retitle the terminal, lines, a bidi override, the credentials it was sent (as
+#: they came, decoded, and split by a control character), and 100,000 characters more.
+def _hostile(request: Request) -> Response:
+    header = request.headers.get("authorization", "")
+    said = (
+        f"\x1b[2J\x1b]0;pwned\x07denied: {header}\r\nuser poller:{FLOWER_PASSWORD}"
+        f" \u202e{FLOWER_PASSWORD[:5]}\x00{FLOWER_PASSWORD[5:]} {'A' * 100_000}"
+    )
+    return Response(401, {"message": said})
+
+
+def test_hostile_error_text(tmp_path: Path) -> None:
+    """The words of a 401 that reflects the credentials, with escapes, lines and 100,000
+    characters: `poller wait`'s stderr, the webhook's unreachable message and `poller status`
+    show them on one line, cut to 200 characters, with no escape or control character and no
+    credential."""
+
+    async def handle(request: Request) -> Response:
+        return _hostile(request)
+
+    api, sink = HttpServer(handle), WebhookSink()
+    basic = FLOWER.authorization or ""
+    forbidden = [FLOWER_PASSWORD, basic.partition(" ")[2], "\x1b", "\u202e", "\r", "A" * 200]
+    words = "denied: *** user *** *** "
+    quoted = f'; the API says: "{words}{"A" * (199 - len(words))}…"'
+    with SimThread(api, sink):
+        env = FLOWER.env(tmp_path, api.origin, sink.apprise_url)
+        config = tmp_path / "recipe.yaml"
+        config.write_text(FLOWER.config())
+        waited = cli("wait", "flower", "t1", "-c", str(config), env=env)
+        jobs = "jobs:\n  - {source: flower, id: t1}\n"
+        with daemon(tmp_path, FLOWER.config(jobs), env) as path:
+            (message,) = sink.wait_for(1, timeout=30)
+            status = cli("status", "--json", "-c", str(path), env=env).stdout
+    (watch,) = json.loads(status)["watches"]
+    assert watch["last_error"] == "auth: HTTP 401: credentials refused" + quoted, watch
+    assert waited.returncode == 4, waited.stdout
+    (line,) = waited.stderr.splitlines()
+    assert line.endswith("auth: HTTP 401: credentials refused" + quoted), line
+    assert message["title"].endswith("cannot be reached"), message
+    assert "auth: HTTP 401: credentials refused" + quoted in message["message"], message
+    for shown in (waited.stderr, waited.stdout, status, json.dumps(message, ensure_ascii=False)):
+        for secret in forbidden:
+            assert secret not in shown, (secret, shown)
 
 
 def test_a_dag_run_needs_its_dag(tmp_path: Path) -> None:

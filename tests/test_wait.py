@@ -217,7 +217,8 @@ class TestCannotBeWatched:
         config = write_config(tmp_path, ruler, polling=", error_after: 15m")
         result = poller(config, "wait", "ruler-prod", "gone", "--site", SITE)
         assert result.returncode == 4, result.stdout + result.stderr
-        assert "not_found: HTTP 404: job not found (3 in a row)" in result.stderr
+        said = 'not_found: HTTP 404: job not found; the API says: "Batch job not found"'
+        assert f"{said} (3 in a row)" in result.stderr
         statuses = [t for _, t in ruler.request_log if t.endswith("/gone/status")]
         assert len(statuses) == 3
 

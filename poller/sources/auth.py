@@ -16,13 +16,14 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from urllib.parse import quote_plus
 
 import httpx
 
 from poller import redact
 from poller.errors import PermanentSourceError
+from poller.sources.errortext import api_says
 
 
 class StaticHeaders(httpx.Auth):
@@ -69,13 +70,19 @@ REFRESH_MARGIN = 60.0
 #: How long a refused token request stands for every request of the source, so that a wrong
 #: secret costs one token request per polling round, not one per job.
 REFUSAL_HOLD = 10.0
+#: A 403 to a token at least this old is taken for an expired token (Airflow 3 answers one
+#: with 403, not 401) and the request is sent once more with a new token. A token younger
+#: than this was just accepted by the token endpoint: its 403 is a permission refused, which
+#: is reported at once, and a refusal never loops (one new token per request at most).
+STALE_403 = 5.0
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
 
 
 class OAuth2ClientCredentials(httpx.Auth):
     """OAuth 2 client credentials (RFC 6749 §4.4): a bearer token fetched from `token_url`,
-    cached, refreshed before it expires or once when a request is refused with 401.
+    cached, refreshed before it expires or once when a request is refused with 401 (or with
+    403 for a token older than `STALE_403`).
 
     The token request is yielded from the flow, so it goes through the source's own client:
     the same transport, answer cap and per-request deadline as a job request. Concurrent
@@ -107,6 +114,8 @@ class OAuth2ClientCredentials(httpx.Auth):
         #: the token's `redact.pieces`, longest first: what an answer must not echo
         self.secrets: tuple[str, ...] = ()
         self._refresh_at = 0.0
+        #: when the current token was fetched (its age decides what a 403 means)
+        self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         #: the last refusal of the token endpoint, and until when it stands (`REFUSAL_HOLD`)
         self._refused: tuple[PermanentSourceError, float] | None = None
@@ -118,7 +127,8 @@ class OAuth2ClientCredentials(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        """Send `request` with a valid token; on a 401, fetch a new token and send it once more."""
+        """Send `request` with a valid token; if it is refused (`_refused`), fetch a new token
+        and send it once more."""
         token = self._token
         if token is None or self._clock() >= self._refresh_at:
             async with self._lock:
@@ -126,9 +136,10 @@ class OAuth2ClientCredentials(httpx.Auth):
                     response = yield self._token_request()
                     self._accept(response)
                 token = self._token
+        fetched = self._fetched_at
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        if response.status_code != 401:
+        if not self._refused_token(response.status_code, fetched):
             return
         async with self._lock:
             if self._token == token:  # nobody refreshed it meanwhile: this one is refused
@@ -137,6 +148,15 @@ class OAuth2ClientCredentials(httpx.Auth):
             token = self._token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+    def _refused_token(self, status: int, fetched: float) -> bool:
+        """Whether an answer of `status` to a request sent with the token fetched at `fetched`
+        says the token is no longer good. A 401 does; so does a 403 to a token older than
+        `STALE_403`, because Airflow 3 answers an expired token with 403. A 403 to a newer
+        token is a permission the user lacks: reported at once, without a token request."""
+        if status == 401:
+            return True
+        return status == 403 and self._clock() - fetched >= STALE_403
 
     def _new_token_request(self) -> httpx.Request:
         form = {"grant_type": "client_credentials"}
@@ -169,7 +189,7 @@ class OAuth2ClientCredentials(httpx.Auth):
     def _accept(self, response: httpx.Response) -> None:
         """Keep the token of a token answer, or raise the ``auth`` error it is."""
         try:
-            token, lifetime = read_token_answer(response)
+            token, lifetime = read_token_answer(response, redact.pieces(self._client_secret))
         except PermanentSourceError as exc:
             self._refused = (exc, self._clock() + REFUSAL_HOLD)
             raise
@@ -180,14 +200,16 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._token = token
         self.secrets = tuple(sorted(pieces, key=len, reverse=True))
         margin = min(REFRESH_MARGIN, lifetime / 10)
-        self._refresh_at = self._clock() + lifetime - margin
+        self._fetched_at = self._clock()
+        self._refresh_at = self._fetched_at + lifetime - margin
 
 
 class JsonLogin(OAuth2ClientCredentials):
     """A bearer token from a login endpoint: ``POST`` a JSON ``{"username", "password"}``,
     answered ``{"access_token"}`` (Airflow 3's ``/auth/token``, 201 Created). Kept, refreshed and
     refused like `OAuth2ClientCredentials` tokens; without an ``expires_in`` it is fetched again
-    every `DEFAULT_LIFETIME`, well within Airflow's default 24 h."""
+    every `DEFAULT_LIFETIME`, and sooner when Airflow answers 403 to a token that expired
+    (`STALE_403`)."""
 
     def __init__(
         self, url: str, username: str, password: str, *, clock: Callable[[], float] = time.monotonic
@@ -205,20 +227,27 @@ class JsonLogin(OAuth2ClientCredentials):
         )
 
 
-def read_token_answer(response: httpx.Response) -> tuple[str, float]:
+def read_token_answer(response: httpx.Response, secrets: Iterable[str] = ()) -> tuple[str, float]:
     """The access token and its lifetime in seconds from a token endpoint's answer; raises
-    `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token."""
+    `PermanentSourceError` (``auth``) for a refusal or an answer that is not a token. A
+    refusal names the endpoint's error code and quotes its words (`errortext.api_says`, with
+    `secrets`, the ones the request carried in its body, masked)."""
     status = response.status_code
     if status not in (200, 201):  # a login endpoint may answer 201 Created
         code = ""
         if status < 500 and len(response.content) <= MAX_TOKEN_ANSWER:
-            # RFC 6749 §5.2: {"error": "invalid_client", ...}; only a short code is shown
-            with contextlib.suppress(ValueError):
+            # RFC 6749 §5.2: {"error": "invalid_client", ...}
+            with contextlib.suppress(ValueError, RecursionError):
                 body = json.loads(response.content)
                 error = body.get("error") if isinstance(body, dict) else None
                 if isinstance(error, str) and _ERROR_CODE.fullmatch(error):
-                    code = f" ({error})"
-        raise PermanentSourceError("auth", f"the token endpoint refused: HTTP {status}{code}")
+                    code = error
+        said = api_says(response, secrets)
+        words = f'; the API says: "{said}"' if said and said != code else ""
+        code = f" ({code})" if code else ""
+        raise PermanentSourceError(
+            "auth", f"the token endpoint refused: HTTP {status}{code}{words}"
+        )
     if len(response.content) > MAX_TOKEN_ANSWER:
         raise PermanentSourceError("auth", "the token endpoint's answer is too large")
     try:

@@ -34,6 +34,7 @@ from httpx import _urlparse
 
 from poller.errors import BACKING_OFF, PermanentSourceError, SourceError, TransientSourceError
 from poller.models import MAX_WAIT, JsonValue
+from poller.sources.errortext import api_says
 from poller.sources.transport import AiohttpTransport, NameNotResolved, TLSFailed
 from poller.units import parse_retry_after
 
@@ -47,18 +48,23 @@ MAX_PAUSE = 300.0
 MAX_BODY_BYTES = 1 << 20
 
 
-def _status_error(status: int, headers: Mapping[str, str], now: float) -> SourceError:
+def _status_error(
+    status: int, headers: Mapping[str, str], now: float, said: str = ""
+) -> SourceError:
+    """The error an answer's status is; `said` (`errortext.api_says`) is appended in quotes:
+    the category stays the status's, the API's words only explain it."""
+    tail = f'; the API says: "{said}"' if said else ""
     if status in (429, 503):
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
         kind = "rate_limited" if status == 429 else "unavailable"
-        return TransientSourceError(kind, f"HTTP {status}", retry_after=retry_after)
+        return TransientSourceError(kind, f"HTTP {status}{tail}", retry_after=retry_after)
     if status >= 500:
-        return TransientSourceError("server_error", f"HTTP {status}")
+        return TransientSourceError("server_error", f"HTTP {status}{tail}")
     if status in (401, 403):
-        return PermanentSourceError("auth", f"HTTP {status}: credentials refused")
+        return PermanentSourceError("auth", f"HTTP {status}: credentials refused{tail}")
     if status == 404:
-        return PermanentSourceError("not_found", "HTTP 404: job not found")
-    return PermanentSourceError("http", f"HTTP {status}")
+        return PermanentSourceError("not_found", f"HTTP 404: job not found{tail}")
+    return PermanentSourceError("http", f"HTTP {status}{tail}")
 
 
 def path_segment(text: str) -> str:
@@ -413,7 +419,9 @@ class _Slots:
 def _answer_json(response: httpx.Response, partial: bool) -> object:
     """The JSON of a successful answer, or the `SourceError` its status says."""
     status = response.status_code
-    if status >= 400 or status in (204, 304):
+    if status >= 400:
+        raise _status_error(status, response.headers, time.time(), api_says(response))
+    if status in (204, 304):
         raise _status_error(status, response.headers, time.time())
     if 300 <= status < 400:
         raise PermanentSourceError("http", f"HTTP {status} redirect")

@@ -19,7 +19,7 @@ server that runs on a `SimThread`. A server can also run on the caller's own loo
 """
 
 from poller.testing.immuta import ImmutaSim, NextStyle
-from poller.testing.jsonapi import JsonJobSim, OAuthClient
+from poller.testing.jsonapi import JsonJobSim, LoginUser, OAuthClient
 from poller.testing.matrix import MatrixSim
 from poller.testing.ruler import RulerSim
 from poller.testing.server import (
@@ -42,6 +42,7 @@ __all__ = [
     "HttpServer",
     "ImmutaSim",
     "JsonJobSim",
+    "LoginUser",
     "MatrixSim",
     "NextStyle",
     "OAuthClient",

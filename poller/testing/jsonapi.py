@@ -37,6 +37,19 @@ class OAuthClient:
     scope: str | None = None
 
 
+@dataclass
+class LoginUser:
+    """The one user a login endpoint of `JsonJobSim` knows, answered as Airflow 3's
+    ``POST /auth/token`` does: a JSON ``{"username", "password"}`` gets 201
+    ``{"access_token"}`` (no ``expires_in``), a wrong one 401 ``Invalid credentials``. The job
+    API takes the token for `lifetime` seconds; then, like Airflow 3, it answers 403 ``Invalid
+    JWT token`` (not 401), and 401 ``Not authenticated`` to a request without a token."""
+
+    username: str
+    password: str
+    lifetime: float = 86400.0
+
+
 def _default_shape(job: Mapping[str, Any]) -> JsonValue:
     return {"data": dict(job)}
 
@@ -53,9 +66,10 @@ class JsonJobSim(HttpServer):
     answer ``shape(job)``, where a job is a dict of its fields with its ``id``; the default
     shape is ``{"data": {"id": ..., **fields}}``. Auth: ``Authorization: Bearer {token}``;
     with `basic` (``(username, password)``), HTTP Basic instead; with `oauth`, the bearer
-    tokens its token endpoint (``POST {base_url}/token``, `OAuthClient`) issued. The
-    `requests` counter kinds are ``job``, ``query``, ``search``, ``filter``, ``token`` and
-    ``other``.
+    tokens its token endpoint (``POST {base_url}/token``, `OAuthClient`) issued; with `login`,
+    those its login endpoint (``POST {base_url}/auth/token``, `LoginUser`) issued. The
+    `requests` counter kinds are ``job``, ``query``, ``search``, ``filter``, ``token``,
+    ``login`` and ``other``.
 
     Many jobs per request, in two real APIs' shapes, each job as ``item(job)`` (default:
     `shape`); a job's ``group`` field is its experiment or deployment:
@@ -81,6 +95,7 @@ class JsonJobSim(HttpServer):
         prefix: str = "/v2",
         basic: tuple[str, str] | None = None,
         oauth: OAuthClient | None = None,
+        login: LoginUser | None = None,
         item: Callable[[Mapping[str, Any]], JsonValue] | None = None,
         page_size: int = 200,
     ) -> None:
@@ -94,6 +109,7 @@ class JsonJobSim(HttpServer):
         self.shape = shape
         self.basic = basic
         self.oauth = oauth
+        self.login = login
         self._jobs: dict[str, dict[str, Any]] = {}
         #: the tokens issued and when each expires (monotonic)
         self._issued: dict[str, float] = {}
@@ -109,8 +125,18 @@ class JsonJobSim(HttpServer):
         with self._lock:
             self._issued.clear()
 
+    def _refusal(self, header: str | None) -> Response | None:
+        """The answer to a job request whose credentials are not good, or None."""
+        if self.login is None:
+            return None if self._authorized(header) else Response(401, {"message": "Unauthorized"})
+        if not header:
+            return Response(401, {"detail": "Not authenticated"})
+        if self._authorized(header):
+            return None
+        return Response(403, {"detail": "Invalid JWT token"})
+
     def _authorized(self, header: str | None) -> bool:
-        if self.oauth is not None:
+        if self.oauth is not None or self.login is not None:
             if not header or not header.startswith("Bearer "):
                 return False
             with self._lock:
@@ -150,6 +176,23 @@ class JsonJobSim(HttpServer):
         answer = {"access_token": token, "token_type": "Bearer", "expires_in": oauth.expires_in}
         return Response(200, answer, {"Cache-Control": "no-store"})
 
+    def _log_in(self, request: Request) -> Response:
+        """The login endpoint (Airflow 3's ``POST /auth/token``)."""
+        user = self.login
+        if user is None or request.method != "POST":
+            return Response(404, {"message": "Not found"})
+        try:
+            body = request.json()
+        except ValueError:
+            body = None
+        if body != {"username": user.username, "password": user.password}:
+            return Response(401, {"detail": "Invalid credentials"})
+        token = f"jwt-{next(self._serial)}-{base64.b32encode(time.time_ns().to_bytes(8)).decode()}"
+        with self._lock:
+            self._issued[token] = time.monotonic() + user.lifetime
+            self.issued_tokens.append(token)
+        return Response(201, {"access_token": token})
+
     def add_job(self, job_id: str, **fields: JsonValue) -> JsonValue:
         """Create (or replace) a job with these fields; returns its answer."""
         with self._lock:
@@ -186,12 +229,14 @@ class JsonJobSim(HttpServer):
             return "filter", ""
         if parts == ["token"]:
             return "token", ""
+        if parts == ["auth", "token"]:
+            return "login", ""
         if len(parts) == 2 and parts[0] == "jobs" and parts[1]:
             return "job", parts[1]
         return "other", ""
 
     def classify(self, request: Request) -> str:
-        """``job``, ``query``, ``search``, ``filter``, ``token`` or ``other``."""
+        """``job``, ``query``, ``search``, ``filter``, ``token``, ``login`` or ``other``."""
         return self._route(request)[0]
 
     async def handle(self, request: Request) -> Response:
@@ -201,11 +246,14 @@ class JsonJobSim(HttpServer):
             return Response(404, {"message": "Not found"})
         if kind == "token":
             return self._issue(request)
+        if kind == "login":
+            return self._log_in(request)
         method = "GET" if kind == "job" else "POST"
         if request.method != method:
             return Response(405, {"message": "Method not allowed"}, {"Allow": method})
-        if not self._authorized(request.headers.get("authorization")):
-            return Response(401, {"message": "Unauthorized"})
+        refused = self._refusal(request.headers.get("authorization"))
+        if refused is not None:
+            return refused
         body: Any = None
         if method == "POST":
             try:
